@@ -1,0 +1,86 @@
+"""Wiring in one place: `build(config, …)` makes every part, each replaceable for tests."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from bot import registry
+from bot.channel import Channel, ChannelContext
+from bot.config import Config
+from bot.dispatcher import Alert, Dispatcher
+from bot.fetch import Fetcher
+from bot.pipeline import FeedPoller
+from bot.store import Store
+
+log = logging.getLogger("siar")
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class App:
+    config: Config
+    store: Store
+    fetcher: Fetcher
+    channels: dict[str, Channel]
+    poller: FeedPoller
+    dispatcher: Dispatcher
+    clock: Clock
+    unavailable: dict[str, str] = field(default_factory=dict)  # channel -> why it cannot run
+
+    async def close(self) -> None:
+        for name, channel in self.channels.items():
+            try:
+                await channel.close()
+            except Exception:
+                log.exception("channel %s: error while closing", name)
+        await self.fetcher.close()
+        await self.store.close()
+
+
+def channel_context(config: Config) -> ChannelContext:
+    return ChannelContext(site=config.site, cta=config.cta, user_agent=config.fetch.user_agent,
+                          extras={"base_dir": config.path.parent})
+
+
+def make_channels(config: Config,
+                  include_disabled: bool = False) -> tuple[dict[str, Channel], dict[str, str]]:
+    """(channels that can run, {name: reason} for those that cannot)."""
+    context = channel_context(config)
+    ready: dict[str, Channel] = {}
+    unavailable: dict[str, str] = {}
+    for name, settings in config.channels.items():
+        if not settings.enabled:
+            continue
+        if name in config.disabled and not include_disabled:
+            unavailable[name] = config.disabled[name]
+            continue
+        try:
+            ready[name] = registry.create_channel(name, settings, context)
+        except ImportError as exc:
+            unavailable[name] = f"needs a package that is not installed ({exc.name or exc})"
+    return ready, unavailable
+
+
+def build(config: Config, *, channels: dict[str, Channel] | None = None, store: Store | None = None,
+          fetcher: Fetcher | None = None, clock: Clock = utc_now, alert: Alert | None = None) -> App:
+    """Every part of a running siar, from `config` unless given."""
+    unavailable: dict[str, str] = {}
+    if channels is None:
+        channels, unavailable = make_channels(config)
+    store = store or Store(config.store.url, config.path.parent)
+    fetcher = fetcher or Fetcher(config.fetch.user_agent, config.fetch.timeout, config.fetch.max_bytes,
+                                 base_dir=config.path.parent)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    dispatcher = Dispatcher(config, store, channels, clock, worker, alert)
+    poller = FeedPoller(config, store, fetcher, clock,
+                        {name: channel.settings for name, channel in channels.items()})
+    return App(config, store, fetcher, channels, poller, dispatcher, clock, unavailable)

@@ -1,0 +1,332 @@
+"""config.toml: load, expand `${ENV}`, validate, and explain every error by key path and line.
+
+`load_config(path)` gives a `Config`, or raises `ConfigError` whose message lists each problem as
+`FILE:LINE: key.path: what is wrong`. A channel whose secret is missing (an unset `${VAR}` or an
+empty secret key) does not fail the load: it is listed in `Config.disabled` with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bot import registry
+from bot.channel import ChannelSettings
+from bot.cleaning import CleaningRules
+from bot.durations import Duration
+from bot.filters import Filters
+from bot.tomllines import locate
+
+KeyPath = tuple[str | int, ...]
+
+
+class ConfigError(Exception):
+    """The configuration is not usable; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Site(_Strict):
+    name: str = "siar"
+    url: str = ""
+    language: str = Field(default="id", pattern=r"^(id|en)$")
+    timezone: str = "Asia/Jakarta"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (use a name like \"Asia/Jakarta\")") from exc
+        return value
+
+
+class FollowLink(_Strict):
+    label: str
+    url: str
+
+
+class CTA(_Strict):
+    """The site's calls to action, offered to every channel's template."""
+
+    follow_text: str = ""
+    follow_links: list[FollowLink] = []
+    notify_text: str = ""
+    notify_url: str = ""
+    read_more_text: str = ""  # empty = "Baca selengkapnya" / "Read more" by site.language
+
+
+class StoreConfig(_Strict):
+    url: str = "sqlite:///siar.db"
+
+
+class FetchConfig(_Strict):
+    timeout: Duration = 20.0
+    max_bytes: int = Field(default=5_000_000, ge=1024)
+    user_agent: str = "siar/0.1 (+https://github.com/siar-news/siar; news distribution bot)"
+    max_backoff: Duration = 6 * 3600.0
+    jitter: Duration = 10.0
+
+
+class DaemonConfig(_Strict):
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: str = Field(default="text", pattern=r"^(text|json)$")
+    shutdown_grace: Duration = 10.0  # how long in-flight sends may finish on SIGTERM
+    retry_base: Duration = 30.0  # first retry delay of a failed post; doubles per attempt
+    retry_max: Duration = 3600.0
+
+
+class FeedConfig(Filters):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str
+    interval: Duration = 300.0
+    first_run: str = "skip"
+    enrich: bool = False
+    section: str | None = None  # forces the section instead of the feed's first category
+    timeout: Duration | None = None
+
+    @field_validator("first_run")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        if value in ("skip", "all") or re.fullmatch(r"latest:[1-9]\d*", value):
+            return value
+        raise ValueError('must be "skip", "all" or "latest:N" (N ≥ 1)')
+
+    @field_validator("interval")
+    @classmethod
+    def _sane_interval(cls, value: float) -> float:
+        if value < 10:
+            raise ValueError("polling more often than every 10s is not polite; use at least \"10s\"")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url_kind(cls, value: str) -> str:
+        if "://" in value and not re.match(r"(?i)^(https?|file)://", value):
+            raise ValueError("must be an http(s):// or file:// URL, or a local path")
+        return value
+
+
+class Config(_Strict):
+    site: Site = Site()
+    store: StoreConfig = StoreConfig()
+    fetch: FetchConfig = FetchConfig()
+    daemon: DaemonConfig = DaemonConfig()
+    cleaning: CleaningRules = CleaningRules()
+    cta: CTA = CTA()
+    feeds: list[FeedConfig] = []
+    channels: dict[str, ChannelSettings] = {}
+    # Filled by the loader, not by the file:
+    path: Path = Path("config.toml")
+    disabled: dict[str, str] = {}  # channel name -> why it does not run
+    secrets: list[str] = []  # secret values, for log redaction
+
+    def feed(self, name: str) -> FeedConfig:
+        """The feed called `name`; KeyError if none."""
+        for feed in self.feeds:
+            if feed.name == name:
+                return feed
+        raise KeyError(name)
+
+    def active_channels(self) -> dict[str, ChannelSettings]:
+        """Channels that are enabled and have their secrets."""
+        return {
+            n: c for n, c in self.channels.items() if c.enabled and n not in self.disabled
+        }
+
+    def resolve_path(self, value: str) -> Path:
+        """`value` as a path, relative to the config file's folder when not absolute."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.path.parent / p).resolve()
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*|file:[^}]+)(?::-([^}]*))?\}")
+
+
+def expand_env(data: Any, path: KeyPath, missing: list[tuple[KeyPath, str]],
+               used: list[str] | None = None) -> Any:
+    """`data` with `${VAR}`, `${VAR:-default}` and `${file:PATH}` replaced; unset ones noted.
+
+    Every value taken from the environment or a file is appended to `used`: such values are
+    often secrets (tokens, keys in URLs), so logs mask them all.
+    """
+    used = used if used is not None else []
+    if isinstance(data, dict):
+        return {k: expand_env(v, (*path, k), missing, used) for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_env(v, (*path, i), missing, used) for i, v in enumerate(data)]
+    if not isinstance(data, str):
+        return data
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name.startswith("file:"):
+            try:
+                secret = Path(name[5:]).expanduser().read_text().strip()
+                used.append(secret)
+                return secret
+            except OSError as exc:
+                missing.append((path, f"file {name[5:]} ({exc.strerror})"))
+                return ""
+        value = os.environ.get(name)
+        if value is None or value == "":
+            if default is not None:
+                return default
+            missing.append((path, f"environment variable {name}"))
+            return ""
+        used.append(value)
+        return value
+
+    return _VAR.sub(replace, data)
+
+
+def load_config(path: str | Path) -> Config:
+    """The validated configuration in `path`; ConfigError naming key paths and lines otherwise."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the configuration: {exc.strerror}"]) from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    return parse_config(raw, text, path.resolve())
+
+
+def parse_config(raw: dict[str, Any], text: str, path: Path) -> Config:
+    """Validate an already parsed TOML document (`text` is used to find line numbers)."""
+    problems: list[str] = []
+
+    def problem(key: KeyPath, message: str) -> None:
+        line = locate(text, key)
+        where = f"{path}:{line}" if line else f"{path}"
+        problems.append(f"{where}: {_dotted(key) or '(top level)'}: {message}")
+
+    missing: list[tuple[KeyPath, str]] = []
+    substituted: list[str] = []
+    data = expand_env(raw, (), missing, substituted)
+    disabled: dict[str, str] = {}
+    for key, what in missing:
+        if len(key) >= 2 and key[0] == "channels":
+            disabled.setdefault(str(key[1]), f"{what} is not set ({_dotted(key)})")
+        else:
+            problem(key, f"{what} is not set")
+
+    raw_channels = data.pop("channels", {})
+    channels: dict[str, ChannelSettings] = {}
+    if not isinstance(raw_channels, dict):
+        problem(("channels",), "must be a table of [channels.NAME] sections")
+        raw_channels = {}
+    for name, table in raw_channels.items():
+        settings = _channel_settings(name, table, problem, disabled)
+        if settings is not None:
+            channels[name] = settings
+
+    for internal in ("path", "disabled", "secrets"):
+        if internal in data:
+            problem((internal,), "unknown key (check the spelling)")
+            data.pop(internal)
+    config: Config | None = None
+    try:
+        config = Config.model_validate({**data, "path": path})
+    except ValidationError as exc:
+        for err in exc.errors():
+            problem(tuple(err["loc"]), _message(err))
+    _cross_check(data.get("feeds"), channels, problem)
+    if problems:
+        raise ConfigError(problems)
+    assert config is not None
+    config.channels = channels
+    config.disabled = disabled
+    config.secrets = sorted({*_secrets(channels), *(v for v in substituted if len(v) >= 6)})
+    return config
+
+
+def _channel_settings(
+    name: str, table: Any, problem: Any, disabled: dict[str, str]
+) -> ChannelSettings | None:
+    key: KeyPath = ("channels", name)
+    if not isinstance(table, dict):
+        problem(key, "must be a table with at least `type = ...`")
+        return None
+    kind = table.get("type")
+    if not isinstance(kind, str) or not kind:
+        problem((*key, "type"), f"required; one of {', '.join(registry.known_types())}")
+        return None
+    try:
+        model = registry.settings_class(kind)
+    except registry.UnknownChannelType:
+        problem((*key, "type"), f"unknown channel type {kind!r}; one of {', '.join(registry.known_types())}")
+        return None
+    try:
+        settings = model.model_validate(table)
+    except ValidationError as exc:
+        for err in exc.errors():
+            problem((*key, *err["loc"]), _message(err))
+        return None
+    if name not in disabled and settings.enabled:
+        for secret in type(settings).secret_keys:
+            if not _secret_value(getattr(settings, secret, None)):
+                disabled[name] = f"secret {_dotted((*key, secret))} is empty"
+                break
+    return settings
+
+
+def _cross_check(feeds: Any, channels: dict[str, ChannelSettings], problem: Any) -> None:
+    feeds = feeds if isinstance(feeds, list) else []
+    names = [f.get("name") for f in feeds if isinstance(f, dict)]
+    for i, name in enumerate(names):
+        if name is not None and names.index(name) != i:
+            problem(("feeds", i, "name"), f"feed name {name!r} is used twice")
+    for name, settings in channels.items():
+        for j, feed_name in enumerate(settings.feeds or []):
+            if feed_name not in names:
+                problem(("channels", name, "feeds", j), f"no feed is named {feed_name!r}")
+
+
+def _secrets(channels: dict[str, ChannelSettings]) -> list[str]:
+    values = []
+    for settings in channels.values():
+        for key in type(settings).secret_keys:
+            value = _secret_value(getattr(settings, key, None))
+            if value and len(value) >= 4:
+                values.append(value)
+    return values
+
+
+def _secret_value(value: Any) -> str:
+    if value is None:
+        return ""
+    getter = getattr(value, "get_secret_value", None)
+    return str(getter() if getter else value)
+
+
+def _message(err: Any) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling)"
+    if kind == "missing":
+        return "required key is missing"
+    msg = str(err.get("msg", "invalid value"))
+    return msg.removeprefix("Value error, ")
+
+
+def _dotted(key: KeyPath) -> str:
+    out = ""
+    for part in key:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

@@ -1,0 +1,121 @@
+"""Running siar: the daemon (`run`) and a single pass (`once`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from bot.app import App
+from bot.config import FeedConfig
+from bot.lock import StoreLock
+
+log = logging.getLogger("siar")
+
+
+async def prepare(app: App) -> StoreLock | None:
+    """Lock the store (SQLite), migrate it, recover crashed sends and start the channels."""
+    lock = None
+    if app.store.sqlite_path is not None:
+        lock = StoreLock(app.store.sqlite_path)
+        lock.acquire()
+    try:
+        await app.store.migrate()
+        now = app.clock()
+        # With SQLite only this process sends; on PostgreSQL other daemons may be mid-send.
+        stale = None if app.store.is_sqlite else now - timedelta(minutes=15)
+        recovered = await app.store.recover_sending(now, stale)
+        if recovered:
+            log.warning("%d posts were being sent when siar last stopped; marked uncertain "
+                        "(see `siar status`, resend with `siar resend ID`)", recovered)
+        for name, reason in app.unavailable.items():
+            log.warning("channel %s is disabled: %s", name, reason)
+        for name, channel in list(app.channels.items()):
+            await channel.start()
+            log.info("channel %s (%s) ready", name, channel.type)
+    except BaseException:
+        if lock:
+            lock.release()
+        raise
+    return lock
+
+
+async def run_once(app: App) -> int:
+    """Poll every feed once, deliver everything due, and return the exit code (1 on failures)."""
+    lock = await prepare(app)
+    try:
+        results = await asyncio.gather(*(app.poller.poll(f, force=True) for f in app.config.feeds))
+        stats = await app.dispatcher.drain()
+    finally:
+        await app.close()
+        if lock:
+            lock.release()
+    failed = [r for r in results if r.failed]
+    for r in failed:
+        log.error("feed %s failed: %s", r.feed, r.error)
+    for problem in stats.problems:
+        log.error("delivery problem: %s", problem)
+    log.info("once: %d feeds polled (%d failed), %d new stories, %d posts sent, %d failed, "
+             "%d to retry, %d uncertain", len(results), len(failed),
+             sum(r.new_stories for r in results), stats.sent, stats.failed, stats.retry, stats.uncertain)
+    return 1 if failed or stats.failed or stats.retry or stats.uncertain else 0
+
+
+async def run_daemon(app: App, stop: asyncio.Event | None = None) -> int:
+    """Poll on schedule and deliver until SIGTERM/SIGINT (or `stop`); returns the exit code."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    lock = await prepare(app)
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    polls: set[asyncio.Task[None]] = set()
+    try:
+        app.dispatcher.start()
+        for feed in app.config.feeds:
+            scheduler.add_job(_poll_job, IntervalTrigger(seconds=feed.interval,
+                                                         jitter=app.config.fetch.jitter),
+                              args=(app, feed, polls), id=f"feed:{feed.name}", max_instances=1,
+                              coalesce=True, misfire_grace_time=max(30, int(feed.interval)),
+                              next_run_time=app.clock())
+        scheduler.start()
+        log.info("siar running: %d feeds, %d channels (%s)", len(app.config.feeds),
+                 len(app.channels), ", ".join(app.channels) or "none")
+        await stop.wait()
+        log.info("stopping: no new polls; letting in-flight sends finish")
+    finally:
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+        if polls:
+            await asyncio.wait(polls, timeout=app.config.daemon.shutdown_grace)
+        await app.dispatcher.stop(app.config.daemon.shutdown_grace)
+        await app.close()
+        if lock:
+            lock.release()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+    log.info("siar stopped")
+    return 0
+
+
+async def _poll_job(app: App, feed: FeedConfig, polls: set[asyncio.Task[None]]) -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        polls.add(task)
+    try:
+        result = await app.poller.poll(feed)
+        if result.channels:
+            app.dispatcher.wake(result.channels)
+    finally:
+        if task is not None:
+            polls.discard(task)

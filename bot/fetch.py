@@ -1,0 +1,154 @@
+"""Fetching feeds politely: conditional GET, timeouts, a size cap, redirects, Retry-After.
+
+`Fetcher.fetch` never raises for a feed's own trouble; it returns a `FetchResult` whose `error`
+says what went wrong, so one bad feed never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """The outcome of one fetch: a body, "not modified", or an error."""
+
+    url: str  # the final URL, after redirects
+    status: int | None = None
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    etag: str | None = None
+    last_modified: str | None = None
+    not_modified: bool = False
+    permanent_redirect: str | None = None
+    retry_after: float | None = None  # seconds the server asked us to wait
+    error: str | None = None
+
+    @property
+    def body_hash(self) -> str | None:
+        return hashlib.sha256(self.body).hexdigest() if self.body is not None else None
+
+
+def retry_after_seconds(value: str | None, now: datetime) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+class Fetcher:
+    """Shares one HTTP connection pool across all feeds."""
+
+    def __init__(self, user_agent: str, timeout: float = 20.0, max_bytes: int = 5_000_000,
+                 base_dir: Path = Path("."), transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.base_dir = base_dir
+        self.timeout = timeout
+        self.client = httpx.AsyncClient(
+            headers={"User-Agent": user_agent,
+                     "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, "
+                               "text/xml;q=0.8, */*;q=0.5"},
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            follow_redirects=True, max_redirects=8, transport=transport,
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def fetch(self, url: str, etag: str | None = None, last_modified: str | None = None,
+                    timeout: float | None = None, accept: str | None = None) -> FetchResult:
+        """Fetch `url` (http(s), file:// or a local path), conditionally when etag/date given."""
+        scheme = urlsplit(url).scheme.lower()
+        if scheme in ("http", "https"):
+            return await self._fetch_http(url, etag, last_modified, timeout, accept)
+        return await self._fetch_file(url)
+
+    async def _fetch_http(self, url: str, etag: str | None, last_modified: str | None,
+                          timeout: float | None, accept: str | None) -> FetchResult:
+        headers: dict[str, str] = {}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        if accept:
+            headers["Accept"] = accept
+        try:
+            async with asyncio.timeout((timeout or self.timeout) * 2):
+                async with self.client.stream("GET", url, headers=headers,
+                                              timeout=timeout or httpx.USE_CLIENT_DEFAULT) as response:
+                    return await self._read(url, response)
+        except TimeoutError:
+            return FetchResult(url, error=f"timed out fetching {url}")
+        except httpx.TooManyRedirects:
+            return FetchResult(url, error=f"too many redirects from {url}")
+        except httpx.TimeoutException:
+            return FetchResult(url, error=f"timed out fetching {url}")
+        except httpx.HTTPError as exc:
+            return FetchResult(url, error=f"cannot fetch {url}: {type(exc).__name__}: {exc}")
+
+    async def _read(self, url: str, response: httpx.Response) -> FetchResult:
+        final = str(response.url)
+        permanent = None
+        for hop in response.history:
+            if hop.status_code in (301, 308):
+                permanent = str(response.url)
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        retry_after = retry_after_seconds(headers.get("retry-after"), datetime.now(UTC))
+        base = FetchResult(final, status=response.status_code, headers=headers,
+                           permanent_redirect=permanent, retry_after=retry_after,
+                           etag=headers.get("etag"), last_modified=headers.get("last-modified"))
+        if response.status_code == 304:
+            return replace(base, not_modified=True)
+        if response.status_code >= 400:
+            reason = response.reason_phrase or "error"
+            return replace(base, error=f"HTTP {response.status_code} {reason} from {url}")
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return replace(base, error=f"{url} is {declared} bytes, over the {self.max_bytes} cap")
+        chunks, size = [], 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self.max_bytes:
+                return replace(base, error=f"{url} is over the {self.max_bytes}-byte cap")
+            chunks.append(chunk)
+        return replace(base, body=b"".join(chunks))
+
+    async def _fetch_file(self, url: str) -> FetchResult:
+        parts = urlsplit(url)
+        raw = unquote(parts.path) if parts.scheme.lower() == "file" else url
+        path = self.base_dir / Path(raw)  # an absolute `raw` replaces base_dir
+        try:
+            body = await asyncio.to_thread(_read_capped, path, self.max_bytes)
+        except _TooBig as exc:
+            return FetchResult(url, error=f"{path} is {exc.args[0]} bytes, over the {self.max_bytes} cap")
+        except OSError as exc:
+            return FetchResult(url, error=f"cannot read {path}: {exc.strerror or exc}")
+        return FetchResult(path.as_uri(), status=200, body=body)
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _read_capped(path: Path, cap: int) -> bytes:
+    size = path.stat().st_size
+    if size > cap:
+        raise _TooBig(size)
+    return path.read_bytes()

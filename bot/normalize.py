@@ -1,0 +1,229 @@
+"""Feed bytes to Stories: feedparser off the event loop, then one clean `Story` per entry."""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import hashlib
+import io
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+import feedparser
+
+from bot.cleaning import CleaningRules, clean_lead, fold, html_paragraphs, html_to_text
+from bot.types import Story
+
+_TRACKING = re.compile(
+    r"^(utm_[a-z_]*|fbclid|gclid|dclid|gbraid|wbraid|msclkid|mc_cid|mc_eid|igshid|yclid|_ga|ocid)$",
+    re.IGNORECASE,
+)
+_IMAGE_EXT = re.compile(r"\.(jpe?g|png|gif|webp|avif)(\?|$)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ParsedFeed:
+    """What a feed document held: its stories (newest first) and whether it was well formed."""
+
+    stories: list[Story]
+    title: str = ""
+    language: str = ""
+    bozo: str = ""  # the parser's complaint about a malformed document, if any
+
+
+def canonical_url(url: str, base: str = "") -> str:
+    """`url` made absolute, without tracking parameters, fragment, default port or host case."""
+    url = fold(url)
+    if base:
+        url = urljoin(base, url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port and not ((scheme == "http" and port == 80) or (scheme == "https" and port == 443)):
+        host = f"{host}:{port}"
+    if parts.username:
+        host = f"{parts.username}@{host}"
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _TRACKING.match(k)]
+    return urlunsplit((scheme, host, parts.path or ("/" if host else ""), urlencode(query), ""))
+
+
+_MRSS_PREFIX = re.compile(rb"xmlns:([A-Za-z_][\w.-]*)\s*=\s*[\"']http://search\.yahoo\.com/mrss/?[\"']")
+
+
+def _rename_media_description(body: bytes) -> bytes:
+    """Keep feedparser from taking media:description (an image caption) as the story summary.
+
+    feedparser files `media:description` under `summary` and then moves the real `description`
+    to `content`; renamed, the caption lands in `media_imagecaption` and the summary stays right.
+    """
+    for prefix in set(_MRSS_PREFIX.findall(body[:65536])):
+        p = re.escape(prefix)
+        body = re.sub(rb"<(/?)" + p + rb":description\b", rb"<\1" + prefix + rb":imagecaption", body)
+    return body
+
+
+def parse_feed(body: bytes, url: str, headers: Mapping[str, str], rules: CleaningRules,
+               feed_name: str, section: str | None = None, now: datetime | None = None) -> ParsedFeed:
+    """Parse `body` (fetched from `url`) into stories; never raises on bad feeds."""
+    response_headers = {k.lower(): v for k, v in headers.items()}
+    response_headers.setdefault("content-location", url)
+    body = _rename_media_description(body)
+    try:
+        doc = feedparser.parse(io.BytesIO(body), response_headers=response_headers)
+    except Exception as exc:  # feedparser is tolerant, but a hostile file must not stop the daemon
+        return ParsedFeed([], bozo=f"parser crashed: {exc!r}")
+    language = fold(str(doc.feed.get("language", "")))[:16]
+    stories: list[Story] = []
+    seen: set[str] = set()
+    for entry in doc.entries:
+        try:
+            story = entry_to_story(entry, feed_name, rules, language, section, now)
+        except Exception:  # one odd entry must not cost the others
+            continue
+        if story is not None and story.uid not in seen:
+            seen.add(story.uid)
+            stories.append(story)
+    stories.sort(key=lambda s: s.published or datetime.min.replace(tzinfo=UTC), reverse=True)
+    bozo = ""
+    if doc.get("bozo"):
+        bozo = str(doc.get("bozo_exception", "malformed feed"))[:300]
+    return ParsedFeed(stories, title=fold(str(doc.feed.get("title", ""))), language=language, bozo=bozo)
+
+
+async def parse_feed_async(body: bytes, url: str, headers: Mapping[str, str], rules: CleaningRules,
+                           feed_name: str, section: str | None = None) -> ParsedFeed:
+    """`parse_feed` in a worker thread, so a big feed does not stall the event loop."""
+    return await asyncio.to_thread(parse_feed, body, url, headers, rules, feed_name, section)
+
+
+def entry_to_story(entry: Any, feed_name: str, rules: CleaningRules, language: str = "",
+                   section: str | None = None, now: datetime | None = None) -> Story | None:
+    """A Story from one feedparser entry; None when it has neither link nor id nor title."""
+    link = _entry_link(entry)
+    url = canonical_url(link) if link else ""
+    title = _text_of(entry, "title")
+    guid = fold(str(entry.get("id") or ""))
+    uid = guid or url
+    if not uid:
+        if not title:
+            return None
+        uid = "sha1:" + hashlib.sha1(title.encode()).hexdigest()
+    paragraphs, images = _body(entry)
+    if not paragraphs and entry.get("media_imagecaption"):
+        paragraphs = [fold(str(entry["media_imagecaption"]))]
+    lead = clean_lead(paragraphs, rules)
+    if not title:
+        title = lead[:120]
+    categories = _categories(entry)
+    chosen_section = section or (categories[0] if categories else "")
+    tags = tuple(t for t in categories if t.casefold() != chosen_section.casefold())
+    return Story(
+        uid=uid[:500],
+        feed=feed_name,
+        url=url,
+        title=title,
+        lead=lead,
+        author=_author(entry),
+        published=_published(entry) or now,
+        tags=tags,
+        section=chosen_section,
+        categories=categories,
+        image=_image(entry, images, url),
+        image_alt=fold(str(entry.get("media_imagecaption") or ""))[:1000],
+        language=fold(str(entry.get("language") or language))[:16],
+    )
+
+
+def _entry_link(entry: Any) -> str:
+    link = entry.get("link") or ""
+    if not link:
+        for candidate in entry.get("links", []):
+            if candidate.get("rel", "alternate") == "alternate" and candidate.get("href"):
+                return str(candidate["href"])
+    if not link and entry.get("guidislink") and entry.get("id", "").startswith("http"):
+        link = entry["id"]
+    return str(link)
+
+
+def _text_of(entry: Any, key: str) -> str:
+    value = str(entry.get(key) or "")
+    detail = entry.get(f"{key}_detail") or {}
+    if detail.get("type", "text/html") in ("text/plain",):
+        return fold(value)
+    return html_to_text(value)
+
+
+def _body(entry: Any) -> tuple[list[str], list[str]]:
+    """Paragraphs of the entry's summary (else its content) and every image in either."""
+    summary = str(entry.get("summary") or "")
+    contents = [str(c.get("value", "")) for c in entry.get("content", []) or []]
+    paragraphs, images = html_paragraphs(summary) if summary else ([], [])
+    for content in contents:
+        more_paragraphs, more_images = html_paragraphs(content)
+        images.extend(more_images)
+        if not paragraphs:
+            paragraphs = more_paragraphs
+    return paragraphs, images
+
+
+def _categories(entry: Any) -> tuple[str, ...]:
+    seen: dict[str, str] = {}
+    for tag in entry.get("tags", []) or []:
+        term = str(tag.get("term") or tag.get("label") or "")
+        for part in re.split(r"[,;|]", html_to_text(term) if "<" in term or "&" in term else term):
+            part = fold(part).strip(" #")
+            if part and part.casefold() not in seen and len(part) <= 100:
+                seen[part.casefold()] = part
+    return tuple(seen.values())
+
+
+def _author(entry: Any) -> str:
+    author = entry.get("author") or ""
+    if not author:
+        names = [a.get("name", "") for a in entry.get("authors", []) or [] if a.get("name")]
+        author = ", ".join(names)
+    return fold(str(author))[:200]
+
+
+def _published(entry: Any) -> datetime | None:
+    for key in ("published_parsed", "updated_parsed", "created_parsed"):
+        value = entry.get(key)
+        if value:
+            try:
+                return datetime.fromtimestamp(calendar.timegm(value), UTC)
+            except (OverflowError, ValueError, TypeError):
+                continue
+    return None
+
+
+def _image(entry: Any, body_images: list[str], base: str) -> str:
+    candidates: list[str] = []
+    for enclosure in entry.get("enclosures", []) or []:
+        kind = str(enclosure.get("type") or "")
+        href = str(enclosure.get("href") or enclosure.get("url") or "")
+        if href and (kind.startswith("image/") or (not kind and _IMAGE_EXT.search(href))):
+            candidates.append(href)
+    for media in entry.get("media_content", []) or []:
+        kind, medium = str(media.get("type") or ""), str(media.get("medium") or "")
+        href = str(media.get("url") or "")
+        if href and (medium == "image" or kind.startswith("image/")
+                     or (not kind and not medium and _IMAGE_EXT.search(href))):
+            candidates.append(href)
+    candidates += [str(t.get("url")) for t in entry.get("media_thumbnail", []) or [] if t.get("url")]
+    candidates += body_images
+    for candidate in candidates:
+        absolute = urljoin(base, fold(candidate)) if base else fold(candidate)
+        if absolute.lower().startswith(("https://", "http://")):
+            return absolute
+    return ""

@@ -1,0 +1,135 @@
+"""The values that travel from a feed to a platform: Story, Post, Receipt and their parts.
+
+They are frozen so that a stage can hand them on without fearing that the next stage changes
+them under it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Story:
+    """One news story, cleaned and normalized from a feed entry."""
+
+    uid: str  # stable per feed: the entry's guid, else its canonical link
+    feed: str
+    url: str  # canonical: tracking parameters and fragment removed
+    title: str
+    lead: str = ""
+    author: str = ""
+    published: datetime | None = None  # timezone-aware; None only before first-seen is known
+    tags: tuple[str, ...] = ()
+    section: str = ""
+    categories: tuple[str, ...] = ()  # every category as the feed gave it (section included)
+    image: str = ""
+    image_alt: str = ""  # the image's caption, for alt text
+    language: str = ""
+
+    def to_json(self) -> str:
+        """The story as a JSON document (for the store)."""
+        data = asdict(self)
+        data["published"] = self.published.isoformat() if self.published else None
+        return json.dumps(data, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Story:
+        """Rebuild a story stored with `to_json`."""
+        data: dict[str, Any] = json.loads(text)
+        published = data.pop("published", None)
+        data["tags"] = tuple(data.get("tags", ()))
+        data["categories"] = tuple(data.get("categories", ()))
+        return cls(**data, published=datetime.fromisoformat(published) if published else None)
+
+
+@dataclass(frozen=True)
+class Button:
+    text: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Facet:
+    """A rich-text span in UTF-8 byte offsets (start inclusive, end exclusive), as Bluesky wants."""
+
+    start: int
+    end: int
+    kind: Literal["link", "tag", "mention"]
+    value: str
+
+
+@dataclass(frozen=True)
+class Length:
+    """How long a post is by its platform's own counting."""
+
+    unit: str  # "graphemes", "weighted", "utf16"
+    used: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class Post:
+    """One story rendered for one channel: exactly what would be sent."""
+
+    channel: str
+    type: str
+    story: Story
+    text: str
+    length: Length
+    parse_mode: str | None = None
+    buttons: tuple[Button, ...] = ()
+    media: tuple[str, ...] = ()
+    facets: tuple[Facet, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)  # platform specific (embeds, cards)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape `preview --json` prints."""
+        s = self.story
+        return {
+            "channel": self.channel,
+            "type": self.type,
+            "story": {
+                "id": s.uid,
+                "feed": s.feed,
+                "url": s.url,
+                "title": s.title,
+                "tags": list(s.tags),
+                "section": s.section,
+                "published": s.published.isoformat() if s.published else None,
+                "image": s.image or None,
+            },
+            "text": self.text,
+            "parse_mode": self.parse_mode,
+            "buttons": [{"text": b.text, "url": b.url} for b in self.buttons],
+            "media": list(self.media),
+            "facets": [asdict(f) for f in self.facets],
+            "length": asdict(self.length),
+            "extra": self.extra,
+        }
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What the platform answered for a post that went out."""
+
+    remote_id: str = ""
+    url: str = ""
+    note: str = ""  # e.g. "already posted (duplicate content)"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Why a story goes, or does not go, to one channel (channel None: about the story itself)."""
+
+    channel: str | None
+    decision: str
+    rule: str | None = None
+    detail: str = ""
+
+    @property
+    def queues(self) -> bool:
+        return self.decision == "queued"

@@ -1,0 +1,1 @@
+"""One module per platform; `bot.registry` maps a config `type` to its module."""

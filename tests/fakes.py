@@ -1,0 +1,82 @@
+"""Recording fakes for tests: a channel whose answers a test scripts, and a settable clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from datetime import UTC, datetime, timedelta
+
+from bot.channel import ChannelContext, ChannelSettings
+from bot.render import Budget, PostRenderer, count_graphemes
+from bot.types import Length, Post, Receipt, Story
+
+
+class Settings(ChannelSettings):
+    """`type = "fake"`: used by tests through `bot.registry.MODULES`."""
+
+    type: str = "fake"
+    token: str = ""
+    rate_limit: str = "1000/s"
+    secret_keys = ("token",)
+
+
+class FakeChannel:
+    """Records what it was asked to send; each `script` entry is an exception to raise or None."""
+
+    def __init__(self, name: str = "fake", settings: ChannelSettings | None = None,
+                 context: ChannelContext | None = None) -> None:
+        self.name = name
+        self.type = "fake"
+        self.settings = settings or Settings(type="fake")
+        self.sent: list[Post] = []
+        self.attempts: list[str] = []  # idempotency keys, one per send call
+        self.script: deque[BaseException | None] = deque()
+        self.block: asyncio.Event | None = None  # when set, send waits for it (a slow platform)
+        self.started = False
+        self.closed = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def render(self, story: Story) -> Post:
+        text = f"{story.title}\n{story.url}"
+        return Post(channel=self.name, type=self.type, story=story, text=text,
+                    length=Length("graphemes", count_graphemes(text), 500))
+
+    async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
+        self.attempts.append(idempotency_key)
+        if self.block is not None:
+            await self.block.wait()
+        if self.script:
+            outcome = self.script.popleft()
+            if outcome is not None:
+                raise outcome
+        self.sent.append(post)
+        return Receipt(remote_id=f"remote-{len(self.sent)}", url=f"https://fake/{len(self.sent)}")
+
+
+def create(name: str, settings: ChannelSettings, context: ChannelContext) -> FakeChannel:
+    return FakeChannel(name, settings, context)
+
+
+class Clock:
+    """A clock tests move by hand."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2020, 10, 9, 7, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def renderer_for_tests(context: ChannelContext, template: str) -> PostRenderer:
+    return PostRenderer("test", template, context)
+
+
+GRAPHEMES_500 = Budget("graphemes", 500, count_graphemes)

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from bot.fetch import Fetcher, retry_after_seconds
+from tests.feedserver import FeedServer, Route
+
+
+async def test_conditional_get_answers_not_modified(feed_server: FeedServer) -> None:
+    feed_server.routes["/rss"] = Route(body=b"<rss/>", last_modified="Fri, 09 Oct 2020 07:00:00 GMT")
+    fetcher = Fetcher("siar-test/1.0")
+    try:
+        first = await fetcher.fetch(feed_server.url("/rss"))
+        assert first.body == b"<rss/>" and first.etag and first.last_modified
+        second = await fetcher.fetch(feed_server.url("/rss"), first.etag, first.last_modified)
+    finally:
+        await fetcher.close()
+    assert second.not_modified and second.body is None
+    _, headers = feed_server.requests[-1]
+    assert headers["if-none-match"] == first.etag
+    assert headers["if-modified-since"] == "Fri, 09 Oct 2020 07:00:00 GMT"
+    assert headers["user-agent"] == "siar-test/1.0"
+
+
+async def test_size_cap(feed_server: FeedServer) -> None:
+    feed_server.routes["/big"] = Route(body=b"x" * 5000)
+    fetcher = Fetcher("t", max_bytes=2048)
+    try:
+        result = await fetcher.fetch(feed_server.url("/big"))
+    finally:
+        await fetcher.close()
+    assert result.error and "cap" in result.error and result.body is None
+
+
+async def test_permanent_redirect_is_followed_and_noted(feed_server: FeedServer) -> None:
+    feed_server.routes["/old"] = Route(status=301, redirect_to=feed_server.url("/new"))
+    feed_server.routes["/new"] = Route(body=b"<rss/>")
+    fetcher = Fetcher("t")
+    try:
+        result = await fetcher.fetch(feed_server.url("/old"))
+    finally:
+        await fetcher.close()
+    assert result.body == b"<rss/>"
+    assert result.permanent_redirect == feed_server.url("/new")
+
+
+async def test_errors_are_values_with_retry_after(feed_server: FeedServer) -> None:
+    feed_server.routes["/busy"] = Route(status=503, headers={"Retry-After": "120"})
+    fetcher = Fetcher("t")
+    try:
+        busy = await fetcher.fetch(feed_server.url("/busy"))
+        missing = await fetcher.fetch(feed_server.url("/nope"))
+        refused = await fetcher.fetch("http://127.0.0.1:9/feed")
+    finally:
+        await fetcher.close()
+    assert busy.error and "503" in busy.error and busy.retry_after == 120
+    assert missing.error and "404" in missing.error and feed_server.url("/nope") in missing.error
+    assert refused.error and "127.0.0.1:9" in refused.error
+
+
+async def test_timeout(feed_server: FeedServer) -> None:
+    feed_server.routes["/slow"] = Route(body=b"<rss/>", delay=1)
+    fetcher = Fetcher("t", timeout=0.3)
+    try:
+        result = await fetcher.fetch(feed_server.url("/slow"))
+    finally:
+        await fetcher.close()
+    assert result.error and "timed out" in result.error
+
+
+async def test_local_files(tmp_path) -> None:
+    (tmp_path / "f.xml").write_bytes(b"<rss/>")
+    fetcher = Fetcher("t", base_dir=tmp_path)
+    try:
+        relative = await fetcher.fetch("f.xml")
+        as_uri = await fetcher.fetch((tmp_path / "f.xml").as_uri())
+        missing = await fetcher.fetch("missing.xml")
+    finally:
+        await fetcher.close()
+    assert relative.body == as_uri.body == b"<rss/>"
+    assert missing.error and "missing.xml" in missing.error
+
+
+def test_retry_after_forms() -> None:
+    now = datetime(2020, 10, 9, 7, 0, tzinfo=UTC)
+    assert retry_after_seconds("30", now) == 30
+    assert retry_after_seconds("Fri, 09 Oct 2020 07:02:00 GMT", now) == 120
+    assert retry_after_seconds("soon", now) is None
+    assert retry_after_seconds(None, now) is None

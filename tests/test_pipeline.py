@@ -1,0 +1,177 @@
+"""From a feed on a local server to outbox rows and deliveries: first runs, dedup, backoff."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bot.app import App, build
+from bot.config import Config
+from bot.daemon import prepare
+from tests.fakes import Clock, FakeChannel
+from tests.feedserver import FeedServer, Route, rss
+
+CONFIG = """
+    [store]
+    url = "sqlite:///siar.db"
+
+    [[feeds]]
+    name = "intl"
+    url = "{url}"
+    first_run = "{first_run}"
+    include_categories = ["Internasional"]
+    include_url = "/internasional/"
+
+    [[feeds]]
+    name = "broken"
+    url = "{broken}"
+    first_run = "{first_run}"
+"""
+
+
+def app_for(config: Config, channel: FakeChannel, clock: Clock) -> App:
+    return build(config, channels={"fake": channel}, clock=clock)
+
+
+async def poll_and_deliver(app: App) -> list[str]:
+    for feed in app.config.feeds:
+        await app.poller.poll(feed, force=True)
+    await app.dispatcher.drain()
+    return [p.story.title for p in app.channels["fake"].sent]  # type: ignore[attr-defined]
+
+
+async def test_sample_once_then_nothing_across_restart(feed_server: FeedServer, sample_bytes: bytes,
+                                                       make_config: Callable[[str], Config]) -> None:
+    feed_server.routes["/intl"] = Route(body=sample_bytes, etag=False)
+    config = make_config(CONFIG.format(url=feed_server.url("/intl"), first_run="all",
+                                       broken=feed_server.url("/missing")))
+    clock = Clock()
+    first = FakeChannel()
+    app = app_for(config, first, clock)
+    await prepare(app)
+    titles = await poll_and_deliver(app)
+    await app.close()
+    assert titles == ["Putin Ajak Menlu Azerbaijan dan Armenia Bahas Perdamaian",
+                      "Sidang Umum PBB Bahas Krisis Pangan Global",
+                      'Uji "Escape" Tebal & Tautan — Demo #1 @semua']
+    # A restart: a new process with a new store object on the same file, feed body changed a bit
+    feed_server.routes["/intl"] = Route(body=sample_bytes + b"\n", etag=False)
+    clock.advance(600)
+    second = FakeChannel()
+    app = app_for(config, second, clock)
+    await prepare(app)
+    assert await poll_and_deliver(app) == []
+    counts = await app.store.counts()
+    await app.close()
+    assert counts["fake"]["sent"] == 3
+
+
+async def test_first_run_skip_records_without_posting_then_posts_new(
+        feed_server: FeedServer, make_config: Callable[[str], Config]) -> None:
+    item = {"title": "Old", "link": "https://m.example/internasional/1", "guid": "1",
+            "category": "Internasional"}
+    feed_server.routes["/intl"] = Route(body=rss([item]))
+    config = make_config(CONFIG.format(url=feed_server.url("/intl"), first_run="skip",
+                                       broken=feed_server.url("/missing")))
+    channel = FakeChannel()
+    app = app_for(config, channel, Clock())
+    await prepare(app)
+    assert await poll_and_deliver(app) == []
+    new = {"title": "New", "link": "https://m.example/internasional/2", "guid": "2",
+           "category": "Internasional"}
+    feed_server.routes["/intl"] = Route(body=rss([new, item]))
+    assert await poll_and_deliver(app) == ["New"]
+    found = await app.store.find_stories("https://m.example/internasional/1")
+    decisions = await app.store.decisions_of(found[0]["id"])
+    await app.close()
+    assert [d["decision"] for d in decisions] == ["first_run_skip"]
+
+
+async def test_latest_n_posts_the_newest(feed_server: FeedServer,
+                                         make_config: Callable[[str], Config]) -> None:
+    items = [{"title": f"S{i}", "link": f"https://m.example/internasional/{i}", "guid": str(i),
+              "category": "Internasional", "pubDate": f"Fri, 09 Oct 2020 {10 + i}:00:00 +0700"}
+             for i in range(5)]
+    feed_server.routes["/intl"] = Route(body=rss(items))
+    config = make_config(CONFIG.format(url=feed_server.url("/intl"), first_run="latest:2",
+                                       broken=feed_server.url("/missing")))
+    app = app_for(config, FakeChannel(), Clock())
+    await prepare(app)
+    titles = await poll_and_deliver(app)
+    await app.close()
+    assert titles == ["S4", "S3"]
+
+
+async def test_unchanged_feed_costs_no_parse_and_uses_conditional_get(
+        feed_server: FeedServer, sample_bytes: bytes, make_config: Callable[[str], Config],
+        monkeypatch) -> None:
+    import bot.pipeline
+
+    parses = []
+    real = bot.pipeline.parse_feed_async
+
+    async def counting(*args, **kwargs):
+        parses.append(1)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(bot.pipeline, "parse_feed_async", counting)
+    feed_server.routes["/intl"] = Route(body=sample_bytes)  # with ETag: 304 on the second poll
+    feed_server.routes["/noetag"] = Route(body=sample_bytes, etag=False)  # same body, no validators
+    config = make_config(CONFIG.format(url=feed_server.url("/intl"), first_run="all",
+                                       broken=feed_server.url("/noetag")))
+    app = app_for(config, FakeChannel(), Clock())
+    await prepare(app)
+    first = [await app.poller.poll(f, force=True) for f in config.feeds]
+    second = [await app.poller.poll(f, force=True) for f in config.feeds]
+    await app.close()
+    assert [r.outcome for r in first] == ["new", "new"]
+    assert [r.outcome for r in second] == ["not_modified", "unchanged"]
+    assert len(parses) == 2
+
+
+async def test_failing_feed_backs_off_and_does_not_stop_others(
+        feed_server: FeedServer, sample_bytes: bytes, make_config: Callable[[str], Config]) -> None:
+    feed_server.routes["/intl"] = Route(body=sample_bytes)
+    feed_server.routes["/broken"] = Route(status=500)
+    config = make_config(CONFIG.format(url=feed_server.url("/intl"), first_run="all",
+                                       broken=feed_server.url("/broken")))
+    clock = Clock()
+    app = app_for(config, FakeChannel(), clock)
+    await prepare(app)
+    results = [await app.poller.poll(f) for f in config.feeds]
+    assert [r.outcome for r in results] == ["new", "error"]
+    assert "HTTP 500" in results[1].error
+    hits = feed_server.hits("/broken")
+    # While backing off (interval 300s, doubled after the first failure) the feed is not fetched
+    clock.advance(400)
+    assert (await app.poller.poll(config.feeds[1])).outcome == "backoff"
+    assert feed_server.hits("/broken") == hits
+    clock.advance(300)
+    assert (await app.poller.poll(config.feeds[1])).outcome == "error"
+    state = await app.store.feed_state("broken", "")
+    assert state.failures == 2
+    assert (state.next_poll_at - clock.now).total_seconds() == 1200
+    feed_server.routes["/broken"] = Route(body=sample_bytes)
+    clock.advance(1200)
+    assert (await app.poller.poll(config.feeds[1])).outcome == "new"
+    state = await app.store.feed_state("broken", "")
+    await app.close()
+    assert state.failures == 0 and state.last_error is None
+
+
+async def test_same_link_in_two_feeds_is_sent_once(feed_server: FeedServer,
+                                                   make_config: Callable[[str], Config]) -> None:
+    item = {"title": "Shared", "link": "https://m.example/internasional/9?utm_source=a",
+            "guid": "a-9", "category": "Internasional"}
+    feed_server.routes["/intl"] = Route(body=rss([item]))
+    feed_server.routes["/other"] = Route(body=rss([{**item, "guid": "b-9",
+                                                    "link": "https://m.example/internasional/9"}]))
+    config = make_config(CONFIG.format(url=feed_server.url("/intl"), first_run="all",
+                                       broken=feed_server.url("/other")))
+    app = app_for(config, FakeChannel(), Clock())
+    await prepare(app)
+    titles = await poll_and_deliver(app)
+    stories = await app.store.find_stories("https://m.example/internasional/9")
+    decisions = [d["decision"] for s in stories for d in await app.store.decisions_of(s["id"])]
+    await app.close()
+    assert titles == ["Shared"]
+    assert "duplicate" in decisions
