@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from bot import registry
 from bot.channel import Channel, ChannelContext
 from bot.config import Config
-from bot.dispatcher import Alert, Dispatcher
+from bot.dispatcher import Dispatcher
 from bot.fetch import Fetcher
 from bot.pipeline import FeedPoller
 from bot.store import Store
@@ -34,6 +34,7 @@ class App:
     poller: FeedPoller
     dispatcher: Dispatcher
     clock: Clock
+    context: ChannelContext
     unavailable: dict[str, str] = field(default_factory=dict)  # channel -> why it cannot run
 
     async def close(self) -> None:
@@ -46,15 +47,15 @@ class App:
         await self.store.close()
 
 
-def channel_context(config: Config) -> ChannelContext:
+def channel_context(config: Config, store: Store | None = None, clock: Clock = utc_now) -> ChannelContext:
     return ChannelContext(site=config.site, cta=config.cta, user_agent=config.fetch.user_agent,
-                          extras={"base_dir": config.path.parent})
+                          base_dir=config.path.parent, store=store, clock=clock, config=config)
 
 
-def make_channels(config: Config,
+def make_channels(config: Config, context: ChannelContext | None = None, *,
                   include_disabled: bool = False) -> tuple[dict[str, Channel], dict[str, str]]:
     """(channels that can run, {name: reason} for those that cannot)."""
-    context = channel_context(config)
+    context = context or channel_context(config)
     ready: dict[str, Channel] = {}
     unavailable: dict[str, str] = {}
     for name, settings in config.channels.items():
@@ -71,16 +72,23 @@ def make_channels(config: Config,
 
 
 def build(config: Config, *, channels: dict[str, Channel] | None = None, store: Store | None = None,
-          fetcher: Fetcher | None = None, clock: Clock = utc_now, alert: Alert | None = None) -> App:
+          fetcher: Fetcher | None = None, clock: Clock = utc_now,
+          context: ChannelContext | None = None) -> App:
     """Every part of a running siar, from `config` unless given."""
+    store = store or Store(config.store.url, config.path.parent)
+    context = context or channel_context(config, store, clock)
     unavailable: dict[str, str] = {}
     if channels is None:
-        channels, unavailable = make_channels(config)
-    store = store or Store(config.store.url, config.path.parent)
+        channels, unavailable = make_channels(config, context)
     fetcher = fetcher or Fetcher(config.fetch.user_agent, config.fetch.timeout, config.fetch.max_bytes,
                                  base_dir=config.path.parent)
+
+    async def alert(source: str, message: str) -> None:
+        log.error("ALERT %s: %s", source, message)
+        await context.alert(source, message)
+
     worker = f"{socket.gethostname()}:{os.getpid()}"
     dispatcher = Dispatcher(config, store, channels, clock, worker, alert)
     poller = FeedPoller(config, store, fetcher, clock,
-                        {name: channel.settings for name, channel in channels.items()})
-    return App(config, store, fetcher, channels, poller, dispatcher, clock, unavailable)
+                        {name: channel.settings for name, channel in channels.items()}, alert)
+    return App(config, store, fetcher, channels, poller, dispatcher, clock, context, unavailable)

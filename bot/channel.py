@@ -11,7 +11,11 @@ failures are mapped to four kinds so that the dispatcher can decide without know
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -68,16 +72,34 @@ class ChannelSettings(Filters):
     max_attempts: int = Field(default=8, ge=1, le=100)
     # Names of keys holding secrets: a missing one disables the channel instead of failing.
     secret_keys: ClassVar[tuple[str, ...]] = ()
+    # A top-level section this type needs (e.g. "telegram" for the bot token); without it, or
+    # with a secret missing there, the channel is disabled with the reason.
+    requires_section: ClassVar[str | None] = None
 
 
 @dataclass
 class ChannelContext:
-    """What the core lends a channel: site data for templates, the http user agent, etc."""
+    """What the core lends a channel: site data for templates, the store, alerts, shared state."""
 
     site: Any  # bot.config.Site
     cta: Any  # bot.config.CTA
     user_agent: str = "siar"
+    base_dir: Path = Path(".")  # the config file's folder (relative template paths, key files)
+    store: Any = None  # bot.store.Store, for channels that keep their own tables (subscribers)
+    clock: Callable[[], datetime] | None = None
+    config: Any = None  # the whole bot.config.Config, for channels that need a top-level section
+    # Places an alert goes besides the log, e.g. the Telegram admins; see `alert`.
+    alert_sinks: list[Callable[[str, str], Awaitable[None]]] = field(default_factory=list)
+    shared: dict[str, Any] = field(default_factory=dict)  # e.g. one Telegram Application per token
     extras: dict[str, Any] = field(default_factory=dict)
+
+    async def alert(self, source: str, message: str) -> None:
+        """Send `message` about `source` (a channel or feed) to every alert sink; never raises."""
+        for sink in list(self.alert_sinks):
+            try:
+                await sink(source, message)
+            except Exception:
+                logging.getLogger("siar.alert").exception("alert sink failed")
 
 
 @runtime_checkable
@@ -87,6 +109,10 @@ class Channel(Protocol):
     name: str
     type: str
     settings: ChannelSettings
+    # True when sending one post twice is harmless (the platform dedups by the idempotency key,
+    # or the channel keeps per-recipient progress): a crash mid-send then resumes the row instead
+    # of marking it uncertain.
+    resumable: bool
 
     async def start(self) -> None:
         """Open connections and sessions; called once before the first send."""

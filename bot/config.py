@@ -131,6 +131,8 @@ class Config(_Strict):
     channels: dict[str, ChannelSettings] = {}
     # Filled by the loader, not by the file:
     path: Path = Path("config.toml")
+    # Platform sections ([telegram], [webpush]) validated by their modules' models.
+    sections: dict[str, Any] = {}
     disabled: dict[str, str] = {}  # channel name -> why it does not run
     secrets: list[str] = []  # secret values, for log redaction
 
@@ -220,11 +222,29 @@ def parse_config(raw: dict[str, Any], text: str, path: Path) -> Config:
     substituted: list[str] = []
     data = expand_env(raw, (), missing, substituted)
     disabled: dict[str, str] = {}
+    section_missing: dict[str, str] = {}  # platform section -> why its channels cannot run
     for key, what in missing:
         if len(key) >= 2 and key[0] == "channels":
             disabled.setdefault(str(key[1]), f"{what} is not set ({_dotted(key)})")
+        elif key and key[0] in registry.SECTIONS:
+            section_missing.setdefault(str(key[0]), f"{what} is not set ({_dotted(key)})")
         else:
             problem(key, f"{what} is not set")
+
+    sections: dict[str, Any] = {}
+    for name in list(registry.SECTIONS):
+        if name not in data:
+            continue
+        table = data.pop(name)
+        model = registry.section_class(name)
+        if model is None:
+            problem((name,), "this build has no module for this section")
+            continue
+        try:
+            sections[name] = model.model_validate(table)
+        except ValidationError as exc:
+            for err in exc.errors():
+                problem((name, *err["loc"]), _message(err))
 
     raw_channels = data.pop("channels", {})
     channels: dict[str, ChannelSettings] = {}
@@ -236,7 +256,7 @@ def parse_config(raw: dict[str, Any], text: str, path: Path) -> Config:
         if settings is not None:
             channels[name] = settings
 
-    for internal in ("path", "disabled", "secrets"):
+    for internal in ("path", "disabled", "secrets", "sections"):
         if internal in data:
             problem((internal,), "unknown key (check the spelling)")
             data.pop(internal)
@@ -250,9 +270,18 @@ def parse_config(raw: dict[str, Any], text: str, path: Path) -> Config:
     if problems:
         raise ConfigError(problems)
     assert config is not None
+    for name, settings in channels.items():
+        needs = type(settings).requires_section
+        if needs and name not in disabled:
+            if needs in section_missing:
+                disabled[name] = section_missing[needs]
+            elif needs not in sections:
+                disabled[name] = f"needs a [{needs}] section"
     config.channels = channels
+    config.sections = sections
     config.disabled = disabled
-    config.secrets = sorted({*_secrets(channels), *(v for v in substituted if len(v) >= 6)})
+    config.secrets = sorted({*_secrets(channels), *_secrets(sections),
+                             *(v for v in substituted if len(v) >= 6)})
     return config
 
 
@@ -298,10 +327,10 @@ def _cross_check(feeds: Any, channels: dict[str, ChannelSettings], problem: Any)
                 problem(("channels", name, "feeds", j), f"no feed is named {feed_name!r}")
 
 
-def _secrets(channels: dict[str, ChannelSettings]) -> list[str]:
+def _secrets(models: dict[str, Any]) -> list[str]:
     values = []
-    for settings in channels.values():
-        for key in type(settings).secret_keys:
+    for settings in models.values():
+        for key in getattr(type(settings), "secret_keys", ()):
             value = _secret_value(getattr(settings, key, None))
             if value and len(value) >= 4:
                 values.append(value)

@@ -28,10 +28,12 @@ async def prepare(app: App) -> StoreLock | None:
         now = app.clock()
         # With SQLite only this process sends; on PostgreSQL other daemons may be mid-send.
         stale = None if app.store.is_sqlite else now - timedelta(minutes=15)
-        recovered = await app.store.recover_sending(now, stale)
+        resumable = [n for n, c in app.channels.items() if getattr(c, "resumable", False)]
+        recovered = await app.store.recover_sending(now, stale, resumable)
         if recovered:
-            log.warning("%d posts were being sent when siar last stopped; marked uncertain "
-                        "(see `siar status`, resend with `siar resend ID`)", recovered)
+            log.warning("%d posts were being sent when siar last stopped; those on channels that "
+                        "cannot resend safely are marked uncertain (see `siar status`, resend with "
+                        "`siar resend ID`)", recovered)
         for name, reason in app.unavailable.items():
             log.warning("channel %s is disabled: %s", name, reason)
         for name, channel in list(app.channels.items()):

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -25,7 +25,7 @@ from bot.store import OutboxItem, Store
 
 log = logging.getLogger("siar.deliver")
 Clock = Callable[[], datetime]
-Alert = Callable[[str, str], None]  # (channel, message)
+Alert = Callable[[str, str], Awaitable[None]]  # (channel, message)
 IDLE_CHECK = 30.0  # seconds a worker sleeps at most before looking for due retries again
 
 
@@ -61,7 +61,7 @@ class Dispatcher:
         self.channels = channels
         self.clock = clock
         self.worker_id = worker_id
-        self.alert = alert or (lambda channel, msg: log.error("ALERT %s: %s", channel, msg))
+        self.alert = alert or _log_alert
         self.pacers = {n: Pacer(c.settings.rate_limit) for n, c in channels.items()}
         self._wake = {n: asyncio.Event() for n in channels}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -131,7 +131,7 @@ class Dispatcher:
             post = channel.render(item.story)
         except Exception as exc:  # nothing left: a render error is safe to record as final
             await self._finish(item, "failed", "failed", f"cannot render: {exc}")
-            self.alert(name, f"cannot render {item.story.url}: {exc}")
+            await self.alert(name, f"cannot render {item.story.url}: {exc}")
             return
         await self.pacers[name].wait()
         try:
@@ -140,7 +140,7 @@ class Dispatcher:
             if item.attempts >= settings.max_attempts:
                 reason = f"gave up after {item.attempts} attempts: {exc.reason}"
                 await self._finish(item, "failed", "failed", reason)
-                self.alert(name, f"{item.story.url}: {reason}")
+                await self.alert(name, f"{item.story.url}: {reason}")
                 return
             daemon = self.config.daemon
             delay = retry_delay(item.attempts, daemon.retry_base, daemon.retry_max, exc.after)
@@ -150,12 +150,12 @@ class Dispatcher:
                                retry_at=at)
         except Permanent as exc:
             await self._finish(item, "failed", "failed", exc.reason)
-            self.alert(name, f"{item.story.url}: {exc.reason}")
+            await self.alert(name, f"{item.story.url}: {exc.reason}")
         except AlreadyDone as exc:
             await self._finish(item, "sent", "already_sent", exc.reason)
         except Uncertain as exc:
             await self._finish(item, "uncertain", "uncertain", exc.reason)
-            self.alert(name, f"{item.story.url}: {exc.reason}; check it and `siar resend {item.id}`")
+            await self.alert(name, f"{item.story.url}: {exc.reason}; check it and `siar resend {item.id}`")
         except asyncio.CancelledError:
             await asyncio.shield(self._finish(
                 item, "uncertain", "uncertain", "shutdown while sending; it may or may not be out"))
@@ -163,7 +163,7 @@ class Dispatcher:
         except Exception as exc:
             log.exception("channel %s: unexpected error sending outbox row %d", name, item.id)
             await self._finish(item, "uncertain", "uncertain", f"unexpected error: {exc!r}")
-            self.alert(name, f"{item.story.url}: unexpected error {exc!r}")
+            await self.alert(name, f"{item.story.url}: unexpected error {exc!r}")
         else:
             log.info("channel %s: sent %s%s", name, item.story.url,
                      f" as {receipt.url or receipt.remote_id}" if receipt.url or receipt.remote_id else "")
@@ -179,3 +179,7 @@ class Dispatcher:
             self.stats.problems.append(f"{item.channel}: {item.story.url}: {detail}")
         await self.store.finish(item.id, status, self.clock(), decision=decision, detail=detail,
                                 remote_id=remote_id, remote_url=remote_url, retry_at=retry_at)
+
+
+async def _log_alert(channel: str, message: str) -> None:
+    log.error("ALERT %s: %s", channel, message)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -25,6 +25,7 @@ from bot.store import FeedState, NewStory, Store
 from bot.types import Story
 
 log = logging.getLogger("siar.poll")
+ALERT_AFTER = 5  # consecutive failures of a feed before the admins are alerted (once)
 Clock = Callable[[], datetime]
 
 
@@ -44,7 +45,9 @@ class PollResult:
 
 class FeedPoller:
     def __init__(self, config: Config, store: Store, fetcher: Fetcher, clock: Clock,
-                 targets: Mapping[str, ChannelSettings]) -> None:
+                 targets: Mapping[str, ChannelSettings],
+                 alert: Callable[[str, str], Awaitable[None]] | None = None) -> None:
+        self.alert = alert
         self.config = config
         self.targets = targets  # the channels that run here; only they get outbox rows
         self.store = store
@@ -132,8 +135,10 @@ class FeedPoller:
         state.last_error = error
         delay = poll_delay(state.failures, feed.interval, self.config.fetch.max_backoff, retry_after)
         state.next_poll_at = now + timedelta(seconds=delay)
-        level = logging.WARNING if state.failures < 5 else logging.ERROR
+        level = logging.WARNING if state.failures < ALERT_AFTER else logging.ERROR
         log.log(level, "feed %s: %s (failure %d in a row; next try in %ds)", feed.name, error,
                 state.failures, int(delay))
         await self.store.save_feed_state(state)
+        if state.failures == ALERT_AFTER and self.alert is not None:  # once per failure streak
+            await self.alert(f"feed {feed.name}", f"failed {ALERT_AFTER} times in a row: {error}")
         return PollResult(feed.name, "error", error=error)

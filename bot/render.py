@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 from bot.channel import ChannelContext, HashtagSettings
+from bot.counting import Budget, graphemes
 from bot.types import Story
 
 ELLIPSIS = "…"
@@ -40,30 +40,6 @@ READ_MORE = {"id": "Baca selengkapnya", "en": "Read more"}
 
 class RenderError(Exception):
     """A template that cannot render, or cannot fit its limit; the message names the channel."""
-
-
-# --- counting --------------------------------------------------------------------------------
-
-def graphemes(text: str) -> list[str]:
-    """The user-perceived characters (extended grapheme clusters) of `text`."""
-    return list(regex.findall(r"\X", text))
-
-
-def count_graphemes(text: str) -> int:
-    return len(graphemes(text))
-
-
-def count_utf16(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A platform's length rule: how to count (`unit`, `count`) and the `limit`."""
-
-    unit: str
-    limit: int
-    count: Callable[[str], int]
 
 
 # --- hashtags --------------------------------------------------------------------------------

@@ -235,10 +235,12 @@ class Store:
                 story_id=row.story_id, channel=row.channel, decision=decision,
                 rule=None, detail=detail or remote_url or remote_id or None, at=now))
 
-    async def recover_sending(self, now: datetime, stale_before: datetime | None = None) -> int:
-        """Rows left `sending` by a crash become `uncertain`; returns how many.
+    async def recover_sending(self, now: datetime, stale_before: datetime | None = None,
+                              resumable: Sequence[str] = ()) -> int:
+        """Rows left `sending` by a crash become `uncertain`; returns how many rows were recovered.
 
-        With `stale_before`, only claims older than that (other daemons may be sending now).
+        Rows of `resumable` channels (sending twice is harmless there) go back to `pending`
+        instead. With `stale_before`, only claims older than that (other daemons may be sending).
         """
         condition = outbox.c.status == "sending"
         if stale_before is not None:
@@ -248,12 +250,21 @@ class Store:
                                        .where(condition))).all()
             if not rows:
                 return 0
+            uncertain = [r for r in rows if r.channel not in resumable]
+            resumed = [r for r in rows if r.channel in resumable]
             reason = "the daemon stopped while this post was being sent; it may or may not be out"
-            await conn.execute(update(outbox).where(outbox.c.id.in_([r.id for r in rows])).values(
-                status="uncertain", last_error=reason, updated_at=now))
+            if uncertain:
+                await conn.execute(update(outbox).where(outbox.c.id.in_([r.id for r in uncertain]))
+                                   .values(status="uncertain", last_error=reason, updated_at=now))
+            if resumed:
+                await conn.execute(update(outbox).where(outbox.c.id.in_([r.id for r in resumed]))
+                                   .values(status="pending", next_attempt_at=now, updated_at=now,
+                                           last_error="resumed after the daemon stopped mid-send"))
             await conn.execute(insert(decisions), [
-                {"story_id": r.story_id, "channel": r.channel, "decision": "uncertain",
-                 "rule": None, "detail": reason, "at": now} for r in rows])
+                {"story_id": r.story_id, "channel": r.channel,
+                 "decision": "uncertain" if r in uncertain else "resume", "rule": None,
+                 "detail": reason if r in uncertain else "resumed: this channel sends idempotently",
+                 "at": now} for r in rows])
         return len(rows)
 
     async def resend(self, item_id: int, now: datetime) -> bool:
@@ -350,7 +361,7 @@ def _upgrade(conn: Connection) -> None:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = conn
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, "heads")  # channel modules may add branches of their own
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import TextIO
 
 from pydantic import Field
@@ -12,7 +11,8 @@ from rich.panel import Panel
 from rich.text import Text
 
 from bot.channel import ChannelContext, ChannelSettings
-from bot.render import Budget, PostRenderer, count_graphemes, load_template_text
+from bot.counting import Budget, count_graphemes
+from bot.render import PostRenderer, load_template_text
 from bot.types import Button, Length, Post, Receipt, Story
 
 DEFAULT_TEMPLATE = """\
@@ -48,10 +48,10 @@ class ConsoleChannel:
                  stream: TextIO | None = None) -> None:
         self.name = name
         self.type = "console"
+        self.resumable = False
         self.settings = settings
         self.context = context
-        base_dir = context.extras.get("base_dir", Path("."))
-        template = load_template_text(settings.template, DEFAULT_TEMPLATE, base_dir)
+        template = load_template_text(settings.template, DEFAULT_TEMPLATE, context.base_dir)
         self.renderer = PostRenderer(name, template, context, tag_settings=settings.hashtags)
         self._stream = stream
 

@@ -7,7 +7,8 @@ from collections import deque
 from datetime import UTC, datetime, timedelta
 
 from bot.channel import ChannelContext, ChannelSettings
-from bot.render import Budget, PostRenderer, count_graphemes
+from bot.counting import Budget, count_graphemes
+from bot.render import PostRenderer
 from bot.types import Length, Post, Receipt, Story
 
 
@@ -27,6 +28,7 @@ class FakeChannel:
                  context: ChannelContext | None = None) -> None:
         self.name = name
         self.type = "fake"
+        self.resumable = False
         self.settings = settings or Settings(type="fake")
         self.sent: list[Post] = []
         self.attempts: list[str] = []  # idempotency keys, one per send call

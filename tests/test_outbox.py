@@ -86,7 +86,11 @@ async def test_gives_up_after_max_attempts(one_story) -> None:
     channel.settings.max_attempts = 2
     channel.script.extend([RetryLater("503"), RetryLater("503 again")])
     alerts: list[str] = []
-    app.dispatcher.alert = lambda name, message: alerts.append(message)
+
+    async def alert(name: str, message: str) -> None:
+        alerts.append(message)
+
+    app.dispatcher.alert = alert
     await app.dispatcher.drain()
     clock.advance(3600)
     await app.dispatcher.drain()
@@ -99,7 +103,11 @@ async def test_permanent_failure_is_recorded_and_alerted(one_story) -> None:
     app, channel, _ = one_story
     channel.script.append(Permanent("chat not found"))
     alerts: list[str] = []
-    app.dispatcher.alert = lambda name, message: alerts.append(f"{name}: {message}")
+
+    async def alert(name: str, message: str) -> None:
+        alerts.append(f"{name}: {message}")
+
+    app.dispatcher.alert = alert
     await app.dispatcher.drain()
     item = await row(app)
     assert (item["status"], item["last_error"]) == ("failed", "chat not found")

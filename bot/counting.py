@@ -1,0 +1,109 @@
+"""Length by each platform's own rules, and the rich-text spans some platforms need.
+
+- X: twitter-text weighted length (NFC, URLs 23, CJK and emoji weigh 2), limit 280.
+- Mastodon: grapheme clusters with every http(s) URL counted as 23, limit 500 by default.
+- Bluesky: grapheme clusters, limit 300; links and hashtags as facets in UTF-8 byte offsets.
+- Telegram: UTF-16 code units of the text after HTML entity parsing (4096, caption 1024).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import regex
+from twitter_text import extract_urls_with_indices, parse_tweet
+
+from bot.types import Facet
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A platform's length rule: how to count (`unit`, `count`) and the `limit`."""
+
+    unit: str
+    limit: int
+    count: Callable[[str], int]
+
+
+def graphemes(text: str) -> list[str]:
+    """The user-perceived characters (extended grapheme clusters) of `text`."""
+    return list(regex.findall(r"\X", text))
+
+
+def count_graphemes(text: str) -> int:
+    return len(regex.findall(r"\X", text))
+
+
+def count_utf16(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def count_x(text: str) -> int:
+    """X's weighted length (twitter-text v3 rules, as X counts a post)."""
+    return int(parse_tweet(unicodedata.normalize("NFC", text)).weightedLength)
+
+
+def web_urls(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, url) of each http(s) URL in `text`, in str indices, as platforms link them."""
+    out = []
+    for found in extract_urls_with_indices(text):
+        url = found["url"]
+        if url.lower().startswith(("http://", "https://")):
+            start, end = found["indices"]
+            out.append((start, end, url))
+    return out
+
+
+def count_mastodon(text: str, url_length: int = 23) -> int:
+    """Mastodon's length: graphemes, each URL counted as `url_length` characters."""
+    pieces, last = [], 0
+    for start, end, _ in web_urls(text):
+        pieces.append(text[last:start])
+        pieces.append("x" * url_length)
+        last = end
+    pieces.append(text[last:])
+    return count_graphemes("".join(pieces))
+
+
+_TAG = re.compile(r"<[^>]*>")
+
+
+def telegram_text(html_text: str) -> str:
+    """The text Telegram shows for an HTML-mode message (tags removed, entities decoded)."""
+    return html.unescape(_TAG.sub("", html_text))
+
+
+def count_telegram(html_text: str) -> int:
+    """Telegram's length of an HTML-mode message: UTF-16 units after entity parsing."""
+    return count_utf16(telegram_text(html_text))
+
+
+def escape_html(text: str) -> str:
+    """`text` safe inside Telegram HTML (only <, > and & need escaping, quotes in attributes)."""
+    return html.escape(text, quote=True)
+
+
+_HASHTAG = regex.compile(r"(?<![\p{L}\p{M}\p{N}_&/#])#([\p{L}\p{M}\p{N}_]*[\p{L}\p{M}][\p{L}\p{M}\p{N}_]*)")
+
+
+def _byte_offset(text: str, index: int) -> int:
+    return len(text[:index].encode("utf-8"))
+
+
+def bluesky_facets(text: str) -> list[Facet]:
+    """Link and hashtag facets of `text` in UTF-8 byte offsets (tags without '#')."""
+    facets = []
+    taken: list[tuple[int, int]] = []
+    for start, end, url in web_urls(text):
+        facets.append(Facet(_byte_offset(text, start), _byte_offset(text, end), "link", url))
+        taken.append((start, end))
+    for match in _HASHTAG.finditer(text):
+        start, end = match.span()
+        if any(s <= start < e for s, e in taken) or len(match.group(1)) > 64:
+            continue
+        facets.append(Facet(_byte_offset(text, start), _byte_offset(text, end), "tag", match.group(1)))
+    return sorted(facets, key=lambda f: f.start)
