@@ -179,3 +179,13 @@ async def test_status_counts(one_story) -> None:
     assert counts == {"fake": {"pending": 0, "sending": 0, "sent": 0, "failed": 1, "uncertain": 0}}
     (problem,) = await app.store.recent_problems()
     assert problem["last_error"] == "nope" and problem["url"] == "https://e.example/1"
+
+
+async def test_crash_on_a_resumable_channel_resumes_the_row(one_story) -> None:  # noqa: ANN001
+    app, channel, clock = one_story
+    assert await app.store.claim("fake", clock.now, "crashed-worker") is not None
+    assert await app.store.recover_sending(clock.now, resumable=["fake"]) == 1
+    await app.dispatcher.drain()
+    item = await row(app)
+    assert item["status"] == "sent" and channel.attempts == [f"siar-{item['id']}"]
+    assert await log(app) == ["queued", "resume", "sent"]

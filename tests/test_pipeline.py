@@ -175,3 +175,46 @@ async def test_same_link_in_two_feeds_is_sent_once(feed_server: FeedServer,
     await app.close()
     assert titles == ["Shared"]
     assert "duplicate" in decisions
+
+
+async def test_a_failing_feed_alerts_once_per_streak(feed_server: FeedServer,
+                                                     make_config: Callable[[str], Config]) -> None:
+    feed_server.routes["/broken"] = Route(status=502)
+    config = make_config(CONFIG.format(url=feed_server.url("/broken"), first_run="all",
+                                       broken=feed_server.url("/broken")))
+    app = app_for(config, FakeChannel(), Clock())
+    alerts: list[str] = []
+
+    async def sink(source: str, message: str) -> None:
+        alerts.append(f"{source}: {message}")
+
+    app.context.alert_sinks.append(sink)
+    await prepare(app)
+    for _ in range(8):
+        await app.poller.poll(config.feeds[0], force=True)
+    await app.close()
+    assert len(alerts) == 1
+    assert alerts[0].startswith("feed intl: failed 5 times in a row: HTTP 502")
+
+
+async def test_enrich_fills_image_and_tags_from_the_article_page(
+        feed_server: FeedServer, make_config: Callable[[str], Config]) -> None:
+    link = feed_server.url("/internasional/artikel-1")
+    feed_server.routes["/internasional/artikel-1"] = Route(content_type="text/html", body=(
+        '<html><head><meta property="og:image" content="/img/a.jpg">'
+        '<meta property="article:tag" content="Vladimir Putin">'
+        '<meta name="keywords" content="rusia, Vladimir Putin"></head><body>x</body></html>').encode())
+    feed_server.routes["/intl"] = Route(body=rss([{"title": "A", "link": link, "guid": "1",
+                                                   "category": "Internasional", "description": "Lead."}]))
+    config = make_config(CONFIG.format(url=feed_server.url("/intl"), first_run="all",
+                                       broken=feed_server.url("/missing"))
+                         .replace('include_url = "/internasional/"', 'include_url = "/internasional/"\n'
+                                  "enrich = true"))
+    app = app_for(config, FakeChannel(), Clock())
+    await prepare(app)
+    await app.poller.poll(config.feeds[0], force=True)
+    (story,) = await app.store.latest_stories(feeds=["intl"])
+    await app.close()
+    assert story.image == feed_server.url("/img/a.jpg")
+    assert story.tags == ("Vladimir Putin", "rusia")
+    assert story.lead == "Lead."
