@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.app import build  # noqa: E402
-from bot.config import load_config  # noqa: E402
-from bot.daemon import prepare  # noqa: E402
-from tests.fakes import Clock, FakeChannel  # noqa: E402
-from tests.feedserver import FeedServer, Route, rss  # noqa: E402
+from bot.app import build
+from bot.config import load_config
+from bot.daemon import prepare
+from tests.fakes import Clock, FakeChannel
+from tests.feedserver import FeedServer, Route, rss
 
 
 def items(feed: int, count: int, start: int = 0) -> list[dict[str, str]]:
@@ -78,7 +78,7 @@ async def run(feeds: int, count: int, base: str, commands: multiprocessing.Queue
 
         def report(label: str, wall: float, cpu: float, outcomes: list[str]) -> None:
             kinds = {o: outcomes.count(o) for o in set(outcomes)}
-            print(f"{label:<38} {feeds / wall:8.1f} feeds/s   {cpu / feeds * 1000:7.2f} ms CPU/feed   {kinds}")
+            print(f"{label:<38} {feeds / wall:8.1f} feeds/s  {cpu / feeds * 1000:7.2f} ms CPU/feed  {kinds}")
 
         print(f"{feeds} feeds x {count} items, 20 concurrent polls, SQLite store")
         report("first poll (all items new)", *await poll_all("etag"))

@@ -181,7 +181,7 @@ async def test_status_counts(one_story) -> None:
     assert problem["last_error"] == "nope" and problem["url"] == "https://e.example/1"
 
 
-async def test_crash_on_a_resumable_channel_resumes_the_row(one_story) -> None:  # noqa: ANN001
+async def test_crash_on_a_resumable_channel_resumes_the_row(one_story) -> None:
     app, channel, clock = one_story
     assert await app.store.claim("fake", clock.now, "crashed-worker") is not None
     assert await app.store.recover_sending(clock.now, resumable=["fake"]) == 1

@@ -201,9 +201,9 @@ async def test_enrich_fills_image_and_tags_from_the_article_page(
         feed_server: FeedServer, make_config: Callable[[str], Config]) -> None:
     link = feed_server.url("/internasional/artikel-1")
     feed_server.routes["/internasional/artikel-1"] = Route(content_type="text/html", body=(
-        '<html><head><meta property="og:image" content="/img/a.jpg">'
-        '<meta property="article:tag" content="Vladimir Putin">'
-        '<meta name="keywords" content="rusia, Vladimir Putin"></head><body>x</body></html>').encode())
+        b'<html><head><meta property="og:image" content="/img/a.jpg">'
+        b'<meta property="article:tag" content="Vladimir Putin">'
+        b'<meta name="keywords" content="rusia, Vladimir Putin"></head><body>x</body></html>'))
     feed_server.routes["/intl"] = Route(body=rss([{"title": "A", "link": link, "guid": "1",
                                                    "category": "Internasional", "description": "Lead."}]))
     config = make_config(CONFIG.format(url=feed_server.url("/intl"), first_run="all",
