@@ -22,6 +22,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import and_, event, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bot.schema import decisions, feed_state, outbox, stories
@@ -155,38 +156,66 @@ class Store:
         """Store new stories, their outbox rows and decisions, and the feed state: one transaction.
 
         A story whose canonical URL is already queued for a channel gets a `duplicate` decision
-        instead of a second row. Returns the ids of the outbox rows created.
+        instead of a second row. When daemons share PostgreSQL and another one stored a story
+        first, this one skips it (savepoints keep the rest). Returns the outbox ids created.
         """
         created: list[int] = []
+        # Rows are written in url-key order: two daemons' transactions then take the unique-index
+        # locks in the same order and cannot deadlock.
+        pairs = sorted(((url_key(i.story.url or f"{i.story.feed}:{i.story.uid}"), i) for i in new),
+                       key=lambda pair: pair[0])
+        keys = [key for key, _ in pairs]
         async with self._write() as conn:
-            for item in new:
+            if not self.is_sqlite:  # one poll of a feed at a time across daemons
+                lock = int.from_bytes(hashlib.sha256(state.name.encode()).digest()[:8], "big", signed=True)
+                await conn.execute(select(func.pg_advisory_xact_lock(lock)))
+            taken: set[tuple[str, str]] = set()
+            for start in range(0, len(keys), 500):
+                rows = await conn.execute(select(outbox.c.channel, outbox.c.dedup_key).where(
+                    outbox.c.dedup_key.in_(keys[start:start + 500])))
+                taken.update((r.channel, r.dedup_key) for r in rows)
+            log_rows: list[dict[str, Any]] = []
+            for key, item in pairs:
                 story = item.story
-                key = url_key(story.url or f"{story.feed}:{story.uid}")
-                story_id = (await conn.execute(insert(stories).values(
+                story_id = await self._insert_once(conn, insert(stories).values(
                     feed=story.feed, uid=story.uid, url=story.url, url_key=key, title=story.title,
                     published_at=story.published, first_seen_at=now, data=story.to_json(),
-                ).returning(stories.c.id))).scalar_one()
-                queued = [d.channel for d in item.decisions if d.queues and d.channel]
-                taken = set()
-                if queued:
-                    taken = set((await conn.execute(select(outbox.c.channel).where(
-                        outbox.c.dedup_key == key, outbox.c.channel.in_(queued)))).scalars())
-                rows = []
+                ).returning(stories.c.id))
+                if story_id is None:
+                    continue  # another daemon stored this story a moment ago
                 for d in item.decisions:
-                    if d.queues and d.channel in taken:
-                        d = Decision(d.channel, "duplicate", "url",
-                                     "the same link was already queued for this channel")
-                    elif d.queues:
-                        created.append((await conn.execute(insert(outbox).values(
-                            story_id=story_id, channel=d.channel, dedup_key=key, status="pending",
-                            attempts=0, next_attempt_at=now, created_at=now, updated_at=now,
-                        ).returning(outbox.c.id))).scalar_one())
-                    rows.append({"story_id": story_id, "channel": d.channel, "decision": d.decision,
-                                 "rule": d.rule, "detail": d.detail, "at": now})
-                if rows:
-                    await conn.execute(insert(decisions), rows)
+                    if d.queues and d.channel:
+                        outbox_id = None
+                        if (d.channel, key) not in taken:
+                            outbox_id = await self._insert_once(conn, insert(outbox).values(
+                                story_id=story_id, channel=d.channel, dedup_key=key, status="pending",
+                                attempts=0, next_attempt_at=now, created_at=now, updated_at=now,
+                            ).returning(outbox.c.id))
+                        if outbox_id is None:
+                            d = Decision(d.channel, "duplicate", "url",
+                                         "the same link was already queued for this channel")
+                        else:
+                            created.append(outbox_id)
+                            taken.add((d.channel, key))
+                    log_rows.append({"story_id": story_id, "channel": d.channel, "decision": d.decision,
+                                     "rule": d.rule, "detail": d.detail, "at": now})
+            if log_rows:
+                await conn.execute(insert(decisions), log_rows)
             await _upsert_feed_state(conn, state)
         return created
+
+    async def _insert_once(self, conn: AsyncConnection, statement: Any) -> int | None:
+        """The new row's id, or None when a unique constraint says it exists already.
+
+        SQLite has one writer (the store lock), so only PostgreSQL needs the savepoint.
+        """
+        if self.is_sqlite:
+            return int((await conn.execute(statement)).scalar_one())
+        try:
+            async with conn.begin_nested():
+                return int((await conn.execute(statement)).scalar_one())
+        except IntegrityError:
+            return None
 
     # --- outbox --------------------------------------------------------------------------
 
@@ -194,11 +223,14 @@ class Store:
         """The oldest due pending row of `channel`, now marked `sending`; None if nothing is due."""
         async with self._write() as conn:
             for _ in range(5):
+                # Due rows in publication order, so a channel's timeline reads oldest to newest.
                 row = (await conn.execute(
-                    select(outbox.c.id, outbox.c.attempts).where(
+                    select(outbox.c.id, outbox.c.attempts)
+                    .join(stories, stories.c.id == outbox.c.story_id).where(
                         outbox.c.channel == channel, outbox.c.status == "pending",
                         outbox.c.next_attempt_at <= now,
-                    ).order_by(outbox.c.next_attempt_at, outbox.c.id).limit(1))).first()
+                    ).order_by(outbox.c.next_attempt_at, stories.c.published_at, outbox.c.id)
+                    .limit(1))).first()
                 if row is None:
                     return None
                 claimed = await conn.execute(update(outbox).where(

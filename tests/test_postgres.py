@@ -92,3 +92,20 @@ async def test_two_daemons_share_the_outbox_without_double_sends(pg_url: str) ->
     finally:
         await first.close()
         await second.close()
+
+
+async def test_two_daemons_polling_the_same_feed_store_each_story_once(pg_url: str) -> None:
+    first, second = Store(pg_url, Path(".")), Store(pg_url, Path("."))
+    try:
+        await first.migrate()
+        batch = [NewStory(story(i), [Decision("c", "queued")]) for i in range(30)]
+        results = await asyncio.gather(
+            first.record_poll(await first.feed_state("f", "u"), batch, NOW),
+            second.record_poll(await second.feed_state("f", "u"), list(reversed(batch)), NOW))
+        assert len(results[0]) + len(results[1]) == 30
+        counts = await first.counts()
+        assert counts["c"]["pending"] == 30
+        assert len(await first.known_uids("f", [f"u{i}" for i in range(30)])) == 30
+    finally:
+        await first.close()
+        await second.close()
