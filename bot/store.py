@@ -184,19 +184,20 @@ class Store:
                 if story_id is None:
                     continue  # another daemon stored this story a moment ago
                 for d in item.decisions:
-                    if d.queues and d.channel:
+                    channel = d.channel
+                    if d.queues and channel:
                         outbox_id = None
-                        if (d.channel, key) not in taken:
+                        if (channel, key) not in taken:
                             outbox_id = await self._insert_once(conn, insert(outbox).values(
-                                story_id=story_id, channel=d.channel, dedup_key=key, status="pending",
+                                story_id=story_id, channel=channel, dedup_key=key, status="pending",
                                 attempts=0, next_attempt_at=now, created_at=now, updated_at=now,
                             ).returning(outbox.c.id))
                         if outbox_id is None:
-                            d = Decision(d.channel, "duplicate", "url",
+                            d = Decision(channel, "duplicate", "url",
                                          "the same link was already queued for this channel")
                         else:
                             created.append(outbox_id)
-                            taken.add((d.channel, key))
+                            taken.add((channel, key))
                     log_rows.append({"story_id": story_id, "channel": d.channel, "decision": d.decision,
                                      "rule": d.rule, "detail": d.detail, "at": now})
             if log_rows:
