@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import sys
@@ -32,7 +33,7 @@ from bot.render import RenderError
 from bot.store import STATUSES, Store
 from bot.types import Post, Story
 
-COMMANDS = ("run", "once", "preview", "check", "status", "why", "resend")
+COMMANDS = ("run", "once", "preview", "check", "status", "why", "resend", "webpush")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -62,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--json", action="store_true")
     r = sub.add_parser("resend", parents=[common], help="queue an uncertain or failed post again")
     r.add_argument("outbox_id", type=int)
+    wp = sub.add_parser("webpush", parents=[common], help="browser push set-up")
+    wp.add_argument("action", choices=("init",), help="init: create the VAPID key pair")
     return top
 
 
@@ -98,6 +101,8 @@ async def _dispatch(command: str, args: argparse.Namespace, config: Config) -> i
         return check(config)
     if command == "preview":
         return await preview(config, args)
+    if command == "webpush":
+        return webpush_init(config)
     store = Store(config.store.url, config.path.parent)
     try:
         await store.migrate()
@@ -112,6 +117,16 @@ async def _dispatch(command: str, args: argparse.Namespace, config: Config) -> i
         return 1
     finally:
         await store.close()
+
+
+def webpush_init(config: Config) -> int:
+    """`siar webpush init`: handled by the webpush channel module when it is installed."""
+    try:
+        module = importlib.import_module("channels.webpush")
+    except ImportError as exc:
+        print(f"web push is not available in this installation ({exc})", file=sys.stderr)
+        return 2
+    return int(module.init_command(config))
 
 
 # --- check -----------------------------------------------------------------------------------

@@ -96,7 +96,10 @@ async def run_daemon(app: App, stop: asyncio.Event | None = None) -> int:
         if scheduler.running:
             scheduler.shutdown(wait=False)
         if polls:
-            await asyncio.wait(polls, timeout=app.config.daemon.shutdown_grace)
+            _, unfinished = await asyncio.wait(set(polls), timeout=app.config.daemon.shutdown_grace)
+            for task in unfinished:  # a poll is one transaction: cancelling it loses nothing
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
         await app.dispatcher.stop(app.config.daemon.shutdown_grace)
         await app.close()
         if lock:

@@ -112,7 +112,11 @@ class Dispatcher:
                 await asyncio.sleep(5)
                 continue
             if item is not None:
-                await self._deliver(name, item)
+                try:
+                    await self._deliver(name, item)
+                except Exception:  # the store failed while recording; the row stays `sending`
+                    log.exception("channel %s: cannot record the outcome of outbox row %d", name, item.id)
+                    await asyncio.sleep(5)
                 continue
             wake.clear()
             timeout = IDLE_CHECK
