@@ -21,8 +21,9 @@ from typing import Any
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import and_, event, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bot.schema import decisions, feed_state, outbox, stories
@@ -157,66 +158,69 @@ class Store:
 
         A story whose canonical URL is already queued for a channel gets a `duplicate` decision
         instead of a second row. When daemons share PostgreSQL and another one stored a story
-        first, this one skips it (savepoints keep the rest). Returns the outbox ids created.
+        first, this one skips it. Returns the ids of the outbox rows created.
         """
-        created: list[int] = []
         # Rows are written in url-key order: two daemons' transactions then take the unique-index
         # locks in the same order and cannot deadlock.
         pairs = sorted(((url_key(i.story.url or f"{i.story.feed}:{i.story.uid}"), i) for i in new),
                        key=lambda pair: pair[0])
-        keys = [key for key, _ in pairs]
+        created: list[int] = []
         async with self._write() as conn:
             if not self.is_sqlite:  # one poll of a feed at a time across daemons
                 lock = int.from_bytes(hashlib.sha256(state.name.encode()).digest()[:8], "big", signed=True)
                 await conn.execute(select(func.pg_advisory_xact_lock(lock)))
-            taken: set[tuple[str, str]] = set()
-            for start in range(0, len(keys), 500):
-                rows = await conn.execute(select(outbox.c.channel, outbox.c.dedup_key).where(
-                    outbox.c.dedup_key.in_(keys[start:start + 500])))
-                taken.update((r.channel, r.dedup_key) for r in rows)
-            log_rows: list[dict[str, Any]] = []
-            for key, item in pairs:
-                story = item.story
-                story_id = await self._insert_once(conn, insert(stories).values(
-                    feed=story.feed, uid=story.uid, url=story.url, url_key=key, title=story.title,
-                    published_at=story.published, first_seen_at=now, data=story.to_json(),
-                ).returning(stories.c.id))
-                if story_id is None:
-                    continue  # another daemon stored this story a moment ago
-                for d in item.decisions:
-                    channel = d.channel
-                    if d.queues and channel:
-                        outbox_id = None
-                        if (channel, key) not in taken:
-                            outbox_id = await self._insert_once(conn, insert(outbox).values(
-                                story_id=story_id, channel=channel, dedup_key=key, status="pending",
-                                attempts=0, next_attempt_at=now, created_at=now, updated_at=now,
-                            ).returning(outbox.c.id))
-                        if outbox_id is None:
-                            d = Decision(channel, "duplicate", "url",
-                                         "the same link was already queued for this channel")
-                        else:
-                            created.append(outbox_id)
-                            taken.add((channel, key))
-                    log_rows.append({"story_id": story_id, "channel": d.channel, "decision": d.decision,
-                                     "rule": d.rule, "detail": d.detail, "at": now})
-            if log_rows:
-                await conn.execute(insert(decisions), log_rows)
+            if pairs:
+                created = await self._insert_stories(conn, pairs, now)
             await _upsert_feed_state(conn, state)
         return created
 
-    async def _insert_once(self, conn: AsyncConnection, statement: Any) -> int | None:
-        """The new row's id, or None when a unique constraint says it exists already.
+    async def _insert_stories(self, conn: AsyncConnection, pairs: list[tuple[str, NewStory]],
+                              now: datetime) -> list[int]:
+        keys = [key for key, _ in pairs]
+        taken: set[tuple[str, str]] = set()
+        for start in range(0, len(keys), 500):
+            rows = await conn.execute(select(outbox.c.channel, outbox.c.dedup_key).where(
+                outbox.c.dedup_key.in_(keys[start:start + 500])))
+            taken.update((r.channel, r.dedup_key) for r in rows)
+        # Bulk inserts that skip rows another daemon wrote first (ON CONFLICT DO NOTHING).
+        inserted = await conn.execute(self._insert_ignore(stories).returning(stories.c.id, stories.c.uid), [
+            {"feed": i.story.feed, "uid": i.story.uid, "url": i.story.url, "url_key": key,
+             "title": i.story.title, "published_at": i.story.published, "first_seen_at": now,
+             "data": i.story.to_json()} for key, i in pairs])
+        story_ids = {r.uid: r.id for r in inserted}
+        wanted: list[dict[str, Any]] = []
+        for key, item in pairs:
+            story_id = story_ids.get(item.story.uid)
+            for d in item.decisions:
+                if story_id is not None and d.queues and d.channel and (d.channel, key) not in taken:
+                    taken.add((d.channel, key))
+                    wanted.append({"story_id": story_id, "channel": d.channel, "dedup_key": key,
+                                   "status": "pending", "attempts": 0, "next_attempt_at": now,
+                                   "created_at": now, "updated_at": now})
+        queued: dict[tuple[int, str], int] = {}
+        if wanted:
+            rows = await conn.execute(self._insert_ignore(outbox).returning(
+                outbox.c.id, outbox.c.story_id, outbox.c.channel), wanted)
+            queued = {(r.story_id, r.channel): r.id for r in rows}
+        log_rows: list[dict[str, Any]] = []
+        for _, item in pairs:
+            story_id = story_ids.get(item.story.uid)
+            if story_id is None:
+                continue  # another daemon stored this story a moment ago
+            for d in item.decisions:
+                if d.queues and (story_id, str(d.channel)) not in queued:
+                    d = Decision(d.channel, "duplicate", "url",
+                                 "the same link was already queued for this channel")
+                log_rows.append({"story_id": story_id, "channel": d.channel, "decision": d.decision,
+                                 "rule": d.rule, "detail": d.detail, "at": now})
+        if log_rows:
+            await conn.execute(insert(decisions), log_rows)
+        return sorted(queued.values())
 
-        SQLite has one writer (the store lock), so only PostgreSQL needs the savepoint.
-        """
-        if self.is_sqlite:
-            return int((await conn.execute(statement)).scalar_one())
-        try:
-            async with conn.begin_nested():
-                return int((await conn.execute(statement)).scalar_one())
-        except IntegrityError:
-            return None
+    def _insert_ignore(self, table: Any) -> Any:
+        """INSERT … ON CONFLICT DO NOTHING for this database."""
+        dialect = sqlite_dialect if self.is_sqlite else postgresql_dialect
+        return dialect.insert(table).on_conflict_do_nothing()
 
     # --- outbox --------------------------------------------------------------------------
 
