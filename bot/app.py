@@ -15,6 +15,7 @@ from bot.config import Config
 from bot.dispatcher import Dispatcher
 from bot.fetch import Fetcher
 from bot.pipeline import FeedPoller
+from bot.render import RenderError
 from bot.store import Store
 
 log = logging.getLogger("siar")
@@ -68,6 +69,8 @@ def make_channels(config: Config, context: ChannelContext | None = None, *,
             ready[name] = registry.create_channel(name, settings, context)
         except ImportError as exc:
             unavailable[name] = f"needs a package that is not installed ({exc.name or exc})"
+        except RenderError as exc:  # a broken template disables its channel, not the daemon
+            unavailable[name] = str(exc)
     return ready, unavailable
 
 

@@ -158,6 +158,8 @@ def check(config: Config) -> int:
             state = f"[yellow]waits: {config.disabled[name]}[/]"
         elif name in unavailable:
             state = f"[yellow]cannot run: {unavailable[name]}[/]"
+            if "template" in unavailable[name]:
+                problems.append(unavailable[name])
         if name in channels:
             try:
                 channels[name].render(SAMPLE)

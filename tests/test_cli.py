@@ -171,3 +171,15 @@ def test_daemon_runs_refuses_a_second_and_stops_on_sigterm(example: Path, tmp_pa
     assert "Putin Ajak Menlu" in out
     status = json.loads(siar("status", "--config", str(example), "--json").stdout)
     assert status["channels"]["console"]["sent"] == 3
+
+
+def test_a_broken_template_fails_check_but_not_the_daemon(example: Path) -> None:
+    example.write_text(example.read_text() + '\n[channels.broken]\ntype = "console"\n'
+                       'template = """{{ title }}\n{% if %}"""\n')
+    result = siar("check", "--config", str(example))
+    assert result.returncode == 2
+    assert "channel 'broken': template error at line 2" in result.stderr
+    once = siar("once", "--config", str(example))
+    assert once.returncode == 0, once.stderr
+    assert "Putin Ajak Menlu" in once.stdout  # the console channel still posts
+    assert "channel broken is disabled" in once.stderr

@@ -5,6 +5,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.cleaning import CleaningRules, clean_lead, html_paragraphs
 from bot.normalize import canonical_url, parse_feed
@@ -140,3 +142,14 @@ def test_real_news_feeds_yield_usable_stories() -> None:
         with_links = [s for s in parsed.stories if s.url.startswith("http")]
         assert len(with_links) >= len(parsed.stories) * 0.9, path
         assert all(s.title for s in parsed.stories), path
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=3000) | st.text(max_size=3000).map(lambda t: (
+    '<?xml version="1.0"?><rss version="2.0"><channel><item><title>' + t
+    + "</title><link>https://e.example/" + t[:20] + "</link><description>" + t
+    + "</description><category>" + t[:30] + "</category></item></channel></rss>").encode("utf-8", "replace")))
+def test_hostile_bytes_never_raise(body: bytes) -> None:
+    parsed = parse_feed(body, "https://e.example/rss", {}, RULES, "f")
+    for story in parsed.stories:
+        assert story.uid and "\n" not in story.title
