@@ -33,9 +33,13 @@ class ChannelError(Exception):
 
 
 class RetryLater(ChannelError):
-    def __init__(self, reason: str, after: float | None = None) -> None:
+    """Try again after `after` seconds (None: backoff). `attempt=False` marks a planned wait
+    (a daily cap, say) that must not count against `max_attempts`."""
+
+    def __init__(self, reason: str, after: float | None = None, *, attempt: bool = True) -> None:
         super().__init__(reason)
         self.after = after
+        self.attempt = attempt
 
 
 class Permanent(ChannelError):

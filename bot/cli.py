@@ -210,8 +210,12 @@ async def preview(config: Config, args: argparse.Namespace) -> int:
                 listens = channel.settings.feeds is None or feed.name in channel.settings.feeds
                 if not listens and not (args.file and not args.feed):
                     continue
-                wanted = [s for s in parsed.stories if rejection(s, feed, now) is None
-                          and rejection(s, channel.settings, now) is None][: max(0, args.limit)]
+                # Content filters only: max_age is about timing, and a preview of an old file or
+                # a quiet feed should still show what the posts look like.
+                feed_rules = feed.model_copy(update={"max_age": None})
+                channel_rules = channel.settings.model_copy(update={"max_age": None})
+                wanted = [s for s in parsed.stories if rejection(s, feed_rules, now) is None
+                          and rejection(s, channel_rules, now) is None][: max(0, args.limit)]
                 posts.extend(channel.render(s) for s in wanted)
     finally:
         await fetcher.close()

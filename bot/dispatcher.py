@@ -141,7 +141,7 @@ class Dispatcher:
         try:
             receipt = await channel.send(post, idempotency_key=f"siar-{item.id}")
         except RetryLater as exc:
-            if item.attempts >= settings.max_attempts:
+            if exc.attempt and item.attempts >= settings.max_attempts:
                 reason = f"gave up after {item.attempts} attempts: {exc.reason}"
                 await self._finish(item, "failed", "failed", reason)
                 await self.alert(name, f"{item.story.url}: {reason}")
@@ -150,8 +150,9 @@ class Dispatcher:
             delay = retry_delay(item.attempts, daemon.retry_base, daemon.retry_max, exc.after)
             at = self.clock() + timedelta(seconds=delay)
             log.warning("channel %s: %s; retry %d in %.0fs", name, exc.reason, item.attempts, delay)
-            await self._finish(item, "pending", "retry", f"{exc.reason} (retry in {delay:.0f}s)",
-                               retry_at=at)
+            await self._finish(item, "pending", "retry" if exc.attempt else "deferred",
+                               f"{exc.reason} (retry in {delay:.0f}s)", retry_at=at,
+                               refund_attempt=not exc.attempt)
         except Permanent as exc:
             await self._finish(item, "failed", "failed", exc.reason)
             await self.alert(name, f"{item.story.url}: {exc.reason}")
@@ -175,14 +176,15 @@ class Dispatcher:
                                remote_url=receipt.url)
 
     async def _finish(self, item: OutboxItem, status: str, decision: str, detail: str = "",
-                      remote_id: str = "", remote_url: str = "",
-                      retry_at: datetime | None = None) -> None:
+                      remote_id: str = "", remote_url: str = "", retry_at: datetime | None = None,
+                      refund_attempt: bool = False) -> None:
         counter = {"sent": "sent", "failed": "failed", "pending": "retry", "uncertain": "uncertain"}
         setattr(self.stats, counter[status], getattr(self.stats, counter[status]) + 1)
         if status != "sent":
             self.stats.problems.append(f"{item.channel}: {item.story.url}: {detail}")
         await self.store.finish(item.id, status, self.clock(), decision=decision, detail=detail,
-                                remote_id=remote_id, remote_url=remote_url, retry_at=retry_at)
+                                remote_id=remote_id, remote_url=remote_url, retry_at=retry_at,
+                                refund_attempt=refund_attempt)
 
 
 async def _log_alert(channel: str, message: str) -> None:

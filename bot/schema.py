@@ -109,8 +109,8 @@ decisions = Table(
     Column("story_id", Integer, ForeignKey("stories.id", ondelete="CASCADE"), nullable=False,
            index=True),
     Column("channel", String(200)),
-    # queued, filtered, too_old, duplicate, first_run_skip, sent, already_sent, retry, failed,
-    # uncertain, resend
+    # queued, filtered, too_old, duplicate, first_run_skip, sent, already_sent, retry, deferred,
+    # failed, uncertain, resume, resend
     Column("decision", String(32), nullable=False),
     Column("rule", String(200)),
     Column("detail", Text),

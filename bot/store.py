@@ -255,8 +255,11 @@ class Store:
 
     async def finish(self, item_id: int, status: str, now: datetime, *, decision: str,
                      detail: str = "", remote_id: str = "", remote_url: str = "",
-                     retry_at: datetime | None = None) -> None:
-        """Move a `sending` row to its outcome and log the decision, in one transaction."""
+                     retry_at: datetime | None = None, refund_attempt: bool = False) -> None:
+        """Move a `sending` row to its outcome and log the decision, in one transaction.
+
+        `refund_attempt`: the claim's attempt does not count (a planned wait, not a failure).
+        """
         assert status in STATUSES
         values: dict[str, Any] = {"status": status, "updated_at": now, "last_error": detail or None}
         if status == "sent":
@@ -264,6 +267,8 @@ class Store:
                           last_error=None)
         if retry_at is not None:
             values["next_attempt_at"] = retry_at
+        if refund_attempt:
+            values["attempts"] = outbox.c.attempts - 1
         async with self._write() as conn:
             row = (await conn.execute(select(outbox.c.story_id, outbox.c.channel).where(
                 outbox.c.id == item_id))).one()

@@ -189,3 +189,16 @@ async def test_crash_on_a_resumable_channel_resumes_the_row(one_story) -> None:
     item = await row(app)
     assert item["status"] == "sent" and channel.attempts == [f"siar-{item['id']}"]
     assert await log(app) == ["queued", "resume", "sent"]
+
+
+async def test_a_planned_wait_does_not_use_up_attempts(one_story) -> None:
+    app, channel, clock = one_story
+    channel.settings.max_attempts = 2
+    channel.script.extend([RetryLater("daily cap reached", after=3600, attempt=False)] * 5)
+    for _ in range(5):
+        await app.dispatcher.drain()
+        clock.advance(3600)
+    await app.dispatcher.drain()
+    item = await row(app)
+    assert (item["status"], item["attempts"]) == ("sent", 1)
+    assert await log(app) == ["queued", *["deferred"] * 5, "sent"]

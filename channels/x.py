@@ -1,0 +1,382 @@
+"""`type = "x"`: posts to X (Twitter) with tweepy's v2 `Client.create_tweet`, OAuth 1.0a user context.
+
+tweepy is synchronous (requests), so each post runs in a worker thread. tweepy hard-codes the host
+`https://api.twitter.com`; the client's requests go through a Session that re-bases them on
+`api_base_url` *before* requests-oauthlib signs them, so the OAuth signature covers the URL that is
+really requested (what any OAuth 1.0a server checks), and tweepy's own error mapping stays intact.
+
+X bills per post, so a channel may have a `daily_cap`: posts sent today (since local midnight in
+`[site] timezone`) are counted from the outbox itself, which survives restarts and sees every
+daemon sharing the store; when the cap is reached the post waits for the next day
+(`on_cap = "defer"`) or is dropped (`"skip"`), and the dispatcher records either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email.utils
+import re
+import time
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
+from typing import Any, ClassVar, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, SecretStr, field_validator
+
+from bot.channel import AlreadyDone, ChannelContext, ChannelSettings, Permanent, RetryLater, Uncertain
+from bot.counting import Budget, count_x
+from bot.durations import Duration
+from bot.render import PostRenderer, load_template_text
+from bot.types import Length, Post, Receipt, Story
+
+TWEEPY_HOST = "https://api.twitter.com"
+LIMIT = 280
+# Title, link, as many hashtags as fit; the short call to action only when everything else fits
+# (see XChannel.render). X builds the link card from the page, so no lead and no media.
+DEFAULT_TEMPLATE = """\
+{{ title }}
+
+{{ url }}
+{{ hashtags }}
+{% if cta_follow %}
+
+{{ cta_follow }}
+{% endif %}
+"""
+# How much of X's own error text goes into a recorded reason.
+_DETAIL_MAX = 300
+
+
+class Settings(ChannelSettings):
+    type: str = "x"
+    # OAuth 1.0a user context: the app's consumer key/secret and the posting account's access
+    # token/secret ("Read and Write" permission). Empty ones disable the channel with a warning.
+    consumer_key: SecretStr = SecretStr("")
+    consumer_secret: SecretStr = SecretStr("")
+    access_token: SecretStr = SecretStr("")
+    access_token_secret: SecretStr = SecretStr("")
+    api_base_url: str = TWEEPY_HOST
+    daily_cap: int | None = Field(default=None, ge=1)  # posts per local day; None = no cap
+    on_cap: Literal["defer", "skip"] = "defer"
+    cta: str | None = None  # a short call to action for X; None = [cta] follow_text
+    timeout: Duration = 30.0  # per request; a read timeout after sending makes the post uncertain
+    rate_limit: str = "10/min"  # X allows 100 posts / 15 min per user on paid tiers
+
+    secret_keys: ClassVar[tuple[str, ...]] = (
+        "consumer_key", "consumer_secret", "access_token", "access_token_secret")
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.lower().startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL like \"https://api.twitter.com\"")
+        return value
+
+
+class XChannel:
+    """One X account."""
+
+    def __init__(self, name: str, settings: Settings, context: ChannelContext) -> None:
+        import tweepy  # type: ignore[import-untyped]  # noqa: F401  (missing SDK disables the channel)
+
+        self.name = name
+        self.type = "x"
+        self.resumable = False  # create_tweet has no idempotency key
+        self.settings = settings
+        self.context = context
+        template = load_template_text(settings.template, DEFAULT_TEMPLATE, context.base_dir)
+        cta = context.cta
+        if settings.cta is not None:
+            cta = cta.model_copy(update={"follow_text": settings.cta})
+        self.renderer = PostRenderer(name, template, dataclasses.replace(context, cta=cta),
+                                     tag_settings=settings.hashtags)
+        no_cta = cta.model_copy(update={"follow_text": "", "notify_text": "", "follow_links": []})
+        self.renderer_without_cta = PostRenderer(name, template, dataclasses.replace(context, cta=no_cta),
+                                                 tag_settings=settings.hashtags)
+        self.budget = Budget("weighted", LIMIT, count_x)
+        self._client: Any = None
+        self._sent_today: tuple[date, int] | None = None  # only when there is no store
+
+    async def start(self) -> None:
+        self._client = self._make_client()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.session.close()
+
+    def render(self, story: Story) -> Post:
+        original = story
+        # Feed text must not @mention accounts: X's automation rules forbid unsolicited
+        # automated mentions, and the account named would be notified.
+        story = dataclasses.replace(story, title=defuse_mentions(story.title),
+                                    lead=defuse_mentions(story.lead))
+        text, used, values = self.renderer.fit(story, self.budget)
+        everything = self.renderer.variables(story)
+        complete = all(values[k] == everything[k] for k in ("hashtag_list", "title", "lead"))
+        if not complete and values["cta_follow"]:
+            # The call to action is the first thing to go, before any hashtag or title word.
+            text, used, values = self.renderer_without_cta.fit(story, self.budget)
+        return Post(channel=self.name, type=self.type, story=original, text=text,
+                    length=Length(self.budget.unit, used, self.budget.limit),
+                    extra={"hashtags": values["hashtag_list"]})
+
+    async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
+        await self._check_daily_cap()
+        if self._client is None:
+            self._client = self._make_client()
+        try:
+            response = await asyncio.to_thread(self._client.create_tweet, text=post.text, user_auth=True)
+        except Exception as exc:
+            error = classify(exc, self.settings.timeout)
+            if error is exc:
+                raise  # not a platform answer: the dispatcher records it as uncertain
+            raise error from exc
+        self._count_sent()
+        data = getattr(response, "data", None) or {}
+        tweet_id = str(data.get("id", "")) if isinstance(data, Mapping) else ""
+        if not tweet_id:
+            return Receipt(note="X accepted the post but answered without its id")
+        return Receipt(remote_id=tweet_id, url=f"https://x.com/i/web/status/{tweet_id}")
+
+    # --- the client ------------------------------------------------------------------------
+
+    def _make_client(self) -> Any:
+        import tweepy
+
+        s = self.settings
+        client = tweepy.Client(
+            consumer_key=s.consumer_key.get_secret_value(),
+            consumer_secret=s.consumer_secret.get_secret_value(),
+            access_token=s.access_token.get_secret_value(),
+            access_token_secret=s.access_token_secret.get_secret_value(),
+            wait_on_rate_limit=False,  # never sleep in the thread: the outbox reschedules instead
+        )
+        client.session = rebased_session(s.api_base_url, s.timeout)
+        client.user_agent = self.context.user_agent
+        return client
+
+    # --- the daily cap ---------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return self.context.clock() if self.context.clock is not None else datetime.now(UTC)
+
+    async def _check_daily_cap(self) -> None:
+        cap = self.settings.daily_cap
+        if cap is None:
+            return
+        now = self._now()
+        midnight, next_midnight = local_day(now, self.context.site.timezone)
+        sent = await self._sent_since(midnight)
+        if sent < cap:
+            return
+        if self.settings.on_cap == "skip":
+            raise Permanent(f"daily cap of {cap} reached ({sent} posts today); skipped (on_cap = \"skip\")")
+        wait = (next_midnight - now).total_seconds() + 1
+        raise RetryLater(f"daily cap of {cap} reached ({sent} posts today); waiting for the next day",
+                         after=wait, attempt=False)
+
+    async def _sent_since(self, since: datetime) -> int:
+        store = self.context.store
+        if store is None:
+            day = since.astimezone(ZoneInfo(self.context.site.timezone)).date()
+            return self._sent_today[1] if self._sent_today and self._sent_today[0] == day else 0
+        from sqlalchemy import func, select
+
+        from bot.schema import outbox
+
+        # Rows X confirmed with an id; "already posted" answers (no id) created nothing new.
+        query = select(func.count()).select_from(outbox).where(
+            outbox.c.channel == self.name, outbox.c.status == "sent", outbox.c.sent_at >= since,
+            outbox.c.remote_id.is_not(None))
+        async with store.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    def _count_sent(self) -> None:
+        if self.context.store is not None or self.settings.daily_cap is None:
+            return
+        day = self._now().astimezone(ZoneInfo(self.context.site.timezone)).date()
+        count = self._sent_today[1] if self._sent_today and self._sent_today[0] == day else 0
+        self._sent_today = (day, count + 1)
+
+
+_MENTION = re.compile(r"(?<![A-Za-z0-9_!#$%&*@＠])([@＠])(?=[A-Za-z0-9_])")
+
+
+def defuse_mentions(text: str) -> str:
+    """`text` with every would-be @mention broken by a zero-width space after the '@'."""
+    return _MENTION.sub("\\1\u200b", text)
+
+
+def local_day(now: datetime, timezone: str) -> tuple[datetime, datetime]:
+    """(this local midnight, the next one) in `timezone`, as aware datetimes."""
+    zone = ZoneInfo(timezone)
+    today = now.astimezone(zone).date()
+    start = datetime.combine(today, clock_time(0), tzinfo=zone)
+    end = datetime.combine(today + timedelta(days=1), clock_time(0), tzinfo=zone)
+    return start, end
+
+
+def rebased_session(base_url: str, timeout: float) -> Any:
+    """A requests Session that sends tweepy's `https://api.twitter.com/...` to `base_url/...`."""
+    import requests
+
+    class RebasedSession(requests.Session):
+        def request(self, method: str, url: str | bytes,
+                    *args: Any, **kwargs: Any) -> Any:
+            if isinstance(url, str) and url.startswith(TWEEPY_HOST):
+                url = base_url + url[len(TWEEPY_HOST):]
+            # tweepy sets no timeout; a connect timeout is safe to retry, a read timeout is not.
+            kwargs.setdefault("timeout", (min(10.0, timeout), timeout))
+            return super().request(method, url, *args, **kwargs)
+
+    session = RebasedSession()
+    # One connection per post: a pooled connection that the server has closed would fail *after*
+    # the request was written, which is indistinguishable from a lost answer. Posts are rare.
+    session.headers["Connection"] = "close"
+    return session
+
+
+# --- errors --------------------------------------------------------------------------------
+
+def classify(exc: BaseException, timeout: float, now: float | None = None) -> BaseException:
+    """The ChannelError for an exception from tweepy/requests (the exception itself if unknown)."""
+    import requests
+    import tweepy
+
+    if isinstance(exc, tweepy.TooManyRequests):
+        after = rate_limit_wait(exc.response.headers, time.time() if now is None else now)
+        return RetryLater(f"X rate limit (429 Too Many Requests){_detail(exc)}", after=after)
+    if isinstance(exc, tweepy.Forbidden):
+        if is_duplicate(exc):
+            return AlreadyDone("X says this text is already posted (403 duplicate content)")
+        return Permanent(f"X refused the post (403 Forbidden){_detail(exc)}")
+    if isinstance(exc, tweepy.Unauthorized):
+        return Permanent("X rejected the credentials (401 Unauthorized): check consumer_key, "
+                         "consumer_secret, access_token and access_token_secret, and that the app "
+                         f"has Read and Write permission{_detail(exc)}")
+    if isinstance(exc, tweepy.TwitterServerError):
+        return RetryLater(f"X server error ({_status(exc)}){_detail(exc)}")
+    if isinstance(exc, tweepy.HTTPException):
+        return Permanent(f"X refused the post ({_status(exc)}){_detail(exc)}")
+    if isinstance(exc, requests.ConnectTimeout):
+        return RetryLater("cannot connect to X (connect timeout)")
+    if isinstance(exc, requests.ReadTimeout):
+        return Uncertain(f"X did not answer within {timeout:g}s after the post was sent; it may be "
+                         "on X: check the account before `siar resend`")
+    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                        requests.exceptions.InvalidSchema)):
+        return Permanent(f"api_base_url is not usable: {exc}")
+    if isinstance(exc, requests.ConnectionError):
+        if _before_sending(exc):
+            return RetryLater(f"cannot connect to X: {_short(exc)}")
+        return Uncertain(f"the connection to X broke after the post was sent ({_short(exc)}); "
+                         "check the account before `siar resend`")
+    if isinstance(exc, requests.RequestException):
+        return Uncertain(f"request to X failed: {_short(exc)}")
+    return exc
+
+
+def _before_sending(exc: BaseException) -> bool:
+    """True when a requests ConnectionError happened before any byte of the request left."""
+    import requests
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+    if isinstance(exc, (requests.exceptions.SSLError, requests.exceptions.ProxyError)):
+        return True  # the TLS or proxy handshake precedes the request
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, (NewConnectionError, ConnectTimeoutError, ConnectionRefusedError)):
+            return True
+        stack.extend([getattr(current, "reason", None), current.__cause__, current.__context__])
+        stack.extend(a for a in current.args if isinstance(a, BaseException))
+    return False
+
+
+def is_duplicate(exc: Any) -> bool:
+    """X's answer to a repeated text: v2 detail "...duplicate content." or v1.1 code 187."""
+    if 187 in getattr(exc, "api_codes", []):
+        return True
+    texts = [str(m) for m in getattr(exc, "api_messages", [])]
+    response = getattr(exc, "response", None)
+    if response is not None:
+        texts.append(str(getattr(response, "text", "")))
+    return any("duplicate" in t.lower() for t in texts)
+
+
+def rate_limit_wait(headers: Mapping[str, str], now: float) -> float | None:
+    """Seconds until X accepts posts again, from a 429's headers; None if they do not say.
+
+    `x-rate-limit-*` is the 15-minute window; `x-user-limit-24hour-*` and `x-app-limit-24hour-*`
+    the daily post limits. A window counts when its remaining is 0 (or not given); the latest
+    reset wins, and so does a longer `retry-after`.
+    """
+    lower = {k.lower(): v for k, v in headers.items()}
+    waits: list[float] = []
+    any_reset: list[float] = []
+    for prefix in ("x-rate-limit", "x-user-limit-24hour", "x-app-limit-24hour"):
+        reset = _number(lower.get(f"{prefix}-reset"))
+        if reset is None:
+            continue
+        any_reset.append(reset - now)
+        if lower.get(f"{prefix}-remaining", "0").strip() == "0":
+            waits.append(reset - now)
+    if not waits:
+        waits = any_reset
+    retry_after = lower.get("retry-after")
+    if retry_after:
+        seconds = _number(retry_after)
+        if seconds is None:
+            try:
+                seconds = email.utils.parsedate_to_datetime(retry_after).timestamp() - now
+            except (TypeError, ValueError):
+                seconds = None
+        if seconds is not None:
+            waits.append(seconds)
+    if not waits:
+        return None
+    return min(max(1.0, max(waits) + 1.0), 2 * 86400.0)
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _status(exc: Any) -> str:
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", "?")
+    reason = getattr(response, "reason", "") or ""
+    return f"{code} {reason}".strip()
+
+
+def _detail(exc: Any) -> str:
+    messages = [str(m) for m in getattr(exc, "api_messages", []) if m]
+    text = "; ".join(messages)
+    return f": {_clip(text)}" if text else ""
+
+
+def _short(exc: BaseException) -> str:
+    return _clip(f"{type(exc).__name__}: {exc}")
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 1] + "…"
+
+
+def create(name: str, settings: ChannelSettings, context: ChannelContext) -> XChannel:
+    assert isinstance(settings, Settings)
+    return XChannel(name, settings, context)
+
