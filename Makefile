@@ -19,7 +19,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(PY) main.py run --config $(CONFIG)
 
-test: $(VENV)/.installed-dev
+# Bluesky's reference PDS (npm @atproto/dev-env, Node 22 from npm) for the end-to-end test.
+PDS := tests/bluesky_pds
+$(PDS)/node_modules/.siar-installed: $(PDS)/package-lock.json
+	sh $(PDS)/install.sh
+
+test: $(VENV)/.installed-dev $(PDS)/node_modules/.siar-installed
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest -q

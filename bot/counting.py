@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import regex
@@ -94,11 +94,24 @@ def _byte_offset(text: str, index: int) -> int:
     return len(text[:index].encode("utf-8"))
 
 
-def bluesky_facets(text: str) -> list[Facet]:
-    """Link and hashtag facets of `text` in UTF-8 byte offsets (tags without '#')."""
+def bluesky_facets(text: str, known_urls: Sequence[str] = ()) -> list[Facet]:
+    """Link and hashtag facets of `text` in UTF-8 byte offsets (tags without '#').
+
+    `known_urls` (the story's link) are faceted wherever they occur, even when twitter-text's
+    URL rules would not recognise them (an unusual domain ending, say).
+    """
     facets = []
     taken: list[tuple[int, int]] = []
-    for start, end, url in web_urls(text):
+    spans = {(start, end, url) for start, end, url in web_urls(text)}
+    for url in known_urls:
+        at = text.find(url) if url else -1
+        while at >= 0:
+            if not any(s <= at < e for s, e, _ in spans):
+                spans.add((at, at + len(url), url))
+            at = text.find(url, at + len(url))
+    for start, end, url in sorted(spans):
+        if any(s <= start < e for s, e in taken):
+            continue
         facets.append(Facet(_byte_offset(text, start), _byte_offset(text, end), "link", url))
         taken.append((start, end))
     for match in _HASHTAG.finditer(text):

@@ -45,6 +45,7 @@ class RenderError(Exception):
 # --- hashtags --------------------------------------------------------------------------------
 
 _WORD = regex.compile(r"[\p{L}\p{M}\p{N}]+")
+_LETTER = regex.compile(r"[\p{L}\p{M}]")
 
 
 def hashtag(tag: str) -> str | None:
@@ -54,7 +55,7 @@ def hashtag(tag: str) -> str | None:
     if not words:
         return None
     text = "".join(w[:1].upper() + w[1:] for w in words)
-    if text.isdigit():
+    if not _LETTER.search(text):  # only digits or number signs: platforms do not link those
         return None
     return text
 

@@ -1,0 +1,351 @@
+"""`type = "mastodon"`: posts a status to one account on a Mastodon instance.
+
+httpx rather than Mastodon.py: the daemon is asyncio and Mastodon.py is synchronous (requests),
+so every call would need a thread; httpx is already a dependency, and talking to the four
+endpoints we use directly lets us map every status code and rate-limit header ourselves.
+
+Exactly once: every status carries an `Idempotency-Key` derived from the outbox row (and the
+story), so a retry after a timeout, a 5xx or a crash returns the status the first attempt made
+instead of posting again. Mastodon keeps idempotency keys for one hour only, so an ambiguous
+failure older than that is reported as Uncertain instead of being retried blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import Field, SecretStr, field_validator
+
+from bot.channel import ChannelContext, ChannelSettings, Permanent, RetryLater, Uncertain
+from bot.counting import Budget, count_graphemes, count_mastodon, graphemes
+from bot.render import PostRenderer, load_template_text
+from bot.types import Length, Post, Receipt, Story
+
+log = logging.getLogger("siar.mastodon")
+
+DEFAULT_TEMPLATE = """\
+{{ title }}
+
+{{ lead }}
+
+{{ url }}
+
+{{ hashtags }}
+"""
+DEFAULT_MAX_CHARACTERS = 500
+DEFAULT_URL_LENGTH = 23
+DEFAULT_IMAGE_LIMIT = 16 * 1024 * 1024
+ALT_TEXT_LIMIT = 1500  # Mastodon's media description limit
+IDEMPOTENCY_WINDOW = 55 * 60.0  # Mastodon forgets an Idempotency-Key after one hour
+
+
+class Settings(ChannelSettings):
+    type: str = "mastodon"
+    instance: str  # base URL of the instance (or a local fake / proxy), e.g. https://mastodon.social
+    access_token: SecretStr = SecretStr("")  # needs the write:statuses (and write:media) scope
+    visibility: Literal["public", "unlisted", "private", "direct"] = "public"
+    language: str | None = None  # ISO 639 code; default: the story's language, else [site] language
+    upload_image: bool = False  # attach the story image (with alt text) instead of relying on the card
+    sensitive: bool = False
+    spoiler_text: str = ""  # content warning; counts toward the instance's character limit
+    timeout: float = Field(default=20.0, gt=0, le=300)  # seconds per request
+    secret_keys: ClassVar[tuple[str, ...]] = ("access_token",)
+
+    @field_validator("instance")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be the instance's base URL, e.g. \"https://mastodon.social\"")
+        return value
+
+
+class InstanceLimits:
+    """The instance's status rules, read once from /api/v2/instance (or v1) and then cached."""
+
+    def __init__(self, max_characters: int = DEFAULT_MAX_CHARACTERS, url_length: int = DEFAULT_URL_LENGTH,
+                 image_size_limit: int = DEFAULT_IMAGE_LIMIT, loaded: bool = False) -> None:
+        self.max_characters = max_characters
+        self.url_length = url_length
+        self.image_size_limit = image_size_limit
+        self.loaded = loaded
+
+    @classmethod
+    def from_instance(cls, data: dict[str, Any]) -> InstanceLimits | None:
+        """Limits from an instance document, None when it carries none (old or odd servers)."""
+        config = _table(data, "configuration")
+        statuses, media = _table(config, "statuses"), _table(config, "media_attachments")
+        chars = statuses.get("max_characters", data.get("max_toot_chars"))  # max_toot_chars: Pleroma/glitch
+        if not isinstance(chars, int) or chars <= 0:
+            return None
+        url_length = statuses.get("characters_reserved_per_url")
+        image = media.get("image_size_limit")
+        return cls(chars,
+                   url_length if isinstance(url_length, int) and url_length > 0 else DEFAULT_URL_LENGTH,
+                   image if isinstance(image, int) and image > 0 else DEFAULT_IMAGE_LIMIT, loaded=True)
+
+
+def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def status_language(language: str) -> str | None:
+    """'en-US' -> 'en': Mastodon wants an ISO 639 code; None when there is nothing usable."""
+    code = language.strip().replace("_", "-").split("-")[0].lower()
+    return code if code.isalpha() and 2 <= len(code) <= 3 else None
+
+
+def outgoing_key(idempotency_key: str, story: Story) -> str:
+    """The Idempotency-Key header: the outbox key plus the story, so a fresh store can never
+    collide with a key a previous store used for another story within Mastodon's hour."""
+    digest = hashlib.sha256(f"{story.feed}\n{story.uid}".encode()).hexdigest()[:16]
+    return f"{idempotency_key}-{digest}"
+
+
+class MastodonChannel:
+    """One account on one instance."""
+
+    def __init__(self, name: str, settings: Settings, context: ChannelContext) -> None:
+        self.name = name
+        self.type = "mastodon"
+        self.resumable = True  # the Idempotency-Key makes a resend return the first status
+        self.settings = settings
+        self.context = context
+        template = load_template_text(settings.template, DEFAULT_TEMPLATE, context.base_dir)
+        self.renderer = PostRenderer(name, template, context, tag_settings=settings.hashtags)
+        key = f"mastodon-limits:{settings.instance}"
+        self.limits: InstanceLimits = context.shared.setdefault(key, InstanceLimits())
+        self._client: httpx.AsyncClient | None = None
+        self._ambiguous: dict[str, float] = {}  # key -> monotonic time of its first ambiguous failure
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                base_url=self.settings.instance, timeout=self.settings.timeout,
+                headers={"User-Agent": self.context.user_agent}, follow_redirects=False)
+        return self._client
+
+    async def start(self) -> None:
+        await self._load_limits()
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _load_limits(self) -> None:
+        """Read the instance's limits once (v2, then v1); keep the defaults when neither answers."""
+        if self.limits.loaded:
+            return
+        for path in ("/api/v2/instance", "/api/v1/instance"):
+            try:
+                response = await self._http().get(path)
+                data = response.json() if response.status_code == 200 else None
+            except (httpx.HTTPError, ValueError):
+                continue
+            found = InstanceLimits.from_instance(data) if isinstance(data, dict) else None
+            if found is not None:
+                self.limits.__dict__.update(found.__dict__)
+                log.info("channel %s: instance allows %d characters (URLs count %d)",
+                         self.name, found.max_characters, found.url_length)
+                return
+        log.warning("channel %s: cannot read the instance's limits; using %d characters",
+                    self.name, self.limits.max_characters)
+
+    # --- rendering ---------------------------------------------------------------------------
+
+    def budget(self) -> Budget:
+        """The instance's character rule, minus the content warning (Mastodon counts both)."""
+        url_length = self.limits.url_length
+        limit = self.limits.max_characters - count_graphemes(self.settings.spoiler_text)
+
+        def count(text: str) -> int:
+            return count_mastodon(text, url_length)
+
+        return Budget("graphemes", limit, count)
+
+    def render(self, story: Story) -> Post:
+        budget = self.budget()
+        text, used, _ = self.renderer.fit(story, budget)
+        language = status_language(self.settings.language or story.language or self.context.site.language)
+        alt = "".join(graphemes(story.image_alt or story.title)[:ALT_TEXT_LIMIT])
+        extra: dict[str, Any] = {"visibility": self.settings.visibility, "language": language}
+        if self.settings.spoiler_text:
+            extra["spoiler_text"] = self.settings.spoiler_text
+        if self.settings.upload_image and story.image:
+            extra["image_alt"] = alt
+        return Post(channel=self.name, type=self.type, story=story, text=text,
+                    length=Length(budget.unit, used, budget.limit),
+                    media=(story.image,) if self.settings.upload_image and story.image else (),
+                    extra=extra)
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.settings.access_token.get_secret_value()}"}
+
+    async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
+        key = outgoing_key(idempotency_key, post.story)
+        first_failure = self._ambiguous.get(key)
+        if first_failure is not None and time.monotonic() - first_failure > IDEMPOTENCY_WINDOW:
+            raise Uncertain("an earlier attempt may have posted it and the instance's one-hour "
+                            "Idempotency-Key window has passed")
+        await self._load_limits()
+        body: dict[str, Any] = {"status": post.text, "visibility": post.extra.get("visibility", "public")}
+        if post.extra.get("language"):
+            body["language"] = post.extra["language"]
+        if post.extra.get("spoiler_text"):
+            body["spoiler_text"] = post.extra["spoiler_text"]
+        if self.settings.sensitive:
+            body["sensitive"] = True
+        if post.media:
+            media_id = await self._upload_image(post.media[0], str(post.extra.get("image_alt", "")))
+            if media_id:
+                body["media_ids"] = [media_id]
+        try:
+            response = await self._http().post("/api/v1/statuses", json=body,
+                                                headers={**self._auth(), "Idempotency-Key": key})
+        except httpx.HTTPError as exc:
+            self._ambiguous.setdefault(key, time.monotonic())
+            raise RetryLater(f"network error: {type(exc).__name__}") from None
+        if response.status_code in (200, 201):
+            self._ambiguous.pop(key, None)
+            data = _json(response)
+            url = data.get("url") or data.get("uri") or ""
+            return Receipt(remote_id=str(data.get("id", "")), url=str(url))
+        if response.status_code >= 500:
+            self._ambiguous.setdefault(key, time.monotonic())
+        raise self._error(response, "posting")
+
+    def _error(self, response: httpx.Response, doing: str) -> Exception:
+        """The ChannelError for a failed answer (never containing the token)."""
+        status = response.status_code
+        text = _error_text(response)
+        if status == 429:
+            return RetryLater(f"rate limited by the instance while {doing}",
+                              after=self._retry_after(response))
+        if status >= 500 or status == 408:
+            return RetryLater(f"instance error {status} while {doing}{': ' + text if text else ''}")
+        if status in (401, 403):
+            return Permanent(f"the access token was refused ({status}{': ' + text if text else ''}); "
+                             "check access_token and its write:statuses scope")
+        if status == 422:
+            return Permanent(f"the instance rejected the status: {text or 'unprocessable'}")
+        if status == 409:
+            # the same Idempotency-Key is still being processed by the instance
+            return RetryLater(f"the instance is still processing this post (409) while {doing}", after=5)
+        return Permanent(f"unexpected answer {status} while {doing}{': ' + text if text else ''}")
+
+    def _retry_after(self, response: httpx.Response) -> float | None:
+        now = self.context.clock() if self.context.clock else datetime.now(UTC)
+        reset = response.headers.get("X-RateLimit-Reset")
+        if reset:
+            try:
+                when = datetime.fromisoformat(reset.strip())
+                when = when if when.tzinfo else when.replace(tzinfo=UTC)
+                return max(0.0, (when - now).total_seconds())
+            except ValueError:
+                pass
+        retry_after = response.headers.get("Retry-After")
+        if retry_after:
+            try:
+                return max(0.0, float(retry_after))
+            except ValueError:
+                try:
+                    return max(0.0, (parsedate_to_datetime(retry_after) - now).total_seconds())
+                except (TypeError, ValueError):
+                    return None
+        return None
+
+    async def _upload_image(self, url: str, alt: str) -> str | None:
+        """Upload the story image and return its media id; None (post without it) on any failure."""
+        image = await self._fetch_image(url)
+        if image is None:
+            return None
+        data, content_type = image
+        filename = url.rsplit("/", 1)[-1].split("?")[0] or "image"
+        try:
+            response = await self._http().post(
+                "/api/v2/media", headers=self._auth(),
+                files={"file": (filename, data, content_type)}, data={"description": alt})
+            if response.status_code not in (200, 202):
+                log.warning("channel %s: image upload refused (%d: %s); posting without it",
+                            self.name, response.status_code, _error_text(response))
+                return None
+            media = _json(response)
+            media_id = str(media.get("id", ""))
+            if response.status_code == 202 and not await self._wait_processed(media_id):
+                log.warning("channel %s: image still processing; posting without it", self.name)
+                return None
+            return media_id or None
+        except httpx.HTTPError as exc:
+            log.warning("channel %s: image upload failed (%s); posting without it", self.name,
+                        type(exc).__name__)
+            return None
+
+    async def _wait_processed(self, media_id: str, tries: int = 10) -> bool:
+        """Mastodon answers 202 for media still processing; a status cannot attach it until then."""
+        for attempt in range(tries):
+            await asyncio.sleep(min(0.2 * 2 ** attempt, 2.0))
+            response = await self._http().get(f"/api/v1/media/{media_id}", headers=self._auth())
+            if response.status_code == 200 and _json(response).get("url"):
+                return True
+            if response.status_code not in (200, 206):
+                return False
+        return False
+
+    async def _fetch_image(self, url: str) -> tuple[bytes, str] | None:
+        """The image's bytes and type, fetched WITHOUT the instance's credentials; None on failure."""
+        limit = self.limits.image_size_limit
+        try:
+            async with httpx.AsyncClient(timeout=self.settings.timeout, follow_redirects=True,
+                                         headers={"User-Agent": self.context.user_agent}) as client:
+                async with client.stream("GET", url) as response:
+                    if response.status_code != 200:
+                        raise ValueError(f"HTTP {response.status_code}")
+                    content_type = response.headers.get("content-type", "").split(";")[0].strip()
+                    if not content_type.startswith("image/"):
+                        raise ValueError(f"not an image ({content_type or 'no type'})")
+                    chunks, size = [], 0
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        if size > limit:
+                            raise ValueError(f"larger than the instance's {limit} bytes")
+                        chunks.append(chunk)
+            return b"".join(chunks), content_type
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("channel %s: cannot fetch image %s (%s); posting without it", self.name, url, exc)
+            return None
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The instance's own error message (Mastodon: {"error": "..."}), shortened."""
+    data = _json(response)
+    text = data.get("error") or data.get("error_description") or ""
+    if not text and not response.headers.get("content-type", "").startswith("application/json"):
+        text = response.text.strip()
+    return str(text)[:300]
+
+
+def create(name: str, settings: ChannelSettings, context: ChannelContext) -> MastodonChannel:
+    assert isinstance(settings, Settings)
+    return MastodonChannel(name, settings, context)
+
