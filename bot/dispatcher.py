@@ -162,8 +162,12 @@ class Dispatcher:
             await self._finish(item, "uncertain", "uncertain", exc.reason)
             await self.alert(name, f"{item.story.url}: {exc.reason}; check it and `siar resend {item.id}`")
         except asyncio.CancelledError:
-            await asyncio.shield(self._finish(
-                item, "uncertain", "uncertain", "shutdown while sending; it may or may not be out"))
+            if channel.resumable:  # sending again is harmless: pick it up after the restart
+                await asyncio.shield(self._finish(item, "pending", "retry",
+                                                  "shutdown mid-send; it resumes", retry_at=self.clock()))
+            else:
+                await asyncio.shield(self._finish(
+                    item, "uncertain", "uncertain", "shutdown while sending; it may or may not be out"))
             raise
         except Exception as exc:
             log.exception("channel %s: unexpected error sending outbox row %d", name, item.id)

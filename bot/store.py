@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -113,6 +113,14 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    def write(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A write transaction; on SQLite also the process's single-writer lock.
+
+        Modules with tables of their own (subscribers) write through this too, so that SQLite
+        never answers "database is locked".
+        """
+        return self._write()
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:

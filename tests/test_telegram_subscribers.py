@@ -1,0 +1,338 @@
+"""The reader bot end to end: users play against the fake Bot API, stories arrive from a feed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from bot.app import App, build
+from bot.config import Config
+from bot.daemon import prepare
+from bot.telegram_bot import ChatPacer, offered_topics, toggle, wants
+from bot.telegram_store import Subscriber
+from bot.types import Story
+from channels.telegram_subscribers import SubscriberChannel
+from tests.fake_telegram import TOKEN, FakeTelegram
+from tests.fakes import Clock
+from tests.feedserver import FeedServer, Route, rss
+
+CONFIG = """
+    [site]
+    name = "Medcom"
+
+    [cta]
+    follow_text = "Ikuti kami di media sosial"
+    follow_links = [{{ label = "Instagram", url = "https://instagram.com/medcom" }}]
+
+    [telegram]
+    token = "{token}"
+    api_base_url = "{api}"
+    admins = [900]
+
+    [[feeds]]
+    name = "f"
+    url = "{feed}"
+    first_run = "all"
+
+    [channels.tg]
+    type = "telegram"
+    chat = "@siarnews"
+    rate_limit = "1000/s"
+
+    [channels.readers]
+    type = "telegram-subscribers"
+    top_tags = {top_tags}
+"""
+A = {"title": "Putin di Sochi", "link": "https://m.example/int/1", "guid": "1", "category": "Internasional"}
+B = {"title": "Timnas menang", "link": "https://m.example/ola/2", "guid": "2", "category": "Olahraga"}
+C = {"title": "Erdogan ke Rusia", "link": "https://m.example/int/3", "guid": "3", "category": "Internasional"}
+D = {"title": "Liga dimulai", "link": "https://m.example/ola/4", "guid": "4", "category": "Olahraga"}
+
+
+@dataclass
+class Env:
+    fake: FakeTelegram
+    app: App
+    clock: Clock
+    feeds: FeedServer
+
+    @property
+    def readers(self) -> SubscriberChannel:
+        channel = self.app.channels["readers"]
+        assert isinstance(channel, SubscriberChannel)
+        return channel
+
+    async def say(self, user: int, text: str, chat: int | None = None) -> dict[str, Any]:
+        """`user` writes `text`; returns the bot's answer."""
+        where = chat if chat is not None else user
+        before = len(self.fake.messages(where))
+        self.fake.send_text(user, text, chat_id=chat)
+        return (await self.fake.wait_sent(where, before + 1))[-1]
+
+    async def publish(self, *items: dict[str, str]) -> None:
+        self.feeds.routes["/f"] = Route(body=rss(list(items)), etag=False)
+        await self.app.poller.poll(self.app.config.feeds[0], force=True)
+        await self.app.dispatcher.drain()
+
+    async def subscriber(self, chat: int) -> Subscriber | None:
+        assert self.readers.store is not None
+        return await self.readers.store.subscriber("readers", chat)
+
+
+@pytest.fixture
+def start_env(make_config: Callable[[str], Config],
+              feed_server: FeedServer) -> Callable[..., Any]:
+    async def start(fake: FakeTelegram, *, quick_replies: bool = True, top_tags: int = 0) -> Env:
+        config = make_config(CONFIG.format(token=TOKEN, api=fake.url, feed=feed_server.url("/f"),
+                                           top_tags=top_tags))
+        clock = Clock()
+        app = build(config, clock=clock)
+        assert not app.unavailable, app.unavailable
+        await prepare(app)
+        env = Env(fake, app, clock, feed_server)
+        if quick_replies:  # tests talk faster than people: no 1 s between answers in one chat
+            assert env.readers.pacer is not None
+            env.readers.pacer.chat_gap = 0.0
+            fake.per_chat_per_s = 1000
+        return env
+
+    return start
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram() as tg:
+        tg.channel(-1001, username="siarnews")
+        tg.user(1, "Ani", language="id")
+        tg.user(2, "Bob", language="en")
+        tg.user(900, "Admin", language="id")
+        yield tg
+
+
+@pytest.fixture
+async def env(fake: FakeTelegram, start_env: Callable[..., Any]) -> AsyncIterator[Env]:
+    made: Env = await start_env(fake)
+    yield made
+    await made.app.close()
+
+
+# --- pure parts ---------------------------------------------------------------------------------
+
+def test_topics_toggle_and_match() -> None:
+    stories = [Story(uid=str(i), feed="f", url=f"https://x/{i}", title="t", section="Internasional",
+                     tags=tags) for i, tags in enumerate([("Rusia", "Putin"), ("rusia",), ("Turki",)])]
+    offered = offered_topics(["Internasional", "Olahraga"], stories, top_tags=2)
+    assert offered == [("s:internasional", "Internasional"), ("s:olahraga", "Olahraga"),
+                       ("t:rusia", "#rusia"), ("t:putin", "#Putin")]
+    keys = [k for k, _ in offered]
+    only_sport = toggle(toggle(toggle(None, "s:internasional", keys), "t:rusia", keys), "t:putin", keys)
+    assert only_sport == ("s:olahraga",)
+    assert toggle(only_sport, "s:olahraga", keys) is None  # nothing chosen = everything
+    sub = Subscriber(1, "private", "id", only_sport, True)
+    assert not wants(sub, stories[0]) and wants(sub, Story("9", "f", "u", "t", section="OLAHRAGA"))
+    assert wants(Subscriber(1, "private", "id", None, True), stories[2])
+
+
+async def test_pacer_spaces_chats_groups_and_overall() -> None:
+    now = [0.0]
+    pacer = ChatPacer(per_second=10, chat_gap=1.0, group_per_minute=2, clock=lambda: now[0])
+
+    async def fake_sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    real_sleep = asyncio.sleep
+    asyncio.sleep = fake_sleep  # type: ignore[assignment]
+    try:
+        times = []
+        for chat in (1, 2, 1, -5, -5, -5):
+            await pacer.wait(chat, is_group=chat < 0)
+            times.append(round(now[0], 2))
+    finally:
+        asyncio.sleep = real_sleep
+    assert times[:2] == [0.0, 0.05]  # never closer than half the 10/s gap
+    assert times[2] == 1.0  # the same chat waits a second
+    assert round(times[4] - times[3], 6) >= 1.0 and times[5] - times[3] >= 60  # 2/min for that group
+    burst = []
+    asyncio.sleep = fake_sleep  # type: ignore[assignment]
+    try:
+        for chat in range(100, 112):
+            await pacer.wait(chat)
+            burst.append(now[0])
+    finally:
+        asyncio.sleep = real_sleep
+    assert round(burst[10] - burst[0], 6) >= 1.0  # at most 10 in any second
+
+
+# --- readers ------------------------------------------------------------------------------------
+
+async def test_subscribe_choose_topic_and_get_only_matching_stories(env: Env) -> None:
+    fake = env.fake
+    assert [c["command"] for c in fake.commands["id"]] == ["start", "stop", "topik", "terbaru", "bahasa",
+                                                          "bantuan"]
+    assert [c["command"] for c in fake.commands["en"]][2] == "topics"
+    assert fake.commands[""] == fake.commands["id"]  # [telegram] language = "id"
+    welcome = await env.say(1, "/start")
+    assert "Selamat datang" in welcome["plain"] and "Ikuti kami" in welcome["plain"]
+    assert welcome["reply_markup"]["inline_keyboard"][0][0]["url"] == "https://instagram.com/medcom"
+    assert "Welcome" in (await env.say(2, "/start"))["plain"]
+    await env.publish(A, B)
+    assert len(fake.messages(1)) == 3 and len(fake.messages(2)) == 3  # welcome + both stories
+    keyboard = await env.say(2, "/topics")
+    buttons = {b["text"]: b["callback_data"] for row in keyboard["reply_markup"]["inline_keyboard"]
+               for b in row}
+    assert "✅ Internasional" in buttons and "✅ Olahraga" in buttons
+    query = fake.press(2, keyboard, buttons["✅ Internasional"])
+    await fake.wait_for(lambda: query in fake.answered)
+    await fake.wait_for(lambda: any(b["text"] == "▫️ Internasional" for row in
+                                    fake.messages(2)[-1]["reply_markup"]["inline_keyboard"] for b in row))
+    await env.publish(A, B, C, D)
+    texts_1, texts_2 = fake.texts(1), fake.texts(2)
+    assert sum("Erdogan" in t for t in texts_1) == 1 and sum("Liga" in t for t in texts_1) == 1
+    assert not any("Erdogan" in t for t in texts_2) and sum("Liga" in t for t in texts_2) == 1
+    assert len(fake.messages(-1001)) == 4  # the channel got every story once
+    story_message = fake.messages(1)[-1]
+    assert story_message["reply_markup"]["inline_keyboard"][0][0]["text"] == "Baca selengkapnya"
+    assert fake.messages(2)[-1]["reply_markup"]["inline_keyboard"][0][0]["text"] == "Read more"
+
+
+async def test_block_unsubscribes_and_start_resubscribes(env: Env) -> None:
+    await env.say(1, "/start")
+    env.fake.block(1)
+    await env.fake.wait_for(lambda: True)
+    for _ in range(100):
+        sub = await env.subscriber(1)
+        if sub is not None and not sub.active:
+            break
+        await asyncio.sleep(0.02)
+    assert sub is not None and not sub.active
+    await env.publish(A)
+    assert not [c for c in env.fake.calls if c[0] == "sendMessage" and c[1].get("chat_id") == "1"
+                and c[2] == 403]  # not even tried
+    env.fake.unblock(1)
+    assert "Selamat datang" in (await env.say(1, "/start"))["plain"]
+    sub = await env.subscriber(1)
+    assert sub is not None and sub.active
+
+
+async def test_forbidden_during_broadcast_unsubscribes(env: Env) -> None:
+    await env.say(1, "/start")
+    await env.say(2, "/start")
+    env.fake.chats[2].blocked = True  # blocked, and the update was missed
+    await env.publish(A)
+    assert len(env.fake.messages(1)) == 2 and len(env.fake.messages(2)) == 1
+    sub = await env.subscriber(2)
+    assert sub is not None and not sub.active
+
+
+async def test_group_needs_an_admin_and_leaving_unsubscribes(env: Env) -> None:
+    env.fake.group(-70, "Warga", admins={1})
+    refused = await env.say(2, "/start", chat=-70)
+    assert "Only group admins" in refused["plain"] and await env.subscriber(-70) is None
+    assert "Selamat datang" in (await env.say(1, "/start", chat=-70))["plain"]
+    env.fake.migrate(-70, -10070)
+    await env.publish(A)
+    assert len(env.fake.messages(-10070)) == 1  # followed the group to its supergroup
+    assert await env.subscriber(-70) is None and await env.subscriber(-10070) is not None
+    env.fake.remove_bot(-10070, by=1)
+    for _ in range(100):
+        sub = await env.subscriber(-10070)
+        if sub is not None and not sub.active:
+            break
+        await asyncio.sleep(0.02)
+    assert sub is not None and not sub.active
+
+
+async def test_flood_control_pauses_and_everyone_gets_it_once(env: Env) -> None:
+    for user in (1, 2, 900):
+        await env.say(user, "/start")
+    env.fake.fail(429, "Too Many Requests: retry after 1", method="sendMessage", chat=2,
+                  parameters={"retry_after": 1})
+    await env.publish(A)
+    assert [len(env.fake.messages(u)) for u in (1, 2, 900)] == [2, 2, 2]
+
+
+async def test_latest_language_help_and_admin_commands(env: Env) -> None:
+    await env.publish(A, B, C)
+    latest = await env.say(1, "/terbaru")
+    assert "Berita terbaru" in latest["plain"] and latest["plain"].count("•") == 3
+    choose = await env.say(1, "/start") and await env.say(1, "/bahasa")
+    query = env.fake.press(1, choose, "lang:en")
+    await env.fake.wait_for(lambda: query in env.fake.answered)
+    await env.fake.wait_for(lambda: env.fake.messages(1)[-1]["text"] == "Language set to English.")
+    assert "/latest" in (await env.say(1, "/help"))["plain"]
+    assert "did not understand" in (await env.say(1, "halo"))["plain"]
+    not_admin = await env.say(1, "/status")
+    assert "did not understand" in not_admin["plain"]
+    status = await env.say(900, "/status")
+    assert "Feeds" in status["plain"] and "readers" in status["plain"]
+    stats = await env.say(900, "/stats")
+    assert "Subscribers" in stats["plain"] and "tg: 3" in stats["plain"]
+
+
+# --- broadcasts: pacing and crashes ------------------------------------------------------------
+
+async def subscribe_many(env: Env, chats: range) -> None:
+    store = env.readers.store
+    assert store is not None
+    for chat in chats:
+        env.fake.user(chat)
+        await store.subscribe("readers", chat, "private", "id", "", env.clock())
+
+
+async def test_broadcast_stays_under_telegram_limits(fake: FakeTelegram,
+                                                     start_env: Callable[..., Any]) -> None:
+    env: Env = await start_env(fake, quick_replies=False)
+    await subscribe_many(env, range(10, 50))
+    await env.publish(A)
+    assert len(fake.sent) == 41 and fake.rejected_429 == 0  # the channel post + 40 readers
+    assert fake.max_in_window(1.0) <= 30
+    await env.app.close()
+
+
+async def test_restart_mid_broadcast_messages_nobody_twice(fake: FakeTelegram,
+                                                           start_env: Callable[..., Any]) -> None:
+    env: Env = await start_env(fake)
+    await subscribe_many(env, range(10, 22))
+    env.readers.settings.concurrency = 1  # one request in flight when it stops
+    fake.hang_after(6)  # the channel post and 5 readers, then Telegram stops answering
+    env.feeds.routes["/f"] = Route(body=rss([A]), etag=False)
+    await env.app.poller.poll(env.app.config.feeds[0], force=True)
+    env.app.dispatcher.start()
+    await fake.wait_for(lambda: len(fake.sent) >= 7)
+    await env.app.dispatcher.stop(grace=0.2)  # SIGTERM: the broadcast is cut off mid-way
+    await env.app.close()
+    fake._hang.set()
+    fake._hang_after = None
+
+    again: Env = await start_env(fake)  # the restart
+    again.clock.advance(3600)
+    await again.app.dispatcher.drain()
+    per_chat = [len(fake.messages(c)) for c in range(10, 22)]
+    assert per_chat == [1] * 12  # everyone once: the one in flight counted as delivered, not resent
+    (story,) = await again.app.store.find_stories(A["link"])
+    rows = {r["channel"]: r for r in await again.app.store.outbox_of(story["id"])}
+    assert rows["readers"]["status"] == "sent"
+    decisions = [(d["decision"], d["detail"]) for d in await again.app.store.decisions_of(story["id"])
+                 if d["channel"] == "readers"]
+    assert [d for d, _ in decisions] == ["queued", "retry", "sent"]
+    assert decisions[-1][1] == "sent to 11 of 12 readers; 0 failed, 1 uncertain"
+    assert again.readers.store is not None
+    counts = await again.readers.store.delivery_counts(f"siar-{rows['readers']['id']}")
+    assert counts == {"sent": 11, "uncertain": 1}
+    await again.app.close()
+
+
+async def test_hard_crash_leaves_in_flight_chats_alone(env: Env) -> None:
+    await subscribe_many(env, range(10, 15))
+    store = env.readers.store
+    assert store is not None
+    await store.plan("siar-77", "readers", range(10, 15), env.clock())
+    assert await store.claim("siar-77", 2, env.clock()) == [10, 11]  # then the process died
+    post = env.readers.render(Story("1", "f", "https://m.example/1", "Judul"))
+    receipt = await env.readers.send(post, idempotency_key="siar-77")
+    assert [len(env.fake.messages(c)) for c in range(10, 15)] == [0, 0, 1, 1, 1]
+    assert receipt.note == "sent to 3 of 5 readers; 0 failed, 2 uncertain"
