@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from bot import registry
-from bot.channel import Channel, ChannelContext
+from bot.channel import Channel, ChannelContext, ChannelUnavailable
 from bot.config import Config
 from bot.dispatcher import Dispatcher
 from bot.fetch import Fetcher
@@ -69,7 +69,7 @@ def make_channels(config: Config, context: ChannelContext | None = None, *,
             ready[name] = registry.create_channel(name, settings, context)
         except ImportError as exc:
             unavailable[name] = f"needs a package that is not installed ({exc.name or exc})"
-        except RenderError as exc:  # a broken template disables its channel, not the daemon
+        except (RenderError, ChannelUnavailable) as exc:  # disables this channel, not the daemon
             unavailable[name] = str(exc)
     return ready, unavailable
 

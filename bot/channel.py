@@ -54,6 +54,11 @@ class Uncertain(ChannelError):
     pass
 
 
+class ChannelUnavailable(Exception):
+    """Raised by a module's `create()` when the channel cannot run as configured (a key file
+    not created yet, say): the channel is disabled with this reason and the rest runs."""
+
+
 class HashtagSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

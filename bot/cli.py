@@ -65,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("outbox_id", type=int)
     wp = sub.add_parser("webpush", parents=[common], help="browser push set-up")
     wp.add_argument("action", choices=("init",), help="init: create the VAPID key pair")
+    wp.add_argument("--force", action="store_true", help="replace an existing key file")
     return top
 
 
@@ -102,7 +103,7 @@ async def _dispatch(command: str, args: argparse.Namespace, config: Config) -> i
     if command == "preview":
         return await preview(config, args)
     if command == "webpush":
-        return webpush_init(config)
+        return webpush_init(config, args.force)
     store = Store(config.store.url, config.path.parent)
     try:
         await store.migrate()
@@ -119,14 +120,14 @@ async def _dispatch(command: str, args: argparse.Namespace, config: Config) -> i
         await store.close()
 
 
-def webpush_init(config: Config) -> int:
+def webpush_init(config: Config, force: bool) -> int:
     """`siar webpush init`: handled by the webpush channel module when it is installed."""
     try:
         module = importlib.import_module("channels.webpush")
     except ImportError as exc:
         print(f"web push is not available in this installation ({exc})", file=sys.stderr)
         return 2
-    return int(module.init_command(config))
+    return int(module.init_command(config, force=force))
 
 
 # --- check -----------------------------------------------------------------------------------

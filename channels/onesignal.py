@@ -1,0 +1,163 @@
+"""`type = "onesignal"`: one OneSignal REST call per story, for sites whose readers subscribed there.
+
+POST {api_base_url}/notifications with `Authorization: Key <REST API key>`. OneSignal
+deduplicates by the body field `idempotency_key` (a UUID, kept 30 days), derived here from
+the outbox idempotency key, so a resent row never notifies twice: the channel is resumable.
+Targets `segments`, or with `topic_tag` the subscribers whose tag of that name equals the
+story's section or one of its tags.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any, ClassVar
+
+from pydantic import Field, SecretStr
+
+from bot.channel import ChannelContext, ChannelSettings, Permanent, RetryLater
+from bot.counting import Budget, count_graphemes
+from bot.durations import Duration
+from bot.render import PostRenderer, load_template_text
+from bot.types import Button, Length, Post, Receipt, Story
+from channels.webpush import DEFAULT_TEMPLATE, parse_retry_after, story_tag
+
+NAMESPACE = uuid.UUID("4f0d3c1e-5a0b-4d8e-9a57-2b1f6c0e9d11")  # siar's namespace for idempotency keys
+
+
+class Settings(ChannelSettings):
+    secret_keys: ClassVar[tuple[str, ...]] = ("api_key",)
+
+    type: str = "onesignal"
+    app_id: str = Field(pattern=r"^[0-9a-fA-F-]{36}$")
+    api_key: SecretStr = SecretStr("")  # the app's REST API key
+    api_base_url: str = "https://api.onesignal.com"
+    segments: list[str] = Field(default_factory=lambda: ["Total Subscriptions"])
+    topic_tag: str = ""  # e.g. "topic": target subscribers whose tag "topic" matches the story
+    ttl: Duration = 86400.0
+    body_limit: int = Field(default=200, ge=20, le=1000)
+    timeout: Duration = 15.0
+    rate_limit: str = "60/min"
+
+
+def idempotency_uuid(channel: str, key: str) -> str:
+    """A stable UUID for one outbox row on one channel (OneSignal wants a UUID)."""
+    return str(uuid.uuid5(NAMESPACE, f"{channel}:{key}"))
+
+
+def topic_values(story: Story) -> list[str]:
+    """The story's section and tags, lower-cased and de-duplicated (at most 20)."""
+    values = [v.strip().casefold() for v in (story.section, *story.tags) if v and v.strip()]
+    return list(dict.fromkeys(values))[:20]
+
+
+class OneSignalChannel:
+    def __init__(self, name: str, settings: Settings, context: ChannelContext) -> None:
+        self.name = name
+        self.type = "onesignal"
+        self.resumable = True  # OneSignal drops a repeated idempotency_key
+        self.settings = settings
+        self.context = context
+        template = load_template_text(settings.template, DEFAULT_TEMPLATE, context.base_dir)
+        self.renderer = PostRenderer(name, template, context, tag_settings=settings.hashtags)
+        self._client: Any = None
+
+    async def start(self) -> None:
+        import httpx
+
+        self._client = httpx.AsyncClient(base_url=self.settings.api_base_url.rstrip("/"),
+                                         timeout=self.settings.timeout,
+                                         headers={"User-Agent": self.context.user_agent})
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def render(self, story: Story) -> Post:
+        budget = Budget("graphemes", self.settings.body_limit, count_graphemes)
+        text, used, values = self.renderer.fit(story, budget)
+        return Post(channel=self.name, type=self.type, story=story, text=text,
+                    length=Length(budget.unit, used, budget.limit),
+                    buttons=(Button(values["read_more"], story.url),) if story.url else (),
+                    media=(story.image,) if story.image else (),
+                    extra={"title": story.title, "tag": story_tag(story)})
+
+    def body(self, post: Post, idempotency_key: str) -> dict[str, Any]:
+        """The JSON of the create-notification request."""
+        language = getattr(self.context.site, "language", "en") or "en"
+        title = str(post.extra.get("title") or post.story.title)
+        body: dict[str, Any] = {
+            "app_id": self.settings.app_id,
+            "idempotency_key": idempotency_uuid(self.name, idempotency_key),
+            "target_channel": "push",
+            "headings": {"en": title, language: title},
+            "contents": {"en": post.text or title, language: post.text or title},
+            "web_url": post.story.url,
+            "web_push_topic": post.extra.get("tag", ""),
+            "ttl": int(self.settings.ttl),
+        }
+        if post.story.image:
+            body["chrome_web_image"] = post.story.image
+        values = topic_values(post.story) if self.settings.topic_tag else []
+        if self.settings.topic_tag:
+            filters: list[dict[str, str]] = []
+            for value in values:
+                if filters:
+                    filters.append({"operator": "OR"})
+                filters.append({"field": "tag", "key": self.settings.topic_tag, "relation": "=",
+                                "value": value})
+            body["filters"] = filters
+        else:
+            body["included_segments"] = list(self.settings.segments)
+        return body
+
+    async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
+        import httpx
+
+        if self._client is None:
+            raise Permanent("the onesignal channel was not started")
+        body = self.body(post, idempotency_key)
+        if "filters" in body and not body["filters"]:
+            return Receipt(note="the story has no section or tag to target")
+        headers = {"Authorization": f"Key {self.settings.api_key.get_secret_value()}",
+                   "Content-Type": "application/json"}
+        try:
+            response = await self._client.post("/notifications", json=body, headers=headers)
+        except httpx.TimeoutException as exc:  # safe to repeat: the idempotency key dedups
+            raise RetryLater(f"OneSignal did not answer in time ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            raise RetryLater(f"cannot reach OneSignal ({type(exc).__name__})") from None
+        return self._receipt(response.status_code, response.headers.get("Retry-After"), response.text)
+
+    def _receipt(self, status: int, retry_after: str | None, text: str) -> Receipt:
+        try:
+            data = json.loads(text) if text else {}
+        except ValueError:
+            data = {}
+        errors = data.get("errors") if isinstance(data, dict) else None
+        brief = _brief(errors) or re.sub(r"\s+", " ", text)[:150]
+        if status == 429 or status >= 500:
+            raise RetryLater(f"OneSignal {status}: {brief}", after=parse_retry_after(retry_after))
+        if status in (401, 403):
+            raise Permanent(f"OneSignal {status}: the REST API key is not accepted ({brief})")
+        if status >= 400:
+            raise Permanent(f"OneSignal {status}: {brief}")
+        remote_id = str(data.get("id") or "") if isinstance(data, dict) else ""
+        if not remote_id:
+            return Receipt(note=f"nobody to notify ({brief or 'no recipients'})")
+        return Receipt(remote_id=remote_id, note=f"notification {remote_id}")
+
+
+def _brief(errors: Any) -> str:
+    if isinstance(errors, list):
+        return "; ".join(str(e) for e in errors)[:200]
+    if isinstance(errors, dict):
+        return "; ".join(f"{k}: {v}" for k, v in errors.items())[:200]
+    return ""
+
+
+def create(name: str, settings: ChannelSettings, context: ChannelContext) -> OneSignalChannel:
+    assert isinstance(settings, Settings)
+    return OneSignalChannel(name, settings, context)

@@ -1,0 +1,549 @@
+"""Web push: the subscribe endpoints' validation, and stories reaching browsers through a strict
+local push service (VAPID verified, payload decrypted), exactly once, across expiry, rate limits
+and a crash mid-fan-out."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import stat
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from bot.app import App, build
+from bot.config import Config, ConfigError
+from bot.daemon import prepare
+from bot.lock import StoreLock
+from bot.store import Store
+from bot.types import Story
+from channels.webpush import (
+    PAYLOAD_MAX,
+    ClientLimiter,
+    Outcome,
+    Subscription,
+    SubscriptionStore,
+    Topic,
+    WebPushChannel,
+    classify,
+    init_command,
+    load_vapid,
+    parse_retry_after,
+    payload_bytes,
+    split_listen,
+    wanted_by,
+)
+from tests.fake_push import FakePushService
+from tests.fakes import Clock
+from tests.feedserver import FeedServer, Route, rss
+
+CONFIG = """
+[[feeds]]
+name = "f"
+url = "{feed}"
+first_run = "all"
+
+[webpush]
+listen = "127.0.0.1:0"
+language = "{language}"
+contact = "mailto:redaksi@example.com"
+vapid_key_file = "vapid.pem"
+push_hosts = ["127.0.0.1"]
+ca_file = "{ca}"
+allowed_origins = ["https://www.example.com"]
+client_rate_limit = "1000/min"
+icon = "https://www.example.com/icon-192.png"
+topics = [
+  {{ id = "sport", label = "Olahraga" }},
+  {{ id = "world", label = "Internasional", match = ["internasional"] }},
+]
+
+[channels.push]
+type = "webpush"
+rate_limit = "1000/s"
+{channel}
+"""
+QUICK = 'concurrency = 4\nretries = 1\nmax_retry_wait = "5s"'
+SITE = "https://www.example.com"
+WORLD_STORY = {"title": "Gencatan senjata di Gaza", "link": "https://www.example.com/internasional/1",
+               "guid": "1", "category": "Internasional",
+               "description": '<p><img src="https://img.example.com/1.jpg">Warga kembali ke rumah.</p>'}
+
+
+@dataclass
+class Env:
+    app: App
+    lock: StoreLock | None
+    push: FakePushService
+    config: Config
+    clock: Clock
+    feeds: FeedServer
+
+    @property
+    def channel(self) -> WebPushChannel:
+        channel = self.app.channels["push"]
+        assert isinstance(channel, WebPushChannel)
+        return channel
+
+    @property
+    def base(self) -> str:
+        server = self.channel.server
+        assert server is not None
+        return server.public_url
+
+    @property
+    def public_key(self) -> str:
+        assert self.channel.keys is not None
+        return self.channel.keys.public
+
+    async def post(self, path: str, body: Any, origin: str | None = SITE,
+                   raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
+        headers = {"Content-Type": "application/json"}
+        if origin:
+            headers["Origin"] = origin
+        async with aiohttp.ClientSession() as s, s.post(
+                self.base + path, data=raw if raw is not None else json.dumps(body), headers=headers) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def subscribe(self, topics: list[str] | None = None) -> dict[str, Any]:
+        sub = self.push.new_subscription(self.public_key)
+        status, body = await self.post("subscribe", {"subscription": sub, "topics": topics or []})
+        assert status == 201, body
+        return sub
+
+    async def publish(self, *items: dict[str, str]) -> None:
+        self.feeds.routes["/f"] = Route(body=rss(list(items)))
+        await self.app.poller.poll(self.config.feeds[0], force=True)
+        await self.app.dispatcher.drain()
+
+    async def outbox(self) -> dict[str, Any]:
+        (story,) = await self.app.store.find_stories(WORLD_STORY["link"])
+        (row,) = await self.app.store.outbox_of(story["id"])
+        return row
+
+    async def stop(self) -> None:
+        if self.lock is None:
+            return
+        await self.app.close()
+        self.lock.release()
+        self.lock = None
+
+
+@pytest.fixture
+async def make_env(tmp_path: Path, feed_server: FeedServer,
+                   make_config: Callable[[str], Config]) -> AsyncIterator[Callable[..., Awaitable[Env]]]:
+    envs: list[Env] = []
+    async with FakePushService(tmp_path / "push") as push:
+
+        async def make(channel: str = QUICK, language: str = "id") -> Env:
+            config = make_config(CONFIG.format(feed=feed_server.url("/f"), ca=push.cert_file,
+                                               channel=channel, language=language))
+            if not (tmp_path / "vapid.pem").exists():
+                assert init_command(config, out=io.StringIO()) == 0
+            clock = Clock()
+            app = build(config, clock=clock)
+            assert "push" in app.channels, app.unavailable
+            lock = await prepare(app)
+            env = Env(app, lock, push, config, clock, feed_server)
+            envs.append(env)
+            return env
+
+        yield make
+        for env in envs:
+            await env.stop()
+
+
+@pytest.fixture
+async def env(make_env: Callable[..., Awaitable[Env]]) -> Env:
+    return await make_env()
+
+
+# --- subscribe endpoint validation -------------------------------------------------------------
+
+def valid(env: Env) -> dict[str, Any]:
+    return env.push.new_subscription(env.public_key)
+
+
+async def test_subscribe_stores_and_unsubscribe_removes(env: Env) -> None:
+    sub = valid(env)
+    assert await env.post("subscribe", {"subscription": sub, "topics": ["world"]}) == (
+        201, {"ok": True, "topics": ["world"]})
+    status, _ = await env.post("subscribe", {"subscription": sub, "topics": ["sport"]})
+    assert status == 200  # same endpoint: updated, not doubled
+    rows = await env.channel.subs.all()  # type: ignore[union-attr]
+    assert [(r["endpoint"], json.loads(r["topics"])) for r in rows] == [(sub["endpoint"], ["sport"])]
+    status, body = await env.post("unsubscribe", {"endpoint": sub["endpoint"]})
+    assert (status, body) == (200, {"ok": True, "removed": True})
+    assert await env.channel.subs.count() == 0  # type: ignore[union-attr]
+
+
+async def test_subscribe_refuses_other_origins(env: Env) -> None:
+    for origin in (None, "https://evil.example", "http://www.example.com", "null",
+                   "https://www.example.com.evil.example"):
+        for path in ("subscribe", "unsubscribe", "click"):
+            status, body = await env.post(path, {"subscription": valid(env)}, origin=origin)
+            assert (status, body["error"]) == (403, "origin not allowed"), (origin, path)
+    assert await env.channel.subs.count() == 0  # type: ignore[union-attr]
+
+
+async def test_own_public_origin_is_allowed(env: Env) -> None:
+    own = env.base.rsplit("/push/", 1)[0]
+    status, _ = await env.post("subscribe", {"subscription": valid(env)}, origin=own)
+    assert status == 201
+
+
+def _mutate(sub: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    sub = json.loads(json.dumps(sub))
+    target = sub
+    keys = path.split(".")
+    for key in keys[:-1]:
+        target = target[key]
+    target[keys[-1]] = value
+    return sub
+
+
+BAD_SUBSCRIPTIONS = [
+    ("endpoint", "http://127.0.0.1:1/push/x", "must be an https:// URL"),
+    ("endpoint", "https://evil.example/push/x", "not a known push service"),
+    ("endpoint", "https://user:pw@127.0.0.1/push/x", "must be an https:// URL"),
+    ("endpoint", "https://127.0.0.1/" + "a" * 1100, "at most 1024"),
+    ("endpoint", 42, "expected a URL"),
+    ("keys.p256dh", "BBBB", "p256dh"),  # too short
+    ("keys.p256dh", "B" + "A" * 86, "p256dh"),  # 65 bytes but not a point on P-256
+    ("keys.p256dh", "not base64 !!", "p256dh"),
+    ("keys.auth", "AAAAAAAAAAAAAAAAAAAAAAAA", "auth"),  # 18 bytes
+    ("keys.auth", "+/+/+/+/+/+/+/+/+/+/+w", "auth"),  # base64, not base64url
+    ("keys", None, "keys"),
+    ("expirationTime", "tomorrow", "expirationTime"),
+]
+
+
+async def test_subscribe_validates_the_subscription(env: Env) -> None:
+    for path, value, error in BAD_SUBSCRIPTIONS:
+        sub = _mutate(valid(env), path, value)
+        status, body = await env.post("subscribe", {"subscription": sub})
+        assert status == 400 and error in body["error"], (path, value, body)
+    assert await env.channel.subs.count() == 0  # type: ignore[union-attr]
+
+
+async def test_subscribe_validates_topics_size_type_and_json(env: Env) -> None:
+    status, body = await env.post("subscribe", {"subscription": valid(env), "topics": ["weather"]})
+    assert (status, body["error"]) == (400, "topics: unknown topic 'weather'")
+    status, body = await env.post("subscribe", {"subscription": valid(env), "topics": "world"})
+    assert status == 400
+    status, body = await env.post("subscribe", None, raw=b"{not json")
+    assert (status, body["error"]) == (400, "not valid JSON")
+    big = {"subscription": valid(env), "padding": "x" * 5000}
+    status, body = await env.post("subscribe", big)
+    assert status == 413 and "larger than 4096" in body["error"]
+    async with aiohttp.ClientSession() as s, s.post(env.base + "subscribe", data=json.dumps(valid(env)),
+                                                    headers={"Origin": SITE,
+                                                             "Content-Type": "text/plain"}) as r:
+        assert r.status == 415
+    assert await env.channel.subs.count() == 0  # type: ignore[union-attr]
+
+
+async def test_subscribe_is_rate_limited_per_client(env: Env) -> None:
+    server = env.channel.server
+    assert server is not None
+    server.limiter = ClientLimiter("3/min")
+    answers = [(await env.post("subscribe", {"subscription": valid(env)}))[0] for _ in range(5)]
+    assert answers == [201, 201, 201, 429, 429]
+    assert (await env.post("unsubscribe", {"endpoint": "https://127.0.0.1/x"}))[0] == 429
+
+
+def test_client_limiter_refills_and_stays_bounded() -> None:
+    limiter = ClientLimiter("2/min", max_clients=3)
+    assert [limiter.allow("a", now=0) for _ in range(3)] == [True, True, False]
+    assert limiter.allow("a", now=30)  # one token back after half a minute
+    for i in range(10):
+        limiter.allow(f"c{i}", now=31)
+    assert len(limiter._buckets) == 3
+
+
+async def test_cors_preflight_only_for_allowed_origins(env: Env) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.options(env.base + "subscribe", headers={
+                "Origin": SITE, "Access-Control-Request-Method": "POST"}) as r:
+            assert r.status == 204 and r.headers["Access-Control-Allow-Origin"] == SITE
+        async with s.options(env.base + "subscribe", headers={
+                "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}) as r:
+            assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
+
+
+async def test_page_scripts_and_public_key_are_served(env: Env) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(env.base) as r:
+            page = await r.text()
+            assert r.status == 200 and "script-src 'self'" in r.headers["Content-Security-Policy"]
+        assert "Aktifkan notifikasi" in page and "Dapatkan berita terbaru dari kami" in page
+        assert "Olahraga" in page and "Firefox" in page and "Safari di iPhone" in page
+        async with s.get(env.base + "vapid-public-key") as r:
+            assert (await r.text()) == env.public_key
+        async with s.get(env.base + "sw.js") as r:
+            assert r.headers["Content-Type"].startswith("text/javascript")
+            assert "showNotification" in await r.text()
+        async with s.get(env.base + "widget.js") as r:
+            widget = await r.text()
+            assert "__SIAR_CONFIG__" not in widget and json.dumps(env.base) in widget
+        async with s.get(env.base + "nothing-here") as r:
+            assert r.status == 404
+
+
+async def test_page_in_english(make_env: Callable[..., Awaitable[Env]]) -> None:
+    env = await make_env(language="en")
+    async with aiohttp.ClientSession() as s, s.get(env.base) as r:
+        page = await r.text()
+    assert "Turn on notifications" in page and 'lang="en"' in page and "Aktifkan" not in page
+
+
+# --- delivery ----------------------------------------------------------------------------------
+
+async def test_story_reaches_only_the_matching_subscription_once(env: Env) -> None:
+    world = await env.subscribe(["world"])
+    sport = await env.subscribe(["sport"])
+    await env.publish(WORLD_STORY)
+    assert env.push.refused == []
+    assert env.push.delivered(sport) == []
+    (payload,) = env.push.delivered(world)
+    assert payload == {
+        "title": "Gencatan senjata di Gaza", "lead": "Warga kembali ke rumah.",
+        "url": WORLD_STORY["link"], "image": "https://img.example.com/1.jpg",
+        "tag": payload["tag"], "icon": "https://www.example.com/icon-192.png"}
+    (message,) = env.push.messages
+    assert message.claims["sub"] == "mailto:redaksi@example.com"
+    assert message.claims["aud"] == env.push.origin
+    assert (message.headers["TTL"], message.headers["Urgency"]) == ("86400", "normal")
+    assert len(message.headers["Topic"]) == 32
+    row = await env.outbox()
+    assert row["status"] == "sent" and row["last_error"] is None
+    # Nothing goes out again: the row is done.
+    await env.app.dispatcher.drain()
+    assert len(env.push.messages) == 1
+
+
+async def test_subscription_without_topics_gets_everything(env: Env) -> None:
+    everything = await env.subscribe([])
+    await env.publish(WORLD_STORY, {"title": "Skor akhir", "link": "https://www.example.com/sport/2",
+                                    "guid": "2", "category": "Olahraga"})
+    assert sorted(p["title"] for p in env.push.delivered(everything)) == ["Gencatan senjata di Gaza",
+                                                                          "Skor akhir"]
+
+
+async def test_expired_subscription_is_removed(env: Env) -> None:
+    gone = await env.subscribe(["world"])
+    kept = await env.subscribe(["world"])
+    env.push.script(gone, (410, {}))
+    await env.publish(WORLD_STORY)
+    assert len(env.push.delivered(kept)) == 1 and env.push.delivered(gone) == []
+    assert [r["endpoint"] for r in await env.channel.subs.all()] == [kept["endpoint"]]  # type: ignore[union-attr]
+    row = await env.outbox()
+    assert row["status"] == "sent"
+    (_, decisions) = row["id"], await env.app.store.decisions_of(row["story_id"])
+    assert "pushed to 1 of 2 subscriptions; 1 expired (removed)" in decisions[-1]["detail"]
+
+
+async def test_429_retry_after_is_honoured_inline(env: Env) -> None:
+    sub = await env.subscribe()
+    env.push.script(sub, (429, {"Retry-After": "1"}))
+    started = time.monotonic()
+    await env.publish(WORLD_STORY)
+    assert time.monotonic() - started >= 1.0
+    assert len(env.push.delivered(sub)) == 1
+    assert [status for _, status in env.push.requests] == [429, 201]
+    assert (await env.outbox())["status"] == "sent"
+
+
+async def test_long_retry_after_defers_only_the_unfinished_pushes(env: Env) -> None:
+    slow = await env.subscribe()
+    fast = await env.subscribe()
+    env.push.script(slow, (503, {"Retry-After": "120"}))
+    await env.publish(WORLD_STORY)
+    row = await env.outbox()
+    assert row["status"] == "pending" and "1 of 2 pushes to retry (503" in row["last_error"]
+    assert (row["next_attempt_at"] - env.clock.now).total_seconds() == 120  # the service's word
+    assert (len(env.push.delivered(fast)), len(env.push.delivered(slow))) == (1, 0)
+    env.clock.advance(120)
+    await env.app.dispatcher.drain()
+    assert (len(env.push.delivered(fast)), len(env.push.delivered(slow))) == (1, 1)
+    assert (await env.outbox())["status"] == "sent"
+
+
+async def test_server_errors_without_retry_after_back_off_then_defer(env: Env) -> None:
+    sub = await env.subscribe()
+    env.push.script(sub, (500, {}), (502, {}))  # retries = 1: both attempts fail
+    await env.publish(WORLD_STORY)
+    row = await env.outbox()
+    assert row["status"] == "pending" and "502" in row["last_error"]
+    env.clock.advance(3600)
+    await env.app.dispatcher.drain()
+    assert len(env.push.delivered(sub)) == 1 and (await env.outbox())["status"] == "sent"
+
+
+async def test_wrong_vapid_key_everywhere_is_permanent(env: Env) -> None:
+    sub = env.push.new_subscription("BAnotherSitesKey")  # made with another applicationServerKey
+    status, _ = await env.post("subscribe", {"subscription": sub})
+    assert status == 201
+    await env.publish(WORLD_STORY)
+    row = await env.outbox()
+    assert row["status"] == "failed" and "rejected our VAPID signature" in row["last_error"]
+    assert any("applicationServerKey" in r for r in env.push.refused)
+    assert await env.channel.subs.count() == 1  # kept: a fixed key makes it work again
+
+
+async def test_crash_mid_fan_out_resumes_without_pushing_twice(
+        make_env: Callable[..., Awaitable[Env]]) -> None:
+    env = await make_env('concurrency = 1\nbatch_size = 1\nretries = 0')
+    subs = [await env.subscribe() for _ in range(3)]
+    held = env.push.hold(subs[1])
+    env.feeds.routes["/f"] = Route(body=rss([WORLD_STORY]))
+    await env.app.poller.poll(env.config.feeds[0], force=True)
+    item = await env.app.store.claim("push", env.clock(), "test")
+    assert item is not None
+    post = env.channel.render(item.story)
+    sending = asyncio.create_task(env.channel.send(post, idempotency_key=f"siar-{item.id}"))
+    await asyncio.wait_for(env.push.arrived[env.push.id_of(subs[1])].wait(), 5)
+    sending.cancel()  # the process dies while push 2 is in flight
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    await env.stop()  # the outbox row stays `sending`, its second push `sending` too
+    held.set()
+
+    again = await make_env('concurrency = 1\nbatch_size = 1\nretries = 0')  # the restart
+    await again.app.dispatcher.drain()
+    row = await again.outbox()
+    assert row["status"] == "sent"
+    assert [len(again.push.delivered(s)) for s in subs] == [1, 1, 1]  # nobody twice
+    delivered_requests = [sid for sid, status in again.push.requests if status == 201]
+    assert sorted(delivered_requests) == sorted(again.push.id_of(s) for s in subs)
+    decisions = await again.app.store.decisions_of(row["story_id"])
+    assert [d["decision"] for d in decisions] == ["queued", "resume", "sent"]
+    assert "1 uncertain" in decisions[-1]["detail"]
+
+
+# --- keys, config, rendering -------------------------------------------------------------------
+
+async def test_init_command_writes_a_private_key_file_once(env: Env, tmp_path: Path) -> None:
+    key_file = tmp_path / "vapid.pem"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    before = key_file.read_bytes()
+    out = io.StringIO()
+    assert init_command(env.config, out=out) == 1  # refuses to overwrite
+    assert key_file.read_bytes() == before
+    assert init_command(env.config, force=True, out=out) == 0
+    assert key_file.read_bytes() != before and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    section = env.config.sections["webpush"]
+    new_public = load_vapid(section, tmp_path).public
+    assert f"public key (applicationServerKey): {new_public}" in out.getvalue()
+    assert new_public != env.public_key and len(new_public) == 87
+
+
+async def test_key_from_environment_and_public_key_check(env: Env, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    section = env.config.sections["webpush"]
+    raw = section.model_copy(update={"vapid_key_file": "missing.pem"})
+    with pytest.raises(Exception, match="siar webpush init"):
+        load_vapid(raw, tmp_path)
+    pem = (tmp_path / "vapid.pem").read_text()
+    from pydantic import SecretStr
+
+    from_env = section.model_copy(update={"vapid_private_key": SecretStr(pem),
+                                          "vapid_key_file": "missing.pem"})
+    assert load_vapid(from_env, tmp_path).public == env.public_key
+    wrong = from_env.model_copy(update={"vapid_public_key": "B" + "x" * 86})
+    with pytest.raises(Exception, match="does not belong to the private key"):
+        load_vapid(wrong, tmp_path)
+    bad = section.model_copy(update={"vapid_private_key": SecretStr("c2VjcmV0LXZhbHVl")})
+    with pytest.raises(Exception) as info:
+        load_vapid(bad, tmp_path)
+    assert "c2VjcmV0LXZhbHVl" not in str(info.value) and "not a valid P-256 key" in str(info.value)
+
+
+def test_config_needs_contact_and_section(make_config: Callable[[str], Config]) -> None:
+    with pytest.raises(ConfigError, match=r"webpush\.contact: required key is missing"):
+        make_config('[webpush]\nlisten = "127.0.0.1:0"\n[channels.p]\ntype = "webpush"\n')
+    with pytest.raises(ConfigError, match=r"webpush\.contact: must be"):
+        make_config('[webpush]\ncontact = "redaksi@example.com"\n')
+    config = make_config('[channels.p]\ntype = "webpush"\n')
+    assert config.disabled["p"] == "needs a [webpush] section"
+    config = make_config('[webpush]\ncontact = "mailto:a@b.c"\nvapid_private_key = "${NO_SUCH_VAR_X}"\n'
+                         '[channels.p]\ntype = "webpush"\n')
+    assert "NO_SUCH_VAR_X" in config.disabled["p"]
+
+
+def test_render_fits_the_push_payload(env: Env) -> None:
+    story = Story(uid="1", feed="f", url="https://www.example.com/a", title="Judul " * 80,
+                  lead="Kalimat panjang sekali. " * 400, image="https://img.example.com/a.jpg")
+    post = env.channel.render(story)
+    data = payload_bytes(post.text, post.extra)
+    assert len(data) <= PAYLOAD_MAX and post.length.used == len(data)
+    assert post.text.endswith("…") and len(post.text) <= 200
+    assert post.extra["title"].endswith("…") and len(post.extra["title"]) <= 120
+    assert env.channel.render(story).extra["tag"] == post.extra["tag"]  # stable per story
+
+
+@pytest.mark.parametrize(("status", "header", "kind", "after"), [
+    (201, None, "sent", None), (404, None, "gone", None), (410, None, "gone", None),
+    (429, "7", "retry", 7.0), (503, None, "retry", None), (413, None, "failed", None),
+    (400, None, "failed", None), (403, None, "retry", None),
+])
+def test_classify(status: int, header: str | None, kind: str, after: float | None) -> None:
+    outcome = classify(status, header)
+    assert (outcome.status, outcome.retry_after) == (kind, after)
+    assert outcome.auth_rejected == (status == 403)
+
+
+def test_retry_after_parsing_and_listen() -> None:
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after("Fri, 09 Oct 2020 07:01:00 GMT", now=1602226800.0) == 60.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    assert split_listen("127.0.0.1:8080") == ("127.0.0.1", 8080)
+    assert split_listen("[::1]:9") == ("::1", 9)
+    assert split_listen(":80") == ("0.0.0.0", 80)
+    with pytest.raises(ValueError):
+        split_listen("localhost")
+
+
+async def test_subscription_store_on_postgres(tmp_path: Path) -> None:
+    """The same tables and queries on PostgreSQL (.ci/run starts it; see tests/test_postgres.py)."""
+    admin_url = os.environ.get("SIAR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"siar_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    store = Store(admin_url.rsplit("/", 1)[0] + "/" + name, tmp_path)
+    try:
+        await store.migrate()
+        subs = SubscriptionStore(store)
+        push = FakePushService(tmp_path)
+        push.port = 443
+        topics = [Topic(id="world", label="Internasional")]
+        made = [push.new_subscription("k") for _ in range(3)]
+        for i, sub in enumerate(made):
+            parsed = Subscription(sub["endpoint"], sub["keys"]["p256dh"], sub["keys"]["auth"],
+                                  ("world",) if i else ("sport",))
+            assert await subs.save(parsed, SITE, 10) is True
+        story = Story(uid="1", feed="f", url="https://e.example/1", title="t", section="Internasional")
+        assert [wanted_by(story, t, topics) for t in ([], ["world"], ["sport"])] == [True, True, False]
+        assert await subs.plan("siar-1", story, topics) == 2
+        assert await subs.plan("siar-1", story, topics) == 2  # planned once
+        claimed = await subs.claim("siar-1", 0, 10)
+        await subs.finish({claimed[0].delivery_id: Outcome("sent", 201),
+                           claimed[1].delivery_id: Outcome("gone", 410)},
+                          {t.delivery_id: t.subscription_id for t in claimed}, max_failures=5)
+        assert await subs.tally("siar-1") == {"sent": 1, "gone": 1}
+        assert await subs.count() == 2
+        await subs.record_click("s123", "https://e.example/1")
+        await subs.record_click("s123", "https://e.example/1")
+    finally:
+        await store.close()
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
