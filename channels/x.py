@@ -232,7 +232,13 @@ def rebased_session(base_url: str, timeout: float) -> Any:
                 url = base_url + url[len(TWEEPY_HOST):]
             # tweepy sets no timeout; a connect timeout is safe to retry, a read timeout is not.
             kwargs.setdefault("timeout", (min(10.0, timeout), timeout))
-            return super().request(method, url, *args, **kwargs)
+            try:
+                return super().request(method, url, *args, **kwargs)
+            finally:
+                # "Connection: close" only asks: unless the server answers likewise, urllib3 keeps
+                # the socket pooled and the next post would go out on a connection the server
+                # has closed. Dropping the pool makes every post use a fresh connection.
+                self.close()
 
     session = RebasedSession()
     # One connection per post: a pooled connection that the server has closed would fail *after*
