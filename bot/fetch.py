@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import zlib
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -64,7 +66,9 @@ class Fetcher:
         self.client = httpx.AsyncClient(
             headers={"User-Agent": user_agent,
                      "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, "
-                               "text/xml;q=0.8, */*;q=0.5"},
+                               "text/xml;q=0.8, */*;q=0.5",
+                     # Only what _Decoder can inflate under the size cap (no brotli/zstd bombs).
+                     "Accept-Encoding": "gzip, deflate"},
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             follow_redirects=True, max_redirects=8, transport=transport,
         )
@@ -102,13 +106,17 @@ class Fetcher:
             return FetchResult(url, error=f"timed out fetching {url}")
         except httpx.HTTPError as exc:
             return FetchResult(url, error=f"cannot fetch {url}: {type(exc).__name__}: {exc}")
+        except (httpx.InvalidURL, ValueError, UnicodeError) as exc:  # a malformed link or host name
+            return FetchResult(url, error=f"cannot fetch {url}: invalid URL ({type(exc).__name__})")
 
     async def _read(self, url: str, response: httpx.Response) -> FetchResult:
         final = str(response.url)
         permanent = None
-        for hop in response.history:
-            if hop.status_code in (301, 308):
-                permanent = str(response.url)
+        for hop in response.history:  # only an unbroken chain of permanent moves is permanent
+            if hop.status_code not in (301, 308):
+                permanent = None
+                break
+            permanent = str(response.url)
         headers = {k.lower(): v for k, v in response.headers.items()}
         retry_after = retry_after_seconds(headers.get("retry-after"), datetime.now(UTC))
         base = FetchResult(final, status=response.status_code, headers=headers,
@@ -122,12 +130,22 @@ class Fetcher:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             return replace(base, error=f"{url} is {declared} bytes, over the {self.max_bytes} cap")
+        try:
+            decoder = _Decoder(headers.get("content-encoding", ""), self.max_bytes)
+        except ValueError as exc:
+            return replace(base, error=f"{url}: {exc}")
         chunks, size = [], 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > self.max_bytes:
-                return replace(base, error=f"{url} is over the {self.max_bytes}-byte cap")
-            chunks.append(chunk)
+        try:
+            # Raw bytes, inflated here under the cap: httpx would inflate a whole chunk at once.
+            async for raw in response.aiter_raw():
+                chunk = decoder.feed(raw)
+                size += len(chunk)
+                chunks.append(chunk)
+            chunks.append(decoder.flush())
+        except _TooBig:
+            return replace(base, error=f"{url} is over the {self.max_bytes}-byte cap")
+        except zlib.error as exc:
+            return replace(base, error=f"{url}: broken compressed body ({exc})")
         return replace(base, body=b"".join(chunks))
 
     async def _fetch_file(self, url: str) -> FetchResult:
@@ -145,6 +163,42 @@ class Fetcher:
 
 class _TooBig(Exception):
     pass
+
+
+class _Decoder:
+    """Inflates a gzip/deflate body chunk by chunk, never producing more than `cap` bytes."""
+
+    def __init__(self, encoding: str, cap: int) -> None:
+        encoding = encoding.strip().lower()
+        self.cap, self.size = cap, 0
+        self.inflater: Any = None
+        if encoding in ("gzip", "x-gzip"):
+            self.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self.inflater = zlib.decompressobj()
+        elif encoding not in ("", "identity"):
+            raise ValueError(f"unsupported Content-Encoding {encoding!r}")
+
+    def feed(self, data: bytes) -> bytes:
+        if self.inflater is None:
+            out = data
+        else:
+            out = self.inflater.decompress(data, self.cap - self.size + 1)
+            if self.inflater.unconsumed_tail:
+                raise _TooBig(self.size + len(out))
+        self.size += len(out)
+        if self.size > self.cap:
+            raise _TooBig(self.size)
+        return out
+
+    def flush(self) -> bytes:
+        if self.inflater is None:
+            return b""
+        out: bytes = self.inflater.flush()  # only what is buffered: the tail was consumed
+        self.size += len(out)
+        if self.size > self.cap:
+            raise _TooBig(self.size)
+        return out
 
 
 def _read_capped(path: Path, cap: int) -> bytes:

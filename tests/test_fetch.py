@@ -87,3 +87,38 @@ def test_retry_after_forms() -> None:
     assert retry_after_seconds("Fri, 09 Oct 2020 07:02:00 GMT", now) == 120
     assert retry_after_seconds("soon", now) is None
     assert retry_after_seconds(None, now) is None
+
+
+async def test_compressed_bodies_are_inflated_under_the_cap(feed_server: FeedServer) -> None:
+    import gzip
+    import zlib
+
+    feed = b"<rss>" + b"x" * 3000 + b"</rss>"
+    bomb = gzip.compress(b"\0" * 50_000_000)  # ~50 KB on the wire, 50 MB inflated
+    feed_server.routes["/gz"] = Route(body=gzip.compress(feed), headers={"Content-Encoding": "gzip"})
+    feed_server.routes["/deflate"] = Route(body=zlib.compress(feed), headers={"Content-Encoding": "deflate"})
+    feed_server.routes["/bomb"] = Route(body=bomb, headers={"Content-Encoding": "gzip"})
+    feed_server.routes["/double"] = Route(body=gzip.compress(gzip.compress(feed)),
+                                          headers={"Content-Encoding": "gzip, gzip"})
+    feed_server.routes["/br"] = Route(body=b"\x0b\x02\x80", headers={"Content-Encoding": "br"})
+    fetcher = Fetcher("t", max_bytes=1_000_000)
+    try:
+        gz, deflate, bombed, double, br = [await fetcher.fetch(feed_server.url(p))
+                                           for p in ("/gz", "/deflate", "/bomb", "/double", "/br")]
+    finally:
+        await fetcher.close()
+    assert gz.body == feed and deflate.body == feed
+    assert bombed.error and "cap" in bombed.error and bombed.body is None
+    assert double.error and "Content-Encoding" in double.error
+    assert br.error and "Content-Encoding" in br.error
+    _, headers = feed_server.requests[0]
+    assert headers["accept-encoding"] == "gzip, deflate"
+
+
+async def test_invalid_urls_are_errors_not_exceptions() -> None:
+    fetcher = Fetcher("t")
+    try:
+        result = await fetcher.fetch("https://xn--/a")
+    finally:
+        await fetcher.close()
+    assert result.error and "xn--" in result.error
