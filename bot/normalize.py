@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import feedparser
 
-from bot.cleaning import CleaningRules, clean_lead, fold, html_paragraphs, html_to_text
+from bot.cleaning import CleaningRules, clean_lead, fold, html_paragraphs, html_to_text, shorten_at_sentence
 from bot.types import Story
 
 _TRACKING = re.compile(
@@ -58,6 +58,12 @@ def canonical_url(url: str, base: str = "") -> str:
     return urlunsplit((scheme, host, parts.path or ("/" if host else ""), urlencode(query), ""))
 
 
+# A character reference to a lone surrogate (&#xD800;) makes feedparser raise for the whole feed.
+_SURROGATE_REF = re.compile(rb"&#(?:[xX]0*[dD][89a-fA-F][0-9a-fA-F]{2}|0*5[5-7][0-9]{3});")
+# html.parser is quadratic on some malformed markup: text beyond this is never needed for a lead.
+HTML_MAX = 20_000  # characters; a lead needs the first few paragraphs only
+TITLE_MAX = 300
+
 _MRSS_PREFIX = re.compile(rb"xmlns:([A-Za-z_][\w.-]*)\s*=\s*[\"']http://search\.yahoo\.com/mrss/?[\"']")
 
 
@@ -78,7 +84,7 @@ def parse_feed(body: bytes, url: str, headers: Mapping[str, str], rules: Cleanin
     """Parse `body` (fetched from `url`) into stories; never raises on bad feeds."""
     response_headers = {k.lower(): v for k, v in headers.items()}
     response_headers.setdefault("content-location", url)
-    body = _rename_media_description(body)
+    body = _SURROGATE_REF.sub(b"&#xFFFD;", _rename_media_description(body))
     try:
         # siar extracts plain text itself (bot.cleaning, script/style skipped) and resolves links
         # against each entry, so feedparser's HTML sanitizer and URI rewriting (a third of its
@@ -116,7 +122,7 @@ def entry_to_story(entry: Any, feed_name: str, rules: CleaningRules, language: s
     """A Story from one feedparser entry; None when it has neither link nor id nor title."""
     link = _entry_link(entry)
     url = canonical_url(link) if link else ""
-    title = _text_of(entry, "title")
+    title = shorten_at_sentence(_text_of(entry, "title"), TITLE_MAX)
     guid = fold(str(entry.get("id") or ""))
     uid = guid or url
     if not uid:
@@ -161,7 +167,7 @@ def _entry_link(entry: Any) -> str:
 
 
 def _text_of(entry: Any, key: str) -> str:
-    value = str(entry.get(key) or "")
+    value = str(entry.get(key) or "")[:HTML_MAX]
     detail = entry.get(f"{key}_detail") or {}
     if detail.get("type", "text/html") in ("text/plain",):
         return fold(value)
@@ -170,8 +176,8 @@ def _text_of(entry: Any, key: str) -> str:
 
 def _body(entry: Any) -> tuple[list[str], list[str]]:
     """Paragraphs of the entry's summary (else its content) and every image in either."""
-    summary = str(entry.get("summary") or "")
-    contents = [str(c.get("value", "")) for c in entry.get("content", []) or []]
+    summary = str(entry.get("summary") or "")[:HTML_MAX]
+    contents = [str(c.get("value", ""))[:HTML_MAX] for c in entry.get("content", []) or []]
     paragraphs, images = html_paragraphs(summary) if summary else ([], [])
     for content in contents:
         more_paragraphs, more_images = html_paragraphs(content)

@@ -99,7 +99,9 @@ class FeedPoller:
                  for rank, story in enumerate(new)]
         state.etag, state.last_modified = result.etag, result.last_modified
         state.body_hash = result.body_hash
-        state.first_run_done = True
+        # An empty first answer (a CMS glitch) must not end the first run: the next full poll
+        # would then post every story.
+        state.first_run_done = state.first_run_done or bool(parsed.stories)
         await self._succeeded(state, now, feed)
         created = await self.store.record_poll(state, items, now)
         queued = {d.channel for i in items for d in i.decisions if d.queues and d.channel}
@@ -118,7 +120,11 @@ class FeedPoller:
 
             async def one(story: Story) -> Story:
                 async with limit:
-                    return await enrich(story, self.fetcher)
+                    try:
+                        return await enrich(story, self.fetcher)
+                    except Exception:  # enrichment is optional: one odd page costs only itself
+                        log.warning("feed %s: cannot enrich %s", feed.name, story.url, exc_info=True)
+                        return story
 
             stories = list(await asyncio.gather(*(one(s) for s in stories)))
         return stories

@@ -153,3 +153,23 @@ def test_hostile_bytes_never_raise(body: bytes) -> None:
     parsed = parse_feed(body, "https://e.example/rss", {}, RULES, "f")
     for story in parsed.stories:
         assert story.uid and "\n" not in story.title
+
+
+def test_surrogate_references_and_huge_markup_do_not_break_the_feed() -> None:
+    import time
+
+    hostile = "<a<a\u2039a" * 30000  # quadratic for html.parser without the cap
+    body = ('<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
+            "<item><title>Bad &#xD800; title &#55296;</title><link>https://e.example/1</link>"
+            "<guid>g&#xdfff;1</guid><category>c&#xD800;</category></item>"
+            f"<item><title>{'Panjang ' * 200}</title><link>https://e.example/2</link>"
+            f"<description><![CDATA[{hostile}]]></description></item>"
+            "</channel></rss>").encode()
+    started = time.process_time()
+    parsed = parse_feed(body, "https://e.example/rss", {}, RULES, "f")
+    assert time.process_time() - started < 5
+    assert len(parsed.stories) == 2
+    first = next(s for s in parsed.stories if s.url.endswith("/1"))
+    assert first.title == "Bad \ufffd title \ufffd"
+    long = next(s for s in parsed.stories if s.url.endswith("/2"))
+    assert len(long.title) <= 300 and long.title.endswith("…")

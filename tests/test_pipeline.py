@@ -219,3 +219,36 @@ async def test_enrich_fills_image_and_tags_from_the_article_page(
     assert story.image == feed_server.url("/img/a.jpg")
     assert story.tags == ("Vladimir Putin", "rusia")
     assert story.lead == "Lead."
+
+
+async def test_an_empty_first_poll_does_not_end_the_first_run(
+        feed_server: FeedServer, make_config: Callable[[str], Config]) -> None:
+    feed_server.routes["/intl"] = Route(body=rss([]))
+    config = make_config(CONFIG.format(url=feed_server.url("/intl"), first_run="skip",
+                                       broken=feed_server.url("/missing")))
+    app = app_for(config, FakeChannel(), Clock())
+    await prepare(app)
+    assert await poll_and_deliver(app) == []
+    items = [{"title": f"S{i}", "link": f"https://m.example/internasional/{i}", "guid": str(i),
+              "category": "Internasional"} for i in range(5)]
+    feed_server.routes["/intl"] = Route(body=rss(items))
+    assert await poll_and_deliver(app) == []  # still the first run: recorded, not posted
+    await app.close()
+
+
+async def test_an_unreadable_article_page_costs_only_its_enrichment(
+        feed_server: FeedServer, make_config: Callable[[str], Config]) -> None:
+    feed_server.routes["/intl"] = Route(body=rss([
+        {"title": "Bad link", "link": "https://xn--/internasional/a", "guid": "1",
+         "category": "Internasional"},
+        {"title": "Good", "link": feed_server.url("/internasional/b"), "guid": "2",
+         "category": "Internasional"}]))
+    config = make_config(CONFIG.format(url=feed_server.url("/intl"), first_run="all",
+                                       broken=feed_server.url("/missing"))
+                         .replace('include_url = "/internasional/"', 'include_url = "/internasional/"\n'
+                                  "enrich = true"))
+    app = app_for(config, FakeChannel(), Clock())
+    await prepare(app)
+    titles = await poll_and_deliver(app)
+    await app.close()
+    assert sorted(titles) == ["Bad link", "Good"]
