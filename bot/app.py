@@ -40,6 +40,8 @@ class App:
 
     async def close(self) -> None:
         for name, channel in self.channels.items():
+            if name not in self.dispatcher.started:
+                continue
             try:
                 await channel.close()
             except Exception:
@@ -92,6 +94,7 @@ def build(config: Config, *, channels: dict[str, Channel] | None = None, store: 
 
     worker = f"{socket.gethostname()}:{os.getpid()}"
     dispatcher = Dispatcher(config, store, channels, clock, worker, alert)
-    poller = FeedPoller(config, store, fetcher, clock,
-                        {name: channel.settings for name, channel in channels.items()}, alert)
+    targets = {name: channel.settings for name, channel in channels.items()}
+    targets.update({name: config.channels[name] for name in unavailable if name in config.channels})
+    poller = FeedPoller(config, store, fetcher, clock, targets, alert, unavailable)
     return App(config, store, fetcher, channels, poller, dispatcher, clock, context, unavailable)

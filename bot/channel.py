@@ -18,8 +18,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bot.durations import Duration, parse_rate
 from bot.filters import Filters
 from bot.types import Post, Receipt, Story
 
@@ -79,6 +80,15 @@ class ChannelSettings(Filters):
     hashtags: HashtagSettings = HashtagSettings()
     rate_limit: str = "20/min"  # at most N posts per period, e.g. "30/s", "20/min", "300/h"
     max_attempts: int = Field(default=8, ge=1, le=100)
+    # A send (a whole fan-out, for subscriber channels) taking longer is abandoned: uncertain,
+    # or resumed later on a resumable channel.
+    send_timeout: Duration = 600.0
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_rate(value)  # inherited by every platform's Settings, whatever its default
+        return value
     # Names of keys holding secrets: a missing one disables the channel instead of failing.
     secret_keys: ClassVar[tuple[str, ...]] = ()
     # A top-level section this type needs (e.g. "telegram" for the bot token); without it, or
@@ -104,6 +114,8 @@ class ChannelContext:
 
     async def alert(self, source: str, message: str) -> None:
         """Send `message` about `source` (a channel or feed) to every alert sink; never raises."""
+        if self.config is not None:
+            message = self.config.redact(message)
         for sink in list(self.alert_sinks):
             try:
                 await sink(source, message)
@@ -120,7 +132,9 @@ class Channel(Protocol):
     settings: ChannelSettings
     # True when sending one post twice is harmless (the platform dedups by the idempotency key,
     # or the channel keeps per-recipient progress): a crash mid-send then resumes the row instead
-    # of marking it uncertain.
+    # of marking it uncertain. A channel may also have `resume_window` (seconds): how long the
+    # platform remembers an idempotency key (Mastodon: one hour); older interrupted rows are
+    # marked uncertain instead of resumed.
     resumable: bool
 
     async def start(self) -> None:

@@ -140,13 +140,14 @@ SAMPLE = Story(uid="check", feed="check", url="https://example.com/a/very/long/p
 def check(config: Config) -> int:
     """Print what would run; exit 2 (with the channel named) when a template cannot render."""
     console = Console()
-    console.print(f"[bold]config[/] {config.path}  [bold]store[/] {config.store.url}")
+    console.print(f"[bold]config[/] {config.path}  [bold]store[/] {config.redact(config.store.url)}",
+                  markup=True, highlight=False)
     feeds = Table("feed", "url", "interval", "first_run", "filters", title="Feeds")
     for f in config.feeds:
         filters = ", ".join(k for k in ("include_categories", "exclude_categories", "include_url",
                                         "include_keywords", "exclude_keywords", "max_age")
                             if getattr(f, k))
-        feeds.add_row(f.name, f.url, f"{int(f.interval)}s", f.first_run, filters or "-")
+        feeds.add_row(f.name, config.redact(f.url), f"{int(f.interval)}s", f.first_run, filters or "-")
     console.print(feeds)
     channels, unavailable = make_channels(config, include_disabled=True)
     table = Table("channel", "type", "state", "feeds", title="Channels")
@@ -259,12 +260,12 @@ async def status(config: Config, store: Store, as_json: bool) -> int:
     feeds: list[dict[str, Any]] = []
     for f in config.feeds:
         s = states.get(f.name)
-        feeds.append({"name": f.name, "url": f.url,
+        feeds.append({"name": f.name, "url": config.redact(f.url),
                       "last_success": _iso(s.last_success_at) if s else None,
                       "last_fetch": _iso(s.last_fetch_at) if s else None,
                       "failures": s.failures if s else 0,
                       "next_poll": _iso(s.next_poll_at) if s else None,
-                      "last_error": s.last_error if s else None,
+                      "last_error": config.redact(s.last_error) if s and s.last_error else None,
                       "moved_to": s.redirect_url if s else None})
     channels: dict[str, dict[str, Any]] = {}
     for name in sorted(set(config.channels) | set(counts)):

@@ -149,6 +149,13 @@ class Config(_Strict):
             n: c for n, c in self.channels.items() if c.enabled and n not in self.disabled
         }
 
+    def redact(self, text: str) -> str:
+        """`text` with every secret value (and every value taken from the environment) masked:
+        for what leaves through other doors than the log (status, alerts, stored errors)."""
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
     def resolve_path(self, value: str) -> Path:
         """`value` as a path, relative to the config file's folder when not absolute."""
         p = Path(value).expanduser()
@@ -183,6 +190,9 @@ def expand_env(data: Any, path: KeyPath, missing: list[tuple[KeyPath, str]],
             except OSError as exc:
                 missing.append((path, f"file {name[5:]} ({exc.strerror})"))
                 return ""
+            except UnicodeDecodeError:
+                missing.append((path, f"file {name[5:]} (not UTF-8 text)"))
+                return ""
         value = os.environ.get(name)
         if value is None or value == "":
             if default is not None:
@@ -202,6 +212,8 @@ def load_config(path: str | Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the configuration: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8"]) from exc
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

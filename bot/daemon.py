@@ -28,7 +28,8 @@ async def prepare(app: App) -> StoreLock | None:
         now = app.clock()
         # With SQLite only this process sends; on PostgreSQL other daemons may be mid-send.
         stale = None if app.store.is_sqlite else now - timedelta(minutes=15)
-        resumable = [n for n, c in app.channels.items() if getattr(c, "resumable", False)]
+        resumable = {n: getattr(c, "resume_window", None) for n, c in app.channels.items()
+                     if getattr(c, "resumable", False)}
         recovered = await app.store.recover_sending(now, stale, resumable)
         if recovered:
             log.warning("%d posts were being sent when siar last stopped; those on channels that "
@@ -36,9 +37,10 @@ async def prepare(app: App) -> StoreLock | None:
                         "`siar resend ID`)", recovered)
         for name, reason in app.unavailable.items():
             log.warning("channel %s is disabled: %s", name, reason)
-        for name, channel in list(app.channels.items()):
-            await channel.start()
-            log.info("channel %s (%s) ready", name, channel.type)
+        # A channel that cannot start (platform down at boot, revoked token) stops nothing
+        # else: its delivery worker retries with backoff while its posts wait.
+        for name in app.channels:
+            await app.dispatcher.start_channel(name)
     except BaseException:
         if lock:
             lock.release()

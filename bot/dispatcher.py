@@ -21,7 +21,7 @@ from bot.backoff import retry_delay
 from bot.channel import AlreadyDone, Channel, Permanent, RetryLater, Uncertain
 from bot.config import Config
 from bot.durations import parse_rate
-from bot.store import OutboxItem, Store
+from bot.store import INTERRUPTED, OutboxItem, Store
 
 log = logging.getLogger("siar.deliver")
 Clock = Callable[[], datetime]
@@ -37,10 +37,16 @@ class Pacer:
         self.gap = period / count
         self._next = 0.0
 
-    async def wait(self) -> None:
+    async def ready(self) -> None:
+        """Wait until the next send is allowed (before a row is claimed, so that a shutdown
+        during the wait never leaves a claimed row behind)."""
         now = time.monotonic()
         if self._next > now:
             await asyncio.sleep(self._next - now)
+
+    def take(self) -> None:
+        """Count one send now."""
+        now = time.monotonic()
         self._next = max(now, self._next) + self.gap
 
 
@@ -66,6 +72,9 @@ class Dispatcher:
         self._wake = {n: asyncio.Event() for n in channels}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
+        self._stop_event = asyncio.Event()
+        self.started: set[str] = set()  # channels whose start() succeeded
+        self._start_failures: dict[str, int] = {}
         self.stats = DeliveryStats()
 
     def wake(self, channels: set[str] | frozenset[str] | None = None) -> None:
@@ -82,6 +91,7 @@ class Dispatcher:
     async def stop(self, grace: float) -> None:
         """Stop taking rows; give in-flight sends `grace` seconds, then abandon them as uncertain."""
         self._stopping = True
+        self._stop_event.set()
         self.wake()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks.values(), timeout=grace)
@@ -96,37 +106,79 @@ class Dispatcher:
         return self.stats
 
     async def _drain_channel(self, name: str) -> None:
+        if not await self._ensure_started(name, retry=False):
+            self.stats.problems.append(f"{name}: cannot start; its posts stay pending")
+            self.stats.retry += 1
+            return
         while not self._stopping:
+            await self.pacers[name].ready()
             item = await self.store.claim(name, self.clock(), self.worker_id)
             if item is None:
                 return
             await self._deliver(name, item)
 
+    async def start_channel(self, name: str) -> bool:
+        """Try once to start channel `name`; on failure log and alert (once per failure streak)."""
+        if name in self.started:
+            return True
+        try:
+            await self.channels[name].start()
+        except Exception as exc:
+            self._start_failures[name] = self._start_failures.get(name, 0) + 1
+            log.error("channel %s: cannot start (%s); its posts wait", name, exc, exc_info=True)
+            if self._start_failures[name] == 1:
+                await self.alert(name, f"cannot start: {exc}; posts wait until it can")
+            return False
+        self._start_failures.pop(name, None)
+        self.started.add(name)
+        log.info("channel %s (%s) ready", name, self.channels[name].type)
+        return True
+
+    async def _ensure_started(self, name: str, *, retry: bool = True) -> bool:
+        """True once the channel runs; in the daemon (`retry`), waits with backoff between tries."""
+        while not self._stopping:
+            if await self.start_channel(name):
+                return True
+            if not retry:
+                return False
+            await self._sleep(min(600.0, 5.0 * 2 ** min(self._start_failures.get(name, 1), 7)))
+        return False
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when the dispatcher stops."""
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+        except TimeoutError:
+            pass
+
     async def _worker(self, name: str) -> None:
         wake = self._wake[name]
+        failures = 0
         while not self._stopping:
             try:
+                if not await self._ensure_started(name):
+                    continue
+                await self.pacers[name].ready()
                 item = await self.store.claim(name, self.clock(), self.worker_id)
-            except Exception:
-                log.exception("channel %s: cannot read the outbox; retrying in 5s", name)
-                await asyncio.sleep(5)
-                continue
-            if item is not None:
-                try:
+                if item is not None:
                     await self._deliver(name, item)
-                except Exception:  # the store failed while recording; the row stays `sending`
-                    log.exception("channel %s: cannot record the outcome of outbox row %d", name, item.id)
-                    await asyncio.sleep(5)
-                continue
-            wake.clear()
-            timeout = IDLE_CHECK
-            due = await self.store.next_due(name)
-            if due is not None:
-                timeout = min(IDLE_CHECK, max(0.05, (due - self.clock()).total_seconds()))
-            try:
-                await asyncio.wait_for(wake.wait(), timeout)
-            except TimeoutError:
-                pass
+                    failures = 0
+                    continue
+                wake.clear()
+                timeout = IDLE_CHECK
+                due = await self.store.next_due(name)
+                if due is not None:
+                    timeout = min(IDLE_CHECK, max(0.05, (due - self.clock()).total_seconds()))
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+                failures = 0
+            except Exception:  # the store is unreachable, say: this worker must not die of it
+                failures += 1
+                delay = min(60.0, 2.0 ** failures)
+                log.exception("channel %s: delivery loop error; retrying in %.0fs", name, delay)
+                await self._sleep(delay)
 
     async def _deliver(self, name: str, item: OutboxItem) -> None:
         channel = self.channels[name]
@@ -137,9 +189,18 @@ class Dispatcher:
             await self._finish(item, "failed", "failed", f"cannot render: {exc}")
             await self.alert(name, f"cannot render {item.story.url}: {exc}")
             return
-        await self.pacers[name].wait()
+        self.pacers[name].take()
         try:
-            receipt = await channel.send(post, idempotency_key=f"siar-{item.id}")
+            async with asyncio.timeout(settings.send_timeout):
+                receipt = await channel.send(post, idempotency_key=f"siar-{item.id}")
+        except TimeoutError:
+            limit = f"no answer within send_timeout ({settings.send_timeout:.0f}s)"
+            if channel.resumable:
+                await self._finish(item, "pending", "retry", f"{limit}; it resumes",
+                                   retry_at=self.clock())
+            else:
+                await self._finish(item, "uncertain", "uncertain", f"{limit}; it may or may not be out")
+                await self.alert(name, f"{item.story.url}: {limit}; check it and `siar resend {item.id}`")
         except RetryLater as exc:
             if exc.attempt and item.attempts >= settings.max_attempts:
                 reason = f"gave up after {item.attempts} attempts: {exc.reason}"
@@ -163,8 +224,8 @@ class Dispatcher:
             await self.alert(name, f"{item.story.url}: {exc.reason}; check it and `siar resend {item.id}`")
         except asyncio.CancelledError:
             if channel.resumable:  # sending again is harmless: pick it up after the restart
-                await asyncio.shield(self._finish(item, "pending", "retry",
-                                                  "shutdown mid-send; it resumes", retry_at=self.clock()))
+                await asyncio.shield(self._finish(item, "pending", "retry", INTERRUPTED,
+                                                  retry_at=self.clock()))
             else:
                 await asyncio.shield(self._finish(
                     item, "uncertain", "uncertain", "shutdown while sending; it may or may not be out"))
@@ -186,6 +247,7 @@ class Dispatcher:
         setattr(self.stats, counter[status], getattr(self.stats, counter[status]) + 1)
         if status != "sent":
             self.stats.problems.append(f"{item.channel}: {item.story.url}: {detail}")
+        detail = self.config.redact(detail)
         await self.store.finish(item.id, status, self.clock(), decision=decision, detail=detail,
                                 remote_id=remote_id, remote_url=remote_url, retry_at=retry_at,
                                 refund_attempt=refund_attempt)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
 from pydantic import BeforeValidator
 
+MAX_SECONDS = 366 * 86400
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|min|s|m|h|d|w)")
 
@@ -16,8 +18,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration like \"90s\", \"5m\" or \"2h\"")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
+        if not math.isfinite(value) or value < 0 or value > MAX_SECONDS:
+            raise ValueError(f"{value!r} is not a usable duration (0 to {MAX_SECONDS // 86400} days)")
         return float(value)
     if not isinstance(value, str):
         raise ValueError("expected a duration like \"90s\", \"5m\" or \"2h\"")
@@ -30,6 +32,8 @@ def parse_duration(value: object) -> float:
         pos = match.end()
     if not text or pos != len(text) or not _PART.match(text):
         raise ValueError(f"{value!r} is not a duration; write it like \"90s\", \"5m\", \"2h\" or \"1d\"")
+    if total > MAX_SECONDS:
+        raise ValueError(f"{value!r} is longer than {MAX_SECONDS // 86400} days")
     return total
 
 

@@ -46,8 +46,10 @@ class PollResult:
 class FeedPoller:
     def __init__(self, config: Config, store: Store, fetcher: Fetcher, clock: Clock,
                  targets: Mapping[str, ChannelSettings],
-                 alert: Callable[[str, str], Awaitable[None]] | None = None) -> None:
+                 alert: Callable[[str, str], Awaitable[None]] | None = None,
+                 unavailable: Mapping[str, str] | None = None) -> None:
         self.alert = alert
+        self.unavailable = unavailable or {}  # configured channels that do not run here, and why
         self.config = config
         self.targets = targets  # the channels that run here; only they get outbox rows
         self.store = store
@@ -95,7 +97,8 @@ class FeedPoller:
             log.info("feed %s: malformed but readable (%s)", feed.name, parsed.bozo)
         new = await self._new_stories(feed, parsed, now)
         first_run = not state.first_run_done
-        items = [NewStory(story, decide(story, feed, self.targets, now, first_run=first_run, rank=rank))
+        items = [NewStory(story, decide(story, feed, self.targets, now, first_run=first_run, rank=rank,
+                                        unavailable=self.unavailable))
                  for rank, story in enumerate(new)]
         state.etag, state.last_modified = result.etag, result.last_modified
         state.body_hash = result.body_hash
@@ -137,6 +140,7 @@ class FeedPoller:
 
     async def _failed(self, feed: FeedConfig, state: FeedState, now: datetime, error: str,
                       retry_after: float | None) -> PollResult:
+        error = self.config.redact(error)  # stored, shown by `status` and alerted
         state.failures += 1
         state.last_error = error
         delay = poll_delay(state.failures, feed.interval, self.config.fetch.max_backoff, retry_after)

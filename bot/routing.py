@@ -26,8 +26,14 @@ def first_run_allows(policy: str, rank: int) -> bool:
 
 
 def decide(story: Story, feed: FeedConfig, channels: Mapping[str, ChannelSettings], now: datetime,
-           *, first_run: bool = False, rank: int = 0) -> list[Decision]:
-    """One decision per channel listening to `feed`: queued, or why not."""
+           *, first_run: bool = False, rank: int = 0,
+           unavailable: Mapping[str, str] | None = None) -> list[Decision]:
+    """One decision per channel listening to `feed`: queued, or why not.
+
+    Channels in `unavailable` (waiting for a secret, say) are not queued — when they come back
+    they start with new stories, not a backlog — but `siar why` shows what they missed and why.
+    """
+    unavailable = unavailable or {}
     targets = [n for n, c in channels.items() if c.feeds is None or feed.name in c.feeds]
     if first_run and not first_run_allows(feed.first_run, rank):
         detail = f"first poll of feed {feed.name!r} with first_run = {feed.first_run!r}"
@@ -38,7 +44,9 @@ def decide(story: Story, feed: FeedConfig, channels: Mapping[str, ChannelSetting
         where, rejected = f"feeds.{feed.name}", feed_rejection
         if rejected is None:
             where, rejected = f"channels.{name}", rejection(story, channels[name], now)
-        if rejected is None:
+        if rejected is None and name in unavailable:
+            out.append(Decision(name, "not_running", None, unavailable[name]))
+        elif rejected is None:
             out.append(Decision(name, "queued"))
         else:
             rule, detail = rejected

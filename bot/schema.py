@@ -110,7 +110,7 @@ decisions = Table(
            index=True),
     Column("channel", String(200)),
     # queued, filtered, too_old, duplicate, first_run_skip, sent, already_sent, retry, deferred,
-    # failed, uncertain, resume, resend
+    # failed, uncertain, resume, resend, not_running
     Column("decision", String(32), nullable=False),
     Column("rule", String(200)),
     Column("detail", Text),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,7 +30,10 @@ from bot.schema import decisions, feed_state, outbox, stories
 from bot.types import Decision, Story
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x5149_4152  # "SIAR": the PostgreSQL advisory lock held while migrating
 STATUSES = ("pending", "sending", "sent", "failed", "uncertain")
+# last_error of a row whose send was cut short by a shutdown on a resumable channel
+INTERRUPTED = "interrupted mid-send by a shutdown; it resumes"
 
 
 def url_key(url: str) -> str:
@@ -109,6 +112,8 @@ class Store:
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent)."""
         async with self.engine.begin() as conn:
+            if not self.is_sqlite:  # daemons starting together: one migrates, the others wait
+                await conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
             await conn.run_sync(_upgrade)
 
     async def close(self) -> None:
@@ -286,22 +291,33 @@ class Store:
                 rule=None, detail=detail or remote_url or remote_id or None, at=now))
 
     async def recover_sending(self, now: datetime, stale_before: datetime | None = None,
-                              resumable: Sequence[str] = ()) -> int:
-        """Rows left `sending` by a crash become `uncertain`; returns how many rows were recovered.
+                              resumable: Mapping[str, float | None] | None = None) -> int:
+        """Rows left `sending` by a crash become `uncertain`; returns how many were recovered.
 
         Rows of `resumable` channels (sending twice is harmless there) go back to `pending`
-        instead. With `stale_before`, only claims older than that (other daemons may be sending).
+        instead, unless the channel's window (seconds the platform remembers an idempotency
+        key; None = forever) has passed since the send began — then they are `uncertain` too,
+        as are interrupted rows that waited longer than that. With `stale_before`, only claims
+        older than that are touched (other daemons may be sending right now).
         """
+        resumable = resumable or {}
         condition = outbox.c.status == "sending"
         if stale_before is not None:
             condition = and_(condition, outbox.c.claimed_at < stale_before)
         async with self._write() as conn:
-            rows = (await conn.execute(select(outbox.c.id, outbox.c.story_id, outbox.c.channel)
-                                       .where(condition))).all()
+            columns = (outbox.c.id, outbox.c.story_id, outbox.c.channel, outbox.c.claimed_at)
+            rows = list((await conn.execute(select(*columns).where(condition))).all())
+            windowed = [name for name, window in resumable.items() if window is not None]
+            if windowed:  # interrupted at shutdown, then down for longer than the platform remembers
+                rows += [r for r in (await conn.execute(select(*columns).where(
+                    outbox.c.status == "pending", outbox.c.last_error == INTERRUPTED,
+                    outbox.c.channel.in_(windowed)))).all()
+                    if _expired(r.claimed_at, resumable[r.channel], now)]
             if not rows:
                 return 0
-            uncertain = [r for r in rows if r.channel not in resumable]
-            resumed = [r for r in rows if r.channel in resumable]
+            resumed = [r for r in rows if r.channel in resumable
+                       and not _expired(r.claimed_at, resumable[r.channel], now)]
+            uncertain = [r for r in rows if r not in resumed]
             reason = "the daemon stopped while this post was being sent; it may or may not be out"
             if uncertain:
                 await conn.execute(update(outbox).where(outbox.c.id.in_([r.id for r in uncertain]))
@@ -405,6 +421,10 @@ async def _upsert_feed_state(conn: AsyncConnection, state: FeedState) -> None:
     done = await conn.execute(update(feed_state).where(feed_state.c.name == state.name).values(**values))
     if done.rowcount == 0:
         await conn.execute(insert(feed_state).values(**values))
+
+
+def _expired(claimed_at: datetime | None, window: float | None, now: datetime) -> bool:
+    return window is not None and (claimed_at is None or (now - claimed_at).total_seconds() > window)
 
 
 def _upgrade(conn: Connection) -> None:

@@ -155,11 +155,15 @@ class ChatPacer:
     Every message the bot sends goes through `wait(chat, is_group)`, replies included, so a
     broadcast never hits a chat the bot has just answered. A RetryAfter pauses everything.
     `per_second = 0` switches the global limit off (benchmarks, self-hosted Bot API servers).
+    `min_spacing` is the closest two releases may be, as a fraction of the gap: after a stall the
+    pacer catches up that much faster than `per_second`. Close to 1 leaves Telegram's 30/s
+    window a margin for uneven network delays (a burst of releases may arrive closer still).
     """
 
     def __init__(self, per_second: float = 29.0, chat_gap: float = 1.05, group_per_minute: int = 19,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, min_spacing: float = 0.5) -> None:
         self.gap = 1.0 / per_second if per_second > 0 else 0.0
+        self.min_spacing = min_spacing
         self.chat_gap = chat_gap
         self.group_per_minute = group_per_minute
         self.clock = clock
@@ -192,7 +196,7 @@ class ChatPacer:
             # One waiter at a time, spaced from the previous actual release: a stalled event loop
             # then delays messages instead of releasing several waiters in a burst.
             # At most `per_second` releases in any sliding second (so a late wake-up may catch up
-            # within that budget) and never two closer than half a gap.
+            # within that budget) and never two closer than `min_spacing` gaps.
             async with self._lock:
                 while True:
                     now = self.clock()
@@ -202,7 +206,7 @@ class ChatPacer:
                     if len(self._released) >= self.per_second:
                         wait = self._released[0] + 1.0 - now
                     if self._released:
-                        wait = max(wait, self._released[-1] + self.gap / 2 - now)
+                        wait = max(wait, self._released[-1] + self.gap * self.min_spacing - now)
                     if wait <= 0:
                         break
                     await asyncio.sleep(wait)

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     func,
     insert,
     select,
@@ -75,6 +76,18 @@ deliveries = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_tg_deliveries_key_status", "key", "status"),
 )
+
+
+# Batch statements (executemany): one delivery row's result; one subscriber stopped.
+_FINISH = update(deliveries).where(
+    deliveries.c.key == bindparam("b_key"), deliveries.c.chat_id == bindparam("b_chat")).values(
+    status=bindparam("b_status"), message_id=bindparam("b_message"), detail=bindparam("b_detail"),
+    updated_at=bindparam("b_now", type_=deliveries.c.updated_at.type))
+_UNSUBSCRIBE = update(subscribers).where(
+    subscribers.c.bot == bindparam("b_bot"), subscribers.c.chat_id == bindparam("b_chat"),
+    subscribers.c.active.is_(True)).values(
+    active=False, reason=bindparam("b_reason"),
+    updated_at=bindparam("b_now", type_=subscribers.c.updated_at.type))
 
 
 @dataclass(frozen=True)
@@ -225,15 +238,23 @@ class TelegramStore:
         return chats
 
     async def finish(self, key: str, outcomes: Sequence[tuple[int, str, int | None, str]],
-                     now: datetime) -> None:
-        """Record (chat, status, message id, detail) for sent/failed/pending/uncertain rows."""
-        if not outcomes:
+                     now: datetime, *, bot: str = "",
+                     unsubscribe: Sequence[tuple[int, str]] = ()) -> None:
+        """Record (chat, status, message id, detail) for sent/failed/pending/uncertain rows, and
+        stop subscriber channel `bot` sending to the (chat, reason) in `unsubscribe`: one
+        transaction and one statement per table for a whole batch."""
+        if not outcomes and not unsubscribe:
             return
         async with self._write() as conn:
-            for chat_id, status, message_id, detail in outcomes:
-                await conn.execute(update(deliveries).where(
-                    deliveries.c.key == key, deliveries.c.chat_id == chat_id).values(
-                    status=status, message_id=message_id, detail=detail or None, updated_at=now))
+            if outcomes:
+                await conn.execute(_FINISH, [
+                    {"b_key": key, "b_chat": chat_id, "b_status": status, "b_message": message_id,
+                     "b_detail": detail or None, "b_now": now}
+                    for chat_id, status, message_id, detail in outcomes])
+            if unsubscribe:
+                await conn.execute(_UNSUBSCRIBE, [
+                    {"b_bot": bot, "b_chat": chat_id, "b_reason": reason, "b_now": now}
+                    for chat_id, reason in unsubscribe])
 
     async def move_delivery(self, key: str, old: int, new: int, now: datetime) -> None:
         async with self._write() as conn:

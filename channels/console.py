@@ -80,8 +80,9 @@ class ConsoleChannel:
         if post.media:
             body.append(f"\n\n[image] {post.media[0]}", style="dim")
         footer = f"{post.story.feed} · {post.length.used}/{post.length.limit} {post.length.unit}"
-        console.print(Panel(body, title=f"{self.name} · {post.story.section or post.story.feed}",
-                            subtitle=footer, expand=True))
+        # Text, not markup: a category like "[/]" must print as it is.
+        title = Text(f"{self.name} · {post.story.section or post.story.feed}")
+        console.print(Panel(body, title=title, subtitle=Text(footer), expand=True))
         stream.flush()
         return Receipt(remote_id=idempotency_key, note="printed")
 

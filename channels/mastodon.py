@@ -117,6 +117,8 @@ class MastodonChannel:
         self.name = name
         self.type = "mastodon"
         self.resumable = True  # the Idempotency-Key makes a resend return the first status
+        # …for an hour: a row interrupted longer ago than this is marked uncertain, not resent.
+        self.resume_window = IDEMPOTENCY_WINDOW
         self.settings = settings
         self.context = context
         template = load_template_text(settings.template, DEFAULT_TEMPLATE, context.base_dir)

@@ -36,8 +36,11 @@ class FakeChannel:
         self.block: asyncio.Event | None = None  # when set, send waits for it (a slow platform)
         self.started = False
         self.closed = False
+        self.start_errors: deque[BaseException] = deque()  # raised by the next start() calls
 
     async def start(self) -> None:
+        if self.start_errors:
+            raise self.start_errors.popleft()
         self.started = True
 
     async def close(self) -> None:

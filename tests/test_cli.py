@@ -138,6 +138,11 @@ def test_json_logs_and_secrets_never_logged(tmp_path: Path, feed_server: FeedSer
     assert lines and all({"time", "level", "logger", "message"} <= set(line) for line in lines)
     assert any("HTTP 500" in line["message"] and "key=***" in line["message"] for line in lines)
     assert secret not in result.stderr and secret not in result.stdout  # …and never shown
+    status = siar("status", "--config", str(config), "--json", env={"SIAR_T": secret})
+    assert status.returncode == 0 and "key=***" in status.stdout
+    assert secret not in status.stdout + status.stderr  # not in the stored error nor the URL
+    check = siar("check", "--config", str(config), env={"SIAR_T": secret})
+    assert secret not in check.stdout + check.stderr
 
 
 def _wait_for(path: Path, text: str, proc: subprocess.Popen[str], seconds: float = 30) -> None:
@@ -183,3 +188,16 @@ def test_a_broken_template_fails_check_but_not_the_daemon(example: Path) -> None
     assert once.returncode == 0, once.stderr
     assert "Putin Ajak Menlu" in once.stdout  # the console channel still posts
     assert "channel broken is disabled" in once.stderr
+
+
+def test_console_prints_markup_like_categories_as_text(tmp_path: Path) -> None:
+    feed = tmp_path / "f.xml"
+    feed.write_text('<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><item>'
+                    "<title>[bold]Not bold[/]</title><link>https://e.example/1</link>"
+                    "<category>[/]</category></item></channel></rss>")
+    config = tmp_path / "c.toml"
+    config.write_text('[[feeds]]\nname = "a"\nurl = "f.xml"\nfirst_run = "all"\n'
+                      '[channels.console]\ntype = "console"\n')
+    result = siar("once", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "[bold]Not bold[/]" in result.stdout and "console · [/]" in result.stdout

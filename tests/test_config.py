@@ -180,3 +180,26 @@ def test_bad_durations(text: object) -> None:
 @pytest.mark.parametrize(("text", "rate"), [("30/s", (30, 1)), ("20/min", (20, 60)), ("1/5s", (1, 5))])
 def test_rates(text: str, rate: tuple[int, float]) -> None:
     assert parse_rate(text) == rate
+
+
+def test_rates_and_odd_durations_are_checked(make_config: Callable[[str], Config]) -> None:
+    with pytest.raises(ConfigError) as err:
+        make_config("""
+            [[feeds]]
+            name = "a"
+            url = "https://e.example/rss"
+            interval = nan
+
+            [channels.console]
+            type = "console"
+            rate_limit = "lots"
+        """)
+    text = str(err.value)
+    assert "feeds[0].interval" in text and "channels.console.rate_limit" in text
+
+
+def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[site]\nname = "Berita Ñ"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(path)

@@ -184,7 +184,7 @@ async def test_status_counts(one_story) -> None:
 async def test_crash_on_a_resumable_channel_resumes_the_row(one_story) -> None:
     app, channel, clock = one_story
     assert await app.store.claim("fake", clock.now, "crashed-worker") is not None
-    assert await app.store.recover_sending(clock.now, resumable=["fake"]) == 1
+    assert await app.store.recover_sending(clock.now, resumable={"fake": None}) == 1
     await app.dispatcher.drain()
     item = await row(app)
     assert item["status"] == "sent" and channel.attempts == [f"siar-{item['id']}"]
@@ -202,3 +202,78 @@ async def test_a_planned_wait_does_not_use_up_attempts(one_story) -> None:
     item = await row(app)
     assert (item["status"], item["attempts"]) == ("sent", 1)
     assert await log(app) == ["queued", *["deferred"] * 5, "sent"]
+
+
+async def test_a_channel_that_cannot_start_waits_and_retries(one_story, monkeypatch) -> None:
+    app, channel, _ = one_story
+    app.dispatcher.started.discard("fake")  # as if it had failed to start in prepare()
+    channel.started = False
+    channel.start_errors.extend([ConnectionError("platform down"), ConnectionError("still down")])
+    stats = await app.dispatcher.drain()  # `once`: no retry loop, the row stays pending
+    assert (await row(app))["status"] == "pending" and stats.retry == 1
+    monkeypatch.setattr(app.dispatcher, "_sleep", lambda seconds: asyncio.sleep(0))
+    app.dispatcher.start()
+    for _ in range(200):
+        if (await row(app))["status"] == "sent":
+            break
+        await asyncio.sleep(0.02)
+    await app.dispatcher.stop(grace=1)
+    assert (await row(app))["status"] == "sent" and channel.started
+
+
+async def test_a_store_error_does_not_kill_the_worker(one_story, monkeypatch) -> None:
+    app, channel, _ = one_story
+    real = app.store.claim
+    calls = {"n": 0}
+
+    async def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise OSError("database went away")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(app.store, "claim", flaky)
+    monkeypatch.setattr(app.dispatcher, "_sleep", lambda seconds: asyncio.sleep(0))
+    app.dispatcher.start()
+    for _ in range(200):
+        if channel.sent:
+            break
+        await asyncio.sleep(0.02)
+    await app.dispatcher.stop(grace=1)
+    assert len(channel.sent) == 1 and calls["n"] >= 3
+
+
+async def test_a_send_without_answer_times_out_as_uncertain(one_story) -> None:
+    app, channel, _ = one_story
+    channel.settings.send_timeout = 0.2
+    channel.block = asyncio.Event()  # never answers
+    await app.dispatcher.drain()
+    item = await row(app)
+    assert item["status"] == "uncertain" and "send_timeout" in item["last_error"]
+
+
+async def test_a_resumable_row_interrupted_too_long_ago_is_uncertain(one_story) -> None:
+    app, channel, clock = one_story
+    channel.resumable = True
+    channel.block = asyncio.Event()
+    app.dispatcher.start()
+    app.dispatcher.wake()
+    for _ in range(100):
+        if channel.attempts:
+            break
+        await asyncio.sleep(0.02)
+    await app.dispatcher.stop(grace=0.05)  # shutdown mid-send: pending, to resume
+    assert (await row(app))["status"] == "pending"
+    clock.advance(2 * 3600)  # down for two hours; the platform remembers keys for one
+    assert await app.store.recover_sending(clock.now, resumable={"fake": 3300}) == 1
+    assert (await row(app))["status"] == "uncertain"
+
+
+async def test_shutdown_while_pacing_leaves_no_claimed_row(one_story) -> None:
+    app, channel, _ = one_story
+    app.dispatcher.pacers["fake"].gap = 3600  # the channel allows one post an hour…
+    app.dispatcher.pacers["fake"].take()  # …and the last one went out just now
+    app.dispatcher.start()
+    await asyncio.sleep(0.1)
+    await app.dispatcher.stop(grace=0.05)
+    assert (await row(app))["status"] == "pending" and channel.attempts == []

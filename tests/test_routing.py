@@ -90,3 +90,11 @@ def test_backoff_never_shorter_than_interval() -> None:
 ])
 def test_retry_delay(attempts: int, retry_after: float | None, expected: float) -> None:
     assert retry_delay(attempts, 30, 3600, retry_after) == expected
+
+
+def test_channels_that_do_not_run_are_explained_not_queued() -> None:
+    decisions = decide(INTL, feed(), {"a": channel(), "b": channel(include_categories=["ekonomi"])}, NOW,
+                       unavailable={"a": "environment variable X is not set", "b": "no key"})
+    assert [(d.channel, d.decision, d.detail) for d in decisions] == [
+        ("a", "not_running", "environment variable X is not set"),
+        ("b", "filtered", "categories ['internasional', 'rusia'] match none of the list")]

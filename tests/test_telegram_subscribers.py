@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 
 from bot.app import App, build
+from bot.channel import Permanent
 from bot.config import Config
 from bot.daemon import prepare
 from bot.telegram_bot import ChatPacer, offered_topics, toggle, wants
 from bot.telegram_store import Subscriber
 from bot.types import Story
-from channels.telegram_subscribers import SubscriberChannel
+from channels.telegram_subscribers import Batch, SubscriberChannel
 from tests.fake_telegram import TOKEN, FakeTelegram
 from tests.fakes import Clock
 from tests.feedserver import FeedServer, Route, rss
@@ -93,6 +94,8 @@ def start_env(make_config: Callable[[str], Config],
         app = build(config, clock=clock)
         assert not app.unavailable, app.unavailable
         await prepare(app)
+        for name in app.channels:  # the delivery workers start channels; tests talk to the bot first
+            assert await app.dispatcher._ensure_started(name, retry=False), name
         env = Env(fake, app, clock, feed_server)
         if quick_replies:  # tests talk faster than people: no 1 s between answers in one chat
             assert env.readers.pacer is not None
@@ -336,3 +339,82 @@ async def test_hard_crash_leaves_in_flight_chats_alone(env: Env) -> None:
     receipt = await env.readers.send(post, idempotency_key="siar-77")
     assert [len(env.fake.messages(c)) for c in range(10, 15)] == [0, 0, 1, 1, 1]
     assert receipt.note == "sent to 3 of 5 readers; 0 failed, 2 uncertain"
+
+
+# --- the broadcast's own HTTP path (aiohttp, not PTB's Bot): answers mapped like PTB maps them ----
+
+async def test_broadcast_message_is_what_ptb_would_send(env: Env) -> None:
+    await subscribe_many(env, range(10, 12))
+    await env.say(2, "/start")  # an English reader
+    await env.publish(A)
+    message = env.fake.messages(10)[-1]
+    assert message["parse_mode"] == "HTML" and message["disable_notification"] is False
+    assert message["link_preview_options"] == {"url": A["link"], "prefer_large_media": True}
+    assert "Putin di Sochi" in message["plain"] and "<b>" in message["text"]
+    assert message["reply_markup"]["inline_keyboard"][0][0] == {"text": "Baca selengkapnya", "url": A["link"]}
+    assert env.fake.messages(2)[-1]["reply_markup"]["inline_keyboard"][0][0]["text"] == "Read more"
+    assert message["reply_markup"]["inline_keyboard"][1][0]["url"] == "https://instagram.com/medcom"
+
+
+async def test_server_errors_are_retried_and_delivered_once(env: Env) -> None:
+    await subscribe_many(env, range(10, 14))
+    env.fake.fail(500, "Internal Server Error", method="sendMessage", chat=12)
+    env.fake.fail(502, "Bad Gateway", method="sendMessage", chat=13)
+    await env.publish(A)
+    assert [len(env.fake.messages(c)) for c in range(10, 14)] == [1, 1, 1, 1]
+    for chat, error in (("12", 500), ("13", 502)):
+        tries = [c for c in env.fake.calls if c[0] == "sendMessage" and c[1].get("chat_id") == chat]
+        assert [status for _, _, status in tries] == [error, 200]
+
+
+async def test_chat_not_found_fails_and_unsubscribes_only_that_chat(env: Env) -> None:
+    await subscribe_many(env, range(10, 13))
+    store = env.readers.store
+    assert store is not None
+    await store.subscribe("readers", 555, "private", "id", "", env.clock())  # never talked to the bot
+    post = env.readers.render(Story("1", "f", "https://m.example/1", "Judul"))
+    receipt = await env.readers.send(post, idempotency_key="siar-5")
+    assert receipt.note == "sent to 3 of 4 readers; 1 failed, 0 uncertain"
+    gone = await env.subscriber(555)
+    assert gone is not None and not gone.active
+    for chat in range(10, 13):
+        sub = await env.subscriber(chat)
+        assert sub is not None and sub.active
+
+
+async def test_refused_token_stops_the_broadcast_and_a_retry_finishes_it(env: Env) -> None:
+    await subscribe_many(env, range(10, 16))
+    env.readers.settings.concurrency = 1
+    env.fake.fail(401, "Unauthorized", method="sendMessage", chat=12)
+    post = env.readers.render(Story("1", "f", "https://m.example/1", "Judul"))
+    with pytest.raises(Permanent, match="token"):
+        await env.readers.send(post, idempotency_key="siar-6")
+    assert [len(env.fake.messages(c)) for c in range(10, 16)] == [1, 1, 0, 0, 0, 0]
+    receipt = await env.readers.send(post, idempotency_key="siar-6")  # the token works again
+    assert [len(env.fake.messages(c)) for c in range(10, 16)] == [1] * 6
+    assert receipt.note == "sent to 6 of 6 readers; 0 failed, 0 uncertain"
+
+
+async def test_no_answer_is_uncertain_and_never_resent(env: Env) -> None:
+    await subscribe_many(env, range(10, 13))
+    readers = env.readers
+    assert readers._session is not None
+    await readers._session.close()
+    readers.section.request_timeout = 0.3  # reopen the session with a short read timeout
+    readers._open_session()
+    env.fake.delays["sendMessage"] = 1.0
+    post = readers.render(Story("1", "f", "https://m.example/1", "Judul"))
+    receipt = await readers.send(post, idempotency_key="siar-7")
+    assert receipt.note == "sent to 0 of 3 readers; 0 failed, 3 uncertain"
+    del env.fake.delays["sendMessage"]
+    await readers.send(post, idempotency_key="siar-7")  # a retry of the row sends nothing
+    await asyncio.sleep(1.0)  # the fake answers the timed-out requests
+    assert len([c for c in env.fake.calls if c[0] == "sendMessage"]) == 3
+
+
+async def test_network_error_detail_never_shows_the_token(env: Env) -> None:
+    readers = env.readers
+    readers._send_url = readers._send_url.replace(f":{env.fake.port}/", ":9/")  # nothing listens there
+    outcome = await readers._send_one("siar-8", 10, "text=x", Batch())
+    assert outcome.status == "pending" and outcome.detail.startswith("network: ")
+    assert TOKEN not in outcome.detail and TOKEN.split(":")[1] not in outcome.detail
