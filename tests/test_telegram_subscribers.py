@@ -94,8 +94,7 @@ def start_env(make_config: Callable[[str], Config],
         app = build(config, clock=clock)
         assert not app.unavailable, app.unavailable
         await prepare(app)
-        for name in app.channels:  # the delivery workers start channels; tests talk to the bot first
-            assert await app.dispatcher._ensure_started(name, retry=False), name
+        assert app.dispatcher.started == set(app.channels)  # prepare() started them
         env = Env(fake, app, clock, feed_server)
         if quick_replies:  # tests talk faster than people: no 1 s between answers in one chat
             assert env.readers.pacer is not None
