@@ -11,19 +11,19 @@ server, shared by every webpush channel of the process.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import json
 import logging
 import ssl
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.channel import ChannelContext, ChannelSettings, ChannelUnavailable, Permanent, RetryLater
 from bot.counting import Budget, count_graphemes
+from bot.fetch import retry_after_seconds
 from bot.render import PostRenderer, load_template_text, shorten, unit_count
 from bot.types import Button, Length, Post, Receipt, Story
 from channels.webpush.config import Settings, WebPushSection, normalize_origin
@@ -43,18 +43,7 @@ DEFAULT_TEMPLATE = "{% if lead %}{{ lead }}{% else %}{{ site }}{% endif %}"
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds from a Retry-After header (delay seconds or an HTTP date); None when absent/bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+    return retry_after_seconds(value, datetime.fromtimestamp(time.time() if now is None else now, UTC))
 
 
 def story_tag(story: Story) -> str:
