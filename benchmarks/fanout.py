@@ -32,6 +32,8 @@ from typing import Any
 import httpx
 from sqlalchemy import insert
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.fake_telegram
+
 from bot.channel import ChannelContext
 from bot.config import load_config
 from bot.store import Store
