@@ -75,6 +75,7 @@ class Dispatcher:
         self._stop_event = asyncio.Event()
         self.started: set[str] = set()  # channels whose start() succeeded
         self._start_failures: dict[str, int] = {}
+        self._failing: set[str] = set()  # channels alerted for a failure, until their next success
         self.stats = DeliveryStats()
 
     def wake(self, channels: set[str] | frozenset[str] | None = None) -> None:
@@ -187,7 +188,17 @@ class Dispatcher:
             post = channel.render(item.story)
         except Exception as exc:  # nothing left: a render error is safe to record as final
             await self._finish(item, "failed", "failed", f"cannot render: {exc}")
-            await self.alert(name, f"cannot render {item.story.url}: {exc}")
+            await self._alert_failure(name, f"cannot render {item.story.url}: {exc}")
+            return
+        window = getattr(channel, "resume_window", None)
+        if (window is not None and item.attempts > 1 and item.first_attempt_at is not None
+                and (self.clock() - item.first_attempt_at).total_seconds() > window):
+            # An earlier attempt may have posted it, and the platform has forgotten its
+            # idempotency key by now: sending again could post twice.
+            reason = (f"still not confirmed {window / 60:.0f} minutes after the first attempt, longer than "
+                      "the platform remembers the idempotency key; it may or may not be out")
+            await self._finish(item, "uncertain", "uncertain", reason)
+            await self._alert_failure(name, f"{item.story.url}: {reason}; {_check(item.id)}")
             return
         self.pacers[name].take()
         try:
@@ -200,12 +211,12 @@ class Dispatcher:
                                    retry_at=self.clock())
             else:
                 await self._finish(item, "uncertain", "uncertain", f"{limit}; it may or may not be out")
-                await self.alert(name, f"{item.story.url}: {limit}; check it and `siar resend {item.id}`")
+                await self._alert_failure(name, f"{item.story.url}: {limit}; {_check(item.id)}")
         except RetryLater as exc:
             if exc.attempt and item.attempts >= settings.max_attempts:
                 reason = f"gave up after {item.attempts} attempts: {exc.reason}"
                 await self._finish(item, "failed", "failed", reason)
-                await self.alert(name, f"{item.story.url}: {reason}")
+                await self._alert_failure(name, f"{item.story.url}: {reason}")
                 return
             daemon = self.config.daemon
             delay = retry_delay(item.attempts, daemon.retry_base, daemon.retry_max, exc.after)
@@ -216,12 +227,12 @@ class Dispatcher:
                                refund_attempt=not exc.attempt)
         except Permanent as exc:
             await self._finish(item, "failed", "failed", exc.reason)
-            await self.alert(name, f"{item.story.url}: {exc.reason}")
+            await self._alert_failure(name, f"{item.story.url}: {exc.reason}")
         except AlreadyDone as exc:
             await self._finish(item, "sent", "already_sent", exc.reason)
         except Uncertain as exc:
             await self._finish(item, "uncertain", "uncertain", exc.reason)
-            await self.alert(name, f"{item.story.url}: {exc.reason}; check it and `siar resend {item.id}`")
+            await self._alert_failure(name, f"{item.story.url}: {exc.reason}; {_check(item.id)}")
         except asyncio.CancelledError:
             if channel.resumable:  # sending again is harmless: pick it up after the restart
                 await asyncio.shield(self._finish(item, "pending", "retry", INTERRUPTED,
@@ -233,12 +244,22 @@ class Dispatcher:
         except Exception as exc:
             log.exception("channel %s: unexpected error sending outbox row %d", name, item.id)
             await self._finish(item, "uncertain", "uncertain", f"unexpected error: {exc!r}")
-            await self.alert(name, f"{item.story.url}: unexpected error {exc!r}")
+            await self._alert_failure(name, f"{item.story.url}: unexpected error {exc!r}")
         else:
+            self._failing.discard(name)
             log.info("channel %s: sent %s%s", name, item.story.url,
                      f" as {receipt.url or receipt.remote_id}" if receipt.url or receipt.remote_id else "")
             await self._finish(item, "sent", "sent", receipt.note, remote_id=receipt.remote_id,
                                remote_url=receipt.url)
+
+    async def _alert_failure(self, name: str, message: str) -> None:
+        """Alert the first failure of a streak; later ones until a success only go to the log."""
+        if name in self._failing:
+            log.error("channel %s: %s (already alerted for this failure streak)", name, message)
+            return
+        self._failing.add(name)
+        await self.alert(name, f"{message} (further failures of this channel are logged, not alerted, "
+                               "until a post succeeds)")
 
     async def _finish(self, item: OutboxItem, status: str, decision: str, detail: str = "",
                       remote_id: str = "", remote_url: str = "", retry_at: datetime | None = None,
@@ -255,3 +276,7 @@ class Dispatcher:
 
 async def _log_alert(channel: str, message: str) -> None:
     log.error("ALERT %s: %s", channel, message)
+
+
+def _check(outbox_id: int) -> str:
+    return f"check the platform and `siar resend {outbox_id}` if it is not there"

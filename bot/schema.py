@@ -92,6 +92,7 @@ outbox = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UTCDateTime, nullable=False),
     Column("claimed_at", UTCDateTime),
+    Column("first_attempt_at", UTCDateTime),  # when the first send began (idempotency windows)
     Column("claimed_by", String(100)),
     Column("remote_id", Text),
     Column("remote_url", Text),

@@ -91,6 +91,7 @@ class OutboxItem:
     attempts: int
     story: Story
     last_error: str | None = None
+    first_attempt_at: datetime | None = None
 
 
 class Store:
@@ -254,7 +255,7 @@ class Store:
                 claimed = await conn.execute(update(outbox).where(
                     outbox.c.id == row.id, outbox.c.status == "pending").values(
                     status="sending", attempts=row.attempts + 1, claimed_at=now, claimed_by=worker,
-                    updated_at=now))
+                    first_attempt_at=func.coalesce(outbox.c.first_attempt_at, now), updated_at=now))
                 if claimed.rowcount == 1:
                     return await _item(conn, row.id)
         return None
@@ -305,18 +306,18 @@ class Store:
         if stale_before is not None:
             condition = and_(condition, outbox.c.claimed_at < stale_before)
         async with self._write() as conn:
-            columns = (outbox.c.id, outbox.c.story_id, outbox.c.channel, outbox.c.claimed_at)
+            columns = (outbox.c.id, outbox.c.story_id, outbox.c.channel, outbox.c.first_attempt_at)
             rows = list((await conn.execute(select(*columns).where(condition))).all())
             windowed = [name for name, window in resumable.items() if window is not None]
             if windowed:  # interrupted at shutdown, then down for longer than the platform remembers
                 rows += [r for r in (await conn.execute(select(*columns).where(
                     outbox.c.status == "pending", outbox.c.last_error == INTERRUPTED,
                     outbox.c.channel.in_(windowed)))).all()
-                    if _expired(r.claimed_at, resumable[r.channel], now)]
+                    if _expired(r.first_attempt_at, resumable[r.channel], now)]
             if not rows:
                 return 0
             resumed = [r for r in rows if r.channel in resumable
-                       and not _expired(r.claimed_at, resumable[r.channel], now)]
+                       and not _expired(r.first_attempt_at, resumable[r.channel], now)]
             uncertain = [r for r in rows if r not in resumed]
             reason = "the daemon stopped while this post was being sent; it may or may not be out"
             if uncertain:
@@ -341,7 +342,7 @@ class Store:
             if row is None:
                 return False
             await conn.execute(update(outbox).where(outbox.c.id == item_id).values(
-                status="pending", next_attempt_at=now, attempts=0, updated_at=now))
+                status="pending", next_attempt_at=now, attempts=0, first_attempt_at=None, updated_at=now))
             await conn.execute(insert(decisions).values(
                 story_id=row.story_id, channel=row.channel, decision="resend", rule="operator",
                 detail="queued again by the operator", at=now))
@@ -409,11 +410,11 @@ class Store:
 async def _item(conn: AsyncConnection, item_id: int) -> OutboxItem:
     row = (await conn.execute(
         select(outbox.c.id, outbox.c.story_id, outbox.c.channel, outbox.c.status,
-               outbox.c.attempts, outbox.c.last_error, stories.c.data)
+               outbox.c.attempts, outbox.c.last_error, outbox.c.first_attempt_at, stories.c.data)
         .join(stories, stories.c.id == outbox.c.story_id).where(outbox.c.id == item_id))).one()
     return OutboxItem(id=row.id, story_id=row.story_id, channel=row.channel, status=row.status,
                       attempts=row.attempts, story=Story.from_json(row.data),
-                      last_error=row.last_error)
+                      last_error=row.last_error, first_attempt_at=row.first_attempt_at)
 
 
 async def _upsert_feed_state(conn: AsyncConnection, state: FeedState) -> None:
@@ -423,8 +424,8 @@ async def _upsert_feed_state(conn: AsyncConnection, state: FeedState) -> None:
         await conn.execute(insert(feed_state).values(**values))
 
 
-def _expired(claimed_at: datetime | None, window: float | None, now: datetime) -> bool:
-    return window is not None and (claimed_at is None or (now - claimed_at).total_seconds() > window)
+def _expired(since: datetime | None, window: float | None, now: datetime) -> bool:
+    return window is not None and (since is None or (now - since).total_seconds() > window)
 
 
 def _upgrade(conn: Connection) -> None:

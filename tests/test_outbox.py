@@ -111,7 +111,7 @@ async def test_permanent_failure_is_recorded_and_alerted(one_story) -> None:
     await app.dispatcher.drain()
     item = await row(app)
     assert (item["status"], item["last_error"]) == ("failed", "chat not found")
-    assert alerts == ["fake: https://e.example/1: chat not found"]
+    assert len(alerts) == 1 and alerts[0].startswith("fake: https://e.example/1: chat not found")
     assert await log(app) == ["queued", "failed"]
 
 
@@ -277,3 +277,39 @@ async def test_shutdown_while_pacing_leaves_no_claimed_row(one_story) -> None:
     await asyncio.sleep(0.1)
     await app.dispatcher.stop(grace=0.05)
     assert (await row(app))["status"] == "pending" and channel.attempts == []
+
+
+async def test_one_alert_per_failure_streak(feed_server: FeedServer,
+                                            make_config: Callable[[str], Config]) -> None:
+    feed_server.routes["/f"] = Route(body=rss([{"title": f"S{i}", "link": f"https://e.example/{i}",
+                                                "guid": str(i)} for i in range(4)]))
+    config = make_config(CONFIG.format(url=feed_server.url("/f")))
+    channel = FakeChannel()
+    app = build(config, channels={"fake": channel}, clock=Clock())
+    alerts: list[str] = []
+
+    async def alert(name: str, message: str) -> None:
+        alerts.append(message)
+
+    app.dispatcher.alert = alert
+    await prepare(app)
+    await app.poller.poll(config.feeds[0], force=True)
+    channel.script.extend([Permanent("bot was removed"), Permanent("bot was removed"), None,
+                           Permanent("chat not found")])
+    await app.dispatcher.drain()
+    await app.close()
+    assert len(channel.sent) == 1
+    assert [a.split(": ", 1)[1].split(" (")[0] for a in alerts] == ["bot was removed", "chat not found"]
+
+
+async def test_a_retry_after_the_idempotency_window_is_uncertain(one_story) -> None:
+    app, channel, clock = one_story
+    channel.resumable = True
+    channel.resume_window = 3300
+    channel.script.append(RetryLater("502 Bad Gateway"))  # may have been created before the 502
+    await app.dispatcher.drain()
+    clock.advance(3600)
+    await app.dispatcher.drain()
+    item = await row(app)
+    assert item["status"] == "uncertain" and "idempotency key" in item["last_error"]
+    assert len(channel.attempts) == 1  # not sent again with a key the platform forgot
