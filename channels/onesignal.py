@@ -2,7 +2,8 @@
 
 POST {api_base_url}/notifications with `Authorization: Key <REST API key>`. OneSignal
 deduplicates by the body field `idempotency_key` (a UUID, kept 30 days), derived here from
-the outbox idempotency key, so a resent row never notifies twice: the channel is resumable.
+the outbox idempotency key and the story's feed and uid, so a resent row never notifies twice
+(the channel is resumable) and a fresh store's reused outbox id never hides a new story.
 Targets `segments`, or with `topic_tag` the subscribers whose tag of that name equals the
 story's section or one of its tags.
 """
@@ -41,9 +42,14 @@ class Settings(ChannelSettings):
     rate_limit: str = "60/min"
 
 
-def idempotency_uuid(channel: str, key: str) -> str:
-    """A stable UUID for one outbox row on one channel (OneSignal wants a UUID)."""
-    return str(uuid.uuid5(NAMESPACE, f"{channel}:{key}"))
+def idempotency_uuid(channel: str, key: str, story: Story) -> str:
+    """A stable UUID for one outbox row of one story on one channel (OneSignal wants a UUID).
+
+    OneSignal remembers a key for 30 days, and a fresh store (a new database, staging on the
+    same app) restarts outbox ids at 1: with the story's feed and uid in it, such a row can
+    never be dropped as a repeat of another story's notification.
+    """
+    return str(uuid.uuid5(NAMESPACE, f"{channel}:{key}:{story.feed}\n{story.uid}"))
 
 
 def topic_values(story: Story) -> list[str]:
@@ -90,7 +96,7 @@ class OneSignalChannel:
         title = str(post.extra.get("title") or post.story.title)
         body: dict[str, Any] = {
             "app_id": self.settings.app_id,
-            "idempotency_key": idempotency_uuid(self.name, idempotency_key),
+            "idempotency_key": idempotency_uuid(self.name, idempotency_key, post.story),
             "target_channel": "push",
             "headings": {"en": title, language: title},
             "contents": {"en": post.text or title, language: post.text or title},

@@ -98,6 +98,25 @@ async def test_one_call_per_story_to_segments(onesignal: tuple[FakeOneSignal, st
     assert (await channel.send(post, idempotency_key="siar-8")).remote_id == "n-2"
 
 
+async def test_fresh_store_reusing_an_outbox_id_still_notifies(onesignal: tuple[FakeOneSignal, str],
+                                                               make_channel: Callable[..., Any]) -> None:
+    """OneSignal remembers keys for 30 days; a new database restarts outbox ids at 1, so the key
+    carries the story too: another story on `siar-1` is a new notification, the same one is not."""
+    fake, _ = onesignal
+    channel = await make_channel()
+    first = await channel.send(channel.render(STORY), idempotency_key="siar-1")
+    other = Story(uid="9", feed="f", url="https://www.example.com/nasional/9", title="Berita lain")
+    second = await channel.send(channel.render(other), idempotency_key="siar-1")  # after a store reset
+    assert (first.remote_id, second.remote_id) == ("n-1", "n-2")
+    same_url_other_feed = Story(uid="1", feed="g", url=STORY.url, title=STORY.title)
+    third = await channel.send(channel.render(same_url_other_feed), idempotency_key="siar-1")
+    assert third.remote_id == "n-3"
+    again = await channel.send(channel.render(STORY), idempotency_key="siar-1")  # a resumed row
+    assert again.remote_id == "n-1" and len(fake.created) == 3
+    keys = [call["idempotency_key"] for call in fake.calls]
+    assert keys[0] == keys[3] and len(set(keys)) == 3
+
+
 async def test_topic_tag_targets_by_filters(onesignal: tuple[FakeOneSignal, str],
                                             make_channel: Callable[..., Any]) -> None:
     fake, _ = onesignal

@@ -252,6 +252,27 @@ async def test_subscribe_validates_topics_size_type_and_json(env: Env) -> None:
     assert await env.channel.subs.count() == 0  # type: ignore[union-attr]
 
 
+async def _pieces(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start:start + size]
+        await asyncio.sleep(0.02)  # each piece arrives on its own
+
+
+async def test_subscribe_reads_a_body_sent_in_pieces(env: Env) -> None:
+    """A chunked or slowly sent body is read to its end, and still capped at 4096 bytes."""
+    sub = valid(env)
+    body = json.dumps({"subscription": sub, "topics": ["world"]}).encode()
+    headers = {"Origin": SITE, "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(env.base + "subscribe", data=_pieces(body, 40), headers=headers) as r:
+            assert r.request_info.headers.get("Transfer-Encoding") == "chunked"
+            assert (r.status, await r.json()) == (201, {"ok": True, "topics": ["world"]})
+        big = json.dumps({"subscription": valid(env), "padding": "x" * 5000}).encode()
+        async with s.post(env.base + "subscribe", data=_pieces(big, 1000), headers=headers) as r:
+            assert r.status == 413 and "larger than 4096" in (await r.json())["error"]
+    assert [r["endpoint"] for r in await env.channel.subs.all()] == [sub["endpoint"]]  # type: ignore[union-attr]
+
+
 async def test_subscribe_is_rate_limited_per_client(env: Env) -> None:
     server = env.channel.server
     assert server is not None
@@ -427,6 +448,55 @@ async def test_crash_mid_fan_out_resumes_without_pushing_twice(
     assert sorted(delivered_requests) == sorted(again.push.id_of(s) for s in subs)
     decisions = await again.app.store.decisions_of(row["story_id"])
     assert [d["decision"] for d in decisions] == ["queued", "resume", "sent"]
+    assert "1 uncertain" in decisions[-1]["detail"]
+
+
+async def test_cancel_mid_batch_leaves_unstarted_pushes_for_the_resume(
+        make_env: Callable[..., Awaitable[Env]]) -> None:
+    """A batch claims several rows, but only the push that started may count as in flight."""
+    settings = 'concurrency = 1\nbatch_size = 3\nretries = 0'
+    env = await make_env(settings)
+    subs = [await env.subscribe() for _ in range(4)]  # two batches: three rows, then one
+    held = env.push.hold(subs[0])
+    env.feeds.routes["/f"] = Route(body=rss([WORLD_STORY]))
+    await env.app.poller.poll(env.config.feeds[0], force=True)
+    item = await env.app.store.claim("push", env.clock(), "test")
+    assert item is not None
+    post = env.channel.render(item.story)
+    sending = asyncio.create_task(env.channel.send(post, idempotency_key=f"siar-{item.id}"))
+    await asyncio.wait_for(env.push.arrived[env.push.id_of(subs[0])].wait(), 5)
+    sending.cancel()  # shutdown or send_timeout while push 1 of the batch is in flight
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    await env.stop()
+    held.set()
+
+    again = await make_env(settings)  # the restart
+    await again.app.dispatcher.drain()
+    row = await again.outbox()
+    assert row["status"] == "sent"
+    assert len(again.push.delivered(subs[0])) in (0, 1)  # in flight: maybe out, never twice
+    assert [len(again.push.delivered(s)) for s in subs[1:]] == [1, 1, 1]
+    decisions = await again.app.store.decisions_of(row["story_id"])
+    assert "pushed to 3 of 4 subscriptions" in decisions[-1]["detail"]
+    assert "1 uncertain" in decisions[-1]["detail"]
+
+
+async def test_send_timeout_mid_batch_resumes_the_unstarted_pushes(
+        make_env: Callable[..., Awaitable[Env]]) -> None:
+    env = await make_env('concurrency = 1\nbatch_size = 3\nretries = 0\nsend_timeout = "1s"')
+    subs = [await env.subscribe() for _ in range(3)]
+    held = env.push.hold(subs[0])  # never answers within send_timeout
+    try:
+        await env.publish(WORLD_STORY)  # times out, resumes at once: the held push is not repeated
+    finally:
+        held.set()
+    row = await env.outbox()
+    assert row["status"] == "sent"
+    assert [len(env.push.delivered(s)) for s in subs] == [1, 1, 1]
+    decisions = await env.app.store.decisions_of(row["story_id"])
+    assert [d["decision"] for d in decisions][-2:] == ["retry", "sent"]
+    assert "pushed to 2 of 3 subscriptions" in decisions[-1]["detail"]
     assert "1 uncertain" in decisions[-1]["detail"]
 
 

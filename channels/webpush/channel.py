@@ -188,28 +188,41 @@ class WebPushChannel:
         total = await subs.plan(key, post.story, self.section.topics)
         lost = await subs.abandon_in_flight(key)
         if lost:
-            log.warning("channel %s: %d pushes of %s were in flight at a crash; not repeated",
-                        self.name, lost, key)
+            log.warning("channel %s: %d pushes of %s were in flight when an earlier attempt stopped;"
+                        " not repeated", self.name, lost, key)
         if total == 0:
             return Receipt(remote_id=key, note="no subscriber wants this story")
         data = payload_bytes(post.text, post.extra)
         topic = topic_header(self.name if self.settings.replace_unseen else str(post.extra.get("tag")))
         semaphore = asyncio.Semaphore(self.settings.concurrency)
         after_id, deferred, attempted, rejected = 0, [], 0, 0
+
+        async def one(target: Target, started: set[int], done: dict[int, Outcome]) -> Outcome:
+            async with semaphore:
+                await subs.begin(target.delivery_id)  # `sending` only now, not for the whole batch
+                started.add(target.delivery_id)
+                outcome = await self._deliver(target, data, topic)
+                done[target.delivery_id] = outcome
+                return outcome
+
         while True:
             targets = await subs.claim(key, after_id, self.settings.batch_size)
             if not targets:
                 break
             after_id = max(t.delivery_id for t in targets)
-
-            async def one(target: Target) -> Outcome:
-                async with semaphore:
-                    return await self._deliver(target, data, topic)
-
-            outcomes = await asyncio.gather(*(one(t) for t in targets))
+            owners = {t.delivery_id: t.subscription_id for t in targets}
+            started: set[int] = set()
+            done: dict[int, Outcome] = {}
+            try:
+                outcomes = await asyncio.gather(*(one(t, started, done) for t in targets))
+            except asyncio.CancelledError:
+                # Shutdown or send_timeout: keep what is known. Pushes still in flight stay
+                # `sending` (uncertain at the resume); those that never started go out then.
+                unstarted = [t.delivery_id for t in targets if t.delivery_id not in started]
+                await asyncio.shield(self._interrupted(dict(done), owners, unstarted))
+                raise
             await subs.finish({t.delivery_id: o for t, o in zip(targets, outcomes, strict=True)},
-                              {t.delivery_id: t.subscription_id for t in targets},
-                              self.settings.max_failures)
+                              owners, self.settings.max_failures)
             attempted += len(targets)
             rejected += sum(1 for o in outcomes if o.auth_rejected)
             deferred += [o for o in outcomes if o.status == "retry"]
@@ -227,6 +240,17 @@ class WebPushChannel:
                              after=max(waits) if waits else None)
         log.info("channel %s: %s", self.name, note)
         return Receipt(remote_id=key, note=note)
+
+    async def _interrupted(self, done: dict[int, Outcome], owners: dict[int, int],
+                           unstarted: list[int]) -> None:
+        """Record the pushes of a cancelled batch that finished; release those never started."""
+        assert self.subs is not None
+        try:
+            if done:
+                await self.subs.finish(done, owners, self.settings.max_failures)
+            await self.subs.release(unstarted)
+        except Exception:  # the resume then counts them as in flight: never twice, maybe none
+            log.exception("channel %s: cannot record an interrupted batch", self.name)
 
     async def _deliver(self, target: Target, data: bytes, topic: str) -> Outcome:
         """One subscription: push, retrying quickly on 429/5xx/network errors when the wait is short."""

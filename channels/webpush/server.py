@@ -253,7 +253,12 @@ class PushHttpServer:
             raise _Refused(415, "expected application/json")
         if request.content_length is not None and request.content_length > max_bytes:
             raise _Refused(413, f"request larger than {max_bytes} bytes")
-        body = await request.content.read(max_bytes + 1)
+        body = bytearray()  # to the end (a chunked or slow body comes in pieces), one byte past the cap
+        while len(body) <= max_bytes:
+            piece = await request.content.read(max_bytes + 1 - len(body))
+            if not piece:
+                break
+            body += piece
         if len(body) > max_bytes:
             raise _Refused(413, f"request larger than {max_bytes} bytes")
         try:

@@ -53,8 +53,8 @@ deliveries = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("push_key", String(100), nullable=False),
     Column("subscription_id", Integer, nullable=False),
-    # pending -> sending -> sent | gone | failed | retry (tried again) ; sending after a crash
-    # -> uncertain (never pushed again)
+    # pending -> sending (right before its own push) -> sent | gone | failed | retry (tried
+    # again); sending after a crash -> uncertain (never pushed again)
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("status_code", Integer),
@@ -179,11 +179,16 @@ class SubscriptionStore:
             done = await conn.execute(update(deliveries).where(
                 deliveries.c.push_key == key, deliveries.c.status == "sending").values(
                 status="uncertain", updated_at=self.clock(),
-                detail="in flight when the daemon stopped; not pushed again"))
+                detail="in flight when an earlier attempt stopped; not pushed again"))
         return int(done.rowcount or 0)
 
     async def claim(self, key: str, after_id: int, limit: int) -> list[Target]:
-        """The next `limit` pending/retry deliveries of `key` after `after_id`, now `sending`."""
+        """The next `limit` pending/retry deliveries of `key` after `after_id`.
+
+        They stay `pending`/`retry` here: each becomes `sending` only right before its own push
+        (`begin`), so a crash or cancellation never leaves a row that was not pushed looking
+        in flight (`uncertain`, never pushed again).
+        """
         async with self.engine.connect() as conn:
             rows = (await conn.execute(
                 select(deliveries.c.id, deliveries.c.subscription_id, subscriptions.c.endpoint,
@@ -195,10 +200,6 @@ class SubscriptionStore:
                 .order_by(deliveries.c.id).limit(limit))).all()
         if not rows:
             return []
-        now = self.clock()
-        async with self._write() as conn:
-            await conn.execute(update(deliveries).where(deliveries.c.id.in_([r.id for r in rows])).values(
-                status="sending", attempts=deliveries.c.attempts + 1, updated_at=now))
         targets = [Target(r.id, r.subscription_id, r.endpoint or "", r.p256dh or "", r.auth or "")
                    for r in rows]
         gone = [t for t in targets if not t.endpoint]  # unsubscribed since the plan
@@ -206,6 +207,21 @@ class SubscriptionStore:
             await self.finish({t.delivery_id: Outcome("gone", detail="unsubscribed") for t in gone}, {},
                               max_failures=1)
         return [t for t in targets if t.endpoint]
+
+    async def begin(self, delivery_id: int) -> None:
+        """Mark one delivery `sending`: its push starts now (a crash from here on: `uncertain`)."""
+        async with self._write() as conn:
+            await conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
+                status="sending", attempts=deliveries.c.attempts + 1, updated_at=self.clock()))
+
+    async def release(self, delivery_ids: Sequence[int]) -> None:
+        """Deliveries whose push never started go back to `pending` (if `begin` already ran)."""
+        if not delivery_ids:
+            return
+        async with self._write() as conn:
+            await conn.execute(update(deliveries).where(
+                deliveries.c.id.in_(list(delivery_ids)), deliveries.c.status == "sending").values(
+                status="pending", updated_at=self.clock()))
 
     async def finish(self, outcomes: dict[int, Outcome], subs: dict[int, int], max_failures: int) -> None:
         """Record outcomes (delivery id -> Outcome) and their effect on subscriptions, in one go."""
