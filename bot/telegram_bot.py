@@ -42,6 +42,7 @@ from telegram.ext import (
     filters,
 )
 
+from bot.counting import count_utf16
 from bot.telegram_store import Subscriber, TelegramStore
 from bot.types import Story
 
@@ -100,6 +101,35 @@ COMMANDS = {
            ("latest", "5 latest stories"), ("language", "Change language"), ("help", "Help")],
 }
 GROUP_KINDS = (ChatType.GROUP, ChatType.SUPERGROUP)
+REPORT_LIMIT = 4000  # UTF-16 units of text in an admin report (Telegram's limit is 4096)
+
+
+# --- admin reports ------------------------------------------------------------------------------
+
+def fit_report(lines: Sequence[tuple[str, bool]], limit: int = REPORT_LIMIT) -> str:
+    """Plain `(text, bold)` lines -> a Telegram HTML message showing at most `limit` UTF-16 units.
+
+    The plain text is fitted first, dropping whole lines from the end (and saying how many),
+    and only then escaped and formatted: a cut never falls inside a tag or an entity."""
+    texts = [text for text, _ in lines]
+    sizes = [count_utf16(text) for text in texts]
+    keep = len(lines)
+    if sum(sizes) + len(lines) - 1 > limit:
+        note_size = count_utf16(f"… {len(lines)} more") + 1  # the note and its line break
+        used, keep = 0, 0
+        while keep < len(lines) and used + sizes[keep] + (1 if keep else 0) + note_size <= limit:
+            used += sizes[keep] + (1 if keep else 0)
+            keep += 1
+        if keep == 0:  # one enormous first line: cut it, at a character
+            head = texts[0]
+            while count_utf16(head) > limit - note_size:
+                head = head[:len(head) - max(1, (count_utf16(head) - limit + note_size) // 2)]
+            return f"{html.escape(head)}\n{html.escape(f'… {len(lines) - 1} more')}"
+    out = [f"<b>{html.escape(text)}</b>" if bold and text else html.escape(text)
+           for text, bold in lines[:keep]]
+    if keep < len(lines):
+        out.append(html.escape(f"… {len(lines) - keep} more"))
+    return "\n".join(out)
 
 
 # --- pure topic logic ---------------------------------------------------------------------------
@@ -463,21 +493,23 @@ class ReaderBot:
         if not self._is_admin(update):
             await self.unknown(update, context)
             return
-        lines = ["<b>siar status</b>", "", "<b>Feeds</b>"]
-        for state in await self.core_store.feed_states():
-            mark = "✅" if not state.failures else f"❌ {state.failures}×"
-            error = f" — {html.escape(state.last_error or '')[:80]}" if state.failures else ""
-            lines.append(f"{mark} {html.escape(state.name)}{error}")
-        lines += ["", "<b>Queues</b> (pending / failed / uncertain)"]
+        # Plain text, fitted before it is escaped. The feeds can be many: they come last,
+        # failing ones first, so that what does not fit is healthy feeds.
+        lines: list[tuple[str, bool]] = [("siar status", True), ("", False),
+                                         ("Queues (pending / failed / uncertain)", True)]
         for channel, counts in sorted((await self.core_store.counts()).items()):
-            lines.append(f"{html.escape(channel)}: {counts['pending'] + counts['sending']} / "
-                         f"{counts['failed']} / {counts['uncertain']}")
+            lines.append((f"{channel}: {counts['pending'] + counts['sending']} / "
+                          f"{counts['failed']} / {counts['uncertain']}", False))
         problems = await self.core_store.recent_problems(5)
         if problems:
-            lines += ["", "<b>Recent problems</b>"]
-            lines += [f"#{p['id']} {html.escape(p['channel'])}: {html.escape(str(p['last_error']))[:100]}"
-                      for p in problems]
-        await self.reply(update, "\n".join(lines)[:4000])
+            lines += [("", False), ("Recent problems", True)]
+            lines += [(f"#{p['id']} {p['channel']}: {str(p['last_error'])[:100]}", False) for p in problems]
+        lines += [("", False), ("Feeds", True)]
+        for state in sorted(await self.core_store.feed_states(), key=lambda s: (not s.failures, s.name)):
+            mark = "✅" if not state.failures else f"❌ {state.failures}×"
+            error = f" — {(state.last_error or '')[:80]}" if state.failures else ""
+            lines.append((f"{mark} {state.name}{error}", False))
+        await self.reply(update, fit_report(lines))
 
     async def stats(self, update: Update, context: Ctx) -> None:
         """/stats (admins): subscribers and today's posts per channel."""
@@ -490,12 +522,12 @@ class ReaderBot:
                                       microseconds=local.microsecond)).astimezone(UTC)
         counts = await self.store.subscriber_counts(self.name)
         posts = await self.store.posts_since(midnight)
-        lines = ["<b>Subscribers</b>"]
-        lines += [f"{html.escape(kind)}: {n}" for kind, n in sorted(counts.items())] or ["none"]
-        lines += ["", "<b>Posts today</b>"]
-        lines += [f"{html.escape(ch)}: {n}" for ch, n in sorted(posts.items())] or ["none"]
-        lines.append(f"reader messages: {await self.store.sent_since(midnight)}")
-        await self.reply(update, "\n".join(lines))
+        lines: list[tuple[str, bool]] = [("Subscribers", True)]
+        lines += [(f"{kind}: {n}", False) for kind, n in sorted(counts.items())] or [("none", False)]
+        lines += [("", False), ("Posts today", True)]
+        lines += [(f"{ch}: {n}", False) for ch, n in sorted(posts.items())] or [("none", False)]
+        lines.append((f"reader messages: {await self.store.sent_since(midnight)}", False))
+        await self.reply(update, fit_report(lines))
 
     async def on_error(self, update: object, context: Ctx) -> None:
         error = context.error

@@ -156,10 +156,19 @@ class TelegramStore:
         return bool(done.rowcount)
 
     async def move_subscriber(self, bot: str, old: int, new: int, now: datetime) -> None:
+        """Group `old` became supergroup `new`: its row follows it, unless `new` has a row of
+        its own already (it subscribed itself): then that row stays as it is and `old` stops."""
         async with self._write() as conn:
-            await conn.execute(update(subscribers).where(
-                subscribers.c.bot == bot, subscribers.c.chat_id == old).values(
-                chat_id=new, kind="supergroup", updated_at=now))
+            taken = (await conn.execute(select(func.count()).where(
+                subscribers.c.bot == bot, subscribers.c.chat_id == new))).scalar()
+            if taken:
+                await conn.execute(update(subscribers).where(
+                    subscribers.c.bot == bot, subscribers.c.chat_id == old).values(
+                    active=False, reason=f"moved to {new}", updated_at=now))
+            else:
+                await conn.execute(update(subscribers).where(
+                    subscribers.c.bot == bot, subscribers.c.chat_id == old).values(
+                    chat_id=new, kind="supergroup", updated_at=now))
 
     async def set_language(self, bot: str, chat_id: int, language: str, now: datetime) -> None:
         async with self._write() as conn:

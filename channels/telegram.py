@@ -50,7 +50,9 @@ class Settings(ChannelSettings):
     link_preview: bool = True  # for text posts: show the story's link preview
     silent: bool = False  # disable_notification
     buttons: bool = True  # "Baca selengkapnya" and the [cta] links as inline buttons
-    retry_on_timeout: bool = False  # see TelegramChannel.send: a timeout may mean it was posted
+    # A read timeout or a connection lost after the request went out may mean it was posted:
+    # False marks such a row uncertain (see `classify`), True retries it (a duplicate is possible).
+    retry_on_timeout: bool = False
 
     requires_section: ClassVar[str | None] = "telegram"
 
@@ -214,15 +216,20 @@ def photo_refused(exc: Exception) -> bool:
 def classify(exc: Exception, chat: str | int, *, retry_on_timeout: bool = False) -> Exception:
     """The siar error kind of a python-telegram-bot error.
 
-    TimedOut needs care: PTB raises it for a connect or pool timeout (the request never left:
-    safe to retry) and for a read timeout (the request reached Telegram and may have been
-    posted). The Bot API has no idempotency key, so resending after a read timeout could post
-    the story twice; it becomes Uncertain (shown by `siar status`, `siar resend` sends it)
-    unless `retry_on_timeout` says duplicates are acceptable. 5xx answers and connection errors
-    are retried with backoff: Telegram answers 5xx before it posts.
+    The Bot API has no idempotency key and this channel is not resumable, so a request that
+    may have reached Telegram must not be resent automatically: a second try could post the
+    story twice. PTB turns every lost connection into NetworkError (TimedOut for timeouts), so
+    the httpx error it chains says which case it is:
+
+    - nothing was sent (httpx.ConnectError, ConnectTimeout, PoolTimeout): RetryLater;
+    - an HTTP answer from Telegram (5xx, or another status PTB has no class for; no transport
+      error chained): RetryLater, Telegram answers errors before it posts;
+    - anything else (a read timeout, the server closing or resetting the connection after the
+      request went out, a write error, an unknown error in the HTTP layer): Uncertain (shown by
+      `siar status`, `siar resend` sends it), unless `retry_on_timeout` says duplicates are
+      acceptable.
     """
-    import httpx
-    from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TimedOut
+    from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter
 
     from channels.telegram_api import retry_after_seconds
 
@@ -239,15 +246,46 @@ def classify(exc: Exception, chat: str | int, *, retry_on_timeout: bool = False)
         if "chat not found" in text.lower():
             return Permanent(f"chat {chat} not found: check `chat` and that the bot is a member")
         return Permanent(f"Telegram refused the post: {text}")
-    if isinstance(exc, TimedOut):
-        cause = exc.__cause__
-        if isinstance(cause, httpx.ConnectTimeout | httpx.PoolTimeout) or retry_on_timeout:
-            return RetryLater(f"Telegram did not answer in time ({type(cause).__name__})")
-        return Uncertain("Telegram did not answer in time after the request was sent; the post may "
-                         "or may not be out")
-    if isinstance(exc, NetworkError):
-        return RetryLater(f"Telegram unreachable or failing: {text}")
+    if isinstance(exc, NetworkError):  # TimedOut included
+        transport = transport_error(exc)
+        if transport is None:  # Telegram answered with an HTTP error (5xx): it did not post
+            return RetryLater(f"Telegram unreachable or failing: {text}")
+        name = type(transport).__name__
+        if not_sent(transport):
+            return RetryLater(f"Telegram unreachable ({name}); nothing was sent")
+        if retry_on_timeout:
+            return RetryLater(f"connection to Telegram lost after sending ({name}); retrying "
+                              "(retry_on_timeout)")
+        return Uncertain(f"connection to Telegram lost after the request was sent ({name}); the post "
+                         "may or may not be out")
     return Permanent(f"unexpected Telegram error: {type(exc).__name__}: {text}")
+
+
+def transport_error(exc: BaseException) -> BaseException | None:
+    """The HTTP layer's error behind a PTB NetworkError, or None when there is none: PTB raises
+    NetworkError without a cause (or caused by its own "Invalid server response" when the body
+    was not JSON, a proxy's HTML error page, say) for an HTTP error status it has no class for."""
+    import httpx
+    from telegram.error import TelegramError
+
+    cause = exc.__cause__
+    if cause is None or isinstance(cause, TelegramError):
+        return None
+    seen: set[int] = set()
+    link: BaseException | None = cause
+    while link is not None and id(link) not in seen:  # the httpx error, if something wrapped it
+        if isinstance(link, httpx.HTTPError):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return cause  # "Unknown error in HTTP implementation": no telling how far it got
+
+
+def not_sent(error: BaseException) -> bool:
+    """True for httpx errors raised before any byte of the request went out."""
+    import httpx
+
+    return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
 def create(name: str, settings: ChannelSettings, context: ChannelContext) -> TelegramChannel:

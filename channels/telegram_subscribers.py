@@ -242,17 +242,24 @@ class SubscriberChannel:
         assert pacer is not None
 
         async def one(chat: int) -> None:
-            async with semaphore:
-                if fatal:
-                    return
-                body = bodies[languages.get(chat, self.language)]
-                await pacer.wait(chat, kinds.get(chat, "private") in ("group", "supergroup"))
-                batch.started.add(chat)
-                try:
+            # Never raises (but for cancellation): a failure here must not keep the batch's
+            # results from being recorded or stop the other chats.
+            try:
+                async with semaphore:
+                    if fatal:
+                        return
+                    body = bodies[languages.get(chat, self.language)]
+                    await pacer.wait(chat, kinds.get(chat, "private") in ("group", "supergroup"))
+                    batch.started.add(chat)
                     batch.results[chat] = await self._send_one(key, chat, body, batch)
-                except Permanent as exc:
-                    fatal.append(exc)
-                    batch.results[chat] = Outcome("pending", None, exc.reason)
+            except Permanent as exc:
+                fatal.append(exc)
+                batch.results[chat] = Outcome("pending", None, exc.reason)
+            except Exception as exc:
+                # A bug or a database error: once the request may be out it is not sent again.
+                log.exception("channel %s: sending to chat %s failed", self.name, chat)
+                batch.results[chat] = (Outcome("uncertain", None, f"error: {self._safe(exc)}")
+                                       if chat in batch.started else Outcome("pending", None, ""))
 
         def rows() -> list[tuple[int, str, int | None, str]]:
             outcomes = [(c, *self._row(batch.results.get(c), c in batch.started)) for c in chats]
@@ -263,7 +270,10 @@ class SubscriberChannel:
             await self.store.finish(key, rows(), self._now(), bot=self.name, unsubscribe=batch.unsubscribe)
 
         try:
-            await asyncio.gather(*(one(c) for c in chats))
+            # A TaskGroup: whatever ends the batch early, no send goes on unrecorded behind it.
+            async with asyncio.TaskGroup() as group:
+                for chat in chats:
+                    group.create_task(one(chat))
         except asyncio.CancelledError:
             await asyncio.shield(record())
             raise
@@ -315,8 +325,12 @@ class SubscriberChannel:
             return Outcome("pending", None, "timed out before sending")
         except (aiohttp.ServerTimeoutError, TimeoutError):
             return Outcome("uncertain", None, "no answer after sending")
-        except aiohttp.ClientError as exc:  # refused, reset, disconnected: as PTB's NetworkError
+        except aiohttp.ClientConnectorError as exc:  # no connection was made: nothing was sent
             return Outcome("pending", None, f"network: {self._safe(exc)}")
+        except aiohttp.ClientError as exc:
+            # Disconnected, reset, a broken answer...: the request may have been delivered, and
+            # the Bot API has no idempotency key, so this chat is not sent to again.
+            return Outcome("uncertain", None, f"network: {self._safe(exc)}; may have been delivered")
         return await self._outcome(key, chat, status, raw, batch)
 
     def _safe(self, exc: BaseException) -> str:

@@ -5,7 +5,8 @@ python-telegram-bot 22 calls: it rejects what Telegram rejects (unknown chats, u
 unbalanced HTML, text over 4096 / captions over 1024 UTF-16 units after entity parsing, more than
 100 entities, bad buttons), answers 429 with `parameters.retry_after` when a sender goes over the
 per-chat (1/s), per-group (20/min) or global (30/s) limits, and can be told to answer 403
-(blocked / kicked), 400 with `migrate_to_chat_id`, or 5xx.
+(blocked / kicked), 400 with `migrate_to_chat_id`, or 5xx, or to carry out a call and then drop
+the connection without answering (`drop`: the client cannot know whether it went through).
 
 Tests play users through it: `send_text(user, "/start")`, `press(user, message, data)`,
 `block(user)` put updates in the queue that `getUpdates` hands to the bot, and `messages(chat)`
@@ -176,6 +177,8 @@ class FakeTelegram:
         self.answered: dict[str, dict[str, Any]] = {}  # callback query id -> answer
         self.photo_errors: dict[str, str] = {}  # photo URL -> Bad Request description
         self.failures: list[Failure] = []
+        self.drops: list[Failure] = []  # calls to carry out, then hang up on without an answer
+        self.dropped = 0
         self.rejected_429 = 0
         self.webhook_url = ""
         self.send_times: list[float] = []  # monotonic arrival time of each accepted message
@@ -245,6 +248,11 @@ class FakeTelegram:
              count: int = 1, parameters: dict[str, Any] | None = None) -> None:
         """The next `count` matching calls answer `code` (e.g. 500, 'Internal Server Error')."""
         self.failures.append(Failure(code, description, parameters, method, chat, count))
+
+    def drop(self, *, method: str | None = None, chat: int | None = None, count: int = 1) -> None:
+        """The next `count` matching calls are carried out (a message is sent) but the connection
+        is closed before the answer, as when Telegram or a proxy resets it mid-request."""
+        self.drops.append(Failure(0, "dropped", None, method, chat, count))
 
     def hang_after(self, n: int) -> None:
         """Accept `n` more messages, then accept (record) the next ones but never answer them."""
@@ -371,6 +379,8 @@ class FakeTelegram:
                 raise ApiError(404, "Not Found")
             result = await handler(params)
             body = {"ok": True, "result": result}
+            if self._take(self.drops, method, params) is not None:
+                return await self._hang_up(request, method, params)
         except ApiError as exc:
             status = exc.code
             body = {"ok": False, "error_code": exc.code, "description": exc.description}
@@ -389,13 +399,30 @@ class FakeTelegram:
                                   "last": self.send_times[-1] if self.send_times else 0})
 
     def _scripted_failure(self, method: str, params: dict[str, Any]) -> None:
-        for failure in self.failures:
+        failure = self._take(self.failures, method, params)
+        if failure is not None:
+            raise ApiError(failure.code, failure.description, failure.parameters)
+
+    @staticmethod
+    def _take(scripted: list[Failure], method: str, params: dict[str, Any]) -> Failure | None:
+        for failure in scripted:
             if failure.count <= 0 or (failure.method and failure.method != method):
                 continue
             if failure.chat is not None and _chat_param(params.get("chat_id")) != failure.chat:
                 continue
             failure.count -= 1
-            raise ApiError(failure.code, failure.description, failure.parameters)
+            return failure
+        return None
+
+    async def _hang_up(self, request: web.Request, method: str, params: dict[str, Any]) -> web.Response:
+        """Close the connection without an answer (the call was carried out)."""
+        self.dropped += 1
+        self.calls.append((method, params, 0))
+        async with self._changed:
+            self._changed.notify_all()
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response()  # not written: the connection is gone
 
     def _chat(self, params: dict[str, Any]) -> Chat:
         ref = params.get("chat_id")

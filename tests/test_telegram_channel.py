@@ -267,3 +267,103 @@ async def test_feed_to_channel_once_and_alerts(env: Env, feed_server: FeedServer
     await env.app.poller.poll(env.app.config.feeds[0], force=True)
     await env.app.dispatcher.drain()
     assert len(env.fake.texts(-1001)) == 1  # nothing twice
+
+
+# --- a lost connection: retried only when nothing can have been sent ----------------------------
+
+def ptb_error(cause: Exception) -> Exception:
+    """The exception python-telegram-bot's HTTPXRequest raises for an httpx error (chained)."""
+    from telegram.error import NetworkError, TimedOut
+
+    try:
+        raise cause
+    except httpx.TimeoutException as err:
+        try:
+            raise TimedOut from err
+        except TimedOut as wrapped:
+            return wrapped
+    except httpx.HTTPError as err:
+        try:
+            raise NetworkError(f"httpx.{err.__class__.__name__}: {err}") from err
+        except NetworkError as wrapped:
+            return wrapped
+
+
+@pytest.mark.parametrize("cause,kind", [
+    (httpx.ConnectError("All connection attempts failed"), RetryLater),
+    (httpx.ConnectTimeout("timed out"), RetryLater),
+    (httpx.PoolTimeout("no connection"), RetryLater),
+    (httpx.RemoteProtocolError("Server disconnected without sending a response."), Uncertain),
+    (httpx.ReadError("Connection reset by peer"), Uncertain),
+    (httpx.WriteError("Broken pipe"), Uncertain),
+    (httpx.ReadTimeout("timed out"), Uncertain),
+])
+def test_transport_errors_are_retried_only_before_sending(cause: Exception, kind: type[Exception]) -> None:
+    from channels.telegram import classify
+
+    assert type(classify(ptb_error(cause), "@siarnews")) is kind
+    # retry_on_timeout: duplicates are acceptable, so anything transport-level is retried
+    assert type(classify(ptb_error(cause), "@siarnews", retry_on_timeout=True)) is RetryLater
+
+
+def test_error_status_with_unreadable_body_is_retried() -> None:
+    """A proxy's HTML 502 page: PTB chains its failed JSON parse, not a transport error."""
+    from telegram.error import NetworkError, TelegramError
+
+    from channels.telegram import classify
+
+    try:
+        try:
+            try:
+                raise ValueError("Expecting value: line 1 column 1 (char 0)")
+            except ValueError as err:
+                raise TelegramError("Invalid server response") from err
+        except TelegramError as parse:
+            raise NetworkError("Bad Gateway (502). Parsing the server response b'<html>' failed") from parse
+    except NetworkError as exc:
+        assert isinstance(classify(exc, "@siarnews"), RetryLater)
+
+
+def test_unknown_http_implementation_error_is_uncertain() -> None:
+    from telegram.error import NetworkError
+
+    from channels.telegram import classify
+
+    try:
+        try:
+            raise RuntimeError("h11 state machine confused")
+        except RuntimeError as err:
+            raise NetworkError(f"Unknown error in HTTP implementation: {err!r}") from err
+    except NetworkError as exc:
+        assert isinstance(classify(exc, "@siarnews"), Uncertain)
+
+
+async def test_connection_dropped_after_posting_is_uncertain(env: Env) -> None:
+    env.fake.drop(method="sendMessage")  # Telegram posts it, then the connection goes
+    with pytest.raises(Uncertain, match="may or may not be out"):
+        await env.channel.send(env.channel.render(story()), idempotency_key="siar-1")
+    assert len(env.fake.messages(-1001)) == 1 and env.fake.dropped == 1
+
+
+async def test_connection_dropped_with_retry_on_timeout_is_retried(env: Env) -> None:
+    env.channel.settings.retry_on_timeout = True
+    env.fake.drop(method="sendPhoto")
+    with pytest.raises(RetryLater):
+        await env.channel.send(env.channel.render(story(image="https://img.example/1.jpg")),
+                               idempotency_key="siar-1")
+    assert len(env.fake.messages(-1001)) == 1
+
+
+async def test_dropped_post_is_not_resent_by_the_dispatcher(env: Env, feed_server: FeedServer) -> None:
+    feed_server.routes["/f"] = Route(body=rss([{"title": "Satu", "link": "https://www.medcom.id/a/1",
+                                                "guid": "1"}]))
+    env.fake.drop(method="sendMessage")
+    env.fake.limits = False  # a resend would not be held back by the 1 message/s per chat
+    await env.app.poller.poll(env.app.config.feeds[0], force=True)
+    await env.app.dispatcher.drain()
+    env.clock.advance(3600)  # well past any backoff
+    await env.app.dispatcher.drain()
+    assert len(env.fake.texts(-1001)) == 1  # posted once, never again
+    (found,) = await env.app.store.find_stories("https://www.medcom.id/a/1")
+    rows = {r["channel"]: r for r in await env.app.store.outbox_of(found["id"])}
+    assert rows["tg"]["status"] == "uncertain"

@@ -13,11 +13,11 @@ from bot.app import App, build
 from bot.channel import Permanent
 from bot.config import Config
 from bot.daemon import prepare
-from bot.telegram_bot import ChatPacer, offered_topics, toggle, wants
+from bot.telegram_bot import ChatPacer, fit_report, offered_topics, toggle, wants
 from bot.telegram_store import Subscriber
 from bot.types import Story
 from channels.telegram_subscribers import Batch, SubscriberChannel
-from tests.fake_telegram import TOKEN, FakeTelegram
+from tests.fake_telegram import TOKEN, FakeTelegram, parse_html, utf16_len
 from tests.fakes import Clock
 from tests.feedserver import FeedServer, Route, rss
 
@@ -137,6 +137,17 @@ def test_topics_toggle_and_match() -> None:
     sub = Subscriber(1, "private", "id", only_sport, True)
     assert not wants(sub, stories[0]) and wants(sub, Story("9", "f", "u", "t", section="OLAHRAGA"))
     assert wants(Subscriber(1, "private", "id", None, True), stories[2])
+
+
+def test_fit_report_counts_utf16_and_never_cuts_markup() -> None:
+    assert fit_report([("a", True), ("", False), ("b & <c>", False)]) == "<b>a</b>\n\nb &amp; &lt;c&gt;"
+    lines = [("Judul <&>", True)] + [("😀" * 100, False)] * 50  # 200 UTF-16 units a line
+    text = fit_report(lines, limit=1000)
+    plain, _ = parse_html(text)  # valid Telegram HTML
+    assert text.startswith("<b>Judul &lt;&amp;&gt;</b>\n") and utf16_len(plain) <= 1000
+    assert plain.split("\n")[1:] == ["😀" * 100] * 4 + ["… 46 more"]
+    huge, _ = parse_html(fit_report([("😀" * 3000, False), ("b", True)]))
+    assert utf16_len(huge) <= 4000 and huge.endswith("😀\n… 1 more")
 
 
 async def test_pacer_spaces_chats_groups_and_overall() -> None:
@@ -417,3 +428,81 @@ async def test_network_error_detail_never_shows_the_token(env: Env) -> None:
     outcome = await readers._send_one("siar-8", 10, "text=x", Batch())
     assert outcome.status == "pending" and outcome.detail.startswith("network: ")
     assert TOKEN not in outcome.detail and TOKEN.split(":")[1] not in outcome.detail
+
+
+async def test_connection_lost_after_sending_is_uncertain_and_never_resent(env: Env) -> None:
+    await subscribe_many(env, range(10, 14))
+    env.fake.limits = False  # a resend would not be held back by the 1 message/s per chat
+    env.fake.drop(method="sendMessage", chat=11)  # delivered, then the connection is reset
+    post = env.readers.render(Story("1", "f", "https://m.example/1", "Judul"))
+    receipt = await env.readers.send(post, idempotency_key="siar-9")
+    assert [len(env.fake.messages(c)) for c in range(10, 14)] == [1, 1, 1, 1]
+    assert receipt.note == "sent to 3 of 4 readers; 0 failed, 1 uncertain"
+    await env.readers.send(post, idempotency_key="siar-9")  # a retry of the row: nothing more
+    assert [len(env.fake.messages(c)) for c in range(10, 14)] == [1, 1, 1, 1]
+    assert len([c for c in env.fake.calls if c[0] == "sendMessage" and c[1].get("chat_id") == "11"]) == 1
+
+
+async def test_group_moved_to_a_subscribed_supergroup_gets_it_once(env: Env) -> None:
+    await subscribe_many(env, range(10, 13))
+    store = env.readers.store
+    assert store is not None
+    env.fake.group(-70, "Warga")
+    await store.subscribe("readers", -70, "group", "id", "Warga", env.clock())
+    env.fake.migrate(-70, -10070)  # the supergroup subscribed on its own as well
+    await store.subscribe("readers", -10070, "supergroup", "id", "Warga", env.clock())
+    post = env.readers.render(Story("1", "f", "https://m.example/1", "Judul"))
+    receipt = await env.readers.send(post, idempotency_key="siar-10")
+    assert [len(env.fake.messages(c)) for c in (10, 11, 12, -10070)] == [1, 1, 1, 1]
+    assert receipt.note == "sent to 4 of 5 readers; 1 failed, 0 uncertain"
+    old, new = await env.subscriber(-70), await env.subscriber(-10070)
+    assert old is not None and not old.active and new is not None and new.active
+    assert [s.chat_id for s in await store.active_subscribers("readers")].count(-10070) == 1
+    receipt = await env.readers.send(post, idempotency_key="siar-11")  # the next story: no error
+    assert [len(env.fake.messages(c)) for c in (10, 11, 12, -10070)] == [2, 2, 2, 2]
+
+
+async def test_an_error_in_one_chat_leaves_the_rest_of_the_broadcast_alone(env: Env,
+                                                                          monkeypatch: Any) -> None:
+    await subscribe_many(env, range(10, 16))
+    store = env.readers.store
+    assert store is not None
+    env.fake.group(-70, "Warga")
+    await store.subscribe("readers", -70, "group", "id", "Warga", env.clock())
+    env.fake.migrate(-70, -10070)
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(store, "move_subscriber", broken)  # recording the move fails
+    env.readers.settings.concurrency = 2
+    post = env.readers.render(Story("1", "f", "https://m.example/1", "Judul"))
+    receipt = await env.readers.send(post, idempotency_key="siar-12")
+    assert [len(env.fake.messages(c)) for c in range(10, 16)] == [1] * 6  # everyone else got it
+    assert receipt.note == "sent to 6 of 7 readers; 0 failed, 1 uncertain"
+    counts = await store.delivery_counts("siar-12")
+    assert counts == {"sent": 6, "uncertain": 1}  # every row recorded, none left `sending`
+    calls = len(env.fake.calls)
+    await asyncio.sleep(0.2)
+    assert len(env.fake.calls) == calls  # no task still sending after send() returned
+
+
+async def test_long_status_drops_whole_lines_and_stays_valid_html(env: Env) -> None:
+    from bot.store import FeedState
+
+    error = "HTTP 503: <html> & " + "x" * 100  # escaping makes it longer than it shows
+    names = [f"berita-{i:02d} 😀" for i in range(70)]
+    for name in names:
+        await env.app.store.save_feed_state(FeedState(name, f"https://m.example/{name}", failures=2,
+                                                      last_error=error))
+    await env.publish(A)  # the queues have rows
+    reply = await env.say(900, "/status")
+    plain = reply["plain"]
+    assert utf16_len(plain) <= 4000
+    lines = plain.split("\n")
+    assert "Queues (pending / failed / uncertain)" in lines and "tg: 0 / 0 / 0" in lines
+    shown = [line for line in lines if line.startswith("❌")]
+    assert 10 < len(shown) < 70  # some feeds did not fit...
+    assert set(shown) <= {f"❌ 2× {name} — {error[:80]}" for name in names}  # ...and no line is cut
+    total = len(await env.app.store.feed_states())  # these and the healthy feed "f"
+    assert total == 71 and lines[-1] == f"… {total - len(shown)} more"
