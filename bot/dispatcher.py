@@ -2,9 +2,11 @@
 
 The worker claims a row (`sending`) before the request leaves. Its outcome:
 sent -> `sent`; RetryLater -> `pending` again after the platform's retry_after or a capped
-exponential backoff (until `max_attempts`, then `failed`); Permanent -> `failed` and an alert;
-AlreadyDone -> `sent`; Uncertain, an unexpected error, or a shutdown mid-send -> `uncertain`
-(never resent automatically, so nothing is ever posted twice).
+exponential backoff (until `max_attempts`, then `failed`); Permanent -> `failed` and an alert
+(one per failure streak); AlreadyDone -> `sent`; Uncertain, an unexpected error, no answer within
+`send_timeout`, or a shutdown mid-send -> `uncertain` (never resent automatically, so nothing is
+ever posted twice). On a resumable channel (sending twice is harmless) a timeout or a shutdown
+mid-send leaves the row `pending` instead, unless the platform's idempotency window has passed.
 """
 
 from __future__ import annotations
@@ -206,25 +208,13 @@ class Dispatcher:
                 receipt = await channel.send(post, idempotency_key=f"siar-{item.id}")
         except TimeoutError:
             limit = f"no answer within send_timeout ({settings.send_timeout:.0f}s)"
-            if channel.resumable:
-                await self._finish(item, "pending", "retry", f"{limit}; it resumes",
-                                   retry_at=self.clock())
+            if channel.resumable:  # it resumes where it stopped, with backoff and max_attempts
+                await self._retry(name, item, RetryLater(f"{limit}; it resumes"))
             else:
                 await self._finish(item, "uncertain", "uncertain", f"{limit}; it may or may not be out")
                 await self._alert_failure(name, f"{item.story.url}: {limit}; {_check(item.id)}")
         except RetryLater as exc:
-            if exc.attempt and item.attempts >= settings.max_attempts:
-                reason = f"gave up after {item.attempts} attempts: {exc.reason}"
-                await self._finish(item, "failed", "failed", reason)
-                await self._alert_failure(name, f"{item.story.url}: {reason}")
-                return
-            daemon = self.config.daemon
-            delay = retry_delay(item.attempts, daemon.retry_base, daemon.retry_max, exc.after)
-            at = self.clock() + timedelta(seconds=delay)
-            log.warning("channel %s: %s; retry %d in %.0fs", name, exc.reason, item.attempts, delay)
-            await self._finish(item, "pending", "retry" if exc.attempt else "deferred",
-                               f"{exc.reason} (retry in {delay:.0f}s)", retry_at=at,
-                               refund_attempt=not exc.attempt)
+            await self._retry(name, item, exc)
         except Permanent as exc:
             await self._finish(item, "failed", "failed", exc.reason)
             await self._alert_failure(name, f"{item.story.url}: {exc.reason}")
@@ -251,6 +241,22 @@ class Dispatcher:
                      f" as {receipt.url or receipt.remote_id}" if receipt.url or receipt.remote_id else "")
             await self._finish(item, "sent", "sent", receipt.note, remote_id=receipt.remote_id,
                                remote_url=receipt.url)
+
+    async def _retry(self, name: str, item: OutboxItem, exc: RetryLater) -> None:
+        """Back to `pending` after the platform's wait or a capped backoff; `failed` after
+        max_attempts (planned waits, `exc.attempt == False`, do not count)."""
+        if exc.attempt and item.attempts >= self.channels[name].settings.max_attempts:
+            reason = f"gave up after {item.attempts} attempts: {exc.reason}"
+            await self._finish(item, "failed", "failed", reason)
+            await self._alert_failure(name, f"{item.story.url}: {reason}")
+            return
+        daemon = self.config.daemon
+        delay = retry_delay(item.attempts, daemon.retry_base, daemon.retry_max, exc.after)
+        at = self.clock() + timedelta(seconds=delay)
+        log.warning("channel %s: %s; retry %d in %.0fs", name, exc.reason, item.attempts, delay)
+        await self._finish(item, "pending", "retry" if exc.attempt else "deferred",
+                           f"{exc.reason} (retry in {delay:.0f}s)", retry_at=at,
+                           refund_attempt=not exc.attempt)
 
     async def _alert_failure(self, name: str, message: str) -> None:
         """Alert the first failure of a streak; later ones until a success only go to the log."""

@@ -313,3 +313,14 @@ async def test_a_retry_after_the_idempotency_window_is_uncertain(one_story) -> N
     item = await row(app)
     assert item["status"] == "uncertain" and "idempotency key" in item["last_error"]
     assert len(channel.attempts) == 1  # not sent again with a key the platform forgot
+
+
+async def test_a_resumable_timeout_backs_off_instead_of_spinning(one_story) -> None:
+    app, channel, clock = one_story
+    channel.resumable = True
+    channel.settings.send_timeout = 0.2
+    channel.block = asyncio.Event()  # never answers
+    await asyncio.wait_for(app.dispatcher.drain(), 10)  # `once` must return
+    item = await row(app)
+    assert item["status"] == "pending" and len(channel.attempts) == 1
+    assert (item["next_attempt_at"] - clock.now).total_seconds() == 30  # retry_base

@@ -488,9 +488,12 @@ async def test_send_timeout_mid_batch_resumes_the_unstarted_pushes(
     subs = [await env.subscribe() for _ in range(3)]
     held = env.push.hold(subs[0])  # never answers within send_timeout
     try:
-        await env.publish(WORLD_STORY)  # times out, resumes at once: the held push is not repeated
+        await env.publish(WORLD_STORY)  # times out: pending, to resume after the retry backoff
     finally:
         held.set()
+    assert (await env.outbox())["status"] == "pending"
+    env.clock.advance(3600)
+    await env.app.dispatcher.drain()  # resumes: the held push is not repeated
     row = await env.outbox()
     assert row["status"] == "sent"
     assert [len(env.push.delivered(s)) for s in subs] == [1, 1, 1]
