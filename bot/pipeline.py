@@ -85,7 +85,7 @@ class FeedPoller:
         if result.not_modified or (result.body_hash and result.body_hash == state.body_hash):
             state.etag = result.etag or state.etag
             state.last_modified = result.last_modified or state.last_modified
-            await self._succeeded(state, now, feed)
+            self._succeeded(state, now, feed)
             await self.store.save_feed_state(state)
             return PollResult(feed.name, "not_modified" if result.not_modified else "unchanged")
         assert result.body is not None
@@ -105,14 +105,14 @@ class FeedPoller:
         # An empty first answer (a CMS glitch) must not end the first run: the next full poll
         # would then post every story.
         state.first_run_done = state.first_run_done or bool(parsed.stories)
-        await self._succeeded(state, now, feed)
+        self._succeeded(state, now, feed)
         created = await self.store.record_poll(state, items, now)
         queued = {d.channel for i in items for d in i.decisions if d.queues and d.channel}
         if new:
             log.info("feed %s: %d new stories, %d posts queued%s", feed.name, len(new), len(created),
                      " (first poll)" if first_run else "")
         return PollResult(feed.name, "new" if new else "unchanged", len(new), len(created),
-                          channels=frozenset(c for c in queued if c))
+                          channels=frozenset(queued))
 
     async def _new_stories(self, feed: FeedConfig, parsed: ParsedFeed, now: datetime) -> list[Story]:
         known = await self.store.known_uids(feed.name, [s.uid for s in parsed.stories])
@@ -132,7 +132,7 @@ class FeedPoller:
             stories = list(await asyncio.gather(*(one(s) for s in stories)))
         return stories
 
-    async def _succeeded(self, state: FeedState, now: datetime, feed: FeedConfig) -> None:
+    def _succeeded(self, state: FeedState, now: datetime, feed: FeedConfig) -> None:
         state.failures = 0
         state.last_error = None
         state.last_success_at = now

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 from telegram import (
     BotCommand,
     BotCommandScopeDefault,
+    Chat,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     Update,
@@ -327,6 +328,15 @@ class ReaderBot:
         member = await chat.get_member(user.id)
         return member.status in (ChatMemberStatus.ADMINISTRATOR, ChatMemberStatus.OWNER)
 
+    async def _admin_chat(self, update: Update) -> Chat | None:
+        """The chat, when the sender may manage its subscription; else None, after telling them."""
+        chat = update.effective_chat
+        assert chat is not None
+        if not await self._group_admin(update):
+            await self.reply(update, self._text(await self._lang(update), "group_admin_only"))
+            return None
+        return chat
+
     def _follow_markup(self, language: str) -> InlineKeyboardMarkup | None:
         cta = self.context.cta
         buttons = [InlineKeyboardButton(link.label, url=link.url) for link in cta.follow_links]
@@ -342,11 +352,8 @@ class ReaderBot:
 
     async def start(self, update: Update, context: Ctx) -> None:
         """/start: subscribe this chat (groups: admins only) and welcome it."""
-        chat = update.effective_chat
-        assert chat is not None
-        language = await self._lang(update)
-        if not await self._group_admin(update):
-            await self.reply(update, self._text(language, "group_admin_only"))
+        chat = await self._admin_chat(update)
+        if chat is None:
             return
         name = chat.title or chat.full_name or ""
         new = await self.store.subscribe(self.name, chat.id, chat.type, self._user_lang(update), name,
@@ -361,12 +368,10 @@ class ReaderBot:
 
     async def stop(self, update: Update, context: Ctx) -> None:
         """/stop: unsubscribe and confirm."""
-        chat = update.effective_chat
-        assert chat is not None
-        language = await self._lang(update)
-        if not await self._group_admin(update):
-            await self.reply(update, self._text(language, "group_admin_only"))
+        chat = await self._admin_chat(update)
+        if chat is None:
             return
+        language = await self._lang(update)
         await self.store.unsubscribe(self.name, chat.id, "stopped", self.clock())
         await self.reply(update, self._text(language, "stopped"))
 
