@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config.toml
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean system-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ PDS := tests/bluesky_pds
 $(PDS)/node_modules/.siar-installed: $(PDS)/package-lock.json
 	sh $(PDS)/install.sh
 
-test: $(VENV)/.installed-dev $(PDS)/node_modules/.siar-installed
+# Debian's chromium and promtool (apt-get when root and missing; a clear message otherwise).
+system-deps:
+	@sh scripts/system-deps.sh
+
+test: $(VENV)/.installed-dev $(PDS)/node_modules/.siar-installed system-deps
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest -q
