@@ -95,6 +95,9 @@ class FeedConfig(Filters):
     interval: Duration = 300.0
     first_run: str = "skip"
     enrich: bool = False
+    # Lets URLs this feed controls (article pages, images) reach private addresses (an intranet
+    # CMS); the feed's own host is always allowed.
+    allow_private: bool = False
     section: str | None = None  # forces the section instead of the feed's first category
     timeout: Duration | None = None
 

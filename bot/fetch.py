@@ -18,6 +18,8 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from bot.net import AddressGuard, BlockedAddress, Resolver, http_client
+
 
 @dataclass(frozen=True)
 class FetchResult:
@@ -59,33 +61,51 @@ class Fetcher:
     """Shares one HTTP connection pool across all feeds."""
 
     def __init__(self, user_agent: str, timeout: float = 20.0, max_bytes: int = 5_000_000,
-                 base_dir: Path = Path("."), transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 base_dir: Path = Path("."), transport: httpx.AsyncBaseTransport | None = None,
+                 resolver: Resolver | None = None) -> None:
         self.max_bytes = max_bytes
         self.base_dir = base_dir
         self.timeout = timeout
-        self.client = httpx.AsyncClient(
-            headers={"User-Agent": user_agent,
-                     "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, "
-                               "text/xml;q=0.8, */*;q=0.5",
-                     # Only what _Decoder can inflate under the size cap (no brotli/zstd bombs).
-                     "Accept-Encoding": "gzip, deflate"},
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            follow_redirects=True, max_redirects=8, transport=transport,
-        )
+        self.user_agent, self.transport, self.resolver = user_agent, transport, resolver
+        self.client = self._new_client(None)
+        self.guarded: dict[AddressGuard, httpx.AsyncClient] = {}  # one pool per guard (per feed)
+
+    def _new_client(self, guard: AddressGuard | None) -> httpx.AsyncClient:
+        client = http_client(user_agent=self.user_agent, timeout=self.timeout, guard=guard,
+                             transport=self.transport, resolver=self.resolver)
+        client.headers.update({
+            "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, "
+                      "text/xml;q=0.8, */*;q=0.5",
+            # Only what _Decoder can inflate under the size cap (no brotli/zstd bombs).
+            "Accept-Encoding": "gzip, deflate"})
+        return client
 
     async def close(self) -> None:
         await self.client.aclose()
+        for client in self.guarded.values():
+            await client.aclose()
+        self.guarded.clear()
 
     async def fetch(self, url: str, etag: str | None = None, last_modified: str | None = None,
-                    timeout: float | None = None, accept: str | None = None) -> FetchResult:
-        """Fetch `url` (http(s), file:// or a local path), conditionally when etag/date given."""
+                    timeout: float | None = None, accept: str | None = None,
+                    guard: AddressGuard | None = None) -> FetchResult:
+        """Fetch `url` (http(s), file:// or a local path), conditionally when etag/date given.
+
+        With `guard` (for URLs a feed controls: article pages, images) only http(s) is fetched,
+        and every connection, redirects included, goes to addresses the guard allows."""
         scheme = urlsplit(url).scheme.lower()
         if scheme in ("http", "https"):
-            return await self._fetch_http(url, etag, last_modified, timeout, accept)
+            if guard is not None and guard not in self.guarded:
+                self.guarded[guard] = self._new_client(guard)
+            client = self.client if guard is None else self.guarded[guard]
+            return await self._fetch_http(client, url, etag, last_modified, timeout, accept)
+        if guard is not None:  # a feed's link must never read the daemon's own files
+            return FetchResult(url, error=f"refusing {url[:200]}: not an http(s) URL")
         return await self._fetch_file(url)
 
-    async def _fetch_http(self, url: str, etag: str | None, last_modified: str | None,
-                          timeout: float | None, accept: str | None) -> FetchResult:
+    async def _fetch_http(self, client: httpx.AsyncClient, url: str, etag: str | None,
+                          last_modified: str | None, timeout: float | None,
+                          accept: str | None) -> FetchResult:
         headers: dict[str, str] = {}
         if etag:
             headers["If-None-Match"] = etag
@@ -95,7 +115,7 @@ class Fetcher:
             headers["Accept"] = accept
         try:
             async with asyncio.timeout((timeout or self.timeout) * 2):
-                async with self.client.stream("GET", url, headers=headers,
+                async with client.stream("GET", url, headers=headers,
                                               timeout=timeout or httpx.USE_CLIENT_DEFAULT) as response:
                     return await self._read(url, response)
         except TimeoutError:
@@ -104,6 +124,8 @@ class Fetcher:
             return FetchResult(url, error=f"too many redirects from {url}")
         except httpx.TimeoutException:
             return FetchResult(url, error=f"timed out fetching {url}")
+        except BlockedAddress as exc:
+            return FetchResult(url, error=str(exc))
         except httpx.HTTPError as exc:
             return FetchResult(url, error=f"cannot fetch {url}: {type(exc).__name__}: {exc}")
         except (httpx.InvalidURL, ValueError, UnicodeError) as exc:  # a malformed link or host name
@@ -146,7 +168,10 @@ class Fetcher:
             return replace(base, error=f"{url} is over the {self.max_bytes}-byte cap")
         except zlib.error as exc:
             return replace(base, error=f"{url}: broken compressed body ({exc})")
-        return replace(base, body=b"".join(chunks))
+        body = b"".join(chunks)
+        if not body:  # a CMS glitch, not a feed without news: never a successful poll
+            return replace(base, error=f"empty response from {url}")
+        return replace(base, body=body)
 
     async def _fetch_file(self, url: str) -> FetchResult:
         parts = urlsplit(url)

@@ -124,7 +124,7 @@ class FeedPoller:
             async def one(story: Story) -> Story:
                 async with limit:
                     try:
-                        return await enrich(story, self.fetcher)
+                        return await enrich(story, self.fetcher, feed=feed)
                     except Exception:  # enrichment is optional: one odd page costs only itself
                         log.warning("feed %s: cannot enrich %s", feed.name, story.url, exc_info=True)
                         return story

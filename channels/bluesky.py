@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import json
 import logging
 import os
@@ -27,8 +26,10 @@ from typing import Any, ClassVar, TypeVar
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
+from bot import images
 from bot.channel import AlreadyDone, ChannelContext, ChannelSettings, Permanent, RetryLater
 from bot.counting import Budget, bluesky_facets, count_graphemes, graphemes
+from bot.net import guard_for_story, http_client
 from bot.render import PostRenderer, load_template_text
 from bot.types import Facet, Length, Post, Receipt, Story
 
@@ -54,6 +55,7 @@ DEFAULT_TEMPLATE = """\
 """
 POST_LIMIT = 300  # graphemes (app.bsky.feed.post text maxGraphemes)
 THUMB_LIMIT = 1_000_000  # bytes (app.bsky.embed.external thumb maxSize)
+THUMB_SIDE = 2000  # pixels; a card shows far less, and Bluesky's CDN resizes anyway
 IMAGE_DOWNLOAD_LIMIT = 15_000_000
 CARD_DESCRIPTION_LIMIT = 300  # graphemes; the card shows a few lines
 COLLECTION = "app.bsky.feed.post"
@@ -125,26 +127,9 @@ def _clip(text: str, limit: int) -> str:
 
 def shrink_image(data: bytes, content_type: str, limit: int = THUMB_LIMIT) -> tuple[bytes, str]:
     """`data` itself when small enough and a web format, else a JPEG re-encoded (smaller and
-    smaller) until it is within `limit` bytes. Raises ValueError when it cannot be done."""
-    if len(data) <= limit and content_type in ("image/jpeg", "image/png", "image/webp"):
-        return data, content_type
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            rgb = image.convert("RGB")
-    except Exception as exc:  # Pillow raises many kinds for broken or hostile files
-        raise ValueError(f"not a readable image: {type(exc).__name__}") from None
-    for side in (2000, 1400, 1000, 700, 500, 300):
-        copy = rgb.copy()
-        copy.thumbnail((side, side))
-        for quality in (85, 70, 55):
-            out = io.BytesIO()
-            copy.save(out, "JPEG", quality=quality, optimize=True)
-            if out.tell() <= limit:
-                return out.getvalue(), "image/jpeg"
-    raise ValueError("cannot shrink the image under the limit")
+    smaller) until it is within `limit` bytes. Raises ValueError (ImageRefused) when it cannot
+    be done, or when the image has too many pixels to decode safely."""
+    return images.shrink_image(data, content_type, max_bytes=limit, max_side=THUMB_SIDE)
 
 
 # --- the channel -----------------------------------------------------------------------------
@@ -368,14 +353,14 @@ class BlueskyChannel:
             return None
         thumb = None
         if card.get("image"):
-            thumb = await self._thumb(str(card["image"]))
+            thumb = await self._thumb(str(card["image"]), post.story)
         return models.AppBskyEmbedExternal.Main(external=models.AppBskyEmbedExternal.External(
             uri=card["uri"], title=card.get("title", ""), description=card.get("description", ""),
             thumb=thumb))
 
-    async def _thumb(self, url: str) -> Any:
+    async def _thumb(self, url: str, story: Story) -> Any:
         try:
-            data, content_type = await self._download(url)
+            data, content_type = await self._download(url, story)
             data, content_type = await asyncio.to_thread(shrink_image, data, content_type)
 
             async def upload(client: AsyncClient) -> Any:
@@ -388,23 +373,14 @@ class BlueskyChannel:
             log.warning("channel %s: card without thumbnail (%s: %s)", self.name, url, type(exc).__name__)
         return None
 
-    async def _download(self, url: str) -> tuple[bytes, str]:
-        """The image, fetched without any Bluesky credentials; ValueError/HTTPError on failure."""
-        async with httpx.AsyncClient(timeout=self.settings.timeout, follow_redirects=True,
-                                     headers={"User-Agent": self.context.user_agent}) as client:
-            async with client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise ValueError(f"HTTP {response.status_code}")
-                content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-                if not content_type.startswith("image/"):
-                    raise ValueError(f"not an image ({content_type or 'no type'})")
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > IMAGE_DOWNLOAD_LIMIT:
-                        raise ValueError("image too large to download")
-                    chunks.append(chunk)
-        return b"".join(chunks), content_type
+    async def _download(self, url: str, story: Story) -> tuple[bytes, str]:
+        """The image, fetched without any Bluesky credentials through the story's feed's address
+        guard; ValueError (ImageRefused) or httpx.HTTPError (BlockedAddress among them) on failure."""
+        guard = guard_for_story(self.context.config, story.feed)
+        async with http_client(user_agent=self.context.user_agent, timeout=self.settings.timeout,
+                               guard=guard) as client:
+            image = await images.fetch_image(client, url, max_bytes=IMAGE_DOWNLOAD_LIMIT)
+        return image.data, image.content_type
 
 
 def _facet_model(facet: Facet) -> Any:

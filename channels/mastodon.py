@@ -25,6 +25,8 @@ from pydantic import Field, SecretStr, field_validator
 
 from bot.channel import ChannelContext, ChannelSettings, Permanent, RetryLater, Uncertain
 from bot.counting import Budget, count_graphemes, count_mastodon, graphemes
+from bot.images import fetch_image
+from bot.net import guard_for_story, http_client
 from bot.render import PostRenderer, load_template_text
 from bot.types import Length, Post, Receipt, Story
 
@@ -211,7 +213,8 @@ class MastodonChannel:
         if self.settings.sensitive:
             body["sensitive"] = True
         if post.media:
-            media_id = await self._upload_image(post.media[0], str(post.extra.get("image_alt", "")))
+            media_id = await self._upload_image(post.media[0], str(post.extra.get("image_alt", "")),
+                                                post.story)
             if media_id:
                 body["media_ids"] = [media_id]
         try:
@@ -269,9 +272,9 @@ class MastodonChannel:
                     return None
         return None
 
-    async def _upload_image(self, url: str, alt: str) -> str | None:
+    async def _upload_image(self, url: str, alt: str, story: Story) -> str | None:
         """Upload the story image and return its media id; None (post without it) on any failure."""
-        image = await self._fetch_image(url)
+        image = await self._fetch_image(url, story)
         if image is None:
             return None
         data, content_type = image
@@ -306,26 +309,16 @@ class MastodonChannel:
                 return False
         return False
 
-    async def _fetch_image(self, url: str) -> tuple[bytes, str] | None:
-        """The image's bytes and type, fetched WITHOUT the instance's credentials; None on failure."""
-        limit = self.limits.image_size_limit
+    async def _fetch_image(self, url: str, story: Story) -> tuple[bytes, str] | None:
+        """The image's bytes and sniffed type, fetched WITHOUT the instance's credentials through
+        the story's feed's address guard; None on failure."""
+        guard = guard_for_story(self.context.config, story.feed)
         try:
-            async with httpx.AsyncClient(timeout=self.settings.timeout, follow_redirects=True,
-                                         headers={"User-Agent": self.context.user_agent}) as client:
-                async with client.stream("GET", url) as response:
-                    if response.status_code != 200:
-                        raise ValueError(f"HTTP {response.status_code}")
-                    content_type = response.headers.get("content-type", "").split(";")[0].strip()
-                    if not content_type.startswith("image/"):
-                        raise ValueError(f"not an image ({content_type or 'no type'})")
-                    chunks, size = [], 0
-                    async for chunk in response.aiter_bytes():
-                        size += len(chunk)
-                        if size > limit:
-                            raise ValueError(f"larger than the instance's {limit} bytes")
-                        chunks.append(chunk)
-            return b"".join(chunks), content_type
-        except (httpx.HTTPError, ValueError) as exc:
+            async with http_client(user_agent=self.context.user_agent, timeout=self.settings.timeout,
+                                   guard=guard) as client:
+                image = await fetch_image(client, url, max_bytes=self.limits.image_size_limit)
+            return image.data, image.content_type
+        except (httpx.HTTPError, ValueError) as exc:  # ImageRefused is a ValueError
             log.warning("channel %s: cannot fetch image %s (%s); posting without it", self.name, url, exc)
             return None
 

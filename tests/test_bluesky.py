@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from bot.channel import AlreadyDone, ChannelContext, Permanent, RetryLater
 from bot.cleaning import CleaningRules
-from bot.config import CTA, Site
+from bot.config import CTA, Config, Site
 from bot.counting import count_graphemes
 from bot.normalize import parse_feed
 from bot.types import Story
@@ -43,13 +43,14 @@ def sample_story() -> Story:
                       CleaningRules(), "medcom").stories[0]
 
 
-def context(base_dir: Path) -> ChannelContext:
-    return ChannelContext(site=Site(name="medcom.id", language="id"), cta=CTA(), base_dir=base_dir)
+def context(base_dir: Path, config: Config | None = None) -> ChannelContext:
+    return ChannelContext(site=Site(name="medcom.id", language="id"), cta=CTA(), base_dir=base_dir,
+                          config=config)
 
 
-def channel_for(base_dir: Path, **keys: Any) -> BlueskyChannel:
+def channel_for(base_dir: Path, config: Config | None = None, **keys: Any) -> BlueskyChannel:
     settings = Settings.model_validate({"type": "bluesky", "handle": "siar.test", **keys})
-    return create("bsky", settings, context(base_dir))
+    return create("bsky", settings, context(base_dir, config))
 
 
 def facet_texts(text: str, facets: Any) -> list[tuple[str, str, str]]:
@@ -188,7 +189,9 @@ async def test_end_to_end_sample_story_with_card_and_thumbnail(pds: dict[str, st
     with FeedServer() as images:
         images.routes["/putin.png"] = Route(body=big, content_type="image/png")
         story = Story(**{**sample_story().__dict__, "image": images.url("/putin.png")})
-        channel = channel_for(tmp_path, service=pds["url"], app_password=pds["app_password"])
+        # the story's feed lives on the image server's host, so the address guard lets it through
+        config = Config.model_validate({"feeds": [{"name": story.feed, "url": images.url("/feed.xml")}]})
+        channel = channel_for(tmp_path, config, service=pds["url"], app_password=pds["app_password"])
         await channel.start()
         post = channel.render(story)
         receipt = await channel.send(post, idempotency_key="siar-100")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bot.channel import ChannelContext, Permanent, RetryLater, Uncertain
 from bot.cleaning import CleaningRules
-from bot.config import CTA, Site
+from bot.config import CTA, Config, Site
 from bot.counting import count_mastodon
 from bot.normalize import parse_feed
 from bot.types import Story
@@ -38,10 +38,16 @@ def fake() -> Iterator[FakeMastodon]:
         yield server
 
 
-def channel_for(base: str, token: str = "secret-token", **keys: object) -> MastodonChannel:
+def channel_for(base: str, token: str = "secret-token", config: Config | None = None,
+                **keys: object) -> MastodonChannel:
     settings = Settings.model_validate({"type": "mastodon", "instance": base, "access_token": token, **keys})
     # a fresh context each time: instance limits are cached per context
-    return create("masto", settings, ChannelContext(site=CONTEXT.site, cta=CONTEXT.cta))
+    return create("masto", settings, ChannelContext(site=CONTEXT.site, cta=CONTEXT.cta, config=config))
+
+
+def feed_on(story: Story, server: FeedServer) -> Config:
+    """A config whose feed (the story's) lives on `server`: its images there pass the address guard."""
+    return Config.model_validate({"feeds": [{"name": story.feed, "url": server.url("/feed.xml")}]})
 
 
 @pytest.fixture
@@ -196,7 +202,7 @@ async def test_image_upload_with_alt_text_and_no_token_to_the_image_host(fake: F
     with FeedServer() as images:
         images.routes["/putin.png"] = Route(body=_png(), content_type="image/png")
         story = Story(**{**story.__dict__, "image": images.url("/putin.png")})
-        ch = channel_for(fake.base, upload_image=True)
+        ch = channel_for(fake.base, upload_image=True, config=feed_on(story, images))
         await ch.start()
         post = ch.render(story)
         assert post.media == (story.image,)
@@ -213,10 +219,23 @@ async def test_image_upload_with_alt_text_and_no_token_to_the_image_host(fake: F
 async def test_image_failure_posts_without_image(fake: FakeMastodon) -> None:
     with FeedServer() as images:
         story = Story(**{**sample_story().__dict__, "image": images.url("/missing.jpg"), "image_alt": ""})
-        ch = channel_for(fake.base, upload_image=True)
+        ch = channel_for(fake.base, upload_image=True, config=feed_on(story, images))
         await ch.start()
         await ch.send(ch.render(story), idempotency_key="siar-1")
         await ch.close()
+        assert [p for p, _ in images.requests] == ["/missing.jpg"]
+    assert fake.media == {} and fake.statuses[0]["media_ids"] == []
+
+
+async def test_an_image_on_a_private_address_is_never_fetched(fake: FakeMastodon) -> None:
+    with FeedServer() as images:
+        images.routes["/putin.png"] = Route(body=_png(), content_type="image/png")
+        story = Story(**{**sample_story().__dict__, "image": images.url("/putin.png")})
+        ch = channel_for(fake.base, upload_image=True)  # no feed context: every private address refused
+        await ch.start()
+        await ch.send(ch.render(story), idempotency_key="siar-1")
+        await ch.close()
+        assert images.requests == []
     assert fake.media == {} and fake.statuses[0]["media_ids"] == []
 
 
