@@ -7,8 +7,10 @@ import asyncio
 import datetime as dt
 import email.utils
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import aiohttp
 import httpx
@@ -445,3 +447,67 @@ async def test_aiohttp_errors() -> None:
     assert not aiohttp_request_may_have_left(aiohttp.InvalidUrlClientError("nope"))
     assert aiohttp_request_may_have_left(aiohttp.InvalidUrlRedirectClientError("nope", "bad location"))
     assert aiohttp_request_may_have_left(TimeoutError()) and aiohttp_request_may_have_left(ValueError())
+
+
+def self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for `name` (and its key), signed by itself: the only CA the client trusts."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_tls_verifies_the_name_while_connecting_to_the_checked_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed(tmp_path, "news.example.test")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    seen_sni: list[str | None] = []
+    server_context.sni_callback = lambda sock, name, ctx: seen_sni.append(name)  # type: ignore[assignment]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # read by httpx.create_ssl_context
+    guard = AddressGuard(allowed_hosts=frozenset({"news.example.test", "other.example.test"}))
+    resolver = resolver_for({"news.example.test": ["127.0.0.1"], "other.example.test": ["127.0.0.1"]})
+    try:
+        async with http_client(user_agent="t", timeout=5, guard=guard, resolver=resolver) as client:
+            response = await client.get(f"https://news.example.test:{port}/")
+            # the same address under another name: the certificate does not match, so it fails
+            with pytest.raises(httpx.ConnectError, match="certificate"):
+                await client.get(f"https://other.example.test:{port}/")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert response.content == b"ok" and seen_sni == ["news.example.test", "other.example.test"]
