@@ -258,6 +258,7 @@ class Metrics:
         )
         build.labels(version).set(1)
         self._auth_failing: set[str] = set()
+        self._start_counters()
 
     # --- label guards ------------------------------------------------------------------------
 
@@ -322,6 +323,21 @@ class Metrics:
         for per_channel in channel_metrics:
             per_channel.forget(0, keep_channels)
         self._auth_failing &= self.channels
+        self._start_counters()
+
+    def _start_counters(self) -> None:
+        """Create the counters of every name at 0: `increase()` cannot see a series' first
+        event, so without a 0 sample the first failed send would never alert."""
+        for feed in self.feeds:
+            for result in POLL_RESULTS:
+                self._polls.child(feed, result)
+            self._skipped.child(feed)
+            self._new.child(feed)
+        for channel in self.channels:
+            for result in SEND_RESULTS:
+                self._sends.child(channel, result)
+            self._waits.child(channel)
+            self._wait_seconds.child(channel)
 
     # --- recorders ---------------------------------------------------------------------------
 

@@ -313,3 +313,14 @@ def test_metrics_listen_is_checked_and_may_be_empty(make_config: Callable[[str],
     assert err.value.problems[0].endswith(
         ':5: metrics.listen: must be "HOST:PORT" (e.g. "127.0.0.1:9184"), or "" for no metrics'
     )
+
+
+def test_counters_of_configured_names_start_at_zero_so_a_first_failure_shows_in_increase() -> None:
+    metrics = Metrics(["world"], ["tg"])
+    found = samples(_text(metrics))
+    assert value(found, "siar_sends_total", channel="tg", result="failed") == 0
+    assert value(found, "siar_polls_total", feed="world", result="error") == 0
+    metrics.set_names(["world", "sport"], ["tg", "x"])
+    found = samples(_text(metrics))
+    assert value(found, "siar_sends_total", channel="x", result="uncertain") == 0
+    assert value(found, "siar_poll_skipped_total", feed="sport") == 0
