@@ -217,7 +217,7 @@ def test_the_dashboard_imports_with_a_datasource_input() -> None:
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == "${DS_PROMETHEUS}"
     documented = (ROOT / "docs" / "dashboard.md").read_text()
-    for panel in panels:
+    for panel in (p for p in panels if p["type"] != "row"):
         assert f"**{panel['title']}**" in documented, (
             f"docs/dashboard.md does not describe {panel['title']!r}"
         )
