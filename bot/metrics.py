@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
@@ -43,23 +43,8 @@ PARSE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # A send is one request, or a whole fan-out to thousands of readers on subscriber channels.
 SEND_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 # First seen -> accepted: half a second (idle channel) to hours (rate limits, retries, outages).
-STORY_TO_POST_BUCKETS = (
-    0.5,
-    1.0,
-    2.0,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-    1800.0,
-    3600.0,
-    7200.0,
-    14400.0,
-    28800.0,
-)
+_MINUTES = (1, 2, 5, 10, 30, 60, 120, 240, 480)
+STORY_TO_POST_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, *(60.0 * m for m in _MINUTES))
 
 M = TypeVar("M", bound=MetricWrapperBase)
 Accept = Callable[[tuple[str, ...]], tuple[str, ...]]
@@ -118,143 +103,51 @@ class Metrics:
         self.channels = frozenset(channels)
         self._warned: set[str] = set()
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        feed, channel, result = ["feed"], ["channel"], ["result"]
-        self._polls = _Labelled(
-            Counter("siar_polls_total", "Feed polls by outcome.", feed + result, registry=r),
-            self._feed_and(POLL_RESULTS),
-        )
-        self._skipped = _Labelled(
-            Counter(
-                "siar_poll_skipped_total",
-                "Scheduled polls skipped because the previous poll of the feed still ran.",
-                feed,
-                registry=r,
-            ),
-            self._feed_and(),
+        per_feed, per_channel = self._per_feed, self._per_channel
+        self._polls = per_feed(Counter, "siar_polls_total", "Feed polls by outcome.", POLL_RESULTS)
+        self._skipped = per_feed(
+            Counter, "siar_poll_skipped_total", "Scheduled polls skipped: the previous poll still ran."
         )
         self._fetch = Histogram(
-            "siar_fetch_seconds",
-            "Time to fetch a feed (request to last byte).",
-            registry=r,
-            buckets=FETCH_BUCKETS,
+            "siar_fetch_seconds", "Time to fetch a feed.", registry=self.registry, buckets=FETCH_BUCKETS
         )
         self._parse = Histogram(
-            "siar_parse_seconds",
-            "Time to parse and normalize a fetched feed.",
-            registry=r,
-            buckets=PARSE_BUCKETS,
+            "siar_parse_seconds", "Time to parse a feed.", registry=self.registry, buckets=PARSE_BUCKETS
         )
-        self._new = _Labelled(
-            Counter("siar_new_stories_total", "Stories seen for the first time.", feed, registry=r),
-            self._feed_and(),
+        self._new = per_feed(Counter, "siar_new_stories_total", "Stories seen for the first time.")
+        self._last_success = per_feed(
+            Gauge, "siar_feed_last_success_timestamp_seconds", "Unix time of the last successful poll."
         )
-        self._last_success = _Labelled(
-            Gauge(
-                "siar_feed_last_success_timestamp_seconds",
-                "When the feed was last polled successfully (Unix time).",
-                feed,
-                registry=r,
-            ),
-            self._feed_and(),
+        self._failures = per_feed(Gauge, "siar_feed_consecutive_failures", "Failed polls in a row.")
+        self._interval = per_feed(Gauge, "siar_feed_interval_seconds", "The feed's polling interval.")
+        self._sends = per_channel(Counter, "siar_sends_total", "Outbox rows sent, by outcome.", SEND_RESULTS)
+        self._send_seconds = per_channel(
+            Histogram, "siar_send_seconds", "Time of one send (or fan-out).", buckets=SEND_BUCKETS
         )
-        self._failures = _Labelled(
-            Gauge(
-                "siar_feed_consecutive_failures",
-                "Failed polls of the feed in a row (0 after a success).",
-                feed,
-                registry=r,
-            ),
-            self._feed_and(),
+        self._waits = per_channel(Counter, "siar_rate_limit_waits_total", "Waits for a rate limit.")
+        self._wait_seconds = per_channel(
+            Counter, "siar_rate_limit_wait_seconds_total", "Seconds spent waiting for rate limits."
         )
-        self._interval = _Labelled(
-            Gauge("siar_feed_interval_seconds", "The feed's configured polling interval.", feed, registry=r),
-            self._feed_and(),
+        self._subscribers = per_channel(Gauge, "siar_subscribers", "Readers or push subscriptions.")
+        self._story_to_post = per_channel(
+            Histogram,
+            "siar_story_to_post_seconds",
+            "From a story's first sight to the platform accepting its post.",
+            buckets=STORY_TO_POST_BUCKETS,
         )
-        self._sends = _Labelled(
-            Counter("siar_sends_total", "Outcomes of sending one outbox row.", channel + result, registry=r),
-            self._channel_and(SEND_RESULTS),
+        self._up = per_channel(Gauge, "siar_channel_up", "1 while the channel runs, else 0.")
+        self._auth_failed = per_channel(
+            Gauge,
+            "siar_channel_auth_failed",
+            "1 after the platform refused the credentials, until a success.",
         )
-        self._send_seconds = _Labelled(
-            Histogram(
-                "siar_send_seconds",
-                "Time of one send (a whole fan-out on subscriber channels).",
-                channel,
-                registry=r,
-                buckets=SEND_BUCKETS,
-            ),
-            self._channel_and(),
+        self._fanout = per_channel(
+            Counter, "siar_fanout_recipients_total", "Fan-out recipients by outcome.", FANOUT_RESULTS
         )
-        self._waits = _Labelled(
-            Counter(
-                "siar_rate_limit_waits_total",
-                "Times a send waited for the channel's rate limit or the platform's Retry-After.",
-                channel,
-                registry=r,
-            ),
-            self._channel_and(),
-        )
-        self._wait_seconds = _Labelled(
-            Counter(
-                "siar_rate_limit_wait_seconds_total",
-                "Seconds spent waiting for rate limits.",
-                channel,
-                registry=r,
-            ),
-            self._channel_and(),
-        )
-        self._subscribers = _Labelled(
-            Gauge(
-                "siar_subscribers",
-                "Current subscribers (Telegram readers, push subscriptions).",
-                channel,
-                registry=r,
-            ),
-            self._channel_and(),
-        )
-        self._story_to_post = _Labelled(
-            Histogram(
-                "siar_story_to_post_seconds",
-                "From the story's first sight in a feed to the platform accepting its post.",
-                channel,
-                registry=r,
-                buckets=STORY_TO_POST_BUCKETS,
-            ),
-            self._channel_and(),
-        )
-        self._up = _Labelled(
-            Gauge(
-                "siar_channel_up",
-                "1 while the channel runs, 0 while it waits or cannot start.",
-                channel,
-                registry=r,
-            ),
-            self._channel_and(),
-        )
-        self._auth_failed = _Labelled(
-            Gauge(
-                "siar_channel_auth_failed",
-                "1 after the platform refused the channel's credentials, until a post succeeds.",
-                channel,
-                registry=r,
-            ),
-            self._channel_and(),
-        )
-        self._fanout = _Labelled(
-            Counter(
-                "siar_fanout_recipients_total",
-                "Recipients of subscriber fan-outs by outcome.",
-                channel + result,
-                registry=r,
-            ),
-            self._channel_and(FANOUT_RESULTS),
-        )
-        self._reloads = _Labelled(
-            Counter("siar_reloads_total", "Configuration reloads by outcome.", result, registry=r),
-            self._only(RELOAD_RESULTS),
-        )
+        reloads = Counter("siar_reloads_total", "Configuration reloads.", ["result"], registry=self.registry)
+        self._reloads = _Labelled(reloads, lambda values: (self._word(values[0], RELOAD_RESULTS),))
         build = Gauge(
-            "siar_build_info", "Always 1; the running siar version is its label.", ["version"], registry=r
+            "siar_build_info", "Always 1; labelled with the version.", ["version"], registry=self.registry
         )
         build.labels(version).set(1)
         self._auth_failing: set[str] = set()
@@ -279,22 +172,27 @@ class Metrics:
     def _word(self, value: str, allowed: frozenset[str]) -> str:
         return value if value in allowed else self._name(value, allowed, "result")
 
-    def _feed_and(self, results: frozenset[str] | None = None) -> Accept:
+    def _per_feed(
+        self, kind: type[M], name: str, doc: str, results: frozenset[str] | None = None, **kw: Any
+    ) -> _Labelled[M]:
+        labels = ["feed"] if results is None else ["feed", "result"]
+
         def accept(values: tuple[str, ...]) -> tuple[str, ...]:
             head = self._name(values[0], self.feeds, "feed")
             return (head,) if results is None else (head, self._word(values[1], results))
 
-        return accept
+        return _Labelled(kind(name, doc, labels, registry=self.registry, **kw), accept)
 
-    def _channel_and(self, results: frozenset[str] | None = None) -> Accept:
+    def _per_channel(
+        self, kind: type[M], name: str, doc: str, results: frozenset[str] | None = None, **kw: Any
+    ) -> _Labelled[M]:
+        labels = ["channel"] if results is None else ["channel", "result"]
+
         def accept(values: tuple[str, ...]) -> tuple[str, ...]:
             head = self._name(values[0], self.channels, "channel")
             return (head,) if results is None else (head, self._word(values[1], results))
 
-        return accept
-
-    def _only(self, results: frozenset[str]) -> Accept:
-        return lambda values: (self._word(values[0], results),)
+        return _Labelled(kind(name, doc, labels, registry=self.registry, **kw), accept)
 
     def set_names(self, feeds: Iterable[str], channels: Iterable[str]) -> None:
         """After a reload: the feeds and channels that exist now; series of removed ones go."""
