@@ -344,7 +344,7 @@ def test_the_image_commands_install_and_run_siar(tmp_path: Path) -> None:
             for k, v in (p.split("=", 1) for p in shlex.split(a))
         },
     }
-    build_env.pop("PIP_NO_CACHE_DIR")  # the image keeps no cache; the test may use the machine's
+    build_env.pop("PIP_NO_CACHE_DIR", None)  # the image keeps no cache; the test may use the machine's
     for command in _install_commands(venv):
         command[0] = sys.executable if command[0] == "python" else command[0]
         done = subprocess.run(command, cwd=src, env=build_env, capture_output=True, text=True, timeout=240)
