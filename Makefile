@@ -40,6 +40,7 @@ lint: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/poll.py
 	$(PY) benchmarks/fanout.py
+	$(PY) benchmarks/metrics.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache

@@ -123,11 +123,26 @@ class FeedConfig(Filters):
         return value
 
 
+class MetricsConfig(_Strict):
+    # /metrics, /healthz and /readyz (bot/health.py); "" turns them off. Loopback by default:
+    # they carry no authentication.
+    listen: str = "127.0.0.1:9184"
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        match = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\s]*):(\d{1,5})", value.strip())
+        if value and (not match or int(match.group(2)) > 65535):
+            raise ValueError('must be "HOST:PORT" (e.g. "127.0.0.1:9184"), or "" for no metrics')
+        return value.strip()
+
+
 class Config(_Strict):
     site: Site = Site()
     store: StoreConfig = StoreConfig()
     fetch: FetchConfig = FetchConfig()
     daemon: DaemonConfig = DaemonConfig()
+    metrics: MetricsConfig = MetricsConfig()
     cleaning: CleaningRules = CleaningRules()
     cta: CTA = CTA()
     feeds: list[FeedConfig] = []
