@@ -127,7 +127,10 @@ class FacebookPage:
         """GET /{page-id}/feed and /published_posts: newest first."""
         self._can_read(call)
         names = call.fields("id,message,created_time", POST_FIELDS, "PagePost")
-        visible = [p for p in reversed(self.posts) if not p.deleted and p.published]
+        since, until = call.window()
+        visible = [
+            p for p in reversed(self.posts) if not p.deleted and p.published and since <= p.created <= until
+        ]
         return {"data": [{n: p.field(n) for n in names} for p in visible[: call.limit()]]}
 
     async def read(self, call: Call) -> dict[str, Any]:

@@ -159,8 +159,7 @@ class PublishingAccount:
         self, call: Call, default: str, allowed: set[str], node: str, permalink: str
     ) -> dict[str, Any]:
         names = call.fields(default, allowed, node)
-        since = float(call.params.get("since", "0") or 0)
-        until = float(call.params.get("until", "0") or 0) or float("inf")
+        since, until = call.window()
         items = [m for m in reversed(self.published) if not m.deleted and since <= m.timestamp <= until]
         return {"data": [{n: m.field(n, permalink) for n in names} for m in items[: call.limit()]]}
 
@@ -262,7 +261,7 @@ class InstagramAccount(PublishingAccount):
         names = call.fields(
             "quota_usage", {"quota_usage", "config", "rate_limit_settings"}, "ContentPublishingLimit"
         )
-        since = float(call.params.get("since", "0") or 0)
+        since = call.window()[0]
         if since and since < call.now - DAY:
             raise invalid_parameter("(#100) Param since must be a Unix timestamp no older than 24 hours")
         values = {

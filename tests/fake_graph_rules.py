@@ -266,6 +266,16 @@ class Call:
                 )
         return names
 
+    def window(self) -> tuple[float, float]:
+        """The `since` and `until` Unix timestamps (inclusive) a listing is filtered by."""
+        bounds = []
+        for name, default in (("since", 0.0), ("until", float("inf"))):
+            raw = self.params.get(name, "")
+            if raw and not raw.isdigit():
+                raise invalid_parameter(f"(#100) Param {name} must be a Unix timestamp, got {raw!r}")
+            bounds.append(float(raw) if raw else default)
+        return bounds[0], bounds[1]
+
     def limit(self) -> int:
         raw = self.params.get("limit", "25")
         if not raw.isdigit() or not 1 <= int(raw) <= 100:

@@ -249,6 +249,11 @@ async def test_page_feed_lookup_edit_and_delete(meta: FakeGraph, http: httpx.Asy
     assert (error(again)["code"], error(again)["error_subcode"]) == (100, 33)
     feed = await get(http, f"{meta.graph_url}/{V}/{PAGE_ID}/published_posts", PAGE_TOKEN, limit="1")
     assert [p["id"] for p in feed.json()["data"]] == [first]
+    third = (await page_post(http, meta, message="tiga")).json()["id"]
+    since = await get(http, f"{meta.graph_url}/{V}/{PAGE_ID}/feed", PAGE_TOKEN, since=str(int(meta.now)))
+    assert [p["id"] for p in since.json()["data"]] == [third]
+    bad = await get(http, f"{meta.graph_url}/{V}/{PAGE_ID}/feed", PAGE_TOKEN, since="yesterday")
+    assert error(bad)["code"] == 100
 
 
 # --- Instagram -------------------------------------------------------------------------------
