@@ -321,52 +321,62 @@ class FakeGraph:
         seen = Seen(request.method, host, endpoint, request.path, dict(params), token_value)
         self.requests.append(seen)
         trace = f"AfakeTrace{next(_traces):06d}"
-        usage, regain = dict(self.usage), 0
+        fault = None
         try:
-            if isinstance(route, Route) and not route.needs_token:
+            if isinstance(route, Route) and not route.needs_token:  # token exchange and refresh
+                subject = Token("", host, "APP", "")
                 call = Call(
                     request.method,
                     host,
                     segments,
                     {**params, "access_token": token_value or ""},
-                    Token("", host, "APP", ""),
+                    subject,
                     self.now,
                 )
-                body = await route.handler(call)
+                body: dict[str, Any] | web.StreamResponse = await route.handler(call)
             else:
                 if not version:
                     raise invalid_parameter("fake: siar must call a versioned path (/vNN.N/...)")
-                call = Call(
-                    request.method, host, segments, params, self._authenticate(token_value, host), self.now
-                )
+                token = self._authenticate(token_value, host)
                 if isinstance(route, _Refused):
                     raise route.error
-                fault = self._take_fault(endpoint)
-                if fault and fault.usage is not None:
-                    usage, regain = dict.fromkeys(usage, fault.usage), fault.regain_minutes
-                if fault and not (fault.after or fault.drop):
-                    if fault.raw is not None:
-                        seen.status = fault.status or 502
-                        return web.Response(status=seen.status, text=fault.raw, content_type="text/html")
-                    raise fault.error()
-                body = await route.handler(call)
-                if fault and fault.drop:
-                    self.dropped += 1
-                    assert request.transport is not None
-                    request.transport.close()
-                    return web.Response()  # never written: the connection is gone
-                if fault:
-                    raise fault.error()
-            status, answer_headers = 200, {}
+                fault = self._take_fault(route.endpoint)
+                call = Call(request.method, host, segments, params, token, self.now)
+                body = await self._carry_out(request, route, call, fault)
+            status, extra = 200, {}
         except GraphError as error:
-            status, body, answer_headers = error.status, error.body(host, trace), error.headers
+            status, body, extra = error.status, error.body(host, trace), error.headers
+        if isinstance(body, web.StreamResponse):  # a raw answer, or none at all
+            seen.status = body.status if fault and fault.raw is not None else 0
+            return body
         seen.status = status
-        headers = {**answer_headers, "x-fb-trace-id": trace, "facebook-api-version": version or "v21.0"}
+        headers = {**extra, "x-fb-trace-id": trace, "facebook-api-version": version or "v21.0"}
         if host != "threads":
-            headers.update(self._usage_headers(route, usage, regain))
+            headers.update(self._usage_headers(route, fault))
         return web.json_response(body, status=status, headers=headers)
 
-    def _usage_headers(self, route: Route | _Refused, usage: dict[str, int], regain: int) -> dict[str, str]:
+    async def _carry_out(
+        self, request: web.Request, route: Route, call: Call, fault: Fault | None
+    ) -> dict[str, Any] | web.StreamResponse:
+        """Run the endpoint, with the scripted fault before or after it."""
+        if fault and not (fault.after or fault.drop):
+            if fault.raw is not None:
+                return web.Response(status=fault.status or 502, text=fault.raw, content_type="text/html")
+            raise fault.error()
+        body = await route.handler(call)
+        if fault and fault.drop:
+            self.dropped += 1
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()  # never written: the connection is gone
+        if fault:
+            raise fault.error()
+        return body
+
+    def _usage_headers(self, route: Route | _Refused, fault: Fault | None) -> dict[str, str]:
+        usage, regain = dict(self.usage), 0
+        if fault and fault.usage is not None:
+            usage, regain = dict.fromkeys(usage, fault.usage), fault.regain_minutes
         headers = {"x-app-usage": json.dumps(usage)}
         if isinstance(route, Route) and route.business:
             kind, object_id = route.business
