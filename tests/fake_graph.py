@@ -45,14 +45,17 @@ from tests.fake_graph_rules import (
     no_such_object,
     unknown_token,
 )
+from tests.fake_graph_tokens import APP_ID as APP_ID
+from tests.fake_graph_tokens import APP_SECRET as APP_SECRET
+from tests.fake_graph_tokens import DAY, FB_USER_ID, LONG_LIVED, TokenDesk
+from tests.fake_graph_tokens import IG_LOGIN_TOKEN as IG_LOGIN_TOKEN
+from tests.fake_graph_tokens import IG_USER_ID as IG_USER_ID
+from tests.fake_graph_tokens import PAGE_ID as PAGE_ID
+from tests.fake_graph_tokens import PAGE_TOKEN as PAGE_TOKEN
+from tests.fake_graph_tokens import THREADS_TOKEN as THREADS_TOKEN
+from tests.fake_graph_tokens import THREADS_USER_ID as THREADS_USER_ID
+from tests.fake_graph_tokens import USER_TOKEN as USER_TOKEN
 
-APP_ID, APP_SECRET, APP_NAME = "1234567890123456", "fake-app-secret-5c1e", "siar test app"
-FB_USER_ID, PAGE_ID = "10160000000000001", "104233468117325"
-IG_USER_ID, THREADS_USER_ID = "17841405822304914", "25001234567890123"
-PAGE_TOKEN, USER_TOKEN = "EAAPageTokenForTests", "EAAUserTokenForTests"
-IG_LOGIN_TOKEN, THREADS_TOKEN = "IGAATokenForTests", "THAATokenForTests"
-DAY = 86400
-LONG_LIVED = 60 * DAY
 _VERSION = re.compile(r"^v\d+\.\d+$")
 _traces = itertools.count(1)
 
@@ -211,6 +214,7 @@ class FakeGraph:
             expires_in=LONG_LIVED,
             scopes={"threads_basic", "threads_content_publish", "threads_delete"},
         )
+        self.desk = TokenDesk(self)
         self._ports: dict[int, str] = {}
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -437,17 +441,17 @@ class FakeGraph:
     def _route(self, method: str, host: str, path: list[str]) -> Route:
         key = (method, *path)
         if host != "graph" and path == ["refresh_access_token"] and method == "GET":
-            return Route("GET refresh_access_token", self._refresh, needs_token=False)
+            return Route("GET refresh_access_token", self.desk.refresh, needs_token=False)
         if host == "threads" and path == ["access_token"] and method == "GET":
-            return Route("GET access_token", self._exchange_threads, needs_token=False)
+            return Route("GET access_token", self.desk.exchange_threads, needs_token=False)
         if host == "graph" and path == ["oauth", "access_token"] and method == "GET":
-            return Route("GET oauth/access_token", self._exchange_facebook, needs_token=False)
+            return Route("GET oauth/access_token", self.desk.exchange_facebook, needs_token=False)
         if key == ("GET", "debug_token") and host in ("graph", "threads"):
-            return Route("GET debug_token", self._debug_token)
+            return Route("GET debug_token", self.desk.debug_token)
         if key == ("GET", "me"):
-            return Route("GET me", self._me)
+            return Route("GET me", self.desk.me)
         if host == "graph" and len(path) == 2 and path[1] == "accounts" and path[0] in ("me", FB_USER_ID):
-            return Route("GET accounts", self._accounts)
+            return Route("GET accounts", self.desk.accounts)
         if host == "graph" and path and (path[0] == PAGE_ID or path[0].startswith(PAGE_ID + "_")):
             return self._route_page(method, path)
         if host in ("graph", "instagram"):
@@ -509,110 +513,6 @@ class FakeGraph:
                 }
             )
         return _pick(routes, method, path, None)
-
-    # --- tokens and identity ---------------------------------------------------------------
-
-    async def _debug_token(self, call: Call) -> dict[str, Any]:
-        value = call.params.get("input_token", "")
-        if not value:
-            raise invalid_parameter("(#100) The parameter input_token is required")
-        token = self.tokens.get(value)
-        if token is None or token.host != call.host:
-            return {
-                "data": {
-                    "error": {"code": 190, "message": "Invalid OAuth access token."},
-                    "is_valid": False,
-                    "scopes": [],
-                }
-            }
-        problem = token.problem(call.now, APP_ID)
-        data: dict[str, Any] = {
-            "app_id": APP_ID,
-            "type": token.kind,
-            "application": APP_NAME,
-            "data_access_expires_at": int(token.data_access_expires_at),
-            "expires_at": int(token.expires_at),
-            "is_valid": problem is None,
-            "issued_at": int(token.issued_at),
-            "scopes": sorted(token.scopes),
-            "user_id": token.user_id,
-        }
-        if token.kind == "PAGE":
-            data["profile_id"] = token.profile_id
-        if problem:
-            data["error"] = {"code": problem.code, "message": problem.message, "subcode": problem.subcode}
-        return {"data": data}
-
-    async def _me(self, call: Call) -> dict[str, Any]:
-        token = call.token
-        if call.host == "graph":
-            values = {
-                "id": token.profile_id or token.user_id,
-                "name": self.page.name if token.kind == "PAGE" else "Siar Tester",
-            }
-            names = call.fields("id,name", {"id", "name"}, "User")
-        else:
-            values = {"id": token.user_id, "user_id": token.user_id, "username": "siar.test"}
-            names = call.fields("id", {"id", "user_id", "username"}, "User")
-        return {n: values[n] for n in names}
-
-    async def _accounts(self, call: Call) -> dict[str, Any]:
-        if call.token.kind != "USER":
-            raise no_such_object("accounts")
-        call.need("pages_show_list")
-        page = {
-            "access_token": PAGE_TOKEN,
-            "category": "News & media website",
-            "id": PAGE_ID,
-            "name": self.page.name,
-            "tasks": ["ANALYZE", "ADVERTISE", "MODERATE", "CREATE_CONTENT", "MANAGE"],
-        }
-        return {"data": [page]}
-
-    def _new_long_lived(self, old: Token) -> dict[str, Any]:
-        value = f"{old.value[:4]}LL{next(_traces):06d}"
-        self.add_token(
-            value, host=old.host, kind=old.kind, scopes=old.scopes, user_id=old.user_id, expires_in=LONG_LIVED
-        )
-        return {"access_token": value, "token_type": "bearer", "expires_in": LONG_LIVED}
-
-    def _subject(self, value: str, host: str) -> Token:
-        token = self.tokens.get(value)
-        if token is None or token.host != host:
-            raise unknown_token()
-        problem = token.problem(self.now, APP_ID)
-        if problem:
-            raise problem
-        return token
-
-    async def _exchange_facebook(self, call: Call) -> dict[str, Any]:
-        """GET /oauth/access_token?grant_type=fb_exchange_token: a long-lived user token."""
-        p = call.params
-        if p.get("grant_type") != "fb_exchange_token" or p.get("client_id") != APP_ID:
-            raise invalid_parameter("(#100) Invalid grant_type or client_id")
-        if p.get("client_secret") != APP_SECRET:
-            raise GraphError(400, 1, "Error validating client secret.")
-        return self._new_long_lived(self._subject(p.get("fb_exchange_token", ""), "graph"))
-
-    async def _exchange_threads(self, call: Call) -> dict[str, Any]:
-        """GET graph.threads.net/access_token?grant_type=th_exchange_token"""
-        p = call.params
-        if p.get("grant_type") != "th_exchange_token":
-            raise invalid_parameter("Param grant_type must be th_exchange_token")
-        if p.get("client_secret") != APP_SECRET:
-            raise GraphError(400, 1, "Error validating client secret.")
-        return self._new_long_lived(self._subject(p["access_token"], "threads"))
-
-    async def _refresh(self, call: Call) -> dict[str, Any]:
-        """GET /refresh_access_token (th_refresh_token / ig_refresh_token): a long-lived token at
-        least 24 hours old and unexpired gets 60 more days (as a new token; the old one lives on)."""
-        grant = {"threads": "th_refresh_token", "instagram": "ig_refresh_token"}[call.host]
-        if call.params.get("grant_type") != grant:
-            raise invalid_parameter(f"Param grant_type must be {grant}")
-        token = self._subject(call.params["access_token"], call.host)
-        if call.now - token.issued_at < DAY:  # the error's wording is ASSUMED
-            raise invalid_parameter("The access token can be refreshed once it is at least 24 hours old.")
-        return self._new_long_lived(token)
 
 
 def _pick(
