@@ -4,6 +4,7 @@
 - Mastodon: grapheme clusters with every http(s) URL counted as 23, limit 500 by default.
 - Bluesky: grapheme clusters, limit 300; links and hashtags as facets in UTF-8 byte offsets.
 - Telegram: UTF-16 code units of the text after HTML entity parsing (4096, caption 1024).
+- Threads: grapheme clusters, except that an emoji counts as its UTF-8 bytes, limit 500.
 """
 
 from __future__ import annotations
@@ -45,6 +46,23 @@ def count_utf16(text: str) -> int:
 def count_x(text: str) -> int:
     """X's weighted length (twitter-text v3 rules, as X counts a post)."""
     return int(parse_tweet(unicodedata.normalize("NFC", text)).weightedLength)
+
+
+_EMOJI = regex.compile(r"[\p{Extended_Pictographic}\p{Regional_Indicator}\u20e3]")
+
+
+def count_threads(text: str) -> int:
+    """Threads' length of a post's text (limit 500).
+
+    Meta: "Text posts are limited to 500 characters. Emojis are counted as the number of UTF-8
+    bytes", with "characters" linked to grapheme splitting. So each grapheme cluster counts one,
+    unless it is an emoji (it holds a pictographic, regional-indicator or keycap code point):
+    then its whole UTF-8 encoding counts (😀 4, ❤️ 6, 👍🏽 8, 🇮🇩 8, a ZWJ family 25).
+    """
+    total = 0
+    for cluster in regex.findall(r"\X", text):
+        total += len(cluster.encode("utf-8")) if _EMOJI.search(cluster) else 1
+    return total
 
 
 def web_urls(text: str) -> list[tuple[int, int, str]]:
