@@ -8,6 +8,7 @@ import os
 import struct
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -472,3 +473,18 @@ def test_site_name_from_settings_replaces_the_callers() -> None:
         "Judul", "", "siar", LINK_PREVIEW, CardSettings(site_name="TEMPO.CO"), has_photo=False
     )
     assert layout.brand_name is not None and layout.brand_name.text == "TEMPO.CO"
+
+
+def test_cards_rendered_in_threads_equal_those_rendered_one_by_one() -> None:
+    jobs = [
+        (LONG_ID, "Nasional", PHOTOS["landscape_3x2"], INSTAGRAM_PORTRAIT, "id"),
+        (CJK_TITLES["zh"], "国际", PHOTOS["webp"], LINK_PREVIEW, "zh"),
+        (RTL_TITLES["ar"], "دولي", None, INSTAGRAM_PORTRAIT, "ar"),
+        (TITLE_300, "Megapolitan", PHOTOS["cmyk"], LINK_PREVIEW, "id"),
+    ] * 2
+    expected = [render_card(t, s, "tempo.co", p, z, SETTINGS, language=lang) for t, s, p, z, lang in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(
+            pool.map(lambda j: render_card(j[0], j[1], "tempo.co", j[2], j[3], SETTINGS, language=j[4]), jobs)
+        )
+    assert got == expected

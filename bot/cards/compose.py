@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from PIL import Image, ImageDraw, features
 
-from bot.cards.fonts import FontChain, chain_for, cjk_region, load_face
+from bot.cards.fonts import FONT_LOCK, FontChain, chain_for, cjk_region, load_face
 from bot.cards.photo import PhotoRefused, decode_photo, fill_card
 from bot.cards.settings import RGB, CardSettings, hex_to_rgb
 from bot.cards.text import (
@@ -96,6 +96,20 @@ def layout_card(
     """The card's layout, computed from rendered text widths; `logo_size` is the logo's pixel
     size when one is drawn. A card without a photo centres its text block vertically.
     `settings.site_name`, when set, replaces `site_name`."""
+    with FONT_LOCK:
+        return _layout(story_title, section, site_name, size, settings, has_photo, language, logo_size)
+
+
+def _layout(
+    story_title: str,
+    section: str,
+    site_name: str,
+    size: tuple[int, int],
+    settings: CardSettings,
+    has_photo: bool,
+    language: str,
+    logo_size: tuple[int, int] | None,
+) -> CardLayout:
     width, height = size
     g = _geometry(size)
     safe: Box = (g["margin_x"], g["margin_y"], width - g["margin_x"], height - g["margin_y"])
@@ -132,9 +146,9 @@ def layout_card(
     title_bottom = brand_top - g["gap"]
     room = title_bottom - safe[1] - label_room
     title_room = room if not has_photo or width > height else min(room, height * 0.42)
-    block = fit_text(
-        title, chain, (text_width, title_room), (g["title_max"], g["title_min"]), direction, language
-    )
+    # Without a photo the headline is the picture: it may grow into the empty space.
+    biggest = g["title_max"] if has_photo else round(g["title_max"] * 1.2)
+    block = fit_text(title, chain, (text_width, title_room), (biggest, g["title_min"]), direction, language)
     top = title_bottom - block.height
     if not has_photo:  # centre label + title in the space above the brand
         top = safe[1] + label_room + (room - block.height) / 2
@@ -263,6 +277,23 @@ def check_card_settings(settings: CardSettings) -> list[str]:
     return problems
 
 
+def _draw_text(card: Image.Image, layout: CardLayout, settings: CardSettings) -> None:
+    draw = ImageDraw.Draw(card)
+    text = hex_to_rgb(settings.colors.text)
+    for shape, origin in zip(layout.title.shapes, layout.title_origins, strict=True):
+        layout.title.style.draw(draw, origin, shape, text)
+    if layout.label and layout.label_box and layout.label_style:
+        accent = hex_to_rgb(settings.colors.accent)
+        left, top, right, bottom = layout.label_box
+        draw.rectangle((left, top, right - 1, bottom - 1), fill=accent)
+        ink = layout.label.ink
+        x = left + (right - left - layout.label.width) / 2 - min(0.0, ink[0])
+        baseline = (top + bottom) / 2 - (ink[1] + ink[3]) / 2
+        layout.label_style.draw(draw, (x, baseline), layout.label, _ink_on(accent))
+    if layout.brand_name is not None:
+        layout.brand_style.draw(draw, layout.brand_origin, layout.brand_name, text)
+
+
 def render_card(
     story_title: str,
     section: str,
@@ -306,22 +337,10 @@ def render_card(
         card = _plain_background(size, background)
     else:
         card = _darken_bottom(image, layout, hex_to_rgb(colours.gradient), colours.gradient_strength)
-    draw = ImageDraw.Draw(card)
-    text = hex_to_rgb(colours.text)
-    for shape, origin in zip(layout.title.shapes, layout.title_origins, strict=True):
-        layout.title.style.draw(draw, origin, shape, text)
-    if layout.label and layout.label_box and layout.label_style:
-        accent = hex_to_rgb(colours.accent)
-        left, top, right, bottom = layout.label_box
-        draw.rectangle((left, top, right - 1, bottom - 1), fill=accent)
-        ink = layout.label.ink
-        x = left + (right - left - layout.label.width) / 2 - min(0.0, ink[0])
-        baseline = (top + bottom) / 2 - (ink[1] + ink[3]) / 2
-        layout.label_style.draw(draw, (x, baseline), layout.label, _ink_on(accent))
+    with FONT_LOCK:
+        _draw_text(card, layout, settings)
     if logo is not None:
         card.paste(logo, (round(layout.brand_box[0]), round(layout.brand_box[1])), logo)
-    elif layout.brand_name is not None:
-        layout.brand_style.draw(draw, layout.brand_origin, layout.brand_name, text)
     out = io.BytesIO()
     card.save(out, "JPEG", quality=JPEG_QUALITY, optimize=True, subsampling=0)
     return out.getvalue()

@@ -26,6 +26,9 @@ log = logging.getLogger("siar.cards")
 BUNDLED_FONT = Path(__file__).resolve().parent.parent / "assets" / "fonts" / "SiarCardSans-Bold.ttf"
 SYSTEM_FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts")
 FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".otc")
+# Pillow's fonts wrap FreeType faces, which one thread at a time may use: cards are measured
+# and drawn under this lock (photo decoding and JPEG encoding run outside it).
+FONT_LOCK = threading.RLock()
 
 
 class CardFontError(Exception):

@@ -110,8 +110,9 @@ def _blurred_fill(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 def fill_card(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """The photo cropped to fill `size` (centred across, upper-middle down). A photo that the
-    crop would cut to under 40% of its area (a panorama on a portrait card), or that would be
-    enlarged over 3 times, is shown whole over a blurred wash of itself instead."""
+    crop would cut to under 40% of its area (a panorama on a portrait card) or enlarge over 3
+    times is shown whole, high on the card, over a blurred wash of its own colours; a thumbnail
+    too small even for that (under half the card either way at 2×) gives the wash alone."""
     width, height = image.size
     target_w, target_h = size
     cover = max(target_w / width, target_h / height)
@@ -124,10 +125,11 @@ def fill_card(image: Image.Image, size: tuple[int, int]) -> Image.Image:
             size, Image.Resampling.LANCZOS, box=(left, top, left + crop_w, top + crop_h), reducing_gap=3.0
         )
     card = _blurred_fill(image, size)
-    fit = min(target_w / width, (target_h * 0.62) / height, 3.0)
-    shown = image.resize(
-        (max(1, round(width * fit)), max(1, round(height * fit))), Image.Resampling.LANCZOS, reducing_gap=3.0
-    )
+    fit = min(target_w / width, (target_h * 0.62) / height, 2.0)
+    shown_w, shown_h = max(1, round(width * fit)), max(1, round(height * fit))
+    if shown_w < target_w / 2 and shown_h < target_h / 2:
+        return card
+    shown = image.resize((shown_w, shown_h), Image.Resampling.LANCZOS, reducing_gap=3.0)
     # High on the card, where the headline block below does not cover it.
     top = max(0, round(target_h * 0.34 - shown.height / 2))
     card.paste(shown, ((target_w - shown.width) // 2, top))
