@@ -468,6 +468,18 @@ def test_settings_reject_bad_values() -> None:
     assert problems == [problems[0]] and problems[0].startswith("cards.font: font /nonexistent/font.ttf")
 
 
+# On this red, black text has a contrast of 4.96:1 and white 4.23:1 (WCAG).
+@pytest.mark.parametrize(("accent", "dark_text"), [("#ffc21a", True), ("#1a237e", False), ("#e53935", True)])
+def test_label_text_reads_on_the_accent_colour(accent: str, dark_text: bool) -> None:
+    settings = CardSettings.model_validate({"colors": {"accent": accent}})
+    card = decoded(render_card("Judul", "NASIONAL", "siar", None, LINK_PREVIEW, settings))
+    layout = layout_card("Judul", "NASIONAL", "siar", LINK_PREVIEW, settings, has_photo=False)
+    assert layout.label_box is not None
+    pill = card.crop(tuple(round(v) for v in layout.label_box)).convert("L")  # type: ignore[arg-type]
+    lowest, highest = pill.getextrema()  # type: ignore[misc]
+    assert (lowest < 60) if dark_text else (highest > 200), (accent, lowest, highest)
+
+
 def test_site_name_from_settings_replaces_the_callers() -> None:
     layout = layout_card(
         "Judul", "", "siar", LINK_PREVIEW, CardSettings(site_name="TEMPO.CO"), has_photo=False

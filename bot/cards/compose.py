@@ -11,9 +11,10 @@ from functools import lru_cache
 
 from PIL import Image, ImageDraw, features
 
+from bot.cards.backdrop import darken_bottom, ink_on, plain_background
 from bot.cards.fonts import FONT_LOCK, FontChain, chain_for, cjk_region, load_face
 from bot.cards.photo import PhotoRefused, decode_photo, fill_card
-from bot.cards.settings import RGB, CardSettings, hex_to_rgb
+from bot.cards.settings import CardSettings, hex_to_rgb
 from bot.cards.text import (
     Block,
     Shape,
@@ -192,49 +193,6 @@ def _layout(
     )
 
 
-def _luminance(rgb: RGB) -> float:
-    def channel(c: int) -> float:
-        v = c / 255
-        return v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4
-
-    r, g, b = (channel(c) for c in rgb)
-    return 0.2126 * r + 0.7152 * g + 0.0722 * b
-
-
-def _ink_on(background: RGB) -> RGB:
-    """Black or white, whichever reads better on `background`."""
-    return (17, 17, 17) if _luminance(background) > 0.18 else (255, 255, 255)
-
-
-def _plain_background(size: tuple[int, int], colour: RGB) -> Image.Image:
-    """The site's colour, darkening towards the bottom: a card for stories without a photo."""
-    height = size[1]
-    darker = tuple(round(c * 0.55) for c in colour)
-    column = Image.linear_gradient("L").resize((1, height))
-    top = Image.new("RGB", (1, height), colour)
-    bottom = Image.new("RGB", (1, height), darker)
-    return Image.composite(bottom, top, column).resize(size)
-
-
-def _darken_bottom(card: Image.Image, layout: CardLayout, colour: RGB, strength: float) -> Image.Image:
-    """A gradient from clear at `gradient_top` to `strength` under the text and below."""
-    height = card.height
-    start, full = layout.gradient_top, (layout.label_box or layout.title_box)[1]
-    values = []
-    for y in range(height):
-        if y <= start:
-            t = 0.0
-        elif y >= full:
-            t = 0.85 + 0.15 * min(1.0, (y - full) / max(1.0, height - full))
-        else:
-            x = (y - start) / max(1.0, full - start)
-            t = 0.85 * x * x * (3 - 2 * x)  # smoothstep: no visible edge where it begins
-        values.append(round(255 * strength * t))
-    mask = Image.new("L", (1, height))
-    mask.putdata(values)
-    return Image.composite(Image.new("RGB", card.size, colour), card, mask.resize(card.size))
-
-
 @lru_cache(maxsize=8)
 def _logo(path: str, mtime: float, box: tuple[int, int]) -> Image.Image:
     """The logo PNG scaled to fit `box` (cached per file version and box)."""
@@ -289,7 +247,7 @@ def _draw_text(card: Image.Image, layout: CardLayout, settings: CardSettings) ->
         ink = layout.label.ink
         x = left + (right - left - layout.label.width) / 2 - min(0.0, ink[0])
         baseline = (top + bottom) / 2 - (ink[1] + ink[3]) / 2
-        layout.label_style.draw(draw, (x, baseline), layout.label, _ink_on(accent))
+        layout.label_style.draw(draw, (x, baseline), layout.label, ink_on(accent))
     if layout.brand_name is not None:
         layout.brand_style.draw(draw, layout.brand_origin, layout.brand_name, text)
 
@@ -334,9 +292,11 @@ def render_card(
         logo_size=logo.size if logo else None,
     )
     if image is None:
-        card = _plain_background(size, background)
+        card = plain_background(size, background)
     else:
-        card = _darken_bottom(image, layout, hex_to_rgb(colours.gradient), colours.gradient_strength)
+        full = (layout.label_box or layout.title_box)[1]
+        gradient = hex_to_rgb(colours.gradient)
+        card = darken_bottom(image, layout.gradient_top, full, gradient, colours.gradient_strength)
     with FONT_LOCK:
         _draw_text(card, layout, settings)
     if logo is not None:

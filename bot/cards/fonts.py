@@ -202,13 +202,18 @@ class FontChain:
             script = script_of(char)
             if script not in self._missing_logged:
                 self._missing_logged.add(script)
+                hint = (
+                    "colour emoji cannot be drawn on cards"
+                    if script == "EMOJI/SYMBOL"
+                    else "install a font for them (Debian: fonts-noto-core, fonts-noto-cjk)"
+                )
                 log.warning(
-                    "share cards: no font has %s characters (e.g. %r, U+%04X); they are "
-                    "left out of card text; install a font for them (fonts-noto-core, "
-                    "fonts-noto-cjk)",
+                    "share cards: no font has %s characters (e.g. %r, U+%04X); they are left out of "
+                    "card text; %s",
                     script,
                     char,
                     ord(char),
+                    hint,
                 )
         return "".join(c for c in text if c not in drop) if drop else text
 
