@@ -10,7 +10,9 @@ import re
 from functools import cached_property
 from html.parser import HTMLParser
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict
+
+from bot.patterns import IgnoreCasePattern, Pattern, PatternError
 
 # Paragraph-level boilerplate common on Indonesian news sites, and its English equivalents.
 BUILTIN_DROP_PARAGRAPHS = (
@@ -21,6 +23,9 @@ BUILTIN_DROP_PARAGRAPHS = (
 )
 # Removed from inside text, e.g. initials glued to the last sentence: "... tersebut. (FJR)".
 BUILTIN_STRIP = (r"\s*\(\s*[A-Z]{2,5}(\s*[/,]\s*[A-Z]{2,5})*\s*\)\s*$",)
+# Compiled by RE2 like the operator's own rules: a built-in rule must not backtrack either.
+_BUILTIN_DROP = tuple(IgnoreCasePattern(r) for r in BUILTIN_DROP_PARAGRAPHS)
+_BUILTIN_STRIP = tuple(Pattern(r) for r in BUILTIN_STRIP)
 
 _BLOCK = {
     "p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote",
@@ -31,34 +36,28 @@ _SPACE = re.compile(r"\s+")
 
 
 class CleaningRules(BaseModel):
-    """`[cleaning]`: regexes (case-insensitive) for paragraphs to drop and text to strip."""
+    """`[cleaning]`: RE2 patterns for paragraphs to drop (case-insensitive) and text to strip."""
 
     model_config = ConfigDict(extra="forbid")
 
     builtin: bool = True  # also apply the built-in rules above
-    drop_paragraphs: list[str] = []
-    strip_patterns: list[str] = []
+    drop_paragraphs: list[IgnoreCasePattern] = []
+    strip_patterns: list[Pattern] = []
     lead_max_chars: int = 600
 
-    @field_validator("drop_paragraphs", "strip_patterns")
-    @classmethod
-    def _compiles(cls, values: list[str]) -> list[str]:
-        for value in values:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from exc
-        return values
+    @cached_property
+    def _drop(self) -> list[IgnoreCasePattern]:
+        rules = [*(_BUILTIN_DROP if self.builtin else ()), *self.drop_paragraphs]
+        if len(rules) < 2 or any("\\Q" in r.source for r in rules):  # \Q…\E would swallow the "|"
+            return rules
+        try:  # one alternation: one pass over each paragraph (4x faster than one per rule)
+            return [IgnoreCasePattern("|".join(f"(?:{r.source})" for r in rules))]
+        except PatternError:  # over RE2's memory budget together: one by one then
+            return rules
 
     @cached_property
-    def _drop(self) -> list[re.Pattern[str]]:
-        rules = [*(BUILTIN_DROP_PARAGRAPHS if self.builtin else ()), *self.drop_paragraphs]
-        return [re.compile(r, re.IGNORECASE) for r in rules]
-
-    @cached_property
-    def _strip(self) -> list[re.Pattern[str]]:
-        rules = [*(BUILTIN_STRIP if self.builtin else ()), *self.strip_patterns]
-        return [re.compile(r) for r in rules]
+    def _strip(self) -> list[Pattern]:
+        return [*(_BUILTIN_STRIP if self.builtin else ()), *self.strip_patterns]
 
     def keep(self, paragraph: str) -> bool:
         """False when `paragraph` is site boilerplate."""
@@ -112,7 +111,8 @@ def html_paragraphs(html: str) -> tuple[list[str], list[str]]:
         parser.feed(html)
         parser.close()
     except Exception:  # HTMLParser is lenient; this guards against the truly broken
-        return [fold(re.sub(r"<[^>]*>", " ", html))], []
+        # `<[^>]*>` would rescan to the end from every '<' of an unclosed run: quadratic
+        return [fold(re.sub(r"<[^<>]*>", " ", html))], []
     paragraphs = [fold("".join(block)) for block in parser.blocks]
     return [p for p in paragraphs if p], parser.images
 

@@ -28,7 +28,7 @@ from bot.fetch import Fetcher
 from bot.filters import rejection
 from bot.lock import AlreadyRunning
 from bot.logs import setup_logging
-from bot.normalize import parse_feed_async
+from bot.normalize import link_key, parse_feed_async
 from bot.render import RenderError
 from bot.store import STATUSES, Store
 from bot.types import Post, Story
@@ -110,7 +110,7 @@ async def _dispatch(command: str, args: argparse.Namespace, config: Config) -> i
         if command == "status":
             return await status(config, store, args.json)
         if command == "why":
-            return await why(store, args.story, args.json)
+            return await why(store, args.story, args.json, config.site.hosts)
         if await store.resend(args.outbox_id, utc_now()):
             print(f"outbox row {args.outbox_id} queued again; the running daemon sends it shortly")
             return 0
@@ -300,9 +300,9 @@ async def status(config: Config, store: Store, as_json: bool) -> int:
     return 0
 
 
-async def why(store: Store, key: str, as_json: bool) -> int:
+async def why(store: Store, key: str, as_json: bool, hosts: Sequence[str] = ()) -> int:
     """The decision log of the stories matching `key` across channels."""
-    found = await store.find_stories(key)
+    found = await store.find_stories(key, link_key(key, hosts))
     report: list[dict[str, Any]] = []
     for story in found:
         report.append({

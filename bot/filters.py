@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict
 
 from bot.durations import Duration
+from bot.patterns import Pattern
 from bot.types import Story
 
 
@@ -18,20 +18,10 @@ class Filters(BaseModel):
 
     include_categories: list[str] = []  # keep only stories with one of these (case-insensitive)
     exclude_categories: list[str] = []
-    include_url: str | None = None  # regex searched in the story's canonical link
+    include_url: Pattern | None = None  # regex (RE2) searched in the story's canonical link
     include_keywords: list[str] = []  # in title or lead (case-insensitive)
     exclude_keywords: list[str] = []
     max_age: Duration | None = None  # older stories (by published time) are not sent
-
-    @field_validator("include_url")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from exc
-        return value
 
 
 def rejection(story: Story, filters: Filters, now: datetime) -> tuple[str, str] | None:
@@ -42,8 +32,8 @@ def rejection(story: Story, filters: Filters, now: datetime) -> tuple[str, str] 
     excluded = categories & _folded(filters.exclude_categories)
     if excluded:
         return "exclude_categories", f"category {sorted(excluded)[0]!r} is excluded"
-    if filters.include_url and not re.search(filters.include_url, story.url):
-        return "include_url", f"link does not match {filters.include_url!r}"
+    if filters.include_url is not None and not filters.include_url.search(story.url):
+        return "include_url", f"link does not match {filters.include_url.source!r}"
     text = f"{story.title}\n{story.lead}".casefold()
     if filters.include_keywords and not any(k.casefold() in text for k in filters.include_keywords):
         return "include_keywords", "no keyword of the list in title or lead"

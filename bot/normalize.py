@@ -7,7 +7,7 @@ import calendar
 import hashlib
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import feedparser
 
+from bot.charset import repair_mojibake, utf8_body
 from bot.cleaning import CleaningRules, clean_lead, fold, html_paragraphs, html_to_text, shorten_at_sentence
 from bot.types import Story
 
@@ -58,6 +59,51 @@ def canonical_url(url: str, base: str = "") -> str:
     return urlunsplit((scheme, host, parts.path or ("/" if host else ""), urlencode(query), ""))
 
 
+def is_web_link(url: str) -> bool:
+    """Whether `url` is an absolute http(s) link with a host: the only links siar posts or shows."""
+    try:
+        parts = urlsplit(url)
+        return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        return False
+
+
+def identity_url(url: str, hosts: Sequence[str]) -> str:
+    """The form of `url` that names its story, for de-duplication (never for posting).
+
+    Canonical (`canonical_url`), and then blind to what does not change the story: http versus
+    https, default ports, a trailing slash, and which of the site's `hosts` (www., m. …) served
+    it — those all become the first of `hosts`.
+    """
+    url = canonical_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return url
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return url
+    host = parts.hostname
+    aliases = [h.lower() for h in hosts]
+    if host in aliases:
+        host = aliases[0]
+    if port is not None and port not in (80, 443):
+        host = f"{host}:{port}"
+    return urlunsplit(("https", host, parts.path.rstrip("/"), parts.query, ""))
+
+
+def link_key(url: str, hosts: Sequence[str]) -> str:
+    """The de-duplication key of a link: sha256 hex of its `identity_url`."""
+    return hashlib.sha256(identity_url(url, hosts).encode()).hexdigest()
+
+
+def story_key(story: Story, hosts: Sequence[str]) -> str:
+    """The de-duplication key of `story`: its link's key, or (linkless) sha256 hex of feed:uid."""
+    if story.url:
+        return link_key(story.url, hosts)
+    return hashlib.sha256(f"{story.feed}:{story.uid}".encode()).hexdigest()
+
+
 # A character reference to a lone surrogate (&#xD800;) makes feedparser raise for the whole feed.
 _SURROGATE_REF = re.compile(rb"&#(?:[xX]0*[dD][89a-fA-F][0-9a-fA-F]{2}|0*5[5-7][0-9]{3});")
 # html.parser is quadratic on some malformed markup: text beyond this is never needed for a lead.
@@ -84,7 +130,7 @@ def parse_feed(body: bytes, url: str, headers: Mapping[str, str], rules: Cleanin
     """Parse `body` (fetched from `url`) into stories; never raises on bad feeds."""
     response_headers = {k.lower(): v for k, v in headers.items()}
     response_headers.setdefault("content-location", url)
-    body = _SURROGATE_REF.sub(b"&#xFFFD;", _rename_media_description(body))
+    body = _SURROGATE_REF.sub(b"&#xFFFD;", _rename_media_description(utf8_body(body, response_headers)))
     try:
         # siar extracts plain text itself (bot.cleaning, script/style skipped) and resolves links
         # against each entry, so feedparser's HTML sanitizer and URI rewriting (a third of its
@@ -119,10 +165,16 @@ async def parse_feed_async(body: bytes, url: str, headers: Mapping[str, str], ru
 
 def entry_to_story(entry: Any, feed_name: str, rules: CleaningRules, language: str = "",
                    section: str | None = None, now: datetime | None = None) -> Story | None:
-    """A Story from one feedparser entry; None when it has neither link nor id nor title."""
+    """A Story from one feedparser entry; None when it has neither link nor id nor title.
+
+    A link that is not http(s) (javascript:, data:, a bare path) is dropped: such a story has
+    `url == ""`, and routing never posts it. Mojibake in its texts is repaired.
+    """
     link = _entry_link(entry)
     url = canonical_url(link) if link else ""
-    title = shorten_at_sentence(_text_of(entry, "title"), TITLE_MAX)
+    if not is_web_link(url):
+        url = ""
+    title = shorten_at_sentence(repair_mojibake(_text_of(entry, "title")), TITLE_MAX)
     guid = fold(str(entry.get("id") or ""))
     uid = guid or url
     if not uid:
@@ -132,7 +184,7 @@ def entry_to_story(entry: Any, feed_name: str, rules: CleaningRules, language: s
     paragraphs, images = _body(entry)
     if not paragraphs and entry.get("media_imagecaption"):
         paragraphs = [fold(str(entry["media_imagecaption"]))]
-    lead = clean_lead(paragraphs, rules)
+    lead = repair_mojibake(clean_lead(paragraphs, rules))
     if not title:
         title = lead[:120]
     categories = _categories(entry)
@@ -150,7 +202,7 @@ def entry_to_story(entry: Any, feed_name: str, rules: CleaningRules, language: s
         section=chosen_section,
         categories=categories,
         image=_image(entry, images, url),
-        image_alt=fold(str(entry.get("media_imagecaption") or ""))[:1000],
+        image_alt=repair_mojibake(fold(str(entry.get("media_imagecaption") or ""))[:1000]),
         language=fold(str(entry.get("language") or language))[:16],
     )
 
@@ -190,9 +242,9 @@ def _body(entry: Any) -> tuple[list[str], list[str]]:
 def _categories(entry: Any) -> tuple[str, ...]:
     seen: dict[str, str] = {}
     for tag in entry.get("tags", []) or []:
-        term = str(tag.get("term") or tag.get("label") or "")
+        term = str(tag.get("term") or tag.get("label") or "")[:1000]  # parts > 100 chars are dropped
         for part in re.split(r"[,;|]", html_to_text(term) if "<" in term or "&" in term else term):
-            part = fold(part).strip(" #")
+            part = repair_mojibake(fold(part)).strip(" #")
             if part and part.casefold() not in seen and len(part) <= 100:
                 seen[part.casefold()] = part
     return tuple(seen.values())
@@ -203,7 +255,7 @@ def _author(entry: Any) -> str:
     if not author:
         names = [a.get("name", "") for a in entry.get("authors", []) or [] if a.get("name")]
         author = ", ".join(names)
-    return fold(str(author))[:200]
+    return repair_mojibake(fold(str(author))[:200])
 
 
 def _published(entry: Any) -> datetime | None:
@@ -234,6 +286,6 @@ def _image(entry: Any, body_images: list[str], base: str) -> str:
     candidates += body_images
     for candidate in candidates:
         absolute = urljoin(base, fold(candidate)) if base else fold(candidate)
-        if absolute.lower().startswith(("https://", "http://")):
+        if is_web_link(absolute):  # never javascript:, data: or a host-less https:///path
             return absolute
     return ""

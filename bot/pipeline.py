@@ -1,6 +1,6 @@
 """One feed's poll, as a pipeline of small steps:
 
-    store.feed_state | fetcher.fetch | parse_feed | (enrich) | routing.decide | store.record_poll
+    store.feed_state | fetcher.fetch | parse_feed | (enrich) | routing.decide_poll | store.record_poll
 
 `FeedPoller.poll` never raises for a feed's own trouble: a failure is a returned `PollResult`,
 counted in the feed's state and backed off, so a bad feed never stops the others.
@@ -19,8 +19,8 @@ from bot.channel import ChannelSettings
 from bot.config import Config, FeedConfig
 from bot.enrich import enrich
 from bot.fetch import Fetcher, FetchResult
-from bot.normalize import ParsedFeed, parse_feed_async
-from bot.routing import decide
+from bot.normalize import ParsedFeed, parse_feed_async, story_key
+from bot.routing import decide_poll
 from bot.store import FeedState, NewStory, Store
 from bot.types import Story
 
@@ -97,9 +97,10 @@ class FeedPoller:
             log.info("feed %s: malformed but readable (%s)", feed.name, parsed.bozo)
         new = await self._new_stories(feed, parsed, now)
         first_run = not state.first_run_done
-        items = [NewStory(story, decide(story, feed, self.targets, now, first_run=first_run, rank=rank,
-                                        unavailable=self.unavailable))
-                 for rank, story in enumerate(new)]
+        decisions = decide_poll(new, feed, self.targets, now, first_run=first_run,
+                                unavailable=self.unavailable)
+        items = [NewStory(story, story_decisions, key=story_key(story, self.config.site.hosts))
+                 for story, story_decisions in zip(new, decisions, strict=True)]
         state.etag, state.last_modified = result.etag, result.last_modified
         state.body_hash = result.body_hash
         # An empty first answer (a CMS glitch) must not end the first run: the next full poll

@@ -67,6 +67,8 @@ def hashtags(tags: Sequence[str], settings: HashtagSettings) -> list[str]:
     out: list[str] = []
     seen: set[str] = set()
     for tag in tags:
+        if len(out) >= settings.max:
+            break
         if tag.casefold() in excluded:
             continue
         mapped = mapping.get(tag.casefold())
@@ -74,8 +76,6 @@ def hashtags(tags: Sequence[str], settings: HashtagSettings) -> list[str]:
         if text and text.casefold() not in seen and text.casefold() not in excluded:
             seen.add(text.casefold())
             out.append("#" + text)
-        if len(out) >= settings.max:
-            break
     return out
 
 

@@ -80,6 +80,7 @@ class FeedState:
 class NewStory:
     story: Story
     decisions: list[Decision] = field(default_factory=list)
+    key: str = field(kw_only=True)  # de-duplication key: bot.normalize.story_key
 
 
 @dataclass(frozen=True)
@@ -176,8 +177,7 @@ class Store:
         """
         # Rows are written in url-key order: two daemons' transactions then take the unique-index
         # locks in the same order and cannot deadlock.
-        pairs = sorted(((url_key(i.story.url or f"{i.story.feed}:{i.story.uid}"), i) for i in new),
-                       key=lambda pair: pair[0])
+        pairs = sorted(((i.key, i) for i in new), key=lambda pair: pair[0])
         created: list[int] = []
         async with self._write() as conn:
             if not self.is_sqlite:  # one poll of a feed at a time across daemons
@@ -372,12 +372,13 @@ class Store:
                 .order_by(outbox.c.updated_at.desc()).limit(limit))).all()
         return [r._asdict() for r in rows]
 
-    async def find_stories(self, url_or_id: str) -> list[dict[str, Any]]:
-        """Stories matching a canonical URL, a feed uid or an internal id."""
+    async def find_stories(self, url_or_id: str, key: str | None = None) -> list[dict[str, Any]]:
+        """Stories matching a de-duplication `key` (bot.normalize.link_key of `url_or_id`; by
+        default its canonical URL's), a feed uid or an internal id."""
         from bot.normalize import canonical_url
 
         conditions = [stories.c.uid == url_or_id,
-                      stories.c.url_key == url_key(canonical_url(url_or_id))]
+                      stories.c.url_key == (key or url_key(canonical_url(url_or_id)))]
         if url_or_id.isdigit():
             conditions.append(stories.c.id == int(url_or_id))
         async with self.engine.connect() as conn:

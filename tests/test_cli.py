@@ -112,6 +112,10 @@ def test_status_and_why(example: Path) -> None:
     (decision,) = story["decisions"]
     assert decision["decision"] == "filtered"
     assert decision["rule"] == "feeds.medcom-internasional.include_categories"
+    # another form of the same link (m. host, http, trailing slash) names the same story
+    other_form = siar("why", "--config", str(example), "--json",
+                      "http://m.medcom.id/ekonomi/bisnis/Rb7Tq1xZ-harga-cabai-rawit-naik/")
+    assert [s["story"]["id"] for s in json.loads(other_form.stdout)] == [story["story"]["id"]]
     readable = siar("why", "--config", str(example), "medcom-4KZ9mA2b")
     assert "queued" in readable.stdout and "sent" in readable.stdout
     assert siar("why", "--config", str(example), "https://nowhere.example/").returncode == 1

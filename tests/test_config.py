@@ -16,7 +16,7 @@ def test_shipped_config_is_valid_and_describes_the_first_user() -> None:
     feed = config.feeds[0]
     assert "medcom.id" in feed.url
     assert [c.lower() for c in feed.include_categories] == ["internasional"]
-    assert feed.include_url == "/internasional/"
+    assert feed.include_url is not None and feed.include_url.source == "/internasional/"
     assert "Ikuti media sosial medcom.id" in config.cta.follow_text
     assert "aktifkan notifikasi" in config.cta.notify_text
     assert "console" in config.active_channels()

@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot.charset import repair_mojibake, utf8_body
 from bot.cleaning import CleaningRules, clean_lead, html_paragraphs
-from bot.normalize import canonical_url, parse_feed
+from bot.normalize import canonical_url, identity_url, is_web_link, parse_feed, story_key
+from bot.types import Story
 
 RULES = CleaningRules()
 CORPUS = Path(os.environ.get("SIAR_CORPUS", Path(__file__).parents[2] / "shared" / "corpus"))
@@ -122,9 +124,12 @@ def test_every_corpus_feed_parses_without_crashing() -> None:
     stories = 0
     for path in files:
         parsed = parse_feed(path.read_bytes(), "http://127.0.0.1/feed", {}, RULES, "corpus")
+        assert not parsed.bozo.startswith("parser crashed"), (path, parsed.bozo)
         for story in parsed.stories:
             stories += 1
             assert story.uid, path
+            assert story.url == "" or is_web_link(story.url), (path, story.url)
+            assert story.image == "" or is_web_link(story.image), (path, story.image)
             assert story.published is None or story.published.tzinfo is not None, path
             assert "\n" not in story.title and "<script" not in story.lead.lower(), path
     assert stories > 500
@@ -173,3 +178,135 @@ def test_surrogate_references_and_huge_markup_do_not_break_the_feed() -> None:
     assert first.title == "Bad \ufffd title \ufffd"
     long = next(s for s in parsed.stories if s.url.endswith("/2"))
     assert len(long.title) <= 300 and long.title.endswith("…")
+
+
+MEDCOM = ["www.medcom.id", "m.medcom.id", "medcom.id"]
+STORY = "https://www.medcom.id/internasional/dunia/Zp3Lk8Wd-sidang"
+
+
+@pytest.mark.parametrize(("url", "identity"), [
+    (STORY, STORY),
+    ("http://www.medcom.id/internasional/dunia/Zp3Lk8Wd-sidang", STORY),
+    ("https://m.medcom.id/internasional/dunia/Zp3Lk8Wd-sidang/", STORY),
+    ("http://M.MEDCOM.ID:80/internasional/dunia/Zp3Lk8Wd-sidang/?utm_source=x#top", STORY),
+    ("https://medcom.id:443/internasional/dunia/Zp3Lk8Wd-sidang", STORY),
+    ("https://www.medcom.id/?p=3", "https://www.medcom.id?p=3"),
+    ("https://www.medcom.id", "https://www.medcom.id"),
+    # not the site's hosts: only scheme, port and the trailing slash are ignored
+    ("http://other.example/internasional/dunia/Zp3Lk8Wd-sidang/",
+     "https://other.example/internasional/dunia/Zp3Lk8Wd-sidang"),
+    ("https://other.example:8443/a", "https://other.example:8443/a"),
+    ("https://www.medcom.id/internasional/dunia/Zp3Lk8Wd-SIDANG", STORY[:-6] + "SIDANG"),  # paths keep case
+])
+def test_identity_url(url: str, identity: str) -> None:
+    assert identity_url(url, MEDCOM) == identity
+
+
+def test_story_key_is_the_same_for_every_form_of_one_story_and_differs_otherwise() -> None:
+    def key(url: str, uid: str = "1", feed: str = "f") -> str:
+        return story_key(Story(uid=uid, feed=feed, url=url, title="t"), MEDCOM)
+
+    assert key(STORY) == key("http://m.medcom.id/internasional/dunia/Zp3Lk8Wd-sidang/", uid="2", feed="g")
+    assert key(STORY) != key(STORY + "-2")
+    assert key(STORY) != key(STORY.replace("www.medcom.id", "other.example"))
+    assert key("", uid="1") != key("", uid="2") and key("", feed="f") != key("", feed="g")
+    assert len(key("")) == 64
+
+
+def entry_feed(*items: str) -> bytes:
+    return ('<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>t</title>'
+            + "".join(f"<item>{i}</item>" for i in items) + "</channel></rss>").encode()
+
+
+@pytest.mark.parametrize(("url", "usable"), [
+    ("https://e.example/a", True), ("HTTP://e.example", True), ("https:///etc/passwd", False),
+    ("javascript:alert(1)", False), ("data:text/html,x", False), ("/relative", False), ("", False),
+    ("http://[::1", False),
+])
+def test_is_web_link(url: str, usable: bool) -> None:
+    assert is_web_link(url) is usable
+
+
+@pytest.mark.parametrize("link", ["javascript:alert(1)", "JavaScript:alert(1)", "data:text/html,x",
+                                  "vbscript:msgbox(1)", "mailto:a@b.example", "ftp://e.example/a"])
+def test_an_unusable_link_is_dropped(link: str) -> None:
+    body = entry_feed(f"<title>Judul</title><link>{link}</link>")
+    (story,) = parse_feed(body, "https://e.example/rss", {}, RULES, "f").stories
+    assert story.url == "" and story.title == "Judul" and story.uid.startswith("sha1:")
+
+
+@pytest.mark.parametrize("src", ["javascript:alert(1)", "data:image/png;base64,AAAA", "vbscript:x"])
+def test_an_image_that_is_not_http_is_dropped(src: str) -> None:
+    body = entry_feed(f"<title>A</title><link>https://e.example/a</link>"
+                      f'<enclosure url="{src}" type="image/jpeg"/>'
+                      f"<description><![CDATA[<img src='{src}'>]]></description>")
+    (story,) = parse_feed(body, "https://e.example/rss", {}, RULES, "f").stories
+    assert story.image == ""
+
+
+def news(name: str) -> bytes:
+    path = CORPUS / "news" / name
+    if not path.exists():
+        pytest.fail(f"news corpus file not found at {path}; set SIAR_CORPUS to shared/corpus")
+    return path.read_bytes()
+
+
+def broken(body: bytes) -> bytes:
+    """`body` with one byte that is never valid UTF-8, inside its first story."""
+    at = body.index(b"<item")
+    return body[:at] + b"\xff" + body[at:]
+
+
+@pytest.mark.parametrize(("name", "headers"), [
+    ("other/rbren__rss-parser/guardian.rss", {}),  # declares encoding="utf-8"
+    ("indonesia/gtrdp__twitter-clustering/tempo.xml", {}),  # no declaration: UTF-8 by default
+    ("indonesia/gtrdp__twitter-clustering/tempo.xml", {"Content-Type": "application/rss+xml; charset=UTF-8"}),
+])
+def test_one_invalid_byte_in_a_utf8_feed_garbles_nothing_else(name: str, headers: dict[str, str]) -> None:
+    body = news(name)
+    whole = parse_feed(body, "https://news.example/feed", headers, RULES, "news").stories
+    damaged = parse_feed(broken(body), "https://news.example/feed", headers, RULES, "news").stories
+    assert [s.title for s in damaged] == [s.title for s in whole]
+    assert [s.lead for s in damaged] == [s.lead for s in whole]
+    assert any(not s.title.isascii() for s in whole)  # the test means something
+
+
+@pytest.mark.parametrize(("name", "headers"), [
+    ("other/rbren__rss-parser/encoding.rss", {}),  # declares iso-8859-1
+    ("other/rbren__rss-parser/uolNoticias.rss", {}),  # Latin-1 without a declaration
+    ("other/rbren__rss-parser/guardian.rss", {"Content-Type": "text/xml; charset=iso-8859-2"}),
+])
+def test_feeds_in_other_charsets_are_left_to_the_parser(name: str, headers: dict[str, str]) -> None:
+    body = broken(news(name))
+    assert utf8_body(body, headers) is body
+
+
+def test_latin1_without_declaration_still_reads_right() -> None:
+    stories = parse_feed(news("other/rbren__rss-parser/uolNoticias.rss"), "https://news.example/feed",
+                         {}, RULES, "news").stories
+    assert "simulações de 2º turno" in stories[0].title
+
+
+def test_mojibake_is_repaired_in_title_lead_author_and_tags() -> None:
+    body = entry_feed("<title>Tajam dari Lâ€™Oreal Infallible</title><link>https://e.example/1</link>"
+                      "<author>a@e.example (JosÃ© Sitompul)</author><category>CafÃ©</category>"
+                      "<category>Lâ€™Oreal, kecantikan</category>"
+                      "<description>MÃ¼nchen: â€œSegarâ€\x9d kata dia.</description>")
+    (story,) = parse_feed(body, "https://e.example/rss", {}, RULES, "f").stories
+    assert story.title == "Tajam dari L’Oreal Infallible"
+    assert story.lead == "München: “Segar” kata dia."
+    assert "José Sitompul" in story.author
+    assert story.categories == ("Café", "L’Oreal", "kecantikan")
+
+
+def test_tempo_titles_have_no_mojibake_left() -> None:
+    stories = parse_feed(news("indonesia/gtrdp__twitter-clustering/tempo.xml"), "https://news.example/feed",
+                         {}, RULES, "news").stories
+    assert any("L’Oreal" in s.title for s in stories)
+    assert not any("â€" in f"{s.title}{s.lead}" for s in stories)
+
+
+@pytest.mark.parametrize("text", ["naïve café", "Jokowi “menegaskan” itu—kata dia", "Côte d’Ivoire",
+                                  "東京 2020 🇮🇩", "Sidang Umum PBB", "¿Qué?", "Façade", "Ñandú", "5 °C ± 2"])
+def test_legitimate_text_is_not_touched(text: str) -> None:
+    assert repair_mojibake(text) == text

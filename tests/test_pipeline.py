@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from bot.app import App, build
 from bot.config import Config
@@ -252,3 +253,92 @@ async def test_an_unreadable_article_page_costs_only_its_enrichment(
     titles = await poll_and_deliver(app)
     await app.close()
     assert sorted(titles) == ["Bad link", "Good"]
+
+
+async def test_the_shipped_config_posts_the_three_newest_international_stories(
+        feed_server: FeedServer, sample_bytes: bytes, make_config: Callable[[str], Config]) -> None:
+    # config.toml as shipped (first_run = "latest:3"), offline: the sample feed from a local
+    # server and no article pages fetched. The sample's second-newest story is not international.
+    shipped = (Path(__file__).parent.parent / "config.toml").read_text()
+    assert 'first_run = "latest:3"' in shipped and "enrich = true" in shipped
+    feed_server.routes["/intl"] = Route(body=sample_bytes)
+    config = make_config(shipped.replace('url = "https://www.medcom.id/rss/internasional"',
+                                         f'url = "{feed_server.url("/intl")}"')
+                         .replace("enrich = true", "enrich = false"))
+    app = app_for(config, FakeChannel(), Clock())
+    await prepare(app)
+    titles = await poll_and_deliver(app)
+    await app.close()
+    assert titles == ['Uji "Escape" Tebal & Tautan — Demo #1 @semua',
+                      "Sidang Umum PBB Bahas Krisis Pangan Global",
+                      "Putin Ajak Menlu Azerbaijan dan Armenia Bahas Perdamaian"]
+
+
+SITE = """
+    [site]
+    url = "https://www.medcom.id"
+""" + CONFIG
+
+
+async def test_one_story_under_three_forms_of_its_link_is_posted_once_per_channel(
+        feed_server: FeedServer, make_config: Callable[[str], Config]) -> None:
+    path = "/internasional/dunia/Zp3Lk8Wd-sidang-umum"
+    story = {"title": "Sidang", "category": "Internasional"}
+    feed_server.routes["/intl"] = Route(body=rss([
+        {**story, "guid": "a-1", "link": f"https://www.medcom.id{path}"},
+        {**story, "guid": "a-2", "link": f"http://m.medcom.id{path}/"},
+        {**story, "title": "Lain", "guid": "a-3", "link": "https://www.medcom.id/internasional/lain"}]))
+    feed_server.routes["/mobile"] = Route(body=rss([
+        {**story, "guid": "m-1", "link": f"https://m.medcom.id{path}/?utm_source=m"},
+        # another site's page with the same path is another story
+        {**story, "title": "Elsewhere", "guid": "m-2", "link": f"https://other.example{path}"}]))
+    config = make_config(SITE.format(url=feed_server.url("/intl"), first_run="all",
+                                     broken=feed_server.url("/mobile")))
+    channel, other = FakeChannel(), FakeChannel("other")
+    app = build(config, channels={"fake": channel, "other": other}, clock=Clock())
+    await prepare(app)
+    for feed in config.feeds:
+        await app.poller.poll(feed, force=True)
+    await app.dispatcher.drain()
+    counts = await app.store.counts()
+    found = await app.store.find_stories(f"http://medcom.id{path}", app_key(config, f"http://medcom.id{path}"))
+    decisions = []
+    for row in found:
+        decisions += [d["decision"] for d in await app.store.decisions_of(row["id"])]
+    await app.close()
+    assert sorted(p.story.title for p in channel.sent) == ["Elsewhere", "Lain", "Sidang"]
+    assert config.site.hosts == ["www.medcom.id", "m.medcom.id", "medcom.id"]
+    assert sorted(p.story.title for p in other.sent) == ["Elsewhere", "Lain", "Sidang"]
+    assert counts["fake"]["sent"] == counts["other"]["sent"] == 3
+    assert len(found) == 3  # all three forms are found by any one of them
+    assert decisions.count("queued") == 2 and decisions.count("duplicate") == 4
+    # the link is posted as the feed gave it (canonical), not rewritten to another host
+    assert {p.story.url for p in channel.sent if p.story.title == "Sidang"} <= {
+        f"https://www.medcom.id{path}", f"http://m.medcom.id{path}/", f"https://m.medcom.id{path}/"}
+
+
+def app_key(config: Config, url: str) -> str:
+    from bot.normalize import link_key
+
+    return link_key(url, config.site.hosts)
+
+
+async def test_a_half_entry_of_a_truncated_feed_is_explained_not_posted(
+        feed_server: FeedServer, make_config: Callable[[str], Config]) -> None:
+    whole = {"title": "Utuh", "link": "https://m.example/internasional/1", "guid": "utuh-1"}
+    body = rss([whole, {"title": "Terpotong"}, {"title": "Skrip", "link": "javascript:alert(1)"}])
+    feed_server.routes["/truncated"] = Route(body=body)  # the feed without filters
+    config = make_config(CONFIG.format(url=feed_server.url("/missing"), first_run="all",
+                                       broken=feed_server.url("/truncated")))
+    app = app_for(config, FakeChannel(), Clock())
+    await prepare(app)
+    titles = await poll_and_deliver(app)
+    explained = {}
+    for story in await app.store.latest_stories(feeds=["broken"]):
+        (row,) = await app.store.find_stories(story.uid)
+        decisions = await app.store.decisions_of(row["id"])
+        explained[story.title] = [(d["channel"], d["decision"]) for d in decisions]
+    await app.close()
+    assert titles == ["Utuh"]
+    assert explained == {"Utuh": [("fake", "queued"), ("fake", "sent")],
+                         "Terpotong": [("fake", "no_link")], "Skrip": [("fake", "no_link")]}

@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from bot.normalize import story_key
 from bot.store import NewStory, Store
 from bot.types import Decision, Story
 
@@ -41,6 +42,10 @@ def story(i: int) -> Story:
                  published=NOW, tags=("a", "b"))
 
 
+def new(i: int, *decisions: Decision) -> NewStory:
+    return NewStory(story(i), list(decisions), key=story_key(story(i), ()))
+
+
 async def test_store_works_on_postgres(pg_url: str) -> None:
     store = Store(pg_url, Path("."))
     try:
@@ -48,8 +53,8 @@ async def test_store_works_on_postgres(pg_url: str) -> None:
         await store.migrate()  # idempotent
         state = await store.feed_state("f", "https://e.example/rss")
         state.first_run_done = True
-        ids = await store.record_poll(state, [NewStory(story(1), [Decision("c", "queued")]),
-                                              NewStory(story(2), [Decision("c", "filtered", "r")])], NOW)
+        ids = await store.record_poll(state, [new(1, Decision("c", "queued")),
+                                              new(2, Decision("c", "filtered", "r"))], NOW)
         assert len(ids) == 1
         assert (await store.feed_state("f", "")).first_run_done
         item = await store.claim("c", NOW, "w1")
@@ -70,7 +75,7 @@ async def test_two_daemons_share_the_outbox_without_double_sends(pg_url: str) ->
     try:
         await first.migrate()
         state = await first.feed_state("f", "u")
-        await first.record_poll(state, [NewStory(story(i), [Decision("c", "queued")]) for i in range(40)],
+        await first.record_poll(state, [new(i, Decision("c", "queued")) for i in range(40)],
                                 NOW)
         claimed: list[int] = []
 
@@ -83,7 +88,7 @@ async def test_two_daemons_share_the_outbox_without_double_sends(pg_url: str) ->
         assert len(claimed) == 40 and len(set(claimed)) == 40
         assert (await second.counts())["c"]["sent"] == 40
         # a claim older than the lease is recovered by the other daemon; a fresh one is left alone
-        await first.record_poll(state, [NewStory(story(99), [Decision("c", "queued")])], NOW)
+        await first.record_poll(state, [new(99, Decision("c", "queued"))], NOW)
         assert await first.claim("c", NOW, "crashing") is not None
         assert await second.recover_sending(NOW, stale_before=NOW - timedelta(minutes=15)) == 0
         assert await second.recover_sending(NOW + timedelta(hours=1),
@@ -98,7 +103,7 @@ async def test_two_daemons_polling_the_same_feed_store_each_story_once(pg_url: s
     first, second = Store(pg_url, Path(".")), Store(pg_url, Path("."))
     try:
         await first.migrate()
-        batch = [NewStory(story(i), [Decision("c", "queued")]) for i in range(30)]
+        batch = [new(i, Decision("c", "queued")) for i in range(30)]
         results = await asyncio.gather(
             first.record_poll(await first.feed_state("f", "u"), batch, NOW),
             second.record_poll(await second.feed_state("f", "u"), list(reversed(batch)), NOW))

@@ -37,6 +37,11 @@ def test_hashtags_dedup_exclude_map_and_max() -> None:
     assert hashtags(["pbb"], rules) == ["#PerserikatanBangsaBangsa"]
 
 
+@pytest.mark.parametrize(("limit", "expected"), [(0, []), (1, ["#Rusia"]), (2, ["#Rusia", "#Pbb"])])
+def test_hashtags_max_is_exact_even_at_zero(limit: int, expected: list[str]) -> None:
+    assert hashtags(["Rusia", "pbb", "moskow"], HashtagSettings(max=limit)) == expected
+
+
 def test_published_in_site_zone_and_language() -> None:
     when = datetime(2020, 10, 9, 6, 53, tzinfo=UTC)
     assert format_published(when, "Asia/Jakarta", "id") == "Jumat, 9 Oktober 2020 13:53 WIB"

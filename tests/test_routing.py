@@ -1,4 +1,4 @@
-"""Table-driven tests of the pure decisions: filters, first-run policies, backoff."""
+"""Table-driven tests of the pure decisions: filters, first-run quotas, linkless stories, backoff."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from bot.backoff import poll_delay, retry_delay
 from bot.channel import ChannelSettings
 from bot.config import FeedConfig
-from bot.routing import decide, first_run_allows
-from bot.types import Story
+from bot.routing import decide_poll, first_run_quota
+from bot.types import Decision, Story
 
 NOW = datetime(2020, 10, 9, 7, 0, tzinfo=UTC)
 INTL = Story(uid="1", feed="f", url="https://www.medcom.id/internasional/dunia/1-x", title="Putin dan PBB",
@@ -21,6 +21,13 @@ ECON = Story(uid="2", feed="f", url="https://www.medcom.id/ekonomi/bisnis/2-y", 
              published=NOW - timedelta(hours=1))
 OLD = Story(uid="3", feed="f", url="https://www.medcom.id/internasional/3", title="Lama",
             section="Internasional", categories=("Internasional",), published=NOW - timedelta(days=3))
+
+
+def decide(story: Story, feed: FeedConfig, channels: dict[str, ChannelSettings], now: datetime,
+           **kwargs: object) -> list[Decision]:
+    """The decisions of a poll that brought only `story`."""
+    (decisions,) = decide_poll([story], feed, channels, now, **kwargs)  # type: ignore[arg-type]
+    return decisions
 
 
 def feed(**filters: object) -> FeedConfig:
@@ -58,19 +65,77 @@ def test_channels_only_hear_their_feeds() -> None:
     assert [d.channel for d in decisions] == ["a", "c"]
 
 
-@pytest.mark.parametrize(("policy", "rank", "allowed"), [
-    ("skip", 0, False), ("all", 99, True), ("latest:2", 0, True), ("latest:2", 1, True),
-    ("latest:2", 2, False),
+@pytest.mark.parametrize(("policy", "quota"), [("skip", 0), ("all", None), ("latest:3", 3)])
+def test_first_run_quota(policy: str, quota: int | None) -> None:
+    assert first_run_quota(policy) == quota
+
+
+def story(n: int, section: str = "Internasional", age_hours: float = 1) -> Story:
+    """Story `n` of a poll; a smaller age is newer."""
+    return Story(uid=str(n), feed="f", url=f"https://www.medcom.id/{section.lower()}/{n}", title=f"S{n}",
+                 section=section, categories=(section,), published=NOW - timedelta(hours=age_hours))
+
+
+# Newest first, as parse_feed orders them: an economy story, then international ones, one too old.
+POLL = [story(1, "Ekonomi", 1), story(2, age_hours=2), story(3, "Ekonomi", 3), story(4, age_hours=4),
+        story(5, age_hours=50), story(6, age_hours=6), story(7, age_hours=7)]
+
+
+@pytest.mark.parametrize(("policy", "feed_filters", "channels", "expected"), [
+    # latest:N counts only the stories that pass the filters: 3 international ones are posted
+    ("latest:3", {"include_categories": ["Internasional"], "max_age": "1d"}, {"c": {}},
+     {"c": ["filtered", "queued", "filtered", "queued", "too_old", "queued", "first_run_skip"]}),
+    ("latest:1", {}, {"c": {}},
+     {"c": ["queued", *["first_run_skip"] * 6]}),
+    ("skip", {"max_age": "1d"}, {"c": {}},
+     {"c": ["first_run_skip"] * 4 + ["too_old"] + ["first_run_skip"] * 2}),
+    ("all", {"max_age": "1d"}, {"c": {}},
+     {"c": ["queued"] * 4 + ["too_old"] + ["queued"] * 2}),
+    # each channel has its own quota, counted over the stories that pass its own filters
+    ("latest:2", {},
+     {"eko": {"include_categories": ["ekonomi"]}, "intl": {"exclude_categories": ["ekonomi"]}},
+     {"eko": ["queued", "filtered", "queued", "filtered", "filtered", "filtered", "filtered"],
+      "intl": ["filtered", "queued", "filtered", "queued", "first_run_skip", "first_run_skip",
+               "first_run_skip"]}),
+    # a channel that does not run uses its quota too: what it missed reads the same in `why`
+    ("latest:1", {}, {"off": {}},
+     {"off": ["not_running", *["first_run_skip"] * 6]}),
 ])
-def test_first_run_policies(policy: str, rank: int, allowed: bool) -> None:
-    assert first_run_allows(policy, rank) is allowed
-    (d,) = decide(INTL, feed(first_run=policy), {"c": channel()}, NOW, first_run=True, rank=rank)
-    assert d.decision == ("queued" if allowed else "first_run_skip")
+def test_first_poll_quota_counts_stories_that_pass_each_channels_filters(
+        policy: str, feed_filters: dict[str, object], channels: dict[str, dict[str, object]],
+        expected: dict[str, list[str]]) -> None:
+    decisions = decide_poll(POLL, feed(first_run=policy, **feed_filters),
+                            {n: channel(**f) for n, f in channels.items()}, NOW, first_run=True,
+                            unavailable={"off": "no token"})
+    for name, wanted in expected.items():
+        assert [d.decision for ds in decisions for d in ds if d.channel == name] == wanted, name
 
 
-def test_first_run_does_not_matter_after_the_first_poll() -> None:
-    (d,) = decide(INTL, feed(first_run="skip"), {"c": channel()}, NOW, first_run=False, rank=5)
-    assert d.decision == "queued"
+def test_after_the_first_poll_every_story_that_passes_is_queued() -> None:
+    decisions = decide_poll(POLL, feed(first_run="skip", max_age="1d"), {"c": channel()}, NOW)
+    assert [d.decision for (d,) in decisions] == ["queued"] * 4 + ["too_old"] + ["queued"] * 2
+
+
+def test_first_run_skip_names_the_rule() -> None:
+    ((first,), (second,)) = decide_poll([story(1), story(2)], feed(first_run="latest:1"),
+                                        {"c": channel()}, NOW, first_run=True)
+    assert first.decision == "queued"
+    assert (second.decision, second.rule) == ("first_run_skip", "feeds.f.first_run")
+    assert "latest:1" in second.detail
+
+
+@pytest.mark.parametrize("first_run", [False, True])
+def test_a_linkless_story_is_explained_for_every_channel_and_never_queued(first_run: bool) -> None:
+    linkless = Story(uid="sha1:x", feed="f", url="", title="Judul saja", section="Internasional",
+                     categories=("Internasional",), published=NOW)
+    decisions = decide_poll([linkless, story(2)], feed(first_run="latest:1"),
+                            {"a": channel(), "b": channel(include_categories=["ekonomi"]), "off": channel()},
+                            NOW, first_run=first_run, unavailable={"off": "no token"})
+    assert [(d.channel, d.decision, d.rule) for d in decisions[0]] == [
+        ("a", "no_link", "link"), ("b", "no_link", "link"), ("off", "no_link", "link")]
+    assert all("no usable link" in d.detail for d in decisions[0])
+    # the linkless story does not use a channel's first-run quota
+    assert [d.decision for d in decisions[1]] == ["queued", "filtered", "not_running"]
 
 
 @pytest.mark.parametrize(("failures", "retry_after", "expected"), [
