@@ -171,7 +171,8 @@ class HttpServer:
             access_log=None,
             logger=_PROTOCOL_LOG,
             shutdown_timeout=5.0,
-            keepalive_timeout=self.config.keepalive_timeout,
+            # aiohttp's own idle timer is only a backstop: the guard's fires first.
+            keepalive_timeout=self.config.keepalive_timeout + self.config.header_timeout,
             # Per line as large as the total: the guard's 431 answers first, in one way.
             max_line_size=self.config.max_header_bytes,
             max_field_size=self.config.max_header_bytes,
