@@ -133,6 +133,8 @@ class HttpConfig(_Strict):
     # Peers whose X-Forwarded-For is believed (addresses or CIDRs); everyone else is the client.
     trusted_proxies: list[str] = ["127.0.0.1", "::1"]
     max_connections: int = Field(default=256, ge=1, le=10_000)
+    # Open connections one address may hold (trusted proxies exempt); 0 = no cap.
+    max_connections_per_address: int = Field(default=32, ge=0)
     header_timeout: Duration = 10.0  # a connection must send a request's complete headers by then
     keepalive_timeout: Duration = 15.0  # an idle keep-alive connection is closed after this
     max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)

@@ -24,7 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from bot.config import HttpConfig, parse_networks, split_listen
 from bot.web_connections import ConnectionLimits, ConnectionPool, ConnectionStats
-from bot.web_requests import ClientLimiter, RequestRefused, client_address, read_json
+from bot.web_requests import ClientLimiter, RequestRefused, client_address, parse_address, read_json
 
 __all__ = [
     "ClientLimiter",
@@ -92,6 +92,7 @@ class HttpServer:
             self.config.header_timeout,
             self.config.keepalive_timeout,
             self.config.max_header_bytes,
+            self.config.max_connections_per_address,
         )
         self.prefixes: list[str] = []
         self._routes: list[web.AbstractRouteDef] = []
@@ -156,6 +157,12 @@ class HttpServer:
     def open_connections(self) -> int:
         return len(self._pool.open) if self._pool is not None else 0
 
+    def _is_trusted_proxy(self, peer: str) -> bool:
+        address = parse_address(peer)
+        return address is not None and any(
+            address.version == net.version and address in net for net in self.trusted_proxies
+        )
+
     def client_address(self, request: web.BaseRequest) -> str:
         """The client's address, believing X-Forwarded-For only from `trusted_proxies`."""
         return client_address(request, self.trusted_proxies)
@@ -180,7 +187,7 @@ class HttpServer:
         )
         await runner.setup()
         assert runner.server is not None
-        pool = ConnectionPool(runner.server, self.limits, self.name)
+        pool = ConnectionPool(runner.server, self.limits, self.name, self._is_trusted_proxy)
         try:
             await _GuardedSite(runner, self.host, self._requested_port, pool).start()
         except OSError:

@@ -15,8 +15,13 @@ A connection is in one of three states:
 - `busy`: a request reached the application (the server's middleware calls `request_started`)
   until its task, response included, is done. No timer: handlers bound their own reads.
 - `idle`: between requests. The keep-alive timer runs; the first new byte starts `headers`.
-At the connection cap, the connection that has waited longest in `headers` or `idle` is closed
-to make room; only when every connection is busy is the newcomer refused with a 503.
+At the connection cap, the connection that has waited longest in `headers` (blank line not yet
+seen) or `idle` is closed to make room, so a client that sends its headers at once gets in even
+while half-sent requests fill the cap; only when none is waiting is the newcomer refused (503).
+Busy connections are bounded by the handlers (read_json's body timeout) and aiohttp's lingering.
+One address (not a trusted proxy) may hold `max_per_address` connections, and at the cap the
+room is taken from the address holding the most: a flood from a few addresses, even one that
+reconnects as fast as it is closed, only ever closes its own connections.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class ConnectionLimits:
     header_timeout: float = 10.0
     keepalive_timeout: float = 15.0
     max_header_bytes: int = 16_384
+    max_per_address: int = 32  # 0: no cap
 
 
 @dataclass
@@ -55,7 +61,7 @@ class ConnectionStats:
     """What the guard did since the server started (for tests, logs and later metrics)."""
 
     accepted: int = 0
-    refused: int = 0  # at the cap with every connection busy: 503
+    refused: int = 0  # 503: the address holds its share, or every connection is busy
     evicted: int = 0  # closed to make room for a newcomer
     header_timeouts: int = 0
     idle_timeouts: int = 0
@@ -132,7 +138,7 @@ class GuardedConnection(asyncio.Protocol):
         self.active += 1
         self.state = BUSY
         self._cancel_timer()
-        self.pool.waiting.pop(self, None)
+        self.pool.unwait(self)
 
     def request_finished(self) -> None:
         self.active -= 1
@@ -163,8 +169,7 @@ class GuardedConnection(asyncio.Protocol):
     def _arm(self, delay: float) -> None:
         self._cancel_timer()
         self._timer = asyncio.get_running_loop().call_later(delay, self._expired)
-        self.pool.waiting.pop(self, None)
-        self.pool.waiting[self] = None  # to the end: the longest waiting come first
+        self.pool.wait(self)  # to the end: the longest waiting come first
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -181,6 +186,8 @@ class GuardedConnection(asyncio.Protocol):
             return False
         self.headers_ended = end >= 0
         self._tail = seen[-3:]
+        if self.headers_ended:  # a request is coming: no longer the first to make room
+            self.pool.unwait(self)
         return True
 
     def _expired(self) -> None:
@@ -196,36 +203,50 @@ class ConnectionPool:
     """The protocol factory for `loop.create_server`: admits, tracks and closes connections."""
 
     def __init__(
-        self, make_handler: Callable[[], asyncio.Protocol], limits: ConnectionLimits, name: str
+        self,
+        make_handler: Callable[[], asyncio.Protocol],
+        limits: ConnectionLimits,
+        name: str,
+        exempt: Callable[[str], bool] = lambda peer: False,
     ) -> None:
         self.make_handler = make_handler  # aiohttp's web.Server: makes one RequestHandler
         self.limits = limits
         self.name = name
+        self.exempt = exempt  # peers without a per-address cap: trusted proxies
         self.stats = ConnectionStats()
         self.open: dict[asyncio.BaseTransport, GuardedConnection] = {}
-        self.waiting: dict[GuardedConnection, None] = {}  # headers/idle, longest waiting first
+        self.per_peer: dict[str, int] = {}
+        # Connections in `headers`/`idle`, per peer address, longest waiting first.
+        self.waiting: dict[str, dict[GuardedConnection, None]] = {}
 
     def __call__(self) -> GuardedConnection:
         return GuardedConnection(self)
 
+    def wait(self, conn: GuardedConnection) -> None:
+        queue = self.waiting.setdefault(conn.peer, {})
+        queue.pop(conn, None)
+        queue[conn] = None
+
+    def unwait(self, conn: GuardedConnection) -> None:
+        queue = self.waiting.get(conn.peer)
+        if queue is not None and queue.pop(conn, 0) is None and not queue:
+            del self.waiting[conn.peer]
+
     def admit(self, conn: GuardedConnection) -> bool:
-        """Make room for `conn` (closing the longest waiting one at the cap); False when full."""
+        """Make room for `conn`; False (refuse it) when its address holds its share already or
+        when nothing can be closed for it."""
         assert conn.transport is not None
+        per_peer = self.limits.max_per_address
+        if per_peer and self.per_peer.get(conn.peer, 0) >= per_peer and not self.exempt(conn.peer):
+            return self._refuse(conn, f"{conn.peer} holds {per_peer} connections already")
         if len(self.open) >= self.limits.max_connections:
-            victim = next(iter(self.waiting), None)
+            victim = self._victim()
             if victim is None:
-                self.stats.refused += 1
-                log.warning(
-                    "http %s: %d connections open, all busy; refused one from %s",
-                    self.name,
-                    len(self.open),
-                    conn.peer,
-                )
-                return False
+                return self._refuse(conn, "every connection is busy")
             self.stats.evicted += 1
             log.warning(
-                "http %s: %d connections open (the cap); closed the longest waiting one "
-                "(from %s) to admit one from %s",
+                "http %s: %d connections open (the cap); closed the longest waiting one of %s to "
+                "admit one from %s",
                 self.name,
                 len(self.open),
                 victim.peer,
@@ -234,12 +255,29 @@ class ConnectionPool:
             victim.close()
         self.stats.accepted += 1
         self.open[conn.transport] = conn
+        self.per_peer[conn.peer] = self.per_peer.get(conn.peer, 0) + 1
         return True
 
+    def _victim(self) -> GuardedConnection | None:
+        """The longest waiting connection of the address holding the most connections: a flood
+        from a few addresses closes its own, never the one of a reader elsewhere."""
+        if not self.waiting:
+            return None
+        peer = max(self.waiting, key=lambda p: self.per_peer.get(p, 0))
+        return next(iter(self.waiting[peer]))
+
+    def _refuse(self, conn: GuardedConnection, why: str) -> bool:
+        self.stats.refused += 1
+        log.warning("http %s: refused a connection from %s (503): %s", self.name, conn.peer, why)
+        return False
+
     def forget(self, conn: GuardedConnection) -> None:
-        self.waiting.pop(conn, None)
+        self.unwait(conn)
         if conn.transport is not None and self.open.get(conn.transport) is conn:
             del self.open[conn.transport]
+            left = self.per_peer.pop(conn.peer, 1) - 1
+            if left:
+                self.per_peer[conn.peer] = left
 
     def started(self, transport: asyncio.BaseTransport | None) -> GuardedConnection | None:
         """Mark the connection of `transport` busy (a request reached the app); None if unknown."""
