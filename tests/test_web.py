@@ -128,6 +128,46 @@ async def test_slowloris_is_cut_off_by_the_header_timeout_and_the_cap_holds() ->
         assert open_fds() <= fds_before + 1
 
 
+async def test_one_address_cannot_take_the_connections_of_readers_elsewhere() -> None:
+    """Directly exposed (no trusted proxy): one address holds at most its share; at the cap the
+    room comes from the address holding the most, never from a reader at another address."""
+    async with serving(trusted_proxies=[], max_connections=10, max_connections_per_address=8) as server:
+        request = b"GET /t/hello HTTP/1.1\r\nHost: x\r\n\r\n"
+        reader_at_3, writer_at_3 = await asyncio.open_connection(
+            "127.0.0.1", server.port, local_addr=("127.0.0.3", 0)
+        )  # all of 127/8 is loopback
+        writer_at_3.write(request)
+        assert (await reader_at_3.readuntil(b"hi")).startswith(b"HTTP/1.1 200 ")  # now idle
+
+        flood = []
+        for _ in range(40):  # from 127.0.0.1
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /t/hello HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            flood.append((reader, writer))
+        answers = [await closed_by_server(reader) for reader, _ in flood]
+        assert sum(1 for a in answers if a is None) == 8  # its share stays open...
+        assert all(a.startswith(b"HTTP/1.1 503 ") for a in answers if a is not None)  # the rest: 503
+
+        reader_at_4, writer_at_4 = await asyncio.open_connection(
+            "127.0.0.1", server.port, local_addr=("127.0.0.4", 0)
+        )
+        writer_at_4.write(request)
+        assert (await reader_at_4.readuntil(b"hi")).startswith(b"HTTP/1.1 200 ")
+        assert server.open_connections == 10  # the cap: the next one needs room
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, local_addr=("127.0.0.5", 0))
+        writer.write(b"GET /t/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200 ")
+        writer.close()
+        assert server.stats.evicted == 1
+        assert sum([await closed_by_server(r) is None for r, _ in flood]) == 7  # the flood paid
+        for reader, writer in ((reader_at_3, writer_at_3), (reader_at_4, writer_at_4)):
+            writer.write(request)  # the idle readers elsewhere are still connected
+            assert (await reader.readuntil(b"hi")).startswith(b"HTTP/1.1 200 ")
+            writer.close()
+        for _, writer in flood:
+            writer.close()
+
+
 async def test_a_slow_drip_of_header_bytes_does_not_extend_the_timeout() -> None:
     async with serving(header_timeout=1.0) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -138,7 +178,9 @@ async def test_a_slow_drip_of_header_bytes_does_not_extend_the_timeout() -> None
             writer.write(b"X-A: b\r\n")  # a header line every half second, never the blank line
             answer = await closed_by_server(reader)
         writer.close()
-        assert answer is not None and answer.startswith(b"HTTP/1.1 408 ")
+        # The 408 may be lost to a reset when the close crosses a header line in flight.
+        assert answer is not None and (answer == b"" or answer.startswith(b"HTTP/1.1 408 "))
+        assert server.stats.header_timeouts == 1
         assert 1.0 <= asyncio.get_running_loop().time() - started < 2.0
 
 
