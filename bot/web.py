@@ -24,7 +24,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from bot.config import HttpConfig, parse_networks, split_listen
 from bot.web_connections import ConnectionLimits, ConnectionPool, ConnectionStats
-from bot.web_requests import ClientLimiter, RequestRefused, client_address, parse_address, read_json
+from bot.web_requests import (
+    ClientLimiter,
+    RequestRefused,
+    client_address,
+    in_networks,
+    parse_address,
+    read_json,
+)
 
 __all__ = [
     "ClientLimiter",
@@ -159,9 +166,7 @@ class HttpServer:
 
     def _is_trusted_proxy(self, peer: str) -> bool:
         address = parse_address(peer)
-        return address is not None and any(
-            address.version == net.version and address in net for net in self.trusted_proxies
-        )
+        return address is not None and in_networks(address, self.trusted_proxies)
 
     def client_address(self, request: web.BaseRequest) -> str:
         """The client's address, believing X-Forwarded-For only from `trusted_proxies`."""

@@ -53,8 +53,9 @@ def parse_address(value: str) -> IPAddress | None:
     return address
 
 
-def _trusted(address: IPAddress, proxies: Sequence[Network]) -> bool:
-    return any(address.version == net.version and address in net for net in proxies)
+def in_networks(address: IPAddress, networks: Sequence[Network]) -> bool:
+    """True when `address` lies in one of `networks`."""
+    return any(address.version == net.version and address in net for net in networks)
 
 
 def client_address(request: web.BaseRequest, trusted_proxies: Sequence[Network]) -> str:
@@ -69,7 +70,7 @@ def client_address(request: web.BaseRequest, trusted_proxies: Sequence[Network])
     peer = parse_address(peer_text)
     if peer is None:
         return peer_text or "?"
-    if not _trusted(peer, trusted_proxies):
+    if not in_networks(peer, trusted_proxies):
         return str(peer)
     hops = [
         hop
@@ -83,7 +84,7 @@ def client_address(request: web.BaseRequest, trusted_proxies: Sequence[Network])
         if address is None:
             break
         client = address
-        if not _trusted(address, trusted_proxies):
+        if not in_networks(address, trusted_proxies):
             break
     return str(client)
 
