@@ -137,11 +137,11 @@ class SubscriptionStore:
                 subscriptions.c.endpoint_hash == key).values(**values))
             if done.rowcount:
                 return False
-            if admit is not None and not replaced:
-                admit()
             count = (await conn.execute(select(func.count()).select_from(subscriptions))).scalar_one()
             if count >= max_subscriptions and not await self._make_room(conn, now - unconfirmed_after):
                 raise InvalidRequest("this site has reached its subscription limit")
+            if admit is not None and not replaced:
+                admit()  # last, so a refusal for a full table costs no quota (a raise rolls back)
             await conn.execute(insert(subscriptions).values(endpoint_hash=key, created_at=now, **values))
         return True
 
