@@ -31,17 +31,17 @@ ENV PATH=/opt/siar/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     SIAR_CONFIG=/etc/siar/config.toml \
     SIAR_STORE_URL=sqlite:////var/lib/siar/siar.db \
-    SIAR_METRICS_LISTEN=0.0.0.0:9184 \
+    SIAR_METRICS_LISTEN=0.0.0.0:9464 \
     SIAR_WEB_LISTEN=0.0.0.0:8080
 # Numeric, so that orchestrators can verify runAsNonRoot without reading /etc/passwd.
 USER 10001:10001
 WORKDIR /var/lib/siar
 VOLUME ["/var/lib/siar"]
-# 8080: web push subscribe page ([webpush] listen); 9184: /metrics, /healthz, /readyz ([metrics] listen)
-EXPOSE 8080 9184
+# 8080: web push subscribe page ([webpush] listen); 9464: /metrics, /healthz, /readyz ([metrics] listen)
+EXPOSE 8080 9464
 # slim has no curl: Python's urllib asks /healthz; a 503 or no answer raises, so the exit code is 1.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('SIAR_METRICS_LISTEN', ':9184').rsplit(':', 1)[1]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('SIAR_METRICS_LISTEN', ':9464').rsplit(':', 1)[1]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
 # SIGTERM: polling stops, in-flight posts get [daemon] shutdown_grace, siar exits 0.
 STOPSIGNAL SIGTERM
 CMD ["siar", "run"]

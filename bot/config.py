@@ -7,6 +7,7 @@ empty secret key) does not fail the load: it is listed in `Config.disabled` with
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -159,15 +160,83 @@ class FeedConfig(Filters):
 class MetricsConfig(_Strict):
     # /metrics, /healthz and /readyz (bot/health.py); "" turns them off. Loopback by default:
     # they carry no authentication.
-    listen: str = "127.0.0.1:9184"
+    listen: str = "127.0.0.1:9464"
 
     @field_validator("listen")
     @classmethod
     def _address(cls, value: str) -> str:
         match = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\s]*):(\d{1,5})", value.strip())
         if value and (not match or int(match.group(2)) > 65535):
-            raise ValueError('must be "HOST:PORT" (e.g. "127.0.0.1:9184"), or "" for no metrics')
+            raise ValueError('must be "HOST:PORT" (e.g. "127.0.0.1:9464"), or "" for no metrics')
         return value.strip()
+
+
+class HttpConfig(_Strict):
+    """`[http]`: the public HTTP server that components (web push, ...) add their routes to.
+
+    Without the section, `[webpush] listen`, `public_url` and `trust_forwarded_for` supply its
+    values (see channels/webpush/config.py `http_config`).
+    """
+
+    listen: str = "127.0.0.1:8080"
+    public_url: str = ""  # where the outside reaches the server's root, e.g. "https://www.example.com/siar/"
+    # Peers whose X-Forwarded-For is believed (addresses or CIDRs); everyone else is the client.
+    trusted_proxies: list[str] = ["127.0.0.1", "::1"]
+    max_connections: int = Field(default=256, ge=1, le=10_000)
+    # Open connections one address may hold (trusted proxies exempt); 0 = no cap.
+    max_connections_per_address: int = Field(default=32, ge=0)
+    header_timeout: Duration = 10.0  # a connection must send a request's complete headers by then
+    keepalive_timeout: Duration = 15.0  # an idle keep-alive connection is closed after this
+    max_header_bytes: int = Field(default=16_384, ge=1024, le=1_048_576)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_listen(value)
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+            raise ValueError('must be an http(s) URL like "https://www.example.com/siar/"')
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, values: list[str]) -> list[str]:
+        parse_networks(values)
+        return values
+
+    @field_validator("header_timeout", "keepalive_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not 0 < value <= 3600:
+            raise ValueError("must be between 0 and 1h (e.g. \"10s\")")
+        return value
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """("host", port) for "127.0.0.1:8080", "[::1]:8080" or ":8080"; ValueError otherwise."""
+    match = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\s]*):(\d{1,5})", value.strip())
+    if not match or int(match.group(2)) > 65535:
+        raise ValueError('must be "HOST:PORT", e.g. "127.0.0.1:8080"')
+    return match.group(1).strip("[]") or "0.0.0.0", int(match.group(2))
+
+
+def parse_networks(values: list[str]) -> tuple[Network, ...]:
+    """The networks of addresses/CIDRs like "10.0.0.0/8" or "::1"; ValueError naming a bad one."""
+    out = []
+    for value in values:
+        try:
+            out.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or network like \"10.0.0.0/8\"") from None
+    return tuple(out)
 
 
 class Config(_Strict):
@@ -178,6 +247,7 @@ class Config(_Strict):
     metrics: MetricsConfig = MetricsConfig()
     cleaning: CleaningRules = CleaningRules()
     cta: CTA = CTA()
+    http: HttpConfig = HttpConfig()
     feeds: list[FeedConfig] = []
     channels: dict[str, ChannelSettings] = {}
     # Filled by the loader, not by the file:

@@ -181,7 +181,7 @@ def test_the_image_runs_as_siar_with_the_agreed_layout() -> None:
     assert [a for w, a in final if w == "VOLUME"] == ['["/var/lib/siar"]']
     assert [a for w, a in final if w == "STOPSIGNAL"] == ["SIGTERM"]
     assert [json.loads(a) for w, a in final if w == "CMD"] == [["siar", "run"]]
-    assert {"8080", "9184"} <= set(next(a for w, a in final if w == "EXPOSE").split())
+    assert {"8080", "9464"} <= set(next(a for w, a in final if w == "EXPOSE").split())
     env = env_of_final_stage()
     assert env["SIAR_CONFIG"] == "/etc/siar/config.toml"
     assert env["SIAR_METRICS_LISTEN"].startswith("0.0.0.0:")
@@ -249,7 +249,7 @@ def test_the_container_config_is_valid_with_the_image_environment(monkeypatch: p
     for key, val in env_of_final_stage().items():
         monkeypatch.setenv(key, val)
     config = load_config(CONTAINER_CONFIG)
-    assert config.metrics.listen == "0.0.0.0:9184"
+    assert config.metrics.listen == "0.0.0.0:9464"
     assert config.store.url == "sqlite:////var/lib/siar/siar.db"
     webpush = config.sections["webpush"]
     assert webpush.listen == "0.0.0.0:8080" and webpush.vapid_key_file.startswith("/var/lib/siar/")
@@ -376,7 +376,7 @@ type = "console"
         SIAR_CONFIG=str(config),
         SIAR_STORE_URL=f"sqlite:///{data / 'siar.db'}",
         SIAR_METRICS_LISTEN="127.0.0.1:0",
-    )  # not 0.0.0.0:9184 on a shared machine
+    )  # not 0.0.0.0:9464 on a shared machine
     cmd = next(json.loads(a) for _, w, a in instructions() if w == "CMD")
 
     check = subprocess.run(["siar", "check"], cwd=data, env=env, capture_output=True, text=True, timeout=60)

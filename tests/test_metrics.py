@@ -305,13 +305,13 @@ def test_recording_stays_cheap() -> None:
 
 
 def test_metrics_listen_is_checked_and_may_be_empty(make_config: Callable[[str], Config]) -> None:
-    assert make_config("").metrics.listen == "127.0.0.1:9184"
+    assert make_config("").metrics.listen == "127.0.0.1:9464"
     assert make_config('[metrics]\nlisten = ""\n').metrics.listen == ""
-    assert make_config('[metrics]\nlisten = "0.0.0.0:9184"\n').metrics.listen == "0.0.0.0:9184"
+    assert make_config('[metrics]\nlisten = "0.0.0.0:9464"\n').metrics.listen == "0.0.0.0:9464"
     with pytest.raises(ConfigError) as err:
-        make_config('[site]\nname = "x"\n\n[metrics]\nlisten = "9184"\n')
+        make_config('[site]\nname = "x"\n\n[metrics]\nlisten = "9464"\n')
     assert err.value.problems[0].endswith(
-        ':5: metrics.listen: must be "HOST:PORT" (e.g. "127.0.0.1:9184"), or "" for no metrics'
+        ':5: metrics.listen: must be "HOST:PORT" (e.g. "127.0.0.1:9464"), or "" for no metrics'
     )
 
 

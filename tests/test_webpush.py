@@ -13,12 +13,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+from sqlalchemy import update
 
 from bot.app import App, build
 from bot.config import Config, ConfigError
@@ -35,6 +37,7 @@ from channels.webpush import (
     Topic,
     WebPushChannel,
     classify,
+    http_config,
     init_command,
     load_vapid,
     parse_retry_after,
@@ -42,11 +45,14 @@ from channels.webpush import (
     split_listen,
     wanted_by,
 )
+from channels.webpush.store import subscriptions
+from channels.webpush.subscription import InvalidRequest
 from tests.fake_push import FakePushService
 from tests.fakes import Clock
 from tests.feedserver import FeedServer, Route, rss
 
 CONFIG = """
+{top}
 [[feeds]]
 name = "f"
 url = "{feed}"
@@ -61,6 +67,7 @@ push_hosts = ["127.0.0.1"]
 ca_file = "{ca}"
 allowed_origins = ["https://www.example.com"]
 client_rate_limit = "1000/min"
+{webpush}
 icon = "https://www.example.com/icon-192.png"
 topics = [
   {{ id = "sport", label = "Olahraga" }},
@@ -73,6 +80,7 @@ rate_limit = "1000/s"
 {channel}
 """
 QUICK = 'concurrency = 4\nretries = 1\nmax_retry_wait = "5s"'
+WEBPUSH = 'new_subscriptions_per_client = ["1000/min"]'
 SITE = "https://www.example.com"
 WORLD_STORY = {"title": "Gencatan senjata di Gaza", "link": "https://www.example.com/internasional/1",
                "guid": "1", "category": "Internasional",
@@ -106,8 +114,10 @@ class Env:
         return self.channel.keys.public
 
     async def post(self, path: str, body: Any, origin: str | None = SITE,
-                   raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
+                   raw: bytes | None = None, forwarded_for: str = "") -> tuple[int, dict[str, Any]]:
         headers = {"Content-Type": "application/json"}
+        if forwarded_for:
+            headers["X-Forwarded-For"] = forwarded_for
         if origin:
             headers["Origin"] = origin
         async with aiohttp.ClientSession() as s, s.post(
@@ -144,9 +154,11 @@ async def make_env(tmp_path: Path, feed_server: FeedServer,
     envs: list[Env] = []
     async with FakePushService(tmp_path / "push") as push:
 
-        async def make(channel: str = QUICK, language: str = "id") -> Env:
+        async def make(channel: str = QUICK, language: str = "id", *, top: str = "",
+                       webpush: str = WEBPUSH) -> Env:
             config = make_config(CONFIG.format(feed=feed_server.url("/f"), ca=push.cert_file,
-                                               channel=channel, language=language))
+                                               channel=channel, language=language, top=top,
+                                               webpush=webpush))
             if not (tmp_path / "vapid.pem").exists():
                 assert init_command(config, out=io.StringIO()) == 0
             clock = Clock()
@@ -280,6 +292,99 @@ async def test_subscribe_is_rate_limited_per_client(env: Env) -> None:
     answers = [(await env.post("subscribe", {"subscription": valid(env)}))[0] for _ in range(5)]
     assert answers == [201, 201, 201, 429, 429]
     assert (await env.post("unsubscribe", {"endpoint": "https://127.0.0.1/x"}))[0] == 429
+
+
+# --- the holes found by probing the running daemon ----------------------------------------------
+
+TRUSTED_PROXY = '[http]\nlisten = "127.0.0.1:0"\ntrusted_proxies = ["127.0.0.1"]\n'
+
+
+async def test_deeply_nested_json_is_a_clear_400(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    deep = b'{"subscription": ' + b"[" * 2000 + b"]" * 2000 + b"}"
+    status, body = await env.post("subscribe", None, raw=deep)
+    assert (status, body["error"]) == (400, "JSON nested deeper than 8 levels")
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(env: Env) -> None:
+    """No [http] and trust_forwarded_for = false: the peer is the client, whatever it claims."""
+    server = env.channel.server
+    assert server is not None
+    server.limiter = ClientLimiter("3/min")
+    answers = [(await env.post("subscribe", {"subscription": valid(env)},
+                               forwarded_for=f"203.0.113.{i}"))[0] for i in range(5)]
+    assert answers == [201, 201, 201, 429, 429]
+
+
+async def test_forwarded_for_from_a_trusted_proxy_names_the_right_most_untrusted_hop(
+        make_env: Callable[..., Awaitable[Env]]) -> None:
+    env = await make_env(top=TRUSTED_PROXY)
+    server = env.channel.server
+    assert server is not None
+    server.limiter = ClientLimiter("2/min")
+    # Hops left of the one our proxy saw are the client's own words: varying them gains nothing.
+    spoofed = [(await env.post("subscribe", {"subscription": valid(env)},
+                               forwarded_for=f"6.6.6.{i}, 198.51.100.7"))[0] for i in range(3)]
+    assert spoofed == [201, 201, 429]
+    other = await env.post("subscribe", {"subscription": valid(env)}, forwarded_for="198.51.100.8")
+    assert other[0] == 201
+
+
+async def test_a_flood_from_one_address_cannot_lock_out_new_readers(
+        make_env: Callable[..., Awaitable[Env]]) -> None:
+    env = await make_env(top=TRUSTED_PROXY, webpush='new_subscriptions_per_client = ["3/h"]\n'
+                         'max_subscriptions = 6\nunconfirmed_after = "1d"')
+    subs = env.channel.subs
+    assert subs is not None
+
+    async def subscribe(client: str, topics: list[str]) -> tuple[int, dict[str, Any], dict[str, Any]]:
+        sub = valid(env)
+        status, body = await env.post("subscribe", {"subscription": sub, "topics": topics},
+                                      forwarded_for=client)
+        return status, body, sub
+
+    flood = [await subscribe("203.0.113.66", ["sport"]) for _ in range(10)]
+    assert [status for status, _, _ in flood] == [201] * 3 + [429] * 7
+    assert "too many new subscriptions" in flood[-1][1]["error"]
+    env.clock.advance(60)
+    readers = [await subscribe(f"198.51.100.{i}", ["world"]) for i in range(3)]
+    assert [status for status, _, _ in readers] == [201] * 3
+    status, body, _ = await subscribe("192.0.2.1", [])  # full, and everyone is fresh: refused
+    assert (status, body["error"]) == (400, "this site has reached its subscription limit")
+
+    await env.publish(WORLD_STORY)  # the three readers get a push; the flood's never did
+    assert all(len(env.push.delivered(sub)) == 1 for _, _, sub in readers)
+    env.clock.advance(2 * 86400)
+    status, _, late = await subscribe("192.0.2.1", [])
+    assert status == 201  # the oldest never-pushed subscription made room
+    endpoints = {r["endpoint"] for r in await subs.all()}
+    assert endpoints == {flood[1][2]["endpoint"], flood[2][2]["endpoint"], late["endpoint"],
+                         *(sub["endpoint"] for _, _, sub in readers)}
+
+    # A failing subscription goes first, even if it was pushed to and is younger.
+    async with env.app.store.write() as conn:
+        await conn.execute(update(subscriptions).where(
+            subscriptions.c.endpoint == readers[2][2]["endpoint"]).values(failures=2))
+    status, _, _ = await subscribe("192.0.2.2", [])
+    assert status == 201
+    assert readers[2][2]["endpoint"] not in {r["endpoint"] for r in await subs.all()}
+
+
+async def test_clicks_count_only_for_pushed_stories(env: Env) -> None:
+    subs = env.channel.subs
+    assert subs is not None
+    for i in range(30):
+        status, body = await env.post("click", {"tag": f"s{i:020x}", "url": f"https://e.example/{i}"})
+        assert (status, body) == (200, {"ok": True, "counted": False})
+    assert await subs.click_counts() == {}
+    sub = await env.subscribe(["world"])
+    await env.publish(WORLD_STORY)
+    (payload,) = env.push.delivered(sub)
+    assert await subs.click_counts() == {payload["tag"]: 0}
+    for _ in range(2):
+        status, body = await env.post("click", {"tag": payload["tag"], "url": WORLD_STORY["link"]})
+        assert (status, body) == (200, {"ok": True, "counted": True})
+    assert await subs.click_counts() == {payload["tag"]: 2}
 
 
 def test_client_limiter_refills_and_stays_bounded() -> None:
@@ -553,6 +658,27 @@ def test_config_needs_contact_and_section(make_config: Callable[[str], Config]) 
     assert "NO_SUCH_VAR_X" in config.disabled["p"]
 
 
+def test_http_settings_precedence(make_config: Callable[[str], Config]) -> None:
+    """[http] wins; without it the [webpush] keys supply listen, the root URL and trust."""
+    contact = 'contact = "mailto:a@b.c"\n'
+    config = make_config('[webpush]\n' + contact + 'listen = "0.0.0.0:9000"\ntrust_forwarded_for = true\n'
+                         'public_url = "https://www.example.com/siar/push/"\n')
+    http = http_config(config, config.sections["webpush"])
+    assert (http.listen, http.public_url, http.trusted_proxies) == (
+        "0.0.0.0:9000", "https://www.example.com/siar/", ["127.0.0.1", "::1"])  # never "anyone"
+    config = make_config('[webpush]\n' + contact + 'public_url = "https://push.example.com/"\n')
+    http = http_config(config, config.sections["webpush"])
+    assert (http.listen, http.public_url, http.trusted_proxies) == ("127.0.0.1:8080", "", [])
+    config = make_config('[http]\nlisten = "127.0.0.1:9100"\ntrusted_proxies = ["10.0.0.0/8"]\n'
+                         '[webpush]\n' + contact + 'listen = "0.0.0.0:9000"\ntrust_forwarded_for = false\n')
+    assert http_config(config, config.sections["webpush"]) is config.http
+    assert (config.http.listen, config.http.trusted_proxies) == ("127.0.0.1:9100", ["10.0.0.0/8"])
+    with pytest.raises(ConfigError, match=r"config.toml:3: http\.trusted_proxies: .*'10\.0\.0\.0/33' is not"):
+        make_config('[http]\nlisten = "127.0.0.1:9100"\ntrusted_proxies = ["10.0.0.0/33"]\n')
+    with pytest.raises(ConfigError, match=r"http\.listen: must be \"HOST:PORT\""):
+        make_config('[http]\nlisten = "localhost"\n')
+
+
 def test_render_fits_the_push_payload(env: Env) -> None:
     story = Story(uid="1", feed="f", url="https://www.example.com/a", title="Judul " * 80,
                   lead="Kalimat panjang sekali. " * 400, image="https://img.example.com/a.jpg")
@@ -614,8 +740,18 @@ async def test_subscription_store_on_postgres(tmp_path: Path) -> None:
                           {t.delivery_id: t.subscription_id for t in claimed}, max_failures=5)
         assert await subs.tally("siar-1") == {"sent": 1, "gone": 1}
         assert await subs.count() == 2
-        await subs.record_click("s123", "https://e.example/1")
-        await subs.record_click("s123", "https://e.example/1")
+        assert await subs.record_click("s123", "https://e.example/1") is False  # never pushed
+        await subs.expect_clicks("s123", "https://e.example/1")
+        await subs.expect_clicks("s123", "https://e.example/1")
+        assert await subs.record_click("s123", "https://e.example/1") is True
+        assert await subs.click_counts() == {"s123": 1}
+        old = SITE.replace("www", "old")
+        extra = Subscription(push.new_subscription("k")["endpoint"], made[0]["keys"]["p256dh"],
+                             made[0]["keys"]["auth"])
+        with pytest.raises(InvalidRequest):  # full of live subscriptions (none failing, all fresh)
+            await subs.save(extra, old, 2)
+        assert await subs.save(extra, old, 2, unconfirmed_after=timedelta(0)) is True  # one made room
+        assert await subs.count() == 2
     finally:
         await store.close()
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -9,13 +9,14 @@ The package owns the top-level `[webpush]` section. Read it in this order:
 - `subscription`: what a browser's subscription is, how its JSON is checked, which stories it
   wants.
 - `server`: `PushHttpServer`, the subscribe page, service worker, widget and JSON endpoints
-  under /push/ (static assets in `static/`).
+  under /push/ (static assets in `static/`), routes on the shared HTTP server of bot/web.py.
 - `keys`: the VAPID key pair, and `init_command` for `siar webpush init`.
 
 This module re-exports what the rest of siar imports: the registry's `Settings`, `create` and
 `WebPushSection`, the CLI's `init_command`, and what the onesignal channel and the tests use.
 """
 
+from bot.config import split_listen
 from channels.webpush.channel import (
     DEFAULT_TEMPLATE,
     PAYLOAD_MAX,
@@ -26,7 +27,7 @@ from channels.webpush.channel import (
     payload_bytes,
     story_tag,
 )
-from channels.webpush.config import Settings, Topic, WebPushSection, split_listen
+from channels.webpush.config import Settings, Topic, WebPushSection, http_config
 from channels.webpush.keys import b64url, init_command, load_vapid
 from channels.webpush.server import ClientLimiter, PushHttpServer
 from channels.webpush.store import Outcome, SubscriptionStore
@@ -47,6 +48,7 @@ __all__ = [
     "b64url",
     "classify",
     "create",
+    "http_config",
     "init_command",
     "load_vapid",
     "parse_retry_after",

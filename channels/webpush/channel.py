@@ -4,8 +4,8 @@ For each story it plans one delivery row per matching subscription (keyed by the
 idempotency key), pushes them in chunks with bounded concurrency (pywebpush encrypts with
 aes128gcm, py_vapid signs the VAPID JWT), and records each outcome. A resumed row skips what
 was pushed; a push that was in flight when the daemon died is marked `uncertain` and never
-repeated, so nobody gets a story twice. The first channel to start also starts the subscribe
-server, shared by every webpush channel of the process.
+repeated, so nobody gets a story twice. The first channel to start also puts the subscribe
+routes on the process's HTTP server (bot/web.py, `[http]`), shared by every webpush channel.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from bot.counting import Budget, count_graphemes
 from bot.fetch import retry_after_seconds
 from bot.render import PostRenderer, load_template_text, shorten, unit_count
 from bot.types import Button, Length, Post, Receipt, Story
-from channels.webpush.config import Settings, WebPushSection, normalize_origin
+from channels.webpush.config import Settings, WebPushSection, http_config, normalize_origin
 from channels.webpush.keys import KeyError_, VapidKeys, b64url, key_file_path, load_vapid
 from channels.webpush.server import PushHttpServer
 from channels.webpush.store import Outcome, SubscriptionStore, Target
@@ -124,13 +124,18 @@ class WebPushChannel:
             assert self.subs is not None and self.keys is not None and self.section is not None
             cta = self.context.cta
             site = self.context.site
+            http = http_config(self.context.config, self.section)
+            ignored = sorted({"listen", "trust_forwarded_for"} & self.section.model_fields_set)
+            if http is getattr(self.context.config, "http", None) and ignored:
+                log.warning("web push: [http] is set, so [webpush] %s is ignored", ", ".join(ignored))
             server = PushHttpServer(self.section, self.subs, self.keys.public,
                                     site_name=getattr(site, "name", ""),
-                                    notify_text=getattr(cta, "notify_text", ""))
+                                    notify_text=getattr(cta, "notify_text", ""), http=http)
             try:
                 await server.start()
-            except OSError as exc:
-                message = f"cannot listen on {self.section.listen}: {exc.strerror or exc}"
+            except (OSError, RuntimeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                message = f"cannot listen on {http.listen}: {reason}"
                 log.error("web push: %s; the subscribe page is down, pushes still go out", message)
                 await self.context.alert(self.name, message)
                 return
@@ -192,6 +197,7 @@ class WebPushChannel:
                         " not repeated", self.name, lost, key)
         if total == 0:
             return Receipt(remote_id=key, note="no subscriber wants this story")
+        await subs.expect_clicks(str(post.extra.get("tag")), post.story.url)  # only these count
         data = payload_bytes(post.text, post.extra)
         topic = topic_header(self.name if self.settings.replace_unseen else str(post.extra.get("tag")))
         semaphore = asyncio.Semaphore(self.settings.concurrency)

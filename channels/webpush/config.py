@@ -1,7 +1,7 @@
 """The web push configuration: the top-level `[webpush]` section and `[channels.NAME]` settings.
 
-Also the parsing of the section's address values (`listen`, origins), which the subscribe server
-uses as well.
+Also the parsing of origins, and `http_config`: which HTTP server settings the subscribe page
+gets (`[http]`, or the older `[webpush]` keys).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from bot.channel import ChannelSettings
+from bot.config import HttpConfig, split_listen
 from bot.durations import Duration, Rate
 from bot.types import Story
 
@@ -47,6 +48,7 @@ class WebPushSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
     secret_keys: ClassVar[tuple[str, ...]] = ("vapid_private_key",)
 
+    # listen, trust_forwarded_for: used only without an [http] section (see `http_config`)
     listen: str = "127.0.0.1:8080"
     public_url: str = ""  # where readers reach /push/, e.g. "https://www.example.com/push/"
     allowed_origins: list[str] = []  # pages allowed to subscribe, besides public_url's origin
@@ -60,10 +62,15 @@ class WebPushSection(BaseModel):
     vapid_key_file: str = "webpush-vapid.pem"  # relative to the config file; `siar webpush init`
     contact: str  # "mailto:ops@example.com" or an https URL: the push services' way to reach you
     client_rate_limit: Rate = "10/min"  # subscribe/unsubscribe/click requests per client address
-    trust_forwarded_for: bool = False  # true behind a reverse proxy that sets X-Forwarded-For
+    trust_forwarded_for: bool = False  # true: believe X-Forwarded-For from loopback proxies
     push_hosts: list[str] = list(KNOWN_PUSH_HOSTS)  # endpoints must be on these hosts (or below)
     ca_file: str = ""  # extra CA bundle for push endpoints (a private push service, tests)
     max_subscriptions: int = Field(default=1_000_000, ge=1)
+    # New subscriptions one client address may add (every rate applies); updates are free.
+    new_subscriptions_per_client: list[Rate] = ["5/h", "20/d"]
+    # When the table is full, a subscription never pushed to for this long (or failing) makes
+    # room for a new reader instead of the reader being refused.
+    unconfirmed_after: Duration = 3 * 86400.0
 
     @field_validator("contact")
     @classmethod
@@ -126,12 +133,25 @@ class Settings(ChannelSettings):
     title_limit: int = Field(default=120, ge=10, le=300)
 
 
-def split_listen(value: str) -> tuple[str, int]:
-    """("host", port) for "127.0.0.1:8080", "[::1]:8080" or ":8080"; ValueError otherwise."""
-    match = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\s]*):(\d{1,5})", value.strip())
-    if not match or int(match.group(2)) > 65535:
-        raise ValueError('must be "HOST:PORT", e.g. "127.0.0.1:8080"')
-    return match.group(1).strip("[]") or "0.0.0.0", int(match.group(2))
+def http_config(config: object, section: WebPushSection | None) -> HttpConfig:
+    """The HTTP server settings for the subscribe page.
+
+    `[http]` in the file wins. Without it, the compatible `[webpush]` keys supply them: `listen`
+    as is; `public_url` ("https://x/siar/push/") minus its trailing "push/" as the root;
+    `trust_forwarded_for = true` as `trusted_proxies` = loopback (never "anyone"), false as none.
+    """
+    http = getattr(config, "http", None)
+    if isinstance(http, HttpConfig) and "http" in getattr(config, "model_fields_set", ()):
+        return http
+    base = http if isinstance(http, HttpConfig) else HttpConfig()
+    if section is None:
+        return base
+    root = section.public_url[: -len("push/")] if section.public_url.endswith("/push/") else ""
+    return base.model_copy(update={
+        "listen": section.listen,
+        "public_url": root,
+        "trusted_proxies": ["127.0.0.1", "::1"] if section.trust_forwarded_for else [],
+    })
 
 
 def normalize_origin(value: str) -> str | None:

@@ -1,8 +1,9 @@
-"""The subscribe server (`[webpush] listen`): a small aiohttp app under /push/.
+"""The subscribe routes under /push/ of the shared HTTP server (bot/web.py, `[http]`).
 
-It serves the subscribe page, the service worker, the embeddable widget and the JSON endpoints
-that store subscriptions, with origin checks, a per-client rate limit and size limits. Static
-assets live in `channels/webpush/static/`.
+They serve the subscribe page, the service worker, the embeddable widget and the JSON endpoints
+that store subscriptions, with origin checks, per-client rate limits and quotas (the client
+address from bot/web.py, X-Forwarded-For believed only from trusted proxies) and size limits.
+Static assets live in `channels/webpush/static/`.
 """
 
 from __future__ import annotations
@@ -11,18 +12,22 @@ import functools
 import json
 import logging
 import re
-import time
-from collections import OrderedDict
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.durations import parse_rate
-from channels.webpush.config import WebPushSection, normalize_origin, split_listen
+from bot.config import HttpConfig
+from bot.web_requests import ClientLimiter, RequestRefused, client_address, read_json
+from channels.webpush.config import WebPushSection, http_config, normalize_origin
 from channels.webpush.store import SubscriptionStore
 from channels.webpush.subscription import InvalidRequest, parse_subscription
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+    from bot.web import HttpServer
+
+__all__ = ["PREFIX", "ClientLimiter", "PushHttpServer", "load_strings", "static_file"]
 
 log = logging.getLogger("siar.webpush")
 STATIC = Path(__file__).parent / "static"
@@ -42,87 +47,97 @@ def load_strings(language: str) -> dict[str, Any]:
 
 
 
-class ClientLimiter:
-    """A token bucket per client address, pruned so that it cannot grow without bound."""
-
-    def __init__(self, rate: str, max_clients: int = 10_000) -> None:
-        self.count, self.period = parse_rate(rate)
-        self.max_clients = max_clients
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def allow(self, client: str, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        tokens, last = self._buckets.pop(client, (float(self.count), now))
-        tokens = min(float(self.count), tokens + (now - last) * self.count / self.period)
-        allowed = tokens >= 1.0
-        self._buckets[client] = (tokens - 1.0 if allowed else tokens, now)
-        while len(self._buckets) > self.max_clients:
-            self._buckets.popitem(last=False)
-        return allowed
-
 class PushHttpServer:
-    """The subscribe page, service worker, widget and subscription endpoints under /push/."""
+    """The subscribe page, service worker, widget and subscription endpoints under /push/: a
+    route provider for the shared HTTP server (`attach`), or, through `start`, on the process's
+    server for its `[http]` address."""
 
     def __init__(self, section: WebPushSection, subs: SubscriptionStore, public_key: str,
-                 site_name: str = "", notify_text: str = "") -> None:
+                 site_name: str = "", notify_text: str = "", http: HttpConfig | None = None) -> None:
         self.section = section
         self.subs = subs
         self.public_key = public_key
         self.site_name = section.site_name or site_name or "siar"
         self.notify_text = notify_text
+        self.http = http or http_config(None, section)
         self.limiter = ClientLimiter(section.client_rate_limit)
+        self.new_subscriptions = ClientLimiter(section.new_subscriptions_per_client)
         self.strings = load_strings(section.language)
-        self.public_url = section.public_url
-        self._runner: web.AppRunner | None = None
+        self.server: HttpServer | None = None
+        self._owns_server = False
         self._cache: dict[str, bytes] = {}
+
+    @property
+    def public_url(self) -> str:
+        """Where readers reach the page: `[webpush] public_url`, else /push/ on the server's URL."""
+        if self.section.public_url:
+            return self.section.public_url
+        return self.server.external_url(PREFIX + "/") if self.server is not None else ""
 
     @property
     def origins(self) -> set[str]:
         own = normalize_origin(self.public_url)
         return {*self.section.allowed_origins, *([own] if own else [])}
 
-    async def start(self) -> None:
+    def routes(self) -> list[web.RouteDef]:
+        """Every route under /push/."""
         from aiohttp import web
 
-        app = web.Application(client_max_size=64 * 1024, middlewares=[_security_headers_factory()])
-        app.router.add_get(PREFIX, self._redirect)
-        app.router.add_get(PREFIX + "/", self._page)
-        app.router.add_get(PREFIX + "/sw.js", self._sw)
-        app.router.add_get(PREFIX + "/widget.js", self._widget)
-        app.router.add_get(PREFIX + "/vapid-public-key", self._vapid_public_key)
-        app.router.add_get(PREFIX + "/health", self._health)
+        routes = [
+            web.get(PREFIX, self._redirect),
+            web.get(PREFIX + "/", self._page),
+            web.get(PREFIX + "/sw.js", self._sw),
+            web.get(PREFIX + "/widget.js", self._widget),
+            web.get(PREFIX + "/vapid-public-key", self._vapid_public_key),
+            web.get(PREFIX + "/health", self._health),
+        ]
         for name in ("subscribe", "unsubscribe", "click"):
-            app.router.add_post(f"{PREFIX}/{name}", getattr(self, f"_{name}"))
-            app.router.add_route("OPTIONS", f"{PREFIX}/{name}", self._preflight)
+            routes.append(web.post(f"{PREFIX}/{name}", getattr(self, f"_{name}")))
+            routes.append(web.route("OPTIONS", f"{PREFIX}/{name}", self._preflight))
         for asset in ("page.js", "page.css", "icon.svg"):
-            app.router.add_get(f"{PREFIX}/{asset}", self._asset)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        host, port = split_listen(self.section.listen)
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        if not self.public_url:
-            bound = runner.addresses[0]
-            shown = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-            shown = f"[{shown}]" if ":" in shown else shown
-            self.public_url = f"http://{shown}:{bound[1]}{PREFIX}/"
+            routes.append(web.get(f"{PREFIX}/{asset}", self._asset))
+        return routes
+
+    def attach(self, server: HttpServer) -> None:
+        """Add the /push/ routes to `server` (before it starts)."""
+        server.add_routes(self.routes(), prefix=PREFIX)
+        self.server = server
         self._cache.clear()
-        log.info("web push: subscribe page at %s (listening on %s)", self.public_url, self.section.listen)
+
+    async def start(self) -> None:
+        """Serve /push/ on the process's server for `self.http.listen`, starting it if needed.
+
+        OSError when it cannot listen; RuntimeError when that server already runs without
+        /push/ (another component started it first)."""
+        from bot.web import release_server, shared_server
+
+        server = shared_server(self.http)
+        try:
+            if PREFIX not in server.prefixes:
+                self.attach(server)
+            self.server = server
+            await server.start()
+        except BaseException:
+            self.server = None
+            await release_server(server)
+            raise
+        self._owns_server = True
+        self._cache.clear()
+        log.info("web push: subscribe page at %s (listening on %s)", self.public_url, server.name)
 
     @property
     def port(self) -> int:
-        assert self._runner is not None
-        return int(self._runner.addresses[0][1])
+        assert self.server is not None
+        return self.server.port
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        """Give the server back (it stops after its last user)."""
+        from bot.web import release_server
+
+        if self.server is not None and self._owns_server:
+            self._owns_server = False
+            await release_server(self.server)
+        self.server = None
 
     # pages and scripts
 
@@ -212,11 +227,12 @@ class PushHttpServer:
     # JSON endpoints
 
     def _client(self, request: web.Request) -> str:
-        if self.section.trust_forwarded_for:
-            forwarded = request.headers.get("X-Forwarded-For", "")
-            if forwarded:
-                return forwarded.split(",")[-1].strip()  # what our own proxy saw
-        return request.remote or "?"
+        """The client's address (X-Forwarded-For only from the server's trusted proxies)."""
+        if self.server is not None:
+            return self.server.client_address(request)
+        from bot.config import parse_networks
+
+        return client_address(request, parse_networks(self.http.trusted_proxies))
 
     def _cors(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
         origin = normalize_origin(request.headers.get("Origin", ""))
@@ -243,28 +259,18 @@ class PushHttpServer:
         return self._cors(request, web.json_response({"ok": False, "error": message}, status=status))
 
     async def _checked_json(self, request: web.Request, max_bytes: int = 4096) -> Any:
-        """The request's JSON after the origin, rate and size checks; InvalidRequest/_Refused."""
+        """The request's JSON after the origin, rate and size checks; RequestRefused otherwise."""
         origin = normalize_origin(request.headers.get("Origin", ""))
         if not origin or origin not in self.origins:
-            raise _Refused(403, "origin not allowed")
+            raise RequestRefused(403, "origin not allowed")
         if not self.limiter.allow(self._client(request)):
-            raise _Refused(429, "too many requests; try again in a minute")
-        if request.content_type != "application/json":
-            raise _Refused(415, "expected application/json")
-        if request.content_length is not None and request.content_length > max_bytes:
-            raise _Refused(413, f"request larger than {max_bytes} bytes")
-        body = bytearray()  # to the end (a chunked or slow body comes in pieces), one byte past the cap
-        while len(body) <= max_bytes:
-            piece = await request.content.read(max_bytes + 1 - len(body))
-            if not piece:
-                break
-            body += piece
-        if len(body) > max_bytes:
-            raise _Refused(413, f"request larger than {max_bytes} bytes")
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidRequest("not valid JSON") from exc
+            raise RequestRefused(429, "too many requests; try again in a minute")
+        return await read_json(request, max_bytes=max_bytes, max_depth=8)
+
+    def _admit_new(self, client: str) -> None:
+        """The per-client quota of new subscriptions (updates do not count)."""
+        if not self.new_subscriptions.allow(client):
+            raise RequestRefused(429, "too many new subscriptions from your address; try again later")
 
     async def _subscribe(self, request: web.Request) -> web.StreamResponse:
         from aiohttp import web
@@ -276,8 +282,12 @@ class PushHttpServer:
             if replaces is not None and (not isinstance(replaces, str) or len(replaces) > 1024):
                 raise InvalidRequest("replaces: expected the old endpoint URL")
             origin = normalize_origin(request.headers.get("Origin", "")) or ""
-            new = await self.subs.save(sub, origin, self.section.max_subscriptions, replaces)
-        except _Refused as exc:
+            client = self._client(request)
+            new = await self.subs.save(
+                sub, origin, self.section.max_subscriptions, replaces,
+                admit=lambda: self._admit_new(client),
+                unconfirmed_after=timedelta(seconds=self.section.unconfirmed_after))
+        except RequestRefused as exc:
             return self._error(request, exc.status, exc.message)
         except InvalidRequest as exc:
             return self._error(request, 400, str(exc))
@@ -296,7 +306,7 @@ class PushHttpServer:
             if not isinstance(endpoint, str) or not 0 < len(endpoint) <= 1024:
                 raise InvalidRequest("expected {\"endpoint\": URL}")
             removed = await self.subs.remove(endpoint)
-        except _Refused as exc:
+        except RequestRefused as exc:
             return self._error(request, exc.status, exc.message)
         except InvalidRequest as exc:
             return self._error(request, 400, str(exc))
@@ -312,30 +322,9 @@ class PushHttpServer:
                 raise InvalidRequest("tag: expected the notification tag")
             if not isinstance(url, str) or len(url) > 2000 or not url.startswith(("https://", "http://")):
                 raise InvalidRequest("url: expected the story URL")
-            await self.subs.record_click(tag, url)
-        except _Refused as exc:
+            counted = await self.subs.record_click(tag, url)
+        except RequestRefused as exc:
             return self._error(request, exc.status, exc.message)
         except InvalidRequest as exc:
             return self._error(request, 400, str(exc))
-        return self._cors(request, web.json_response({"ok": True}))
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _security_headers_factory() -> Any:
-    from aiohttp import web
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        response: web.StreamResponse = await handler(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
-        return response
-
-    return middleware
-
+        return self._cors(request, web.json_response({"ok": True, "counted": counted}))

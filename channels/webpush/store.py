@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -20,12 +20,16 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.schema import UTCDateTime
@@ -105,29 +109,54 @@ class SubscriptionStore:
         return cast(AbstractAsyncContextManager[AsyncConnection], self.store.write())
 
     async def save(self, sub: Subscription, origin: str, max_subscriptions: int,
-                   replaces: str | None = None) -> bool:
-        """Insert or update `sub`; True when it is new. InvalidRequest when the store is full."""
+                   replaces: str | None = None, *, admit: Callable[[], object] | None = None,
+                   unconfirmed_after: timedelta = timedelta(days=3)) -> bool:
+        """Insert or update `sub`; True when it is new.
+
+        `admit` is called (and may raise to refuse, e.g. a per-client quota) only when a row
+        would be added, not for an update or a replacement. When the table is full, the oldest
+        failing subscription, else the oldest never pushed to for `unconfirmed_after`, makes
+        room; InvalidRequest when there is none.
+        """
         now = self.clock()
         key = endpoint_hash(sub.endpoint)
         values = {"endpoint": sub.endpoint, "p256dh": sub.p256dh, "auth": sub.auth,
                   "topics": json.dumps(list(sub.topics)), "origin": origin[:300], "updated_at": now,
                   "failures": 0}
         async with self._write() as conn:
+            replaced = False
             if replaces:
                 old = (await conn.execute(select(subscriptions.c.topics).where(
                     subscriptions.c.endpoint_hash == endpoint_hash(replaces)))).first()
                 if old is not None and not sub.topics:
                     values["topics"] = old.topics
-                await conn.execute(delete(subscriptions).where(
+                done = await conn.execute(delete(subscriptions).where(
                     subscriptions.c.endpoint_hash == endpoint_hash(replaces)))
+                replaced = bool(done.rowcount)
             done = await conn.execute(update(subscriptions).where(
                 subscriptions.c.endpoint_hash == key).values(**values))
             if done.rowcount:
                 return False
             count = (await conn.execute(select(func.count()).select_from(subscriptions))).scalar_one()
-            if count >= max_subscriptions:
+            if count >= max_subscriptions and not await self._make_room(conn, now - unconfirmed_after):
                 raise InvalidRequest("this site has reached its subscription limit")
+            if admit is not None and not replaced:
+                admit()  # last, so a refusal for a full table costs no quota (a raise rolls back)
             await conn.execute(insert(subscriptions).values(endpoint_hash=key, created_at=now, **values))
+        return True
+
+    @staticmethod
+    async def _make_room(conn: AsyncConnection, unconfirmed_before: datetime) -> bool:
+        """Delete the one subscription most likely dead (failing, else never pushed to since
+        before `unconfirmed_before`, oldest first); False when every one looks alive."""
+        c = subscriptions.c
+        victim = (await conn.execute(
+            select(c.id).where(or_(c.failures > 0, and_(c.last_push_at.is_(None),
+                                                         c.created_at < unconfirmed_before)))
+            .order_by(c.failures.desc(), c.created_at, c.id).limit(1))).first()
+        if victim is None:
+            return False
+        await conn.execute(delete(subscriptions).where(c.id == victim.id))
         return True
 
     async def remove(self, endpoint: str) -> bool:
@@ -146,13 +175,26 @@ class SubscriptionStore:
             rows = (await conn.execute(select(subscriptions).order_by(subscriptions.c.id))).all()
         return [r._asdict() for r in rows]
 
-    async def record_click(self, tag: str, url: str) -> None:
-        now = self.clock()
+    async def expect_clicks(self, tag: str, url: str) -> None:
+        """Make `tag` (a pushed story's notification tag) countable by `record_click`."""
+        dialect = sqlite_dialect if self.engine.dialect.name == "sqlite" else postgresql_dialect
+        async with self._write() as conn:
+            await conn.execute(dialect.insert(clicks).values(
+                tag=tag, url=url, clicks=0, last_at=self.clock()).on_conflict_do_nothing())
+
+    async def record_click(self, tag: str, url: str = "") -> bool:
+        """Count a click on `tag`; False (nothing stored) when no pushed story has that tag, so
+        that made-up tags cannot grow the table. `url` is ignored: the pushed one is kept."""
         async with self._write() as conn:
             done = await conn.execute(update(clicks).where(clicks.c.tag == tag).values(
-                clicks=clicks.c.clicks + 1, last_at=now))
-            if not done.rowcount:
-                await conn.execute(insert(clicks).values(tag=tag, url=url, clicks=1, last_at=now))
+                clicks=clicks.c.clicks + 1, last_at=self.clock()))
+        return bool(done.rowcount)
+
+    async def click_counts(self) -> dict[str, int]:
+        """Clicks per notification tag."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(clicks.c.tag, clicks.c.clicks))).all()
+        return {r.tag: int(r.clicks) for r in rows}
 
     async def plan(self, key: str, story: Story, topics: Sequence[Topic]) -> int:
         """Create the delivery rows of `key` once (every subscription that wants `story`)."""
