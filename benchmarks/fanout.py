@@ -34,13 +34,14 @@ from sqlalchemy import insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.fake_telegram
 
+from bot.telegram_store import subscribers
+from channels.telegram_subscribers import Settings as ReaderSettings
+from channels.telegram_subscribers import SubscriberChannel
+
 from bot.channel import ChannelContext
 from bot.config import load_config
 from bot.store import Store
-from bot.telegram_store import subscribers
 from bot.types import Story
-from channels.telegram_subscribers import Settings as ReaderSettings
-from channels.telegram_subscribers import SubscriberChannel
 from tests.fake_telegram import TOKEN, serve
 
 CONFIG = """

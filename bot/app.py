@@ -7,23 +7,21 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
+from pathlib import Path
 
 from bot import registry
-from bot.channel import Channel, ChannelContext, ChannelUnavailable
+from bot.channel import Alerts, Channel, ChannelContext, ChannelUnavailable, utc_now
 from bot.config import Config
 from bot.dispatcher import Dispatcher
 from bot.fetch import Fetcher
+from bot.net import guard_for_story
 from bot.pipeline import FeedPoller
 from bot.render import RenderError
 from bot.store import Store
 
 log = logging.getLogger("siar")
 Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -51,8 +49,22 @@ class App:
 
 
 def channel_context(config: Config, store: Store | None = None, clock: Clock = utc_now) -> ChannelContext:
-    return ChannelContext(site=config.site, cta=config.cta, user_agent=config.fetch.user_agent,
-                          base_dir=config.path.parent, store=store, clock=clock, config=config)
+    """What the core lends the channels of `config` (with the store's services when given)."""
+    context = ChannelContext(
+        site=config.site, cta=config.cta, base_dir=config.path.parent, user_agent=config.fetch.user_agent,
+        clock=clock, alerts=Alerts(config.redact), sections=config.sections,
+        guard_for=lambda feed: guard_for_story(config, feed), redact=config.redact,
+        http=config.http if "http" in config.model_fields_set else None)
+    if store is not None:
+        async def sent_since(channel: str, since: datetime) -> int:
+            return await store.outbox.sent_since(channel, since, confirmed=True)
+
+        context.database = store.db
+        context.sent_since = sent_since
+        context.fanout = store.fanout
+        context.stories = store.stories
+        context.reports = store.reports
+    return context
 
 
 def make_channels(config: Config, context: ChannelContext | None = None, *,
@@ -76,6 +88,11 @@ def make_channels(config: Config, context: ChannelContext | None = None, *,
     return ready, unavailable
 
 
+def migrations() -> list[Path]:
+    """The channel packages' migration folders (the core's own are always applied)."""
+    return registry.REGISTRY.migrations()
+
+
 def build(config: Config, *, channels: dict[str, Channel] | None = None, store: Store | None = None,
           fetcher: Fetcher | None = None, clock: Clock = utc_now,
           context: ChannelContext | None = None) -> App:
@@ -87,14 +104,9 @@ def build(config: Config, *, channels: dict[str, Channel] | None = None, store: 
         channels, unavailable = make_channels(config, context)
     fetcher = fetcher or Fetcher(config.fetch.user_agent, config.fetch.timeout, config.fetch.max_bytes,
                                  base_dir=config.path.parent)
-
-    async def alert(source: str, message: str) -> None:
-        log.error("ALERT %s: %s", source, message)
-        await context.alert(source, message)
-
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    dispatcher = Dispatcher(config, store, channels, clock, worker, alert)
+    dispatcher = Dispatcher(config, store, channels, clock, worker, context.alerts)
     targets = {name: channel.settings for name, channel in channels.items()}
     targets.update({name: config.channels[name] for name in unavailable if name in config.channels})
-    poller = FeedPoller(config, store, fetcher, clock, targets, alert, unavailable)
+    poller = FeedPoller(config, store, fetcher, clock, targets, context.alerts, unavailable)
     return App(config, store, fetcher, channels, poller, dispatcher, clock, context, unavailable)

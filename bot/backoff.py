@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+# The longest any wait a platform or server asks for is honoured (a day: the longest window any
+# platform here uses, X's and Bluesky's daily limits). A longer or absurd value (10**12, a date
+# in the year 9999) is a bug or hostile: it must not park a post for years, nor overflow a
+# datetime downstream.
+MAX_RETRY_AFTER = 86400.0
+
 
 def poll_delay(failures: int, interval: float, max_backoff: float,
                retry_after: float | None = None) -> float:
@@ -12,8 +18,8 @@ def poll_delay(failures: int, interval: float, max_backoff: float,
     """
     cap = max(max_backoff, interval)
     delay = interval if failures <= 0 else min(interval * 2.0 ** min(failures, 30), cap)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, 7 * 86400.0))
+    if retry_after is not None and retry_after == retry_after:  # NaN is never equal to itself
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
     return delay
 
 
@@ -23,6 +29,6 @@ def retry_delay(attempts: int, base: float, cap: float, retry_after: float | Non
     `base`, `2*base`, `4*base`, … capped at `cap`; a platform's retry_after is honoured exactly
     when it is given (it is the platform's own word on when it will accept the post).
     """
-    if retry_after is not None:
-        return max(0.0, retry_after)
+    if retry_after is not None and retry_after == retry_after:  # NaN is never equal to itself
+        return min(max(0.0, retry_after), MAX_RETRY_AFTER)
     return min(base * 2.0 ** max(0, min(attempts - 1, 30)), cap)

@@ -1,10 +1,12 @@
-"""The interface every platform module in `channels/` implements, and the errors it may raise.
+"""The interface every platform in `channels/` implements, what the core lends it, and the
+errors it may raise.
 
 A channel turns a Story into a Post (`render`, pure) and delivers a Post (`send`, I/O). Its
-failures are mapped to four kinds so that the dispatcher can decide without knowing the platform:
+failures are mapped to a few kinds so that the dispatcher decides without knowing the platform:
 
 - `RetryLater(reason, after)`: nothing was posted; try again after `after` seconds (or backoff).
-- `Permanent(reason)`: will never work as it is (bad credentials, chat gone); record and alert.
+- `Permanent(reason)`: will never work as it is (chat gone, post refused); record and alert.
+  `Unauthorized(reason)`: the same, because the platform refused our credentials.
 - `AlreadyDone(reason)`: the platform says this post exists already; count it as sent.
 - `Uncertain(reason)`: the request may have reached the platform; do not resend automatically.
 """
@@ -12,18 +14,38 @@ failures are mapped to four kinds so that the dispatcher can decide without know
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bot.addresses import AddressGuard
 from bot.durations import Duration, parse_rate
 from bot.filters import Filters
+from bot.site import CTA, Site
 from bot.types import Post, Receipt, Story
 
+if TYPE_CHECKING:
+    from bot.config import HttpConfig
+    from bot.db import Database
+    from bot.fanout import FanoutLedger
+    from bot.reports import Reports
+    from bot.stories import Stories
+
+log = logging.getLogger("siar.alert")
+Clock = Callable[[], datetime]
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- errors ------------------------------------------------------------------------------------
 
 class ChannelError(Exception):
     """A delivery failure, already classified by the channel."""
@@ -35,7 +57,7 @@ class ChannelError(Exception):
 
 class RetryLater(ChannelError):
     """Try again after `after` seconds (None: backoff). `attempt=False` marks a planned wait
-    (a daily cap, say) that must not count against `max_attempts`."""
+    (a daily cap, a broadcast that made progress) that must not count against `max_attempts`."""
 
     def __init__(self, reason: str, after: float | None = None, *, attempt: bool = True) -> None:
         super().__init__(reason)
@@ -47,6 +69,10 @@ class Permanent(ChannelError):
     pass
 
 
+class Unauthorized(Permanent):
+    """The platform refused our credentials (a revoked or expired token, a wrong password)."""
+
+
 class AlreadyDone(ChannelError):
     pass
 
@@ -56,9 +82,11 @@ class Uncertain(ChannelError):
 
 
 class ChannelUnavailable(Exception):
-    """Raised by a module's `create()` when the channel cannot run as configured (a key file
-    not created yet, say): the channel is disabled with this reason and the rest runs."""
+    """Raised by a channel type's `create()` when the channel cannot run as configured (a key
+    file not created yet, a missing section): it is disabled with this reason, the rest runs."""
 
+
+# --- settings ----------------------------------------------------------------------------------
 
 class HashtagSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -83,45 +111,123 @@ class ChannelSettings(Filters):
     # A send (a whole fan-out, for subscriber channels) taking longer is abandoned: uncertain,
     # or resumed later on a resumable channel.
     send_timeout: Duration = 600.0
+    timeout: Duration = 20.0  # per platform request ("15s", "1m"); each platform sets its default
 
-    @field_validator("rate_limit")
-    @classmethod
-    def _rate(cls, value: str) -> str:
-        parse_rate(value)  # inherited by every platform's Settings, whatever its default
-        return value
     # Names of keys holding secrets: a missing one disables the channel instead of failing.
     secret_keys: ClassVar[tuple[str, ...]] = ()
     # A top-level section this type needs (e.g. "telegram" for the bot token); without it, or
     # with a secret missing there, the channel is disabled with the reason.
     requires_section: ClassVar[str | None] = None
 
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        parse_rate(value)  # inherited by every platform's Settings, whatever its default
+        return value
 
-@dataclass
-class ChannelContext:
-    """What the core lends a channel: site data for templates, the store, alerts, shared state."""
+    def secret_parts(self) -> list[str]:
+        """Pieces of secret values that may show up on their own (a token inside a URL): they
+        are masked in logs, alerts and stored errors like the whole values."""
+        return []
 
-    site: Any  # bot.config.Site
-    cta: Any  # bot.config.CTA
-    user_agent: str = "siar"
-    base_dir: Path = Path(".")  # the config file's folder (relative template paths, key files)
-    store: Any = None  # bot.store.Store, for channels that keep their own tables (subscribers)
-    clock: Callable[[], datetime] | None = None
-    config: Any = None  # the whole bot.config.Config, for channels that need a top-level section
-    # Places an alert goes besides the log, e.g. the Telegram admins; see `alert`.
-    alert_sinks: list[Callable[[str, str], Awaitable[None]]] = field(default_factory=list)
-    shared: dict[str, Any] = field(default_factory=dict)  # e.g. one Telegram Application per token
-    extras: dict[str, Any] = field(default_factory=dict)
 
-    async def alert(self, source: str, message: str) -> None:
-        """Send `message` about `source` (a channel or feed) to every alert sink; never raises."""
-        if self.config is not None:
-            message = self.config.redact(message)
-        for sink in list(self.alert_sinks):
+# --- what the core lends a channel ---------------------------------------------------------------
+
+Sink = Callable[[str, str], Awaitable[None]]
+
+
+class Alerts:
+    """Where alerts go: the log, then every registered sink (the Telegram admins, say).
+
+    Messages are redacted first (secrets never leave), and a failing sink never breaks the
+    caller."""
+
+    def __init__(self, redact: Callable[[str], str] = str) -> None:
+        self.redact = redact
+        self._sinks: list[Sink] = []
+
+    def add_sink(self, sink: Sink) -> None:
+        if sink not in self._sinks:
+            self._sinks.append(sink)
+
+    def remove_sink(self, sink: Sink) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
+    async def __call__(self, source: str, message: str) -> None:
+        message = self.redact(message)
+        log.error("ALERT %s: %s", source, message)
+        for sink in list(self._sinks):
             try:
                 await sink(source, message)
             except Exception:
-                logging.getLogger("siar.alert").exception("alert sink failed")
+                log.exception("alert sink failed")
 
+
+class Shared:
+    """Objects one process shares between channels (one Telegram Application per bot token,
+    one instance's limits), by key and type."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, object] = {}
+
+    def get(self, key: str, kind: type[T], make: Callable[[], T]) -> T:
+        """The object under `key`, made with `make` the first time."""
+        item = self._items.get(key)
+        if not isinstance(item, kind):
+            item = make()
+            self._items[key] = item
+        return item
+
+    def pop(self, key: str) -> None:
+        self._items.pop(key, None)
+
+
+SentSince = Callable[[str, datetime], Awaitable[int]]
+
+
+def _refuse_private(feed: str) -> AddressGuard:
+    return AddressGuard()
+
+
+@dataclass
+class ChannelContext:
+    """What the core lends a channel. Every service is optional so that a channel can render
+    (`preview`, `check`) without a store; `start()` says what it cannot run without."""
+
+    site: Site
+    cta: CTA
+    base_dir: Path = Path(".")  # the config file's folder: relative templates, key files
+    user_agent: str = "siar"
+    clock: Clock = utc_now
+    alerts: Alerts = field(default_factory=Alerts)
+    database: Database | None = None  # for the channel's own tables (writes through its lock)
+    sent_since: SentSince | None = None  # (channel, since) -> posts the platform confirmed
+    fanout: FanoutLedger | None = None  # per-recipient progress of broadcasts
+    stories: Stories | None = None  # the newest stories (reader bots)
+    reports: Reports | None = None  # status reports (admin commands)
+    sections: Mapping[str, BaseModel] = field(default_factory=dict)  # validated top-level sections
+    http: HttpConfig | None = None  # the `[http]` section, when the file has one
+    guard_for: Callable[[str], AddressGuard] = _refuse_private  # feed name -> its address guard
+    shared: Shared = field(default_factory=Shared)
+    redact: Callable[[str], str] = str
+
+    def section(self, name: str, kind: type[M]) -> M | None:
+        """The validated top-level section `name` ([telegram], [webpush]), if configured."""
+        value = self.sections.get(name)
+        return value if isinstance(value, kind) else None
+
+    def resolve_path(self, value: str) -> Path:
+        """`value` as a path, relative to the config file's folder when not absolute."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+    async def alert(self, source: str, message: str) -> None:
+        """Alert the admins about `source` (a channel or feed); never raises."""
+        await self.alerts(source, message)
+
+
+# --- the protocol ------------------------------------------------------------------------------
 
 @runtime_checkable
 class Channel(Protocol):
@@ -129,13 +235,17 @@ class Channel(Protocol):
 
     name: str
     type: str
-    settings: ChannelSettings
     # True when sending one post twice is harmless (the platform dedups by the idempotency key,
     # or the channel keeps per-recipient progress): a crash mid-send then resumes the row instead
-    # of marking it uncertain. A channel may also have `resume_window` (seconds): how long the
-    # platform remembers an idempotency key (Mastodon: one hour); older interrupted rows are
-    # marked uncertain instead of resumed.
+    # of marking it uncertain.
     resumable: bool
+    # Seconds the platform remembers an idempotency key (Mastodon: one hour); a resumable row
+    # interrupted longer ago than that is marked uncertain instead. None: forever.
+    resume_window: float | None
+
+    @property
+    def settings(self) -> ChannelSettings:
+        """The channel's validated `[channels.NAME]` table (a platform's subclass)."""
 
     async def start(self) -> None:
         """Open connections and sessions; called once before the first send."""
@@ -148,3 +258,13 @@ class Channel(Protocol):
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
         """Deliver `post`; raise a ChannelError subclass on failure."""
+
+
+def payload_of(post: Post, kind: type[T]) -> T:
+    """`post.payload` as the channel's own payload type (Permanent when it is not: a post
+    rendered by another channel type can never be sent here)."""
+    if not isinstance(post.payload, kind):
+        raise Permanent(f"post for {post.channel} carries {type(post.payload).__name__}, "
+                        f"not {kind.__name__}")
+    return post.payload
+

@@ -12,18 +12,14 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
-from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from bot import registry
@@ -31,6 +27,7 @@ from bot.channel import ChannelSettings
 from bot.cleaning import CleaningRules
 from bot.durations import Duration
 from bot.filters import Filters
+from bot.site import CTA, Site
 from bot.tomllines import locate
 
 KeyPath = tuple[str | int, ...]
@@ -46,61 +43,6 @@ class ConfigError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
-
-
-def _host_name(value: str) -> str:
-    host = value.strip().lower().rstrip(".")
-    if not _HOST.match(host):
-        raise ValueError(f'{value!r} is not a host name; write it like "www.medcom.id" (no scheme, no path)')
-    return host
-
-
-class Site(_Strict):
-    name: str = "siar"
-    url: str = ""
-    # The site's hosts: a link on any of them is one story, whichever served it (first = shown
-    # in `siar why`). Default: the host of `url`, bare and with its "www." and "m." twins.
-    hosts: list[Annotated[str, AfterValidator(_host_name)]] = []
-    language: str = Field(default="id", pattern=r"^(id|en)$")
-    timezone: str = "Asia/Jakarta"
-
-    @model_validator(mode="after")
-    def _default_hosts(self) -> Site:
-        if not self.hosts and self.url:
-            try:
-                host = (urlsplit(self.url).hostname or "").rstrip(".")
-            except ValueError as exc:
-                raise ValueError(f"url {self.url!r} is not a valid URL ({exc})") from None
-            bare = host.removeprefix("www.").removeprefix("m.")
-            self.hosts = list(dict.fromkeys(h for h in (host, f"www.{bare}", f"m.{bare}", bare) if host))
-        return self
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r} (use a name like \"Asia/Jakarta\")") from exc
-        return value
-
-
-class FollowLink(_Strict):
-    label: str
-    url: str
-
-
-class CTA(_Strict):
-    """The site's calls to action, offered to every channel's template."""
-
-    follow_text: str = ""
-    follow_links: list[FollowLink] = []
-    notify_text: str = ""
-    notify_url: str = ""
-    read_more_text: str = ""  # empty = "Baca selengkapnya" / "Read more" by site.language
 
 
 class StoreConfig(_Strict):
@@ -252,8 +194,8 @@ class Config(_Strict):
     channels: dict[str, ChannelSettings] = {}
     # Filled by the loader, not by the file:
     path: Path = Path("config.toml")
-    # Platform sections ([telegram], [webpush]) validated by their modules' models.
-    sections: dict[str, Any] = {}
+    # Platform sections ([telegram], [webpush]) validated by their packages' models.
+    sections: dict[str, BaseModel] = {}
     disabled: dict[str, str] = {}  # channel name -> why it does not run
     secrets: list[str] = []  # secret values, for log redaction
 
@@ -354,25 +296,22 @@ def parse_config(raw: dict[str, Any], text: str, path: Path) -> Config:
     missing: list[tuple[KeyPath, str]] = []
     substituted: list[str] = []
     data = expand_env(raw, (), missing, substituted)
+    known_sections = registry.REGISTRY.sections()  # [telegram], [webpush]: owned by channel packages
     disabled: dict[str, str] = {}
     section_missing: dict[str, str] = {}  # platform section -> why its channels cannot run
     for key, what in missing:
         if len(key) >= 2 and key[0] == "channels":
             disabled.setdefault(str(key[1]), f"{what} is not set ({_dotted(key)})")
-        elif key and key[0] in registry.SECTIONS:
+        elif key and key[0] in known_sections:
             section_missing.setdefault(str(key[0]), f"{what} is not set ({_dotted(key)})")
         else:
             problem(key, f"{what} is not set")
 
     sections: dict[str, Any] = {}
-    for name in list(registry.SECTIONS):
+    for name, model in known_sections.items():
         if name not in data:
             continue
         table = data.pop(name)
-        model = registry.section_class(name)
-        if model is None:
-            problem((name,), "this build has no module for this section")
-            continue
         try:
             sections[name] = model.model_validate(table)
         except ValidationError as exc:
@@ -432,7 +371,7 @@ def _channel_settings(
     try:
         model = registry.settings_class(kind)
     except registry.UnknownChannelType:
-        problem((*key, "type"), f"unknown channel type {kind!r}; one of {', '.join(registry.known_types())}")
+        problem((*key, "type"), registry.unknown_type_message(kind))
         return None
     try:
         settings = model.model_validate(table)
@@ -461,8 +400,10 @@ def _cross_check(feeds: Any, channels: dict[str, ChannelSettings], problem: Any)
 
 
 def _secrets(models: dict[str, Any]) -> list[str]:
-    values = []
+    values: list[str] = []
     for settings in models.values():
+        parts = getattr(settings, "secret_parts", None)
+        values += parts() if callable(parts) else []
         for key in getattr(type(settings), "secret_keys", ()):
             value = _secret_value(getattr(settings, key, None))
             if value and len(value) >= 4:

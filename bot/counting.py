@@ -12,8 +12,9 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import regex
 from twitter_text import extract_urls_with_indices, parse_tweet
@@ -108,19 +109,47 @@ def escape_html(text: str) -> str:
 _HASHTAG = regex.compile(r"(?<![\p{L}\p{M}\p{N}_&/#])#([\p{L}\p{M}\p{N}_]*[\p{L}\p{M}][\p{L}\p{M}\p{N}_]*)")
 
 
+def _occurrences(text: str, part: str) -> list[int]:
+    found, at = [], text.find(part)
+    while at >= 0:
+        found.append(at)
+        at = text.find(part, at + len(part))
+    return found
+
+
 def _byte_offset(text: str, index: int) -> int:
     return len(text[:index].encode("utf-8"))
 
 
-def bluesky_facets(text: str, known_urls: Sequence[str] = ()) -> list[Facet]:
+def link_text(url: str, path_max: int = 15) -> str:
+    """What Bluesky's own app shows for a link: host and the start of the path, "…" after
+    `path_max` characters ("medcom.id/internasional…"); `url` itself if it is not http(s)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return url
+    host = parts.netloc.lower().removeprefix("www.")
+    path = (parts.path if parts.path != "/" else "") + (f"?{parts.query}" if parts.query else "")
+    return host + (path if len(path) <= path_max else path[: path_max - 2] + "…")
+
+
+def bluesky_facets(text: str, known_urls: Sequence[str] = (),
+                   display: Mapping[str, str] | None = None) -> list[Facet]:
     """Link and hashtag facets of `text` in UTF-8 byte offsets (tags without '#').
 
     `known_urls` (the story's link) are faceted wherever they occur, even when twitter-text's
-    URL rules would not recognise them (an unusual domain ending, say).
+    URL rules would not recognise them (an unusual domain ending, say). `display` maps a
+    shortened link text shown in the post to the full URL its facet carries.
     """
     facets = []
     taken: list[tuple[int, int]] = []
-    spans = {(start, end, url) for start, end, url in web_urls(text)}
+    shown = [(at, at + len(label), url) for label, url in (display or {}).items() if label
+             for at in _occurrences(text, label)]
+    spans = {(start, end, url) for start, end, url in web_urls(text)
+             if not any(s < end and start < e for s, e, _ in shown)}
+    spans.update(shown)
     for url in known_urls:
         at = text.find(url) if url else -1
         while at >= 0:

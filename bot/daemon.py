@@ -10,7 +10,7 @@ from datetime import timedelta
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from bot.app import App
+from bot.app import App, migrations
 from bot.config import FeedConfig
 from bot.lock import StoreLock
 
@@ -24,13 +24,12 @@ async def prepare(app: App) -> StoreLock | None:
         lock = StoreLock(app.store.sqlite_path)
         lock.acquire()
     try:
-        await app.store.migrate()
+        await app.store.migrate(migrations())
         now = app.clock()
         # With SQLite only this process sends; on PostgreSQL other daemons may be mid-send.
         stale = None if app.store.is_sqlite else now - timedelta(minutes=15)
-        resumable = {n: getattr(c, "resume_window", None) for n, c in app.channels.items()
-                     if getattr(c, "resumable", False)}
-        recovered = await app.store.recover_sending(now, stale, resumable)
+        resumable = {n: c.resume_window for n, c in app.channels.items() if c.resumable}
+        recovered = await app.store.outbox.recover_sending(now, stale, resumable)
         if recovered:
             log.warning("%d posts were being sent when siar last stopped; those on channels that "
                         "cannot resend safely are marked uncertain (see `siar status`, resend with "
@@ -50,8 +49,9 @@ async def prepare(app: App) -> StoreLock | None:
 
 async def run_once(app: App) -> int:
     """Poll every feed once, deliver everything due, and return the exit code (1 on failures)."""
-    lock = await prepare(app)
+    lock: StoreLock | None = None
     try:
+        lock = await prepare(app)
         results = await asyncio.gather(*(app.poller.poll(f, force=True) for f in app.config.feeds))
         stats = await app.dispatcher.drain()
     finally:
@@ -73,15 +73,17 @@ async def run_daemon(app: App, stop: asyncio.Event | None = None) -> int:
     """Poll on schedule and deliver until SIGTERM/SIGINT (or `stop`); returns the exit code."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    handlers = {signal.SIGTERM: stop.set, signal.SIGINT: stop.set, signal.SIGHUP: _hangup}
+    for sig, handler in handlers.items():
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError):
             pass
-    lock = await prepare(app)
     scheduler = AsyncIOScheduler(timezone="UTC")
     polls: set[asyncio.Task[None]] = set()
+    lock: StoreLock | None = None
     try:
+        lock = await prepare(app)
         app.dispatcher.start()
         for feed in app.config.feeds:
             scheduler.add_job(_poll_job, IntervalTrigger(seconds=feed.interval,
@@ -93,26 +95,36 @@ async def run_daemon(app: App, stop: asyncio.Event | None = None) -> int:
         log.info("siar running: %d feeds, %d channels (%s)", len(app.config.feeds),
                  len(app.channels), ", ".join(app.channels) or "none")
         await stop.wait()
-        log.info("stopping: no new polls; letting in-flight sends finish")
+        log.info("stopping: no new polls; letting in-flight polls and sends finish")
     finally:
         if scheduler.running:
-            scheduler.shutdown(wait=False)
+            scheduler.pause()  # no new polls; the running ones get the grace period
         if polls:
             _, unfinished = await asyncio.wait(set(polls), timeout=app.config.daemon.shutdown_grace)
             for task in unfinished:  # a poll is one transaction: cancelling it loses nothing
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
+            if unfinished:
+                log.info("stopping: %d polls did not finish in time and were cancelled", len(unfinished))
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
         await app.dispatcher.stop(app.config.daemon.shutdown_grace)
         await app.close()
         if lock:
             lock.release()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in handlers:
             try:
                 loop.remove_signal_handler(sig)
             except (NotImplementedError, RuntimeError):
                 pass
     log.info("siar stopped")
     return 0
+
+
+def _hangup() -> None:
+    # systemd's `Restart=on-failure` treats a SIGHUP death as a clean exit: never die of it.
+    log.warning("SIGHUP received: reloading the configuration is not available; siar keeps running "
+                "with the configuration it started with (restart it to apply changes)")
 
 
 async def _poll_job(app: App, feed: FeedConfig, polls: set[asyncio.Task[None]]) -> None:
@@ -123,6 +135,10 @@ async def _poll_job(app: App, feed: FeedConfig, polls: set[asyncio.Task[None]]) 
         result = await app.poller.poll(feed)
         if result.channels:
             app.dispatcher.wake(result.channels)
+    except asyncio.CancelledError:
+        # Only a shutdown cancels a poll, and a poll is one transaction: nothing is lost, and
+        # stopping is normal (the scheduler would log a traceback for a cancelled job).
+        return
     finally:
         if task is not None:
             polls.discard(task)

@@ -16,14 +16,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 
-from bot.backoff import retry_delay
-from bot.channel import AlreadyDone, Channel, Permanent, RetryLater, Uncertain
+from bot.channel import Channel, ChannelError
 from bot.config import Config
+from bot.delivery import Attempt, Policy, transition
 from bot.durations import parse_rate
-from bot.store import INTERRUPTED, OutboxItem, Store
+from bot.outbox import OutboxItem
+from bot.store import Store
 
 log = logging.getLogger("siar.deliver")
 Clock = Callable[[], datetime]
@@ -115,7 +116,7 @@ class Dispatcher:
             return
         while not self._stopping:
             await self.pacers[name].ready()
-            item = await self.store.claim(name, self.clock(), self.worker_id)
+            item = await self.store.outbox.claim(name, self.clock(), self.worker_id)
             if item is None:
                 return
             await self._deliver(name, item)
@@ -162,14 +163,14 @@ class Dispatcher:
                 if not await self._ensure_started(name):
                     continue
                 await self.pacers[name].ready()
-                item = await self.store.claim(name, self.clock(), self.worker_id)
+                item = await self.store.outbox.claim(name, self.clock(), self.worker_id)
                 if item is not None:
                     await self._deliver(name, item)
                     failures = 0
                     continue
                 wake.clear()
                 timeout = IDLE_CHECK
-                due = await self.store.next_due(name)
+                due = await self.store.outbox.next_due(name)
                 if due is not None:
                     timeout = min(IDLE_CHECK, max(0.05, (due - self.clock()).total_seconds()))
                 try:
@@ -184,79 +185,65 @@ class Dispatcher:
                 await self._sleep(delay)
 
     async def _deliver(self, name: str, item: OutboxItem) -> None:
+        """Render, send and record one claimed row; whatever happens, the row leaves `sending`
+        (but for a hard kill, which `recover_sending` handles on the next start)."""
         channel = self.channels[name]
-        settings = channel.settings
         try:
             post = channel.render(item.story)
         except Exception as exc:  # nothing left: a render error is safe to record as final
-            await self._finish(item, "failed", "failed", f"cannot render: {exc}")
-            await self._alert_failure(name, f"cannot render {item.story.url}: {exc}")
+            await self._apply(name, item, Attempt("render_error", str(exc)))
             return
-        window = getattr(channel, "resume_window", None)
+        window = channel.resume_window
         if (window is not None and item.attempts > 1 and item.first_attempt_at is not None
                 and (self.clock() - item.first_attempt_at).total_seconds() > window):
             # An earlier attempt may have posted it, and the platform has forgotten its
             # idempotency key by now: sending again could post twice.
-            reason = (f"still not confirmed {window / 60:.0f} minutes after the first attempt, longer than "
-                      "the platform remembers the idempotency key; it may or may not be out")
-            await self._finish(item, "uncertain", "uncertain", reason)
-            await self._alert_failure(name, f"{item.story.url}: {reason}; {_check(item.id)}")
+            await self._apply(name, item, Attempt("window_expired"))
             return
         self.pacers[name].take()
         try:
-            async with asyncio.timeout(settings.send_timeout):
-                receipt = await channel.send(post, idempotency_key=f"siar-{item.id}")
-        except TimeoutError:
-            limit = f"no answer within send_timeout ({settings.send_timeout:.0f}s)"
-            if channel.resumable:  # it resumes where it stopped, with backoff and max_attempts
-                await self._retry(name, item, RetryLater(f"{limit}; it resumes"))
-            else:
-                await self._finish(item, "uncertain", "uncertain", f"{limit}; it may or may not be out")
-                await self._alert_failure(name, f"{item.story.url}: {limit}; {_check(item.id)}")
-        except RetryLater as exc:
-            await self._retry(name, item, exc)
-        except Permanent as exc:
-            await self._finish(item, "failed", "failed", exc.reason)
-            await self._alert_failure(name, f"{item.story.url}: {exc.reason}")
-        except AlreadyDone as exc:
-            await self._finish(item, "sent", "already_sent", exc.reason)
-        except Uncertain as exc:
-            await self._finish(item, "uncertain", "uncertain", exc.reason)
-            await self._alert_failure(name, f"{item.story.url}: {exc.reason}; {_check(item.id)}")
+            async with asyncio.timeout(channel.settings.send_timeout) as deadline:
+                receipt = await channel.send(post, idempotency_key=item.key)
+        except TimeoutError as exc:
+            # Our deadline, or the channel's own timeout (an aiohttp read timeout, say): only
+            # the first is `send_timeout`; the other is an unknown outcome like any error.
+            attempt = Attempt("timeout") if deadline.expired() else Attempt.of(exc)
         except asyncio.CancelledError:
-            if channel.resumable:  # sending again is harmless: pick it up after the restart
-                await asyncio.shield(self._finish(item, "pending", "retry", INTERRUPTED,
-                                                  retry_at=self.clock()))
-            else:
-                await asyncio.shield(self._finish(
-                    item, "uncertain", "uncertain", "shutdown while sending; it may or may not be out"))
+            await asyncio.shield(self._apply(name, item, Attempt("cancelled")))
             raise
         except Exception as exc:
-            log.exception("channel %s: unexpected error sending outbox row %d", name, item.id)
-            await self._finish(item, "uncertain", "uncertain", f"unexpected error: {exc!r}")
-            await self._alert_failure(name, f"{item.story.url}: unexpected error {exc!r}")
+            if not isinstance(exc, ChannelError):
+                log.exception("channel %s: unexpected error sending outbox row %d", name, item.id)
+            attempt = Attempt.of(exc)
         else:
-            self._failing.discard(name)
+            attempt = Attempt("sent", receipt=receipt)
             log.info("channel %s: sent %s%s", name, item.story.url,
                      f" as {receipt.url or receipt.remote_id}" if receipt.url or receipt.remote_id else "")
-            await self._finish(item, "sent", "sent", receipt.note, remote_id=receipt.remote_id,
-                               remote_url=receipt.url)
+        await self._apply(name, item, attempt)
 
-    async def _retry(self, name: str, item: OutboxItem, exc: RetryLater) -> None:
-        """Back to `pending` after the platform's wait or a capped backoff; `failed` after
-        max_attempts (planned waits, `exc.attempt == False`, do not count)."""
-        if exc.attempt and item.attempts >= self.channels[name].settings.max_attempts:
-            reason = f"gave up after {item.attempts} attempts: {exc.reason}"
-            await self._finish(item, "failed", "failed", reason)
-            await self._alert_failure(name, f"{item.story.url}: {reason}")
-            return
-        daemon = self.config.daemon
-        delay = retry_delay(item.attempts, daemon.retry_base, daemon.retry_max, exc.after)
-        at = self.clock() + timedelta(seconds=delay)
-        log.warning("channel %s: %s; retry %d in %.0fs", name, exc.reason, item.attempts, delay)
-        await self._finish(item, "pending", "retry" if exc.attempt else "deferred",
-                           f"{exc.reason} (retry in {delay:.0f}s)", retry_at=at,
-                           refund_attempt=not exc.attempt)
+    def policy(self, name: str) -> Policy:
+        channel, daemon = self.channels[name], self.config.daemon
+        return Policy(resumable=channel.resumable, max_attempts=channel.settings.max_attempts,
+                      send_timeout=channel.settings.send_timeout, resume_window=channel.resume_window,
+                      retry_base=daemon.retry_base, retry_max=daemon.retry_max)
+
+    async def _apply(self, name: str, item: OutboxItem, attempt: Attempt) -> None:
+        """Record `attempt`'s transition (see bot.delivery), count it and alert when due."""
+        step = transition(attempt, item_id=item.id, attempts=item.attempts, url=item.story.url,
+                          policy=self.policy(name), now=self.clock())
+        finish = step.finish
+        counter = {"sent": "sent", "failed": "failed", "pending": "retry", "uncertain": "uncertain"}
+        setattr(self.stats, counter[finish.status], getattr(self.stats, counter[finish.status]) + 1)
+        if finish.status != "sent":
+            self.stats.problems.append(f"{item.channel}: {item.story.url}: {finish.detail}")
+        if finish.status == "pending" and finish.retry_at is not None:
+            log.warning("channel %s: %s", name, finish.detail)
+        if finish.status == "sent":
+            self._failing.discard(name)
+        finish = replace(finish, detail=self.config.redact(finish.detail))
+        await self.store.outbox.finish(item.id, finish, self.clock())
+        if step.alert is not None:
+            await self._alert_failure(name, self.config.redact(step.alert))
 
     async def _alert_failure(self, name: str, message: str) -> None:
         """Alert the first failure of a streak; later ones until a success only go to the log."""
@@ -267,22 +254,6 @@ class Dispatcher:
         await self.alert(name, f"{message} (further failures of this channel are logged, not alerted, "
                                "until a post succeeds)")
 
-    async def _finish(self, item: OutboxItem, status: str, decision: str, detail: str = "",
-                      remote_id: str = "", remote_url: str = "", retry_at: datetime | None = None,
-                      refund_attempt: bool = False) -> None:
-        counter = {"sent": "sent", "failed": "failed", "pending": "retry", "uncertain": "uncertain"}
-        setattr(self.stats, counter[status], getattr(self.stats, counter[status]) + 1)
-        if status != "sent":
-            self.stats.problems.append(f"{item.channel}: {item.story.url}: {detail}")
-        detail = self.config.redact(detail)
-        await self.store.finish(item.id, status, self.clock(), decision=decision, detail=detail,
-                                remote_id=remote_id, remote_url=remote_url, retry_at=retry_at,
-                                refund_attempt=refund_attempt)
-
 
 async def _log_alert(channel: str, message: str) -> None:
     log.error("ALERT %s: %s", channel, message)
-
-
-def _check(outbox_id: int) -> str:
-    return f"check the platform and `siar resend {outbox_id}` if it is not there"

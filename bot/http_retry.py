@@ -12,12 +12,9 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+from bot.backoff import MAX_RETRY_AFTER
 from bot.net import BlockedAddress
 
-# A day: the longest window any platform here asks for (X's and Bluesky's daily limits). A
-# longer or absurd value (10**12, year 9999) is a bug or hostile, and must not park a post or a
-# feed for years, nor overflow a datetime or timedelta downstream.
-MAX_RETRY_AFTER = 86400.0
 _DELTA = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 
 

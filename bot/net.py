@@ -131,7 +131,8 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
     or a name check before handing it to a proxy or an injected transport."""
 
     def __init__(
-        self, guard: AddressGuard, resolver: Resolver, transport: httpx.AsyncBaseTransport | None
+        self, guard: AddressGuard, resolver: Resolver, transport: httpx.AsyncBaseTransport | None,
+        keepalive: bool = True,
     ) -> None:
         self.guard, self.resolver = guard, resolver
         self.custom = transport
@@ -141,7 +142,7 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
             # create_ssl_context honours SSL_CERT_FILE / SSL_CERT_DIR, as httpx's own default does.
             ssl_context=httpx.create_ssl_context(),
             max_connections=100,
-            max_keepalive_connections=20,
+            max_keepalive_connections=20 if keepalive else 0,
             keepalive_expiry=5.0,
             network_backend=_PinnedBackend(guard, resolver),
         )
@@ -191,6 +192,8 @@ def http_client(
     max_redirects: int = 8,
     transport: httpx.AsyncBaseTransport | None = None,
     resolver: Resolver | None = None,
+    keepalive: bool = True,
+    base_url: str = "",
 ) -> httpx.AsyncClient:
     """An httpx client with siar's defaults; with `guard`, every connection is checked.
 
@@ -198,15 +201,20 @@ def http_client(
     as httpx reads them). With one, a refused address raises BlockedAddress (an
     httpx.TransportError naming the URL, the address and why) before any connection is made.
     `resolver` replaces the system resolver (tests map test names to addresses).
+    `keepalive=False`: a fresh connection per request (a pooled one the server had closed would
+    fail after the request was written, which looks like a lost answer).
     """
     if guard is not None:
-        transport = _GuardedTransport(guard, resolver or resolve_host, transport)
+        transport = _GuardedTransport(guard, resolver or resolve_host, transport, keepalive)
+    elif transport is None and not keepalive:
+        transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
     return httpx.AsyncClient(
         headers={"User-Agent": user_agent},
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
         follow_redirects=follow_redirects,
         max_redirects=max_redirects,
         transport=transport,
+        base_url=base_url,
     )
 
 

@@ -1,6 +1,9 @@
 """One feed's poll, as a pipeline of small steps:
 
-    store.feed_state | fetcher.fetch | parse_feed | (enrich) | routing.decide_poll | store.record_poll
+    feeds.get | fetcher.fetch | parse_feed | (enrich) | routing.decide_poll | stories.record_poll
+
+The feed's next state is computed (`succeeded`, `failed`: pure) and saved inside the poll's own
+transaction with its stories, so a poll whose stories could not be stored leaves no trace.
 
 `FeedPoller.poll` never raises for a feed's own trouble: a failure is a returned `PollResult`,
 counted in the feed's state and backed off, so a bad feed never stops the others.
@@ -18,10 +21,12 @@ from bot.backoff import poll_delay
 from bot.channel import ChannelSettings
 from bot.config import Config, FeedConfig
 from bot.enrich import enrich
+from bot.feedstate import FeedState
 from bot.fetch import Fetcher, FetchResult
 from bot.normalize import ParsedFeed, parse_feed_async, story_key
 from bot.routing import decide_poll
-from bot.store import FeedState, NewStory, Store
+from bot.store import Store
+from bot.stories import NewStory
 from bot.types import Story
 
 log = logging.getLogger("siar.poll")
@@ -55,38 +60,53 @@ class FeedPoller:
         self.store = store
         self.fetcher = fetcher
         self.clock = clock
+        self._unsaved: dict[str, FeedState] = {}  # newer than the store (a failed save)
 
     async def poll(self, feed: FeedConfig, *, force: bool = False) -> PollResult:
         """Poll `feed` once (unless it is backing off and not `force`d)."""
         now = self.clock()
-        state = await self.store.feed_state(feed.name, feed.url)
-        if state.url != feed.url:  # the operator changed the URL: validators no longer apply
-            state = replace(state, url=feed.url, etag=None, last_modified=None, body_hash=None)
+        try:
+            state = self._with_unsaved(await self.store.feeds.get(feed.name, feed.url))
+        except Exception as exc:  # the store is down: count it, so the streak's alert fires
+            log.exception("feed %s: cannot read its state", feed.name)
+            state = self._unsaved.get(feed.name) or FeedState(feed.name, feed.url)
+            return await self._failed(feed, state, now, f"store unreachable: {exc!r}", None)
+        if state.url != feed.url:
+            # Another URL is another feed: validators no longer apply, and its first poll must
+            # not post the new feed's whole backlog.
+            log.info("feed %s: its URL changed to %s; polling it as a new feed (first_run = %r)",
+                     feed.name, feed.url, feed.first_run)
+            state = replace(state, url=feed.url, etag=None, last_modified=None, body_hash=None,
+                            first_run_done=False)
         if not force and state.next_poll_at and state.next_poll_at > now and state.failures:
             return PollResult(feed.name, "backoff", error=state.last_error or "")
         try:
             result = await self.fetcher.fetch(feed.url, state.etag, state.last_modified, feed.timeout)
-            return await self._after_fetch(feed, state, result, now)
+            return await self._after_fetch(feed, fetched(state, result, now), result, now)
         except Exception as exc:  # a bug or a store outage must not kill the scheduler job
             log.exception("feed %s: poll failed", feed.name)
-            await self._failed(feed, state, now, f"internal error: {exc!r}", None)
-            return PollResult(feed.name, "error", error=f"internal error: {exc!r}")
+            return await self._failed(feed, state, now, f"internal error: {exc!r}", None)
+
+    def _with_unsaved(self, stored: FeedState) -> FeedState:
+        """The stored state, or the newer one this process could not save (a store outage
+        must not reset a failure streak, or its alert would never fire)."""
+        unsaved = self._unsaved.get(stored.name)
+        if unsaved is None or unsaved.url != stored.url or unsaved.failures <= stored.failures:
+            return stored
+        return unsaved
 
     async def _after_fetch(self, feed: FeedConfig, state: FeedState, result: FetchResult,
                            now: datetime) -> PollResult:
-        state.last_fetch_at = now
-        state.last_status = result.status
         if result.permanent_redirect and result.permanent_redirect != state.redirect_url:
             log.warning("feed %s: %s moved permanently to %s; update its url in the config",
                         feed.name, feed.url, result.permanent_redirect)
-            state.redirect_url = result.permanent_redirect
+            state = replace(state, redirect_url=result.permanent_redirect)
         if result.error:
             return await self._failed(feed, state, now, result.error, result.retry_after)
         if result.not_modified or (result.body_hash and result.body_hash == state.body_hash):
-            state.etag = result.etag or state.etag
-            state.last_modified = result.last_modified or state.last_modified
-            self._succeeded(state, now, feed)
-            await self.store.save_feed_state(state)
+            state = succeeded(state, now, feed.interval, etag=result.etag or state.etag,
+                              last_modified=result.last_modified or state.last_modified)
+            await self._save(state)
             return PollResult(feed.name, "not_modified" if result.not_modified else "unchanged")
         assert result.body is not None
         parsed = await parse_feed_async(result.body, result.url, result.headers,
@@ -101,13 +121,13 @@ class FeedPoller:
                                 unavailable=self.unavailable)
         items = [NewStory(story, story_decisions, key=story_key(story, self.config.site.hosts))
                  for story, story_decisions in zip(new, decisions, strict=True)]
-        state.etag, state.last_modified = result.etag, result.last_modified
-        state.body_hash = result.body_hash
         # An empty first answer (a CMS glitch) must not end the first run: the next full poll
         # would then post every story.
-        state.first_run_done = state.first_run_done or bool(parsed.stories)
-        self._succeeded(state, now, feed)
-        created = await self.store.record_poll(state, items, now)
+        state = succeeded(state, now, feed.interval, etag=result.etag, last_modified=result.last_modified,
+                          body_hash=result.body_hash,
+                          first_run_done=state.first_run_done or bool(parsed.stories))
+        created = await self.store.stories.record_poll(state, items, now)  # the state is saved with them
+        self._unsaved.pop(feed.name, None)
         queued = {d.channel for i in items for d in i.decisions if d.queues and d.channel}
         if new:
             log.info("feed %s: %d new stories, %d posts queued%s", feed.name, len(new), len(created),
@@ -116,7 +136,7 @@ class FeedPoller:
                           channels=frozenset(queued))
 
     async def _new_stories(self, feed: FeedConfig, parsed: ParsedFeed, now: datetime) -> list[Story]:
-        known = await self.store.known_uids(feed.name, [s.uid for s in parsed.stories])
+        known = await self.store.stories.known_uids(feed.name, [s.uid for s in parsed.stories])
         stories = [replace(s, published=s.published or now) for s in parsed.stories
                    if s.uid not in known]
         if feed.enrich and stories:
@@ -133,23 +153,46 @@ class FeedPoller:
             stories = list(await asyncio.gather(*(one(s) for s in stories)))
         return stories
 
-    def _succeeded(self, state: FeedState, now: datetime, feed: FeedConfig) -> None:
-        state.failures = 0
-        state.last_error = None
-        state.last_success_at = now
-        state.next_poll_at = now + timedelta(seconds=feed.interval)
+    async def _save(self, state: FeedState) -> None:
+        await self.store.feeds.save(state)
+        self._unsaved.pop(state.name, None)
 
     async def _failed(self, feed: FeedConfig, state: FeedState, now: datetime, error: str,
                       retry_after: float | None) -> PollResult:
         error = self.config.redact(error)  # stored, shown by `status` and alerted
-        state.failures += 1
-        state.last_error = error
-        delay = poll_delay(state.failures, feed.interval, self.config.fetch.max_backoff, retry_after)
-        state.next_poll_at = now + timedelta(seconds=delay)
+        delay = poll_delay(state.failures + 1, feed.interval, self.config.fetch.max_backoff, retry_after)
+        state = failed(state, now, error, delay)
         level = logging.WARNING if state.failures < ALERT_AFTER else logging.ERROR
         log.log(level, "feed %s: %s (failure %d in a row; next try in %ds)", feed.name, error,
                 state.failures, int(delay))
-        await self.store.save_feed_state(state)
+        self._unsaved[feed.name] = state
+        try:
+            await self._save(state)
+        except Exception:  # the store is down: the streak is kept here until it is back
+            log.exception("feed %s: cannot save its state", feed.name)
         if state.failures == ALERT_AFTER and self.alert is not None:  # once per failure streak
             await self.alert(f"feed {feed.name}", f"failed {ALERT_AFTER} times in a row: {error}")
         return PollResult(feed.name, "error", error=error)
+
+
+# --- the feed's next state: pure ---------------------------------------------------------------
+
+def fetched(state: FeedState, result: FetchResult, now: datetime) -> FeedState:
+    """`state` after a fetch attempt (whatever its outcome)."""
+    return replace(state, last_fetch_at=now, last_status=result.status)
+
+
+def succeeded(state: FeedState, now: datetime, interval: float, *, etag: str | None,
+              last_modified: str | None, body_hash: str | None = None,
+              first_run_done: bool | None = None) -> FeedState:
+    """`state` after a successful poll: streak reset, validators kept, next poll in `interval`."""
+    return replace(state, failures=0, last_error=None, last_success_at=now,
+                   next_poll_at=now + timedelta(seconds=interval), etag=etag, last_modified=last_modified,
+                   body_hash=body_hash if body_hash is not None else state.body_hash,
+                   first_run_done=state.first_run_done if first_run_done is None else first_run_done)
+
+
+def failed(state: FeedState, now: datetime, error: str, delay: float) -> FeedState:
+    """`state` after a failed poll: one more in the streak, next try after `delay` seconds."""
+    return replace(state, failures=state.failures + 1, last_error=error,
+                   next_poll_at=now + timedelta(seconds=delay))

@@ -8,16 +8,17 @@ and hashtags are inserted whole, and text is only cut between words or grapheme 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import regex
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError
+from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from bot.channel import ChannelContext, HashtagSettings
@@ -77,6 +78,24 @@ def hashtags(tags: Sequence[str], settings: HashtagSettings) -> list[str]:
             seen.add(text.casefold())
             out.append("#" + text)
     return out
+
+
+# --- ids -------------------------------------------------------------------------------------
+
+def story_tag(story: Story) -> str:
+    """A short stable id of the story: a notification's tag (a repeat replaces, never stacks)."""
+    return "s" + hashlib.sha256((story.url or f"{story.feed}:{story.uid}").encode()).hexdigest()[:20]
+
+
+# --- mentions ------------------------------------------------------------------------------
+
+_MENTION = re.compile(r"(?<![A-Za-z0-9_!#$%&*@＠])([@＠])(?=[A-Za-z0-9_])")
+
+
+def defuse_mentions(text: str) -> str:
+    """`text` with every would-be @mention (X's `@user`, Mastodon's `@user@instance`) broken by
+    a zero-width space after the '@': feed text must never notify an account."""
+    return _MENTION.sub("\\1\u200b", text)
 
 
 # --- dates -----------------------------------------------------------------------------------
@@ -139,6 +158,15 @@ def load_template_text(template: str | None, default: str, base_dir: Path) -> st
     return template
 
 
+_NO_CTA: dict[str, Any] = {"cta_follow": "", "cta_notify": "", "cta_links": []}
+_ONE_FILE_ONLY = (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)
+VALIDATION_STORY = Story(
+    uid="validation", feed="validation", url="https://example.com/2020/10/09/a-story",
+    title="A title", lead="A lead. Its second sentence.", author="An Author",
+    published=datetime(2020, 10, 9, 6, 53, tzinfo=UTC), tags=("one tag", "another"), section="Section",
+    categories=("Section", "one tag", "another"), image="https://example.com/image.jpg", language="id")
+
+
 class PostRenderer:
     """One channel's template, ready to fill and fit."""
 
@@ -148,11 +176,20 @@ class PostRenderer:
         self.context = context
         self.html = html
         self.tag_settings = tag_settings or HashtagSettings()
+        env = _env(html)
         try:
-            self.template = _env(html).from_string(template_text)
+            for node in env.parse(template_text).find_all(_ONE_FILE_ONLY):
+                kind = type(node).__name__.lower().replace("fromimport", "from … import")
+                raise RenderError(f"channel {channel!r}: template error at line {node.lineno}: "
+                                  f"{{% {kind} %}} is not available (a template is one text: inline, or "
+                                  "one .j2 file)")
+            self.template = env.from_string(template_text)
         except TemplateSyntaxError as exc:
             raise RenderError(
                 f"channel {channel!r}: template error at line {exc.lineno}: {exc.message}") from exc
+        # Fail now, at start, `check` and `preview` alike, rather than at every post: a misspelled
+        # variable (StrictUndefined), a filter used wrongly.
+        self.render(self.variables(VALIDATION_STORY))
 
     def variables(self, story: Story) -> dict[str, Any]:
         """What the template can use, with all hashtags and the full title and lead."""
@@ -184,15 +221,30 @@ class PostRenderer:
         """The template filled with `values`; RenderError naming the channel and line."""
         try:
             text = self.template.render(**values)
-        except TemplateError as exc:
+        except Exception as exc:  # TemplateError, and what a filter raises (TypeError, …)
             line = getattr(exc, "lineno", None)
             where = f" at line {line}" if line else ""
             raise RenderError(f"channel {self.channel!r}: template error{where}: {exc}") from exc
         return re.sub(r"\n{3,}", "\n\n", text).strip()
 
-    def fit(self, story: Story, budget: Budget) -> tuple[str, int, dict[str, Any]]:
-        """(text, used length, values used): the richest rendering of `story` within `budget`."""
-        values = self.variables(story)
+    def fit(self, story: Story, budget: Budget, *, optional_cta: bool = False,
+            overrides: dict[str, Any] | None = None) -> tuple[str, int, dict[str, Any]]:
+        """(text, used length, values used): the richest rendering of `story` within `budget`.
+
+        `optional_cta`: the calls to action are the first thing to go — when title, lead and
+        every hashtag do not fit beside them, the post goes without them (X, Mastodon,
+        Bluesky: short posts where the story comes first). `overrides` replace template
+        values (e.g. a shortened link text).
+        """
+        values = {**self.variables(story), **(overrides or {})}
+        result = self._fit(values, budget)
+        if optional_cta and any(values[k] for k in _NO_CTA):
+            used = result[2]
+            if any(used[k] != values[k] for k in ("hashtag_list", "title", "lead")):
+                result = self._fit({**values, **_NO_CTA}, budget)
+        return result
+
+    def _fit(self, values: dict[str, Any], budget: Budget) -> tuple[str, int, dict[str, Any]]:
         tags: list[str] = values["hashtag_list"]
 
         def attempt(**changes: Any) -> tuple[str, int, dict[str, Any]]:
@@ -215,7 +267,7 @@ class PostRenderer:
             if best is not None:
                 return best
             values = {**values, field: ""}
-        result = attempt(hashtag_list=[], cta_follow="", cta_notify="", cta_links=[])
+        result = attempt(hashtag_list=[], **_NO_CTA)
         if result[1] <= budget.limit:
             return result
         raise RenderError(

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -102,6 +103,8 @@ outbox = Table(
     Column("sent_at", UTCDateTime),
     UniqueConstraint("channel", "dedup_key", name="uq_outbox_channel_dedup"),
     Index("ix_outbox_due", "channel", "status", "next_attempt_at"),
+    # The poll's duplicate check looks keys up across channels: without this it scans the table.
+    Index("ix_outbox_dedup_key", "dedup_key"),
 )
 
 decisions = Table(
@@ -116,4 +119,21 @@ decisions = Table(
     Column("rule", String(200)),
     Column("detail", Text),
     Column("at", UTCDateTime, nullable=False),
+)
+
+# One row per (broadcast, recipient) of every fan-out channel (bot.fanout): Telegram readers,
+# browser push subscriptions. `key` is the outbox row's idempotency key.
+fanout = Table(
+    "fanout", metadata,
+    Column("key", String(100), primary_key=True),
+    Column("recipient", BigInteger, primary_key=True),
+    Column("channel", String(200), nullable=False),
+    # pending -> sending (its request is leaving) -> sent | failed | gone | uncertain
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("remote_id", String(100)),  # the platform's message id (edits, deletes)
+    Column("detail", Text),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_fanout_key_status", "key", "status", "recipient"),
+    Index("ix_fanout_channel_status", "channel", "status", "updated_at"),
 )

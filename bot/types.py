@@ -7,9 +7,9 @@ them under it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,24 @@ class Length:
     limit: int
 
 
+class PostPayload(Protocol):
+    """What a channel's render hands its own send besides text, buttons and media (an embed, a
+    link card, a fallback text): each channel has its own frozen dataclass."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The payload as JSON data (`preview --json` shows it as `extra`)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A base for channels' payload dataclasses: `to_dict` drops empty values."""
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(json.dumps(asdict(self), ensure_ascii=False))  # tuples -> lists
+        return {k: v for k, v in data.items() if v not in (None, "", [], {})}
+
+
 @dataclass(frozen=True)
 class Post:
     """One story rendered for one channel: exactly what would be sent."""
@@ -84,32 +102,29 @@ class Post:
     buttons: tuple[Button, ...] = ()
     media: tuple[str, ...] = ()
     facets: tuple[Facet, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)  # platform specific (embeds, cards)
+    payload: PostPayload | None = None  # the channel's own typed extras
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape `preview --json` prints."""
-        s = self.story
         return {
             "channel": self.channel,
             "type": self.type,
-            "story": {
-                "id": s.uid,
-                "feed": s.feed,
-                "url": s.url,
-                "title": s.title,
-                "tags": list(s.tags),
-                "section": s.section,
-                "published": s.published.isoformat() if s.published else None,
-                "image": s.image or None,
-            },
+            "story": story_dict(self.story),
             "text": self.text,
             "parse_mode": self.parse_mode,
             "buttons": [{"text": b.text, "url": b.url} for b in self.buttons],
             "media": list(self.media),
             "facets": [asdict(f) for f in self.facets],
             "length": asdict(self.length),
-            "extra": self.extra,
+            "extra": self.payload.to_dict() if self.payload is not None else {},
         }
+
+
+def story_dict(s: Story) -> dict[str, Any]:
+    """The story as `preview --json` shows it."""
+    return {"id": s.uid, "feed": s.feed, "url": s.url, "title": s.title, "tags": list(s.tags),
+            "section": s.section, "published": s.published.isoformat() if s.published else None,
+            "image": s.image or None}
 
 
 @dataclass(frozen=True)

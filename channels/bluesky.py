@@ -19,19 +19,30 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import httpx
-from pydantic import Field, SecretStr, field_validator
+from pydantic import SecretStr, field_validator
 
 from bot import images
-from bot.channel import AlreadyDone, ChannelContext, ChannelSettings, Permanent, RetryLater
-from bot.counting import Budget, bluesky_facets, count_graphemes, graphemes
-from bot.net import guard_for_story, http_client
-from bot.render import PostRenderer, load_template_text
-from bot.types import Facet, Length, Post, Receipt, Story
+from bot.channel import (
+    AlreadyDone,
+    ChannelContext,
+    ChannelSettings,
+    Permanent,
+    RetryLater,
+    Unauthorized,
+    payload_of,
+)
+from bot.counting import Budget, bluesky_facets, count_graphemes, graphemes, link_text
+from bot.durations import Duration
+from bot.http_retry import retry_after_seconds
+from bot.kit import BaseChannel
+from bot.registry import ChannelType, Plugin
+from bot.types import Facet, Length, Payload, Post, Receipt, Story
 
 AsyncClient = Any  # atproto.AsyncClient; the SDK has no type information
 
@@ -71,7 +82,7 @@ class Settings(ChannelSettings):
     language: str | None = None  # BCP-47, e.g. "id"; default: the story's, else [site] language
     card: bool = True  # attach an external link card (title, description, thumbnail)
     session_file: str | None = None  # default: .bluesky-<channel>.session next to the store
-    timeout: float = Field(default=20.0, gt=0, le=300)
+    timeout: Duration = 20.0
     rate_limit: str = "20/min"
     secret_keys: ClassVar[tuple[str, ...]] = ("app_password",)
 
@@ -134,17 +145,30 @@ def shrink_image(data: bytes, content_type: str, limit: int = THUMB_LIMIT) -> tu
 
 # --- the channel -----------------------------------------------------------------------------
 
-class BlueskyChannel:
-    """One account, one session, kept across restarts in `session_path`."""
+@dataclass(frozen=True)
+class LinkCard:
+    uri: str
+    title: str
+    description: str
+    image: str = ""
+
+
+@dataclass(frozen=True)
+class BlueskyPayload(Payload):
+    langs: tuple[str, ...] = ()
+    card: LinkCard | None = None
+
+
+class BlueskyChannel(BaseChannel[Settings]):
+    """One account, one session, kept across restarts in `session_path`. Resumable:
+    deterministic record keys make a resend unable to create a second post."""
+
+    TYPE = "bluesky"
+    DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
+    RESUMABLE = True
 
     def __init__(self, name: str, settings: Settings, context: ChannelContext) -> None:
-        self.name = name
-        self.type = "bluesky"
-        self.resumable = True  # deterministic record keys: a resend cannot create a second post
-        self.settings = settings
-        self.context = context
-        template = load_template_text(settings.template, DEFAULT_TEMPLATE, context.base_dir)
-        self.renderer = PostRenderer(name, template, context, tag_settings=settings.hashtags)
+        super().__init__(name, settings, context)
         self.session_path = self._session_path()
         self.logins = 0  # createSession calls made by this channel (tests and logs)
         self._client: AsyncClient | None = None
@@ -155,24 +179,26 @@ class BlueskyChannel:
         if self.settings.session_file:
             path = Path(self.settings.session_file).expanduser()
             return path if path.is_absolute() else self.context.base_dir / path
-        sqlite_path = getattr(self.context.store, "sqlite_path", None)
-        folder = Path(sqlite_path).parent if sqlite_path else self.context.base_dir
+        database = self.context.database
+        folder = database.sqlite_path.parent if database and database.sqlite_path else self.context.base_dir
         return folder / f".bluesky-{self.name}.session"
 
     # --- rendering ---------------------------------------------------------------------------
 
     def render(self, story: Story) -> Post:
+        """The post: the link shown short (host and path start, as Bluesky's app shows links:
+        a 300-character Google News link would not fit) with a facet carrying the full URL."""
         budget = Budget("graphemes", POST_LIMIT, count_graphemes)
-        text, used, _ = self.renderer.fit(story, budget)
+        shown = link_text(story.url) if story.url else ""
+        text, used, _ = self.renderer.fit(story, budget, optional_cta=True, overrides={"url": shown})
         language = post_language(self.settings.language or story.language or self.context.site.language)
-        extra: dict[str, Any] = {"langs": [language] if language else []}
+        card = None
         if self.settings.card and story.url:
-            extra["card"] = {"uri": story.url, "title": _clip(story.title, CARD_DESCRIPTION_LIMIT),
-                             "description": _clip(story.lead, CARD_DESCRIPTION_LIMIT),
-                             "image": story.image}
-        return Post(channel=self.name, type=self.type, story=story, text=text,
-                    length=Length(budget.unit, used, budget.limit),
-                    facets=tuple(bluesky_facets(text, [story.url])), extra=extra)
+            card = LinkCard(story.url, _clip(story.title, CARD_DESCRIPTION_LIMIT),
+                            _clip(story.lead, CARD_DESCRIPTION_LIMIT), story.image)
+        facets = bluesky_facets(text, [story.url], {shown: story.url} if shown else None)
+        return self.post(story, text, Length(budget.unit, used, budget.limit), facets=tuple(facets),
+                         payload=BlueskyPayload((language,) if language else (), card))
 
     # --- lifecycle and session ---------------------------------------------------------------
 
@@ -237,7 +263,7 @@ class BlueskyChannel:
         at = _sdk().exceptions
 
         if self._login_refused_at is not None and time.monotonic() - self._login_refused_at < LOGIN_BACKOFF:
-            raise Permanent("Bluesky refused the handle/app password recently; fix app_password")
+            raise Unauthorized("Bluesky refused the handle/app password recently; fix app_password")
         if self._client is None:
             self._client = self._new_client()
         self.logins += 1
@@ -249,8 +275,8 @@ class BlueskyChannel:
             raise RetryLater("createSession is rate limited", after=self._after(exc)) from None
         except (at.UnauthorizedError, at.BadRequestError) as exc:
             self._login_refused_at = time.monotonic()
-            raise Permanent(f"Bluesky refused the login ({_xrpc_error(exc)}); check handle and "
-                            "app_password") from None
+            raise Unauthorized(f"Bluesky refused the login ({_xrpc_error(exc)}); check handle and "
+                               "app_password") from None
         except at.NetworkError as exc:
             raise RetryLater(f"cannot reach {self.settings.service} ({_xrpc_error(exc)})") from None
         except at.RequestException as exc:
@@ -287,11 +313,12 @@ class BlueskyChannel:
         if self._client is None:
             await self.start()
         rkey = record_key(idempotency_key, post.story)
-        embed = await self._card(post)
-        now = self.context.clock() if self.context.clock else datetime.now(UTC)
+        payload = payload_of(post, BlueskyPayload)
+        embed = await self._card(payload.card, post.story)
+        now = self.now()
         record = models.AppBskyFeedPost.Record(
             text=post.text, created_at=now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-            langs=list(post.extra.get("langs") or []) or None,
+            langs=list(payload.langs) or None,
             facets=[_facet_model(f) for f in post.facets] or None, embed=embed)
 
         async def create(client: AsyncClient) -> Any:
@@ -305,7 +332,7 @@ class BlueskyChannel:
         except at.RateLimitExceededError as exc:
             raise RetryLater("rate limited by the PDS", after=self._after(exc)) from None
         except (at.UnauthorizedError, at.LoginRequiredError) as exc:
-            raise Permanent(f"Bluesky refused the post ({_xrpc_error(exc)})") from None
+            raise Unauthorized(f"Bluesky refused the post ({_xrpc_error(exc)})") from None
         except at.AtProtocolError as exc:
             # the record may exist: an earlier attempt of this row, or this one before a 5xx/timeout
             if await self._exists(rkey):
@@ -335,28 +362,21 @@ class BlueskyChannel:
     def _after(self, exc: Any) -> float | None:
         """Seconds until the PDS's rate-limit window resets (ratelimit-reset, else retry-after)."""
         reset = getattr(exc, "reset_at", None)
-        if reset is not None:
-            now = self.context.clock() if self.context.clock else datetime.now(UTC)
-            seconds: float = (reset - now).total_seconds()
-            return max(0.0, seconds)
-        after: float | None = getattr(exc, "retry_after", None)
-        return float(after) if after is not None else None
+        if isinstance(reset, datetime):
+            return retry_after_seconds((reset - self.now()).total_seconds())
+        return retry_after_seconds(getattr(exc, "retry_after", None))
 
     # --- link card ---------------------------------------------------------------------------
 
-    async def _card(self, post: Post) -> Any:
+    async def _card(self, card: LinkCard | None, story: Story) -> Any:
         """The external embed for the post's card; the thumbnail is best effort, never fatal."""
         models = _sdk().models
 
-        card = post.extra.get("card")
-        if not card:
+        if card is None:
             return None
-        thumb = None
-        if card.get("image"):
-            thumb = await self._thumb(str(card["image"]), post.story)
+        thumb = await self._thumb(card.image, story) if card.image else None
         return models.AppBskyEmbedExternal.Main(external=models.AppBskyEmbedExternal.External(
-            uri=card["uri"], title=card.get("title", ""), description=card.get("description", ""),
-            thumb=thumb))
+            uri=card.uri, title=card.title, description=card.description, thumb=thumb))
 
     async def _thumb(self, url: str, story: Story) -> Any:
         try:
@@ -376,9 +396,7 @@ class BlueskyChannel:
     async def _download(self, url: str, story: Story) -> tuple[bytes, str]:
         """The image, fetched without any Bluesky credentials through the story's feed's address
         guard; ValueError (ImageRefused) or httpx.HTTPError (BlockedAddress among them) on failure."""
-        guard = guard_for_story(self.context.config, story.feed)
-        async with http_client(user_agent=self.context.user_agent, timeout=self.settings.timeout,
-                               guard=guard) as client:
+        async with self.http_client(guard=self.guard(story), follow_redirects=True) as client:
             image = await images.fetch_image(client, url, max_bytes=IMAGE_DOWNLOAD_LIMIT)
         return image.data, image.content_type
 
@@ -434,3 +452,6 @@ def _reason(exc: BaseException) -> str:
 def create(name: str, settings: ChannelSettings, context: ChannelContext) -> BlueskyChannel:
     assert isinstance(settings, Settings)
     return BlueskyChannel(name, settings, context)
+
+
+PLUGIN = Plugin("bluesky", (ChannelType("bluesky", Settings, create),))

@@ -12,7 +12,8 @@ from rich.text import Text
 
 from bot.channel import ChannelContext, ChannelSettings
 from bot.counting import Budget, count_graphemes
-from bot.render import PostRenderer, load_template_text
+from bot.kit import BaseChannel
+from bot.registry import ChannelType, Plugin
 from bot.types import Button, Length, Post, Receipt, Story
 
 DEFAULT_TEMPLATE = """\
@@ -41,36 +42,24 @@ class Settings(ChannelSettings):
     width: int = Field(default=100, ge=40, le=300)
 
 
-class ConsoleChannel:
+class ConsoleChannel(BaseChannel[Settings]):
     """Prints posts to standard output (or any text stream, for tests)."""
+
+    TYPE = "console"
+    DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
 
     def __init__(self, name: str, settings: Settings, context: ChannelContext,
                  stream: TextIO | None = None) -> None:
-        self.name = name
-        self.type = "console"
-        self.resumable = False
-        self.settings = settings
-        self.context = context
-        template = load_template_text(settings.template, DEFAULT_TEMPLATE, context.base_dir)
-        self.renderer = PostRenderer(name, template, context, tag_settings=settings.hashtags)
+        super().__init__(name, settings, context)
         self._stream = stream
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
     def render(self, story: Story) -> Post:
         budget = Budget("graphemes", self.settings.limit, count_graphemes)
         text, used, values = self.renderer.fit(story, budget)
         buttons = [Button(values["read_more"], story.url)] if story.url else []
         buttons += [Button(link.label, link.url) for link in self.context.cta.follow_links]
-        return Post(
-            channel=self.name, type=self.type, story=story, text=text,
-            length=Length(budget.unit, used, budget.limit), buttons=tuple(buttons),
-            media=(story.image,) if story.image else (),
-        )
+        return self.post(story, text, Length(budget.unit, used, budget.limit), buttons=tuple(buttons),
+                         media=(story.image,) if story.image else ())
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
         stream = self._stream or sys.stdout
@@ -90,3 +79,6 @@ class ConsoleChannel:
 def create(name: str, settings: ChannelSettings, context: ChannelContext) -> ConsoleChannel:
     assert isinstance(settings, Settings)
     return ConsoleChannel(name, settings, context)
+
+
+PLUGIN = Plugin("console", (ChannelType("console", Settings, create),))

@@ -17,16 +17,29 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from bot.channel import ChannelContext, ChannelSettings, Permanent, RetryLater, Uncertain
+from bot.channel import (
+    ChannelContext,
+    ChannelSettings,
+    Permanent,
+    RetryLater,
+    Unauthorized,
+    Uncertain,
+    payload_of,
+)
 from bot.counting import Budget
 from bot.durations import Duration
-from bot.render import PostRenderer, load_template_text, shorten, unit_count
-from bot.types import Length, Post, Receipt, Story
+from bot.http_retry import request_may_have_left, retry_after_seconds
+from bot.kit import BaseChannel
+from bot.registry import ChannelType, Plugin
+from bot.render import shorten, unit_count
+from bot.types import Length, Payload, Post, Receipt, Story
 
 CONTENT_MAX = 2000
 TITLE_MAX = 256
@@ -61,6 +74,14 @@ class Settings(ChannelSettings):
     rate_limit: str = "20/min"  # Discord allows about 30 messages a minute per webhook channel
 
     secret_keys: ClassVar[tuple[str, ...]] = ("webhook_url",)
+
+    def secret_parts(self) -> list[str]:
+        """The webhook's token and its id/token path: an error body that echoes the URL path
+        must not carry them into logs, alerts or `status`."""
+        url = self.webhook_url.get_secret_value()
+        path = [p for p in urlsplit(url).path.split("/") if p] if url else []
+        parts = [path[-1], "/".join(path[-2:])] if len(path) >= 2 else []
+        return [p for p in parts if len(p) >= 8]
 
     @field_validator("color", mode="before")
     @classmethod
@@ -134,26 +155,28 @@ def embed_length(embed: Mapping[str, Any]) -> int:
     """The characters Discord counts toward an embed's 6000 total."""
     total = len(embed.get("title", "")) + len(embed.get("description", ""))
     total += len(embed.get("footer", {}).get("text", "")) + len(embed.get("author", {}).get("name", ""))
-    for field in embed.get("fields", []):
-        total += len(field.get("name", "")) + len(field.get("value", ""))
+    for item in embed.get("fields", []):
+        total += len(item.get("name", "")) + len(item.get("value", ""))
     return total
 
 
-class DiscordChannel:
-    """One Discord channel webhook."""
+@dataclass(frozen=True)
+class DiscordPayload(Payload):
+    embed: dict[str, Any] = field(default_factory=dict)
+    username: str = ""
+    avatar_url: str = ""
+
+
+class DiscordChannel(BaseChannel[Settings]):
+    """One Discord channel webhook (no idempotency key: not resumable)."""
+
+    TYPE = "discord"
+    DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
 
     def __init__(self, name: str, settings: Settings, context: ChannelContext) -> None:
-        import httpx  # noqa: F401  (a missing package disables only this channel)
-
-        self.name = name
-        self.type = "discord"
-        self.resumable = False  # webhooks have no idempotency key
-        self.settings = settings
-        self.context = context
-        template = load_template_text(settings.template, DEFAULT_TEMPLATE, context.base_dir)
-        self.renderer = PostRenderer(name, template, context, tag_settings=settings.hashtags)
+        super().__init__(name, settings, context)
         self.budget = Budget("characters", CONTENT_MAX, len)
-        self._http: Any = None
+        self._http: httpx.AsyncClient | None = None
         self._bucket_empty_until = 0.0  # time.monotonic() when Discord said the bucket refills
 
     async def start(self) -> None:
@@ -169,16 +192,10 @@ class DiscordChannel:
 
     def render(self, story: Story) -> Post:
         content, used, _ = self.renderer.fit(story, self.budget)
-        embed = self.embed(story)
-        extra: dict[str, Any] = {"embed": embed, "allowed_mentions": {"parse": []},
-                                 "embed_length": embed_length(embed)}
-        if self.settings.username:
-            extra["username"] = self.settings.username
-        if self.settings.avatar_url:
-            extra["avatar_url"] = self.settings.avatar_url
-        return Post(channel=self.name, type=self.type, story=story, text=content,
-                    length=Length(self.budget.unit, used, self.budget.limit),
-                    media=(story.image,) if story.image else (), extra=extra)
+        payload = DiscordPayload(self.embed(story), self.settings.username or "",
+                                 self.settings.avatar_url or "")
+        return self.post(story, content, Length(self.budget.unit, used, self.budget.limit),
+                         media=(story.image,) if story.image else (), payload=payload)
 
     def embed(self, story: Story) -> dict[str, Any]:
         """The story as a Discord embed within every per-field limit and the 6000 total."""
@@ -209,24 +226,23 @@ class DiscordChannel:
     # --- send --------------------------------------------------------------------------------
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
-        import httpx
-
+        parts = payload_of(post, DiscordPayload)
         await self._respect_bucket()
         if self._http is None:
             self._http = self._make_client()
-        payload: dict[str, Any] = {"embeds": [post.extra["embed"]],
-                                   "allowed_mentions": {"parse": []}}
+        body: dict[str, Any] = {"embeds": [parts.embed], "allowed_mentions": {"parse": []}}
         if post.text:
-            payload["content"] = post.text
-        for key in ("username", "avatar_url"):
-            if post.extra.get(key):
-                payload[key] = post.extra[key]
+            body["content"] = post.text
+        if parts.username:
+            body["username"] = parts.username
+        if parts.avatar_url:
+            body["avatar_url"] = parts.avatar_url
         try:
-            response = await self._http.post(self._url(), json=payload)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteTimeout,
-                httpx.WriteError) as exc:  # the request did not (fully) reach Discord
-            raise RetryLater(f"cannot reach Discord: {self._safe(exc)}") from None
-        except httpx.HTTPError as exc:  # sent, but the answer was lost
+            response = await self._http.post(self._url(), json=body)
+        except httpx.HTTPError as exc:
+            if not request_may_have_left(exc):  # nothing reached Discord
+                raise RetryLater(f"cannot reach Discord: {self._safe(exc)}") from None
+            # sent (or partly sent), and no answer: the message may be in the channel
             raise Uncertain(f"Discord did not answer ({self._safe(exc)}); the message may be in the "
                             "channel: check it before `siar resend`") from None
         self._note_bucket(response.headers)
@@ -249,7 +265,7 @@ class DiscordChannel:
             return RetryLater(f"Discord rate limit{scope} (429){message}", after=after)
         if status in (401, 403, 404):
             what = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}[status]
-            return Permanent(f"Discord refused the webhook ({status} {what}{message}): it was "
+            return Unauthorized(f"Discord refused the webhook ({status} {what}{message}): it was "
                              "deleted or its token is wrong; create a new webhook and update webhook_url")
         if status >= 500:
             return RetryLater(f"Discord server error ({status}){message}")
@@ -257,21 +273,11 @@ class DiscordChannel:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _make_client(self) -> Any:
-        import httpx
-
-        timeout = self.settings.timeout
-        return httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
-            # A fresh connection per post: a stale pooled one could fail after the request left.
-            limits=httpx.Limits(max_keepalive_connections=0),
-            headers={"User-Agent": self.context.user_agent},
-            follow_redirects=False,
-        )
+    def _make_client(self) -> httpx.AsyncClient:
+        # A fresh connection per post: a stale pooled one could fail after the request left.
+        return self.http_client(keepalive=False)
 
     def _url(self) -> str:
-        import httpx
-
         url = self.settings.webhook_url.get_secret_value()
         if self.settings.api_base_url:
             base, parts = urlsplit(self.settings.api_base_url), urlsplit(url)
@@ -306,15 +312,11 @@ def retry_after(headers: Mapping[str, str], data: Any) -> float | None:
     """Seconds Discord asks to wait after a 429: the longest of Retry-After,
     X-RateLimit-Reset-After and the JSON body's retry_after (None if none is given)."""
     lower = {k.lower(): v for k, v in headers.items()}
-    waits = [w for w in (_number(lower.get("retry-after")), _number(lower.get("x-ratelimit-reset-after")))
-             if w is not None]
+    values = [lower.get("retry-after"), lower.get("x-ratelimit-reset-after")]
     if isinstance(data, dict):
-        body = data.get("retry_after")
-        if isinstance(body, int | float) and not isinstance(body, bool):
-            waits.append(float(body))
-    if not waits:
-        return None
-    return min(max(0.0, max(waits)), 86400.0)
+        values.append(data.get("retry_after"))
+    waits = [w for w in (retry_after_seconds(v) for v in values) if w is not None]
+    return max(waits) if waits else None
 
 
 def _number(value: str | None) -> float | None:
@@ -356,3 +358,6 @@ def _field_errors(errors: dict[str, Any], path: str = "") -> str:
 def create(name: str, settings: ChannelSettings, context: ChannelContext) -> DiscordChannel:
     assert isinstance(settings, Settings)
     return DiscordChannel(name, settings, context)
+
+
+PLUGIN = Plugin("discord", (ChannelType("discord", Settings, create),))

@@ -13,25 +13,38 @@ failure older than that is reported as Uncertain instead of being retried blindl
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Literal
 
 import httpx
-from pydantic import Field, SecretStr, field_validator
+from pydantic import SecretStr, field_validator
 
-from bot.channel import ChannelContext, ChannelSettings, Permanent, RetryLater, Uncertain
+from bot.channel import (
+    ChannelContext,
+    ChannelSettings,
+    Permanent,
+    RetryLater,
+    Unauthorized,
+    Uncertain,
+    payload_of,
+)
 from bot.counting import Budget, count_graphemes, count_mastodon, graphemes
+from bot.durations import Duration
+from bot.http_retry import request_may_have_left, retry_after_seconds
 from bot.images import fetch_image
-from bot.net import guard_for_story, http_client
-from bot.render import PostRenderer, load_template_text
-from bot.types import Length, Post, Receipt, Story
+from bot.kit import BaseChannel
+from bot.registry import ChannelType, Plugin
+from bot.render import defuse_mentions
+from bot.types import Length, Payload, Post, Receipt, Story
 
 log = logging.getLogger("siar.mastodon")
 
+# The short call to action only when title, lead and hashtags fit first (see PostRenderer.fit).
 DEFAULT_TEMPLATE = """\
 {{ title }}
 
@@ -40,6 +53,10 @@ DEFAULT_TEMPLATE = """\
 {{ url }}
 
 {{ hashtags }}
+{% if cta_follow %}
+
+{{ cta_follow }}
+{% endif %}
 """
 DEFAULT_MAX_CHARACTERS = 500
 DEFAULT_URL_LENGTH = 23
@@ -57,7 +74,7 @@ class Settings(ChannelSettings):
     upload_image: bool = False  # attach the story image (with alt text) instead of relying on the card
     sensitive: bool = False
     spoiler_text: str = ""  # content warning; counts toward the instance's character limit
-    timeout: float = Field(default=20.0, gt=0, le=300)  # seconds per request
+    timeout: Duration = 20.0  # per request
     secret_keys: ClassVar[tuple[str, ...]] = ("access_token",)
 
     @field_validator("instance")
@@ -112,21 +129,27 @@ def outgoing_key(idempotency_key: str, story: Story) -> str:
     return f"{idempotency_key}-{digest}"
 
 
-class MastodonChannel:
-    """One account on one instance."""
+@dataclass(frozen=True)
+class MastodonPayload(Payload):
+    visibility: str = "public"
+    language: str | None = None
+    spoiler_text: str = ""
+    image_alt: str = ""
+
+
+class MastodonChannel(BaseChannel[Settings]):
+    """One account on one instance. Resumable: the Idempotency-Key makes a resend return the
+    first status — for an hour; a row interrupted longer ago is marked uncertain, not resent."""
+
+    TYPE = "mastodon"
+    DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
+    RESUMABLE = True
+    RESUME_WINDOW = IDEMPOTENCY_WINDOW
 
     def __init__(self, name: str, settings: Settings, context: ChannelContext) -> None:
-        self.name = name
-        self.type = "mastodon"
-        self.resumable = True  # the Idempotency-Key makes a resend return the first status
-        # …for an hour: a row interrupted longer ago than this is marked uncertain, not resent.
-        self.resume_window = IDEMPOTENCY_WINDOW
-        self.settings = settings
-        self.context = context
-        template = load_template_text(settings.template, DEFAULT_TEMPLATE, context.base_dir)
-        self.renderer = PostRenderer(name, template, context, tag_settings=settings.hashtags)
-        key = f"mastodon-limits:{settings.instance}"
-        self.limits: InstanceLimits = context.shared.setdefault(key, InstanceLimits())
+        super().__init__(name, settings, context)
+        self.limits = context.shared.get(f"mastodon-limits:{settings.instance}", InstanceLimits,
+                                         InstanceLimits)
         self._client: httpx.AsyncClient | None = None
         self._ambiguous: dict[str, float] = {}  # key -> monotonic time of its first ambiguous failure
 
@@ -134,9 +157,7 @@ class MastodonChannel:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                base_url=self.settings.instance, timeout=self.settings.timeout,
-                headers={"User-Agent": self.context.user_agent}, follow_redirects=False)
+            self._client = self.http_client(base_url=self.settings.instance)
         return self._client
 
     async def start(self) -> None:
@@ -180,18 +201,16 @@ class MastodonChannel:
 
     def render(self, story: Story) -> Post:
         budget = self.budget()
-        text, used, _ = self.renderer.fit(story, budget)
+        # `@user@instance` in a title would notify that account: feed text never mentions anyone.
+        shown = dataclasses.replace(story, title=defuse_mentions(story.title),
+                                    lead=defuse_mentions(story.lead))
+        text, used, _ = self.renderer.fit(shown, budget, optional_cta=True)
         language = status_language(self.settings.language or story.language or self.context.site.language)
-        alt = "".join(graphemes(story.image_alt or story.title)[:ALT_TEXT_LIMIT])
-        extra: dict[str, Any] = {"visibility": self.settings.visibility, "language": language}
-        if self.settings.spoiler_text:
-            extra["spoiler_text"] = self.settings.spoiler_text
-        if self.settings.upload_image and story.image:
-            extra["image_alt"] = alt
-        return Post(channel=self.name, type=self.type, story=story, text=text,
-                    length=Length(budget.unit, used, budget.limit),
-                    media=(story.image,) if self.settings.upload_image and story.image else (),
-                    extra=extra)
+        upload = self.settings.upload_image and bool(story.image)
+        alt = "".join(graphemes(story.image_alt or story.title)[:ALT_TEXT_LIMIT]) if upload else ""
+        payload = MastodonPayload(self.settings.visibility, language, self.settings.spoiler_text, alt)
+        return self.post(story, text, Length(budget.unit, used, budget.limit),
+                         media=(story.image,) if upload else (), payload=payload)
 
     # --- sending -----------------------------------------------------------------------------
 
@@ -205,23 +224,24 @@ class MastodonChannel:
             raise Uncertain("an earlier attempt may have posted it and the instance's one-hour "
                             "Idempotency-Key window has passed")
         await self._load_limits()
-        body: dict[str, Any] = {"status": post.text, "visibility": post.extra.get("visibility", "public")}
-        if post.extra.get("language"):
-            body["language"] = post.extra["language"]
-        if post.extra.get("spoiler_text"):
-            body["spoiler_text"] = post.extra["spoiler_text"]
+        payload = payload_of(post, MastodonPayload)
+        body: dict[str, Any] = {"status": post.text, "visibility": payload.visibility}
+        if payload.language:
+            body["language"] = payload.language
+        if payload.spoiler_text:
+            body["spoiler_text"] = payload.spoiler_text
         if self.settings.sensitive:
             body["sensitive"] = True
         if post.media:
-            media_id = await self._upload_image(post.media[0], str(post.extra.get("image_alt", "")),
-                                                post.story)
+            media_id = await self._upload_image(post.media[0], payload.image_alt, post.story)
             if media_id:
                 body["media_ids"] = [media_id]
         try:
             response = await self._http().post("/api/v1/statuses", json=body,
                                                 headers={**self._auth(), "Idempotency-Key": key})
         except httpx.HTTPError as exc:
-            self._ambiguous.setdefault(key, time.monotonic())
+            if request_may_have_left(exc):  # the key covers a resend only within the hour
+                self._ambiguous.setdefault(key, time.monotonic())
             raise RetryLater(f"network error: {type(exc).__name__}") from None
         if response.status_code in (200, 201):
             self._ambiguous.pop(key, None)
@@ -242,7 +262,7 @@ class MastodonChannel:
         if status >= 500 or status == 408:
             return RetryLater(f"instance error {status} while {doing}{': ' + text if text else ''}")
         if status in (401, 403):
-            return Permanent(f"the access token was refused ({status}{': ' + text if text else ''}); "
+            return Unauthorized(f"the access token was refused ({status}{': ' + text if text else ''}); "
                              "check access_token and its write:statuses scope")
         if status == 422:
             return Permanent(f"the instance rejected the status: {text or 'unprocessable'}")
@@ -252,25 +272,18 @@ class MastodonChannel:
         return Permanent(f"unexpected answer {status} while {doing}{': ' + text if text else ''}")
 
     def _retry_after(self, response: httpx.Response) -> float | None:
-        now = self.context.clock() if self.context.clock else datetime.now(UTC)
+        """Seconds until the instance's rate-limit window resets (X-RateLimit-Reset, an ISO
+        time), else its Retry-After; capped like every wait."""
+        now = self.now()
         reset = response.headers.get("X-RateLimit-Reset")
         if reset:
             try:
                 when = datetime.fromisoformat(reset.strip())
                 when = when if when.tzinfo else when.replace(tzinfo=UTC)
-                return max(0.0, (when - now).total_seconds())
+                return retry_after_seconds((when - now).total_seconds())
             except ValueError:
                 pass
-        retry_after = response.headers.get("Retry-After")
-        if retry_after:
-            try:
-                return max(0.0, float(retry_after))
-            except ValueError:
-                try:
-                    return max(0.0, (parsedate_to_datetime(retry_after) - now).total_seconds())
-                except (TypeError, ValueError):
-                    return None
-        return None
+        return retry_after_seconds(response.headers.get("Retry-After"), now)
 
     async def _upload_image(self, url: str, alt: str, story: Story) -> str | None:
         """Upload the story image and return its media id; None (post without it) on any failure."""
@@ -312,10 +325,8 @@ class MastodonChannel:
     async def _fetch_image(self, url: str, story: Story) -> tuple[bytes, str] | None:
         """The image's bytes and sniffed type, fetched WITHOUT the instance's credentials through
         the story's feed's address guard; None on failure."""
-        guard = guard_for_story(self.context.config, story.feed)
         try:
-            async with http_client(user_agent=self.context.user_agent, timeout=self.settings.timeout,
-                                   guard=guard) as client:
+            async with self.http_client(guard=self.guard(story), follow_redirects=True) as client:
                 image = await fetch_image(client, url, max_bytes=self.limits.image_size_limit)
             return image.data, image.content_type
         except (httpx.HTTPError, ValueError) as exc:  # ImageRefused is a ValueError
@@ -343,4 +354,7 @@ def _error_text(response: httpx.Response) -> str:
 def create(name: str, settings: ChannelSettings, context: ChannelContext) -> MastodonChannel:
     assert isinstance(settings, Settings)
     return MastodonChannel(name, settings, context)
+
+
+PLUGIN = Plugin("mastodon", (ChannelType("mastodon", Settings, create),))
 

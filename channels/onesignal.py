@@ -13,16 +13,22 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import httpx
 from pydantic import Field, SecretStr
 
-from bot.channel import ChannelContext, ChannelSettings, Permanent, RetryLater
+from bot.channel import ChannelContext, ChannelSettings, Permanent, RetryLater, Unauthorized, payload_of
 from bot.counting import Budget, count_graphemes
 from bot.durations import Duration
-from bot.render import PostRenderer, load_template_text
-from bot.types import Button, Length, Post, Receipt, Story
-from channels.webpush import DEFAULT_TEMPLATE, parse_retry_after, story_tag
+from bot.http_retry import retry_after_seconds
+from bot.kit import BaseChannel
+from bot.registry import ChannelType, Plugin
+from bot.render import story_tag
+from bot.types import Button, Length, Payload, Post, Receipt, Story
+
+DEFAULT_TEMPLATE = "{% if lead %}{{ lead }}{% else %}{{ site }}{% endif %}"
 
 NAMESPACE = uuid.UUID("4f0d3c1e-5a0b-4d8e-9a57-2b1f6c0e9d11")  # siar's namespace for idempotency keys
 
@@ -58,23 +64,25 @@ def topic_values(story: Story) -> list[str]:
     return list(dict.fromkeys(values))[:20]
 
 
-class OneSignalChannel:
+@dataclass(frozen=True)
+class OneSignalPayload(Payload):
+    title: str = ""
+    tag: str = ""
+
+
+class OneSignalChannel(BaseChannel[Settings]):
+    """Resumable: OneSignal drops a repeated idempotency_key."""
+
+    TYPE = "onesignal"
+    DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
+    RESUMABLE = True
+
     def __init__(self, name: str, settings: Settings, context: ChannelContext) -> None:
-        self.name = name
-        self.type = "onesignal"
-        self.resumable = True  # OneSignal drops a repeated idempotency_key
-        self.settings = settings
-        self.context = context
-        template = load_template_text(settings.template, DEFAULT_TEMPLATE, context.base_dir)
-        self.renderer = PostRenderer(name, template, context, tag_settings=settings.hashtags)
-        self._client: Any = None
+        super().__init__(name, settings, context)
+        self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        import httpx
-
-        self._client = httpx.AsyncClient(base_url=self.settings.api_base_url.rstrip("/"),
-                                         timeout=self.settings.timeout,
-                                         headers={"User-Agent": self.context.user_agent})
+        self._client = self.http_client(base_url=self.settings.api_base_url.rstrip("/"))
 
     async def close(self) -> None:
         if self._client is not None:
@@ -84,16 +92,16 @@ class OneSignalChannel:
     def render(self, story: Story) -> Post:
         budget = Budget("graphemes", self.settings.body_limit, count_graphemes)
         text, used, values = self.renderer.fit(story, budget)
-        return Post(channel=self.name, type=self.type, story=story, text=text,
-                    length=Length(budget.unit, used, budget.limit),
-                    buttons=(Button(values["read_more"], story.url),) if story.url else (),
-                    media=(story.image,) if story.image else (),
-                    extra={"title": story.title, "tag": story_tag(story)})
+        return self.post(story, text, Length(budget.unit, used, budget.limit),
+                         buttons=(Button(values["read_more"], story.url),) if story.url else (),
+                         media=(story.image,) if story.image else (),
+                         payload=OneSignalPayload(story.title, story_tag(story)))
 
     def body(self, post: Post, idempotency_key: str) -> dict[str, Any]:
         """The JSON of the create-notification request."""
-        language = getattr(self.context.site, "language", "en") or "en"
-        title = str(post.extra.get("title") or post.story.title)
+        parts = payload_of(post, OneSignalPayload)
+        language = self.context.site.language or "en"
+        title = parts.title or post.story.title
         body: dict[str, Any] = {
             "app_id": self.settings.app_id,
             "idempotency_key": idempotency_uuid(self.name, idempotency_key, post.story),
@@ -101,7 +109,7 @@ class OneSignalChannel:
             "headings": {"en": title, language: title},
             "contents": {"en": post.text or title, language: post.text or title},
             "web_url": post.story.url,
-            "web_push_topic": post.extra.get("tag", ""),
+            "web_push_topic": parts.tag,
             "ttl": int(self.settings.ttl),
         }
         if post.story.image:
@@ -120,8 +128,6 @@ class OneSignalChannel:
         return body
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
-        import httpx
-
         if self._client is None:
             raise Permanent("the onesignal channel was not started")
         body = self.body(post, idempotency_key)
@@ -145,9 +151,9 @@ class OneSignalChannel:
         errors = data.get("errors") if isinstance(data, dict) else None
         brief = _brief(errors) or re.sub(r"\s+", " ", text)[:150]
         if status == 429 or status >= 500:
-            raise RetryLater(f"OneSignal {status}: {brief}", after=parse_retry_after(retry_after))
+            raise RetryLater(f"OneSignal {status}: {brief}", after=retry_after_seconds(retry_after))
         if status in (401, 403):
-            raise Permanent(f"OneSignal {status}: the REST API key is not accepted ({brief})")
+            raise Unauthorized(f"OneSignal {status}: the REST API key is not accepted ({brief})")
         if status >= 400:
             raise Permanent(f"OneSignal {status}: {brief}")
         remote_id = str(data.get("id") or "") if isinstance(data, dict) else ""
@@ -167,3 +173,6 @@ def _brief(errors: Any) -> str:
 def create(name: str, settings: ChannelSettings, context: ChannelContext) -> OneSignalChannel:
     assert isinstance(settings, Settings)
     return OneSignalChannel(name, settings, context)
+
+
+PLUGIN = Plugin("onesignal", (ChannelType("onesignal", Settings, create),))

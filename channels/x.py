@@ -16,21 +16,32 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email.utils
-import re
 import time
 from collections.abc import Mapping
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from datetime import time as clock_time
 from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, SecretStr, field_validator
 
-from bot.channel import AlreadyDone, ChannelContext, ChannelSettings, Permanent, RetryLater, Uncertain
+from bot.backoff import MAX_RETRY_AFTER
+from bot.channel import (
+    AlreadyDone,
+    ChannelContext,
+    ChannelSettings,
+    Permanent,
+    RetryLater,
+    Unauthorized,
+    Uncertain,
+)
 from bot.counting import Budget, count_x
 from bot.durations import Duration
-from bot.render import PostRenderer, load_template_text
-from bot.types import Length, Post, Receipt, Story
+from bot.kit import BaseChannel
+from bot.registry import ChannelType, Plugin
+from bot.render import defuse_mentions
+from bot.types import Length, Payload, Post, Receipt, Story
 
 TWEEPY_HOST = "https://api.twitter.com"
 LIMIT = 280
@@ -77,26 +88,25 @@ class Settings(ChannelSettings):
         return value
 
 
-class XChannel:
-    """One X account."""
+@dataclass(frozen=True)
+class XPayload(Payload):
+    hashtags: tuple[str, ...] = ()
+
+
+class XChannel(BaseChannel[Settings]):
+    """One X account (create_tweet has no idempotency key: not resumable)."""
+
+    TYPE = "x"
+    DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
 
     def __init__(self, name: str, settings: Settings, context: ChannelContext) -> None:
         import tweepy  # type: ignore[import-untyped]  # noqa: F401  (missing SDK disables the channel)
 
-        self.name = name
-        self.type = "x"
-        self.resumable = False  # create_tweet has no idempotency key
-        self.settings = settings
-        self.context = context
-        template = load_template_text(settings.template, DEFAULT_TEMPLATE, context.base_dir)
-        cta = context.cta
-        if settings.cta is not None:
-            cta = cta.model_copy(update={"follow_text": settings.cta})
-        self.renderer = PostRenderer(name, template, dataclasses.replace(context, cta=cta),
-                                     tag_settings=settings.hashtags)
-        no_cta = cta.model_copy(update={"follow_text": "", "notify_text": "", "follow_links": []})
-        self.renderer_without_cta = PostRenderer(name, template, dataclasses.replace(context, cta=no_cta),
-                                                 tag_settings=settings.hashtags)
+        super().__init__(name, settings, context)
+        if settings.cta is not None:  # X's own short call to action instead of [cta] follow_text
+            context = dataclasses.replace(context, cta=context.cta.model_copy(
+                update={"follow_text": settings.cta}))
+            self.renderer = self.make_renderer(context)
         self.budget = Budget("weighted", LIMIT, count_x)
         self._client: Any = None
         self._sent_today: tuple[date, int] | None = None  # only when there is no store
@@ -115,15 +125,10 @@ class XChannel:
         # automated mentions, and the account named would be notified.
         story = dataclasses.replace(story, title=defuse_mentions(story.title),
                                     lead=defuse_mentions(story.lead))
-        text, used, values = self.renderer.fit(story, self.budget)
-        everything = self.renderer.variables(story)
-        complete = all(values[k] == everything[k] for k in ("hashtag_list", "title", "lead"))
-        if not complete and values["cta_follow"]:
-            # The call to action is the first thing to go, before any hashtag or title word.
-            text, used, values = self.renderer_without_cta.fit(story, self.budget)
-        return Post(channel=self.name, type=self.type, story=original, text=text,
-                    length=Length(self.budget.unit, used, self.budget.limit),
-                    extra={"hashtags": values["hashtag_list"]})
+        # The call to action is the first thing to go, before any hashtag or title word.
+        text, used, values = self.renderer.fit(story, self.budget, optional_cta=True)
+        return self.post(original, text, Length(self.budget.unit, used, self.budget.limit),
+                         payload=XPayload(tuple(values["hashtag_list"])))
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
         await self._check_daily_cap()
@@ -162,14 +167,11 @@ class XChannel:
 
     # --- the daily cap ---------------------------------------------------------------------
 
-    def _now(self) -> datetime:
-        return self.context.clock() if self.context.clock is not None else datetime.now(UTC)
-
     async def _check_daily_cap(self) -> None:
         cap = self.settings.daily_cap
         if cap is None:
             return
-        now = self._now()
+        now = self.now()
         midnight, next_midnight = local_day(now, self.context.site.timezone)
         sent = await self._sent_since(midnight)
         if sent < cap:
@@ -181,35 +183,19 @@ class XChannel:
                          after=wait, attempt=False)
 
     async def _sent_since(self, since: datetime) -> int:
-        store = self.context.store
-        if store is None:
-            day = since.astimezone(ZoneInfo(self.context.site.timezone)).date()
-            return self._sent_today[1] if self._sent_today and self._sent_today[0] == day else 0
-        from sqlalchemy import func, select
-
-        from bot.schema import outbox
-
-        # Rows X confirmed with an id; "already posted" answers (no id) created nothing new.
-        query = select(func.count()).select_from(outbox).where(
-            outbox.c.channel == self.name, outbox.c.status == "sent", outbox.c.sent_at >= since,
-            outbox.c.remote_id.is_not(None))
-        async with store.engine.connect() as conn:
-            return int((await conn.execute(query)).scalar_one())
+        """Posts X confirmed with an id since `since` ("already posted" answers created nothing
+        new), from the outbox, which survives restarts and sees every daemon sharing the store."""
+        if self.context.sent_since is not None:
+            return await self.context.sent_since(self.name, since)
+        day = since.astimezone(ZoneInfo(self.context.site.timezone)).date()
+        return self._sent_today[1] if self._sent_today and self._sent_today[0] == day else 0
 
     def _count_sent(self) -> None:
-        if self.context.store is not None or self.settings.daily_cap is None:
+        if self.context.sent_since is not None or self.settings.daily_cap is None:
             return
-        day = self._now().astimezone(ZoneInfo(self.context.site.timezone)).date()
+        day = self.now().astimezone(ZoneInfo(self.context.site.timezone)).date()
         count = self._sent_today[1] if self._sent_today and self._sent_today[0] == day else 0
         self._sent_today = (day, count + 1)
-
-
-_MENTION = re.compile(r"(?<![A-Za-z0-9_!#$%&*@＠])([@＠])(?=[A-Za-z0-9_])")
-
-
-def defuse_mentions(text: str) -> str:
-    """`text` with every would-be @mention broken by a zero-width space after the '@'."""
-    return _MENTION.sub("\\1\u200b", text)
 
 
 def local_day(now: datetime, timezone: str) -> tuple[datetime, datetime]:
@@ -262,7 +248,7 @@ def classify(exc: BaseException, timeout: float, now: float | None = None) -> Ba
             return AlreadyDone("X says this text is already posted (403 duplicate content)")
         return Permanent(f"X refused the post (403 Forbidden){_detail(exc)}")
     if isinstance(exc, tweepy.Unauthorized):
-        return Permanent("X rejected the credentials (401 Unauthorized): check consumer_key, "
+        return Unauthorized("X rejected the credentials (401 Unauthorized): check consumer_key, "
                          "consumer_secret, access_token and access_token_secret, and that the app "
                          f"has Read and Write permission{_detail(exc)}")
     if isinstance(exc, tweepy.TwitterServerError):
@@ -350,7 +336,7 @@ def rate_limit_wait(headers: Mapping[str, str], now: float) -> float | None:
             waits.append(seconds)
     if not waits:
         return None
-    return min(max(1.0, max(waits) + 1.0), 2 * 86400.0)
+    return min(max(1.0, max(waits) + 1.0), MAX_RETRY_AFTER)
 
 
 def _number(value: str | None) -> float | None:
@@ -385,4 +371,7 @@ def _clip(text: str) -> str:
 def create(name: str, settings: ChannelSettings, context: ChannelContext) -> XChannel:
     assert isinstance(settings, Settings)
     return XChannel(name, settings, context)
+
+
+PLUGIN = Plugin("x", (ChannelType("x", Settings, create),))
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bot import registry
+from bot.registry import REGISTRY
+from tests import fakes
 from bot.config import Config, load_config
 from tests.feedserver import FeedServer
 
@@ -26,9 +27,10 @@ def feed_server() -> Iterator[FeedServer]:
 
 
 @pytest.fixture
-def fake_type(monkeypatch: pytest.MonkeyPatch) -> None:
+def fake_type() -> Iterator[None]:
     """Makes `type = "fake"` (tests.fakes) a known channel type."""
-    monkeypatch.setitem(registry.MODULES, "fake", "tests.fakes")
+    with REGISTRY.registered(fakes.PLUGIN):
+        yield
 
 
 @pytest.fixture

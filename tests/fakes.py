@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 from bot.channel import ChannelContext, ChannelSettings
 from bot.counting import Budget, count_graphemes
+from bot.registry import ChannelType, Plugin
 from bot.render import PostRenderer
 from bot.types import Length, Post, Receipt, Story
 
 
 class Settings(ChannelSettings):
-    """`type = "fake"`: used by tests through `bot.registry.MODULES`."""
+    """`type = "fake"`: registered by the `fake_type` fixture (tests/conftest.py)."""
 
     type: str = "fake"
     token: str = ""
@@ -29,6 +30,7 @@ class FakeChannel:
         self.name = name
         self.type = "fake"
         self.resumable = False
+        self.resume_window: float | None = None
         self.settings = settings or Settings(type="fake")
         self.sent: list[Post] = []
         self.attempts: list[str] = []  # idempotency keys, one per send call
@@ -65,6 +67,9 @@ class FakeChannel:
 
 def create(name: str, settings: ChannelSettings, context: ChannelContext) -> FakeChannel:
     return FakeChannel(name, settings, context)
+
+
+PLUGIN = Plugin("fake", (ChannelType("fake", Settings, create),))
 
 
 class Clock:

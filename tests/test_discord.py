@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from bot.app import App, build
 from bot.channel import ChannelContext, Permanent, RetryLater, Uncertain
 from bot.cleaning import CleaningRules
-from bot.config import CTA, Config, FollowLink, Site
+from bot.config import Config
+from bot.site import CTA, FollowLink, Site
 from bot.daemon import prepare
 from bot.normalize import parse_feed
 from bot.types import Story
@@ -55,7 +56,8 @@ def fake_discord() -> Iterator[FakeDiscord]:
 
 
 def payload_of(post: Any) -> dict[str, Any]:
-    body = {"content": post.text, "embeds": [post.extra["embed"]], "allowed_mentions": {"parse": []}}
+    body = {"content": post.text, "embeds": [post.to_dict()["extra"]["embed"]],
+            "allowed_mentions": {"parse": []}}
     return body
 
 
@@ -64,7 +66,7 @@ def payload_of(post: Any) -> dict[str, Any]:
 def test_seed_story_embed() -> None:
     story = story_by("medcom-4KZ9mA2b")
     post = channel(color="#E4002B", username="medcom.id").render(story)
-    embed = post.extra["embed"]
+    embed = post.to_dict()["extra"]["embed"]
     assert embed["title"] == "Putin Ajak Menlu Azerbaijan dan Armenia Bahas Perdamaian"
     assert embed["url"] == story.url
     assert embed["description"] == story.lead  # nothing in it needed escaping
@@ -75,8 +77,8 @@ def test_seed_story_embed() -> None:
     assert embed["color"] == 0xE4002B
     assert post.text == ("Ikuti media sosial medcom.id · [Instagram](<https://www.instagram.com/medcom.id>)"
                          "\nAktifkan notifikasi: <https://www.medcom.id/push/>")
-    assert post.extra["allowed_mentions"] == {"parse": []} and post.extra["username"] == "medcom.id"
-    assert post.extra["embed_length"] == discord.embed_length(embed)
+    assert post.to_dict()["extra"]["username"] == "medcom.id"
+    assert discord.embed_length(embed) <= discord.EMBED_TOTAL_MAX
     assert post.length.used == len(post.text) and post.length.limit == 2000
     assert check_message(payload_of(post)) is None
 
@@ -85,10 +87,10 @@ def test_hostile_text_cannot_ping_or_format() -> None:
     story = dataclasses.replace(story_by("medcom-Qw9Er5Ty"),
                                 lead="@everyone **gratis** [klik](https://evil.example) <@123>\n# Judul")
     post = channel().render(story)
-    description = post.extra["embed"]["description"]
+    description = post.to_dict()["extra"]["embed"]["description"]
     assert description == ("@everyone \\*\\*gratis\\*\\* \\[klik\\](https://evil.example) \\<@123\\>\n"
                            "\\# Judul")
-    assert "image" not in post.extra["embed"]  # the story has none
+    assert "image" not in post.to_dict()["extra"]["embed"]  # the story has none
 
 
 def test_long_texts_are_cut_at_words_within_limits() -> None:
@@ -97,7 +99,7 @@ def test_long_texts_are_cut_at_words_within_limits() -> None:
                   author="Penulis " * 100, section="Seksi " * 400)
     context = ChannelContext(site=Site(name="S" * 3000), cta=CTA(follow_text="ikuti " * 1000))
     post = channel(context=context).render(story)
-    embed = post.extra["embed"]
+    embed = post.to_dict()["extra"]["embed"]
     assert len(embed["title"]) <= 256 and embed["title"].endswith("kata…")
     assert len(embed["author"]["name"]) <= 256 and len(embed["footer"]["text"]) <= 2048
     assert discord.embed_length(embed) <= 6000 and embed["description"].endswith("…")
@@ -115,7 +117,7 @@ def test_any_story_fits_discord_limits(title: str, lead: str, author: str, secti
     story = Story(uid="1", feed="f", url="https://e.example/a?b=c", title=title, lead=lead,
                   author=author, section=section, published=datetime(2020, 1, 1, tzinfo=UTC))
     post = channel(context=context).render(story)
-    embed = post.extra["embed"]
+    embed = post.to_dict()["extra"]["embed"]
     assert len(post.text) <= 2000 and embed["url"] == story.url
     assert len(embed.get("title", "")) <= 256 and len(embed.get("description", "")) <= 4096
     assert discord.embed_length(embed) <= 6000
@@ -145,7 +147,7 @@ async def test_posts_the_embed_and_waits_for_the_message(fake_discord: FakeDisco
     assert fake_discord.problems == []
     (seen,) = fake_discord.requests
     assert seen.path == f"/api/webhooks/{WEBHOOK_ID}/{TOKEN}" and seen.query == {"wait": ["true"]}
-    assert seen.body == {"content": post.text, "embeds": [post.extra["embed"]],
+    assert seen.body == {"content": post.text, "embeds": [post.to_dict()["extra"]["embed"]],
                          "allowed_mentions": {"parse": []}, "username": "medcom.id",
                          "avatar_url": "https://e.example/a.png"}
     assert receipt.remote_id == "1170000000000000001"
@@ -287,9 +289,9 @@ def discord_app(fake_discord: FakeDiscord, feed_server: FeedServer, sample_bytes
 async def rows(app: App) -> list[dict[str, Any]]:
     out = []
     for story in sorted(sample_stories(), key=lambda s: s.published or datetime.min.replace(tzinfo=UTC)):
-        (found,) = await app.store.find_stories(story.url)
-        (item,) = await app.store.outbox_of(found["id"])
-        decisions = [d["decision"] for d in await app.store.decisions_of(found["id"])]
+        (found,) = await app.store.stories.find(story.url)
+        (item,) = await app.store.stories.outbox_of(found["id"])
+        decisions = [d["decision"] for d in await app.store.stories.decisions_of(found["id"])]
         out.append({**item, "decisions": decisions, "story": story})
     return out
 

@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 
 from bot.channel import ChannelContext, Permanent, RetryLater, Uncertain
 from bot.cleaning import CleaningRules
-from bot.config import CTA, Config, Site
+from bot.config import Config
+from bot.site import CTA, Site
 from bot.counting import count_mastodon
 from bot.normalize import parse_feed
+from bot.net import guard_for_story
 from bot.types import Story
 from channels.mastodon import MastodonChannel, Settings, create, outgoing_key
 from tests.fake_mastodon import FakeMastodon, Fault, mastodon_length
@@ -42,7 +44,9 @@ def channel_for(base: str, token: str = "secret-token", config: Config | None = 
                 **keys: object) -> MastodonChannel:
     settings = Settings.model_validate({"type": "mastodon", "instance": base, "access_token": token, **keys})
     # a fresh context each time: instance limits are cached per context
-    return create("masto", settings, ChannelContext(site=CONTEXT.site, cta=CONTEXT.cta, config=config))
+    context = ChannelContext(site=CONTEXT.site, cta=CONTEXT.cta,
+                             guard_for=lambda feed: guard_for_story(config, feed))
+    return create("masto", settings, context)
 
 
 def feed_on(story: Story, server: FeedServer) -> Config:

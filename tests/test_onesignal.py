@@ -11,7 +11,8 @@ import pytest
 from aiohttp import web
 
 from bot.channel import ChannelContext, Permanent, RetryLater
-from bot.config import CTA, Config, Site
+from bot.config import Config
+from bot.site import CTA, Site
 from bot.types import Story
 from channels.onesignal import OneSignalChannel, Settings
 

@@ -40,14 +40,14 @@ async def one_story(feed_server: FeedServer, make_config: Callable[[str], Config
 
 
 async def row(app: App) -> dict:  # type: ignore[type-arg]
-    (story,) = await app.store.find_stories("https://e.example/1")
-    (item,) = await app.store.outbox_of(story["id"])
+    (story,) = await app.store.stories.find("https://e.example/1")
+    (item,) = await app.store.stories.outbox_of(story["id"])
     return item
 
 
 async def log(app: App) -> list[str]:
-    (story,) = await app.store.find_stories("https://e.example/1")
-    return [d["decision"] for d in await app.store.decisions_of(story["id"])]
+    (story,) = await app.store.stories.find("https://e.example/1")
+    return [d["decision"] for d in await app.store.stories.decisions_of(story["id"])]
 
 
 async def test_sent(one_story) -> None:
@@ -143,9 +143,9 @@ async def test_uncertain_is_never_resent_until_the_operator_says(one_story, erro
 
 async def test_crash_mid_send_becomes_uncertain_on_restart(one_story) -> None:
     app, channel, clock = one_story
-    item = await app.store.claim("fake", clock.now, "crashed-worker")  # claimed, then "crash"
+    item = await app.store.outbox.claim("fake", clock.now, "crashed-worker")  # claimed, then "crash"
     assert item is not None and (await row(app))["status"] == "sending"
-    assert await app.store.recover_sending(clock.now) == 1
+    assert await app.store.outbox.recover_sending(clock.now) == 1
     assert (await row(app))["status"] == "uncertain"
     await app.dispatcher.drain()
     assert channel.attempts == []
@@ -167,7 +167,7 @@ async def test_shutdown_mid_send_is_abandoned_as_uncertain(one_story) -> None:
 
 async def test_two_workers_never_claim_the_same_row(one_story) -> None:
     app, _, clock = one_story
-    claims = await asyncio.gather(*(app.store.claim("fake", clock.now, f"w{i}") for i in range(8)))
+    claims = await asyncio.gather(*(app.store.outbox.claim("fake", clock.now, f"w{i}") for i in range(8)))
     assert len([c for c in claims if c is not None]) == 1
 
 
@@ -175,16 +175,16 @@ async def test_status_counts(one_story) -> None:
     app, channel, _ = one_story
     channel.script.append(Permanent("nope"))
     await app.dispatcher.drain()
-    counts = await app.store.counts()
+    counts = await app.store.reports.counts()
     assert counts == {"fake": {"pending": 0, "sending": 0, "sent": 0, "failed": 1, "uncertain": 0}}
-    (problem,) = await app.store.recent_problems()
+    (problem,) = await app.store.reports.recent_problems()
     assert problem["last_error"] == "nope" and problem["url"] == "https://e.example/1"
 
 
 async def test_crash_on_a_resumable_channel_resumes_the_row(one_story) -> None:
     app, channel, clock = one_story
-    assert await app.store.claim("fake", clock.now, "crashed-worker") is not None
-    assert await app.store.recover_sending(clock.now, resumable={"fake": None}) == 1
+    assert await app.store.outbox.claim("fake", clock.now, "crashed-worker") is not None
+    assert await app.store.outbox.recover_sending(clock.now, resumable={"fake": None}) == 1
     await app.dispatcher.drain()
     item = await row(app)
     assert item["status"] == "sent" and channel.attempts == [f"siar-{item['id']}"]
@@ -223,7 +223,7 @@ async def test_a_channel_that_cannot_start_waits_and_retries(one_story, monkeypa
 
 async def test_a_store_error_does_not_kill_the_worker(one_story, monkeypatch) -> None:
     app, channel, _ = one_story
-    real = app.store.claim
+    real = app.store.outbox.claim
     calls = {"n": 0}
 
     async def flaky(*args, **kwargs):
@@ -232,7 +232,7 @@ async def test_a_store_error_does_not_kill_the_worker(one_story, monkeypatch) ->
             raise OSError("database went away")
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(app.store, "claim", flaky)
+    monkeypatch.setattr(app.store.outbox, "claim", flaky)
     monkeypatch.setattr(app.dispatcher, "_sleep", lambda seconds: asyncio.sleep(0))
     app.dispatcher.start()
     for _ in range(200):
@@ -265,7 +265,7 @@ async def test_a_resumable_row_interrupted_too_long_ago_is_uncertain(one_story) 
     await app.dispatcher.stop(grace=0.05)  # shutdown mid-send: pending, to resume
     assert (await row(app))["status"] == "pending"
     clock.advance(2 * 3600)  # down for two hours; the platform remembers keys for one
-    assert await app.store.recover_sending(clock.now, resumable={"fake": 3300}) == 1
+    assert await app.store.outbox.recover_sending(clock.now, resumable={"fake": 3300}) == 1
     assert (await row(app))["status"] == "uncertain"
 
 

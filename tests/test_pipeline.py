@@ -62,7 +62,7 @@ async def test_sample_once_then_nothing_across_restart(feed_server: FeedServer, 
     app = app_for(config, second, clock)
     await prepare(app)
     assert await poll_and_deliver(app) == []
-    counts = await app.store.counts()
+    counts = await app.store.reports.counts()
     await app.close()
     assert counts["fake"]["sent"] == 3
 
@@ -82,8 +82,8 @@ async def test_first_run_skip_records_without_posting_then_posts_new(
            "category": "Internasional"}
     feed_server.routes["/intl"] = Route(body=rss([new, item]))
     assert await poll_and_deliver(app) == ["New"]
-    found = await app.store.find_stories("https://m.example/internasional/1")
-    decisions = await app.store.decisions_of(found[0]["id"])
+    found = await app.store.stories.find("https://m.example/internasional/1")
+    decisions = await app.store.stories.decisions_of(found[0]["id"])
     await app.close()
     assert [d["decision"] for d in decisions] == ["first_run_skip"]
 
@@ -149,13 +149,13 @@ async def test_failing_feed_backs_off_and_does_not_stop_others(
     assert feed_server.hits("/broken") == hits
     clock.advance(300)
     assert (await app.poller.poll(config.feeds[1])).outcome == "error"
-    state = await app.store.feed_state("broken", "")
+    state = await app.store.feeds.get("broken", "")
     assert state.failures == 2
     assert (state.next_poll_at - clock.now).total_seconds() == 1200
     feed_server.routes["/broken"] = Route(body=sample_bytes)
     clock.advance(1200)
     assert (await app.poller.poll(config.feeds[1])).outcome == "new"
-    state = await app.store.feed_state("broken", "")
+    state = await app.store.feeds.get("broken", "")
     await app.close()
     assert state.failures == 0 and state.last_error is None
 
@@ -172,8 +172,8 @@ async def test_same_link_in_two_feeds_is_sent_once(feed_server: FeedServer,
     app = app_for(config, FakeChannel(), Clock())
     await prepare(app)
     titles = await poll_and_deliver(app)
-    stories = await app.store.find_stories("https://m.example/internasional/9")
-    decisions = [d["decision"] for s in stories for d in await app.store.decisions_of(s["id"])]
+    stories = await app.store.stories.find("https://m.example/internasional/9")
+    decisions = [d["decision"] for s in stories for d in await app.store.stories.decisions_of(s["id"])]
     await app.close()
     assert titles == ["Shared"]
     assert "duplicate" in decisions
@@ -190,7 +190,7 @@ async def test_a_failing_feed_alerts_once_per_streak(feed_server: FeedServer,
     async def sink(source: str, message: str) -> None:
         alerts.append(f"{source}: {message}")
 
-    app.context.alert_sinks.append(sink)
+    app.context.alerts.add_sink(sink)
     await prepare(app)
     for _ in range(8):
         await app.poller.poll(config.feeds[0], force=True)
@@ -215,7 +215,7 @@ async def test_enrich_fills_image_and_tags_from_the_article_page(
     app = app_for(config, FakeChannel(), Clock())
     await prepare(app)
     await app.poller.poll(config.feeds[0], force=True)
-    (story,) = await app.store.latest_stories(feeds=["intl"])
+    (story,) = await app.store.stories.latest(feeds=["intl"])
     await app.close()
     assert story.image == feed_server.url("/img/a.jpg")
     assert story.tags == ("Vladimir Putin", "rusia")
@@ -300,11 +300,11 @@ async def test_one_story_under_three_forms_of_its_link_is_posted_once_per_channe
     for feed in config.feeds:
         await app.poller.poll(feed, force=True)
     await app.dispatcher.drain()
-    counts = await app.store.counts()
-    found = await app.store.find_stories(f"http://medcom.id{path}", app_key(config, f"http://medcom.id{path}"))
+    counts = await app.store.reports.counts()
+    found = await app.store.stories.find(f"http://medcom.id{path}", app_key(config, f"http://medcom.id{path}"))
     decisions = []
     for row in found:
-        decisions += [d["decision"] for d in await app.store.decisions_of(row["id"])]
+        decisions += [d["decision"] for d in await app.store.stories.decisions_of(row["id"])]
     await app.close()
     assert sorted(p.story.title for p in channel.sent) == ["Elsewhere", "Lain", "Sidang"]
     assert config.site.hosts == ["www.medcom.id", "m.medcom.id", "medcom.id"]
@@ -334,9 +334,9 @@ async def test_a_half_entry_of_a_truncated_feed_is_explained_not_posted(
     await prepare(app)
     titles = await poll_and_deliver(app)
     explained = {}
-    for story in await app.store.latest_stories(feeds=["broken"]):
-        (row,) = await app.store.find_stories(story.uid)
-        decisions = await app.store.decisions_of(row["id"])
+    for story in await app.store.stories.latest(feeds=["broken"]):
+        (row,) = await app.store.stories.find(story.uid)
+        decisions = await app.store.stories.decisions_of(row["id"])
         explained[story.title] = [(d["channel"], d["decision"]) for d in decisions]
     await app.close()
     assert titles == ["Utuh"]

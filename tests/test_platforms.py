@@ -60,8 +60,10 @@ def test_seed_story_renders_right_on_every_platform(shipped: Config) -> None:
         assert post.length.used <= post.length.limit, name
         if post.type in ("x", "mastodon", "bluesky", "telegram", "telegram-subscribers", "console"):
             assert measured(post) == post.length.used, name
-            # the link is in the text, or (Telegram) on the "Baca selengkapnya" button under it
-            assert story.url in post.text or any(b.url == story.url for b in post.buttons), name
+            # the link is in the text, or (Telegram) on the "Baca selengkapnya" button under it,
+            # or (Bluesky) shown short with a facet carrying it
+            assert story.url in post.text or any(b.url == story.url for b in post.buttons) \
+                or any(f.kind == "link" and f.value == story.url for f in post.facets), name
             present = [tag for tag in HASHTAGS if tag in post.text]
             assert present == HASHTAGS[: len(present)] and present, name  # in order, as many as fit
         if post.type in ("telegram", "telegram-subscribers"):
@@ -71,12 +73,17 @@ def test_seed_story_renders_right_on_every_platform(shipped: Config) -> None:
             assert any(b.url == story.url for b in post.buttons)
         if post.type == "bluesky":
             raw = post.text.encode()
-            spans = {raw[f.start:f.end].decode() for f in post.facets}
-            assert story.url in spans and set(HASHTAGS) & spans
+            spans = {raw[f.start:f.end].decode(): f for f in post.facets}
+            (link,) = [f for f in post.facets if f.kind == "link"]
+            shown = raw[link.start:link.end].decode()
+            assert link.value == story.url and shown.startswith("medcom.id/") and shown in post.text
+            assert set(HASHTAGS) & set(spans)
         if post.type == "discord":
-            assert post.extra["embed"]["url"] == story.url
-        if post.type == "webpush":
-            assert story.title in post.text or post.extra
+            assert post.to_dict()["extra"]["embed"]["url"] == story.url
+        if post.type == "webpush":  # the body is the lead; title, link and image travel beside it
+            extra = post.to_dict()["extra"]
+            assert (extra["title"], extra["url"], extra["image"]) == (story.title, story.url, story.image)
+            assert post.text and post.text in story.lead and count_graphemes(post.text) <= 200
 
 
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=1500)

@@ -3,6 +3,8 @@ and two daemons' workers racing for the same rows without ever both sending one.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import asyncio
 import os
 import uuid
@@ -14,7 +16,9 @@ import asyncpg
 import pytest
 
 from bot.normalize import story_key
-from bot.store import NewStory, Store
+from bot.outbox import Finish
+from bot.store import Store
+from bot.stories import NewStory
 from bot.types import Decision, Story
 
 PG = os.environ.get("SIAR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -51,20 +55,20 @@ async def test_store_works_on_postgres(pg_url: str) -> None:
     try:
         await store.migrate()
         await store.migrate()  # idempotent
-        state = await store.feed_state("f", "https://e.example/rss")
-        state.first_run_done = True
-        ids = await store.record_poll(state, [new(1, Decision("c", "queued")),
+        state = await store.feeds.get("f", "https://e.example/rss")
+        state = replace(state, first_run_done=True)
+        ids = await store.stories.record_poll(state, [new(1, Decision("c", "queued")),
                                               new(2, Decision("c", "filtered", "r"))], NOW)
         assert len(ids) == 1
-        assert (await store.feed_state("f", "")).first_run_done
-        item = await store.claim("c", NOW, "w1")
+        assert (await store.feeds.get("f", "")).first_run_done
+        item = await store.outbox.claim("c", NOW, "w1")
         assert item is not None and item.story == story(1)
-        await store.finish(item.id, "sent", NOW, decision="sent", remote_id="r1")
-        assert (await store.counts())["c"]["sent"] == 1
-        assert await store.known_uids("f", ["u1", "u2", "u3"]) == {"u1", "u2"}
-        found = await store.find_stories("https://e.example/1?utm_source=x")
-        assert [d["decision"] for d in await store.decisions_of(found[0]["id"])] == ["queued", "sent"]
-        published = (await store.outbox_of(found[0]["id"]))[0]["sent_at"]
+        await store.outbox.finish(item.id, Finish("sent", "sent", remote_id="r1"), NOW)
+        assert (await store.reports.counts())["c"]["sent"] == 1
+        assert await store.stories.known_uids("f", ["u1", "u2", "u3"]) == {"u1", "u2"}
+        found = await store.stories.find("https://e.example/1?utm_source=x")
+        assert [d["decision"] for d in await store.stories.decisions_of(found[0]["id"])] == ["queued", "sent"]
+        published = (await store.stories.outbox_of(found[0]["id"]))[0]["sent_at"]
         assert published.tzinfo is not None
     finally:
         await store.close()
@@ -74,26 +78,26 @@ async def test_two_daemons_share_the_outbox_without_double_sends(pg_url: str) ->
     first, second = Store(pg_url, Path(".")), Store(pg_url, Path("."))
     try:
         await first.migrate()
-        state = await first.feed_state("f", "u")
-        await first.record_poll(state, [new(i, Decision("c", "queued")) for i in range(40)],
+        state = await first.feeds.get("f", "u")
+        await first.stories.record_poll(state, [new(i, Decision("c", "queued")) for i in range(40)],
                                 NOW)
         claimed: list[int] = []
 
         async def worker(store: Store, name: str) -> None:
-            while (item := await store.claim("c", NOW, name)) is not None:
+            while (item := await store.outbox.claim("c", NOW, name)) is not None:
                 claimed.append(item.id)
-                await store.finish(item.id, "sent", NOW, decision="sent")
+                await store.outbox.finish(item.id, Finish("sent", "sent"), NOW)
 
         await asyncio.gather(*(worker(s, f"{n}") for n, s in enumerate([first, second, first, second])))
         assert len(claimed) == 40 and len(set(claimed)) == 40
-        assert (await second.counts())["c"]["sent"] == 40
+        assert (await second.reports.counts())["c"]["sent"] == 40
         # a claim older than the lease is recovered by the other daemon; a fresh one is left alone
-        await first.record_poll(state, [new(99, Decision("c", "queued"))], NOW)
-        assert await first.claim("c", NOW, "crashing") is not None
-        assert await second.recover_sending(NOW, stale_before=NOW - timedelta(minutes=15)) == 0
-        assert await second.recover_sending(NOW + timedelta(hours=1),
+        await first.stories.record_poll(state, [new(99, Decision("c", "queued"))], NOW)
+        assert await first.outbox.claim("c", NOW, "crashing") is not None
+        assert await second.outbox.recover_sending(NOW, stale_before=NOW - timedelta(minutes=15)) == 0
+        assert await second.outbox.recover_sending(NOW + timedelta(hours=1),
                                             stale_before=NOW + timedelta(minutes=30)) == 1
-        assert (await second.counts())["c"]["uncertain"] == 1
+        assert (await second.reports.counts())["c"]["uncertain"] == 1
     finally:
         await first.close()
         await second.close()
@@ -105,12 +109,12 @@ async def test_two_daemons_polling_the_same_feed_store_each_story_once(pg_url: s
         await first.migrate()
         batch = [new(i, Decision("c", "queued")) for i in range(30)]
         results = await asyncio.gather(
-            first.record_poll(await first.feed_state("f", "u"), batch, NOW),
-            second.record_poll(await second.feed_state("f", "u"), list(reversed(batch)), NOW))
+            first.stories.record_poll(await first.feeds.get("f", "u"), batch, NOW),
+            second.stories.record_poll(await second.feeds.get("f", "u"), list(reversed(batch)), NOW))
         assert len(results[0]) + len(results[1]) == 30
-        counts = await first.counts()
+        counts = await first.reports.counts()
         assert counts["c"]["pending"] == 30
-        assert len(await first.known_uids("f", [f"u{i}" for i in range(30)])) == 30
+        assert len(await first.stories.known_uids("f", [f"u{i}" for i in range(30)])) == 30
     finally:
         await first.close()
         await second.close()

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.channel import ChannelContext, HashtagSettings
-from bot.config import CTA, FollowLink, Site
+from bot.site import CTA, FollowLink, Site
 from bot.counting import Budget, count_graphemes, count_utf16, graphemes
 from bot.render import PostRenderer, RenderError, format_published, hashtag, hashtags
 from bot.types import Story
@@ -72,9 +72,24 @@ def test_fitting_drops_hashtags_then_shortens_lead_then_title() -> None:
 def test_template_errors_name_the_channel_and_line() -> None:
     with pytest.raises(RenderError, match=r"channel 'tg': template error at line 2"):
         PostRenderer("tg", "{{ title }}\n{% if %}", CONTEXT)
-    renderer = PostRenderer("tg", "{{ title }}\n{{ no_such_thing }}", CONTEXT)
+    # A misspelled variable fails when the channel is made (check, preview, run alike), not
+    # at every post.
     with pytest.raises(RenderError, match=r"channel 'tg'.*no_such_thing"):
-        renderer.fit(story(), Budget("graphemes", 100, count_graphemes))
+        PostRenderer("tg", "{{ title }}\n{{ no_such_thing }}", CONTEXT)
+
+
+@pytest.mark.parametrize("tag", ['{% include "x.j2" %}', '{% import "x.j2" as x %}',
+                                 '{% from "x.j2" import y %}', '{% extends "base.j2" %}'])
+def test_templates_are_one_text(tag: str) -> None:
+    """`{% include %}` once crashed preview with a TypeError while run started: now it is a
+    template error naming the channel and line, wherever the template is loaded."""
+    with pytest.raises(RenderError, match=r"channel 'tg': template error at line 2: .* is not available"):
+        PostRenderer("tg", "{{ title }}\n" + tag, CONTEXT)
+
+
+def test_a_filter_failing_on_a_value_is_a_render_error() -> None:
+    with pytest.raises(RenderError, match=r"channel 'tg'"):
+        PostRenderer("tg", "{{ title | round }}", CONTEXT)  # TypeError: a str has no round
 
 
 def test_a_template_that_cannot_fit_is_an_error_not_a_cut_post() -> None:

@@ -107,7 +107,7 @@ async def stored_lead(make_config: Callable[[str], Config], feed_path: Path, ext
     await prepare(app)
     result = await app.poller.poll(config.feeds[0], force=True)
     assert result.outcome == "new", result
-    (story,) = await app.store.latest_stories(feeds=["intl"])
+    (story,) = await app.store.stories.latest(feeds=["intl"])
     await app.close()
     return story
 
@@ -134,7 +134,7 @@ async def test_an_empty_200_is_a_failed_poll(
     app = build(config, channels={"fake": FakeChannel()}, clock=Clock())
     await prepare(app)
     result = await app.poller.poll(config.feeds[0], force=True)
-    state = await app.store.feed_state("intl", config.feeds[0].url)
+    state = await app.store.feeds.get("intl", config.feeds[0].url)
     await app.close()
     assert result.outcome == "error" and result.error == f"empty response from {feed_server.url('/feed')}"
     assert state.failures == 1 and state.last_error == result.error

@@ -14,7 +14,7 @@ from bot.channel import Permanent, RetryLater, Uncertain
 from bot.config import Config
 from bot.daemon import prepare
 from bot.types import Story
-from channels.telegram import TelegramChannel
+from channels.telegram.poster import TelegramChannel
 from tests.fake_telegram import TOKEN, FakeTelegram, parse_html, utf16_len
 from tests.fakes import Clock
 from tests.feedserver import FeedServer, Route, rss
@@ -161,7 +161,7 @@ async def test_render_fits_telegram_counting(env: Env) -> None:
     assert post.length.limit == 1024 and utf16_len(plain) <= 1024 < utf16_len(long.lead)
     assert post.length.used == utf16_len(plain.strip())
     assert plain.split("\n\n")[1].endswith("…")  # the lead was cut at a word, not the title
-    fallback, _ = parse_html(post.extra["fallback_text"])
+    fallback, _ = parse_html(post.payload.fallback_text)  # type: ignore[union-attr]
     assert 1024 < utf16_len(fallback) <= 4096
     text_only = env.channel.render(story(lead="Kata 😀 " * 900))
     assert text_only.length.limit == 4096 and text_only.media == ()
@@ -195,7 +195,7 @@ async def test_refused_photo_falls_back_to_text(env: Env) -> None:
     await env.channel.send(post, idempotency_key="siar-1")
     (message,) = env.fake.messages(-1001)
     assert message["method"] == "sendMessage"
-    assert message["text"] == post.extra["fallback_text"] and len(message["plain"]) > 1024
+    assert message["text"] == post.payload.fallback_text and len(message["plain"]) > 1024  # type: ignore[union-attr]
 
 
 async def test_retry_after_is_exact(env: Env) -> None:
@@ -299,7 +299,7 @@ def ptb_error(cause: Exception) -> Exception:
     (httpx.ReadTimeout("timed out"), Uncertain),
 ])
 def test_transport_errors_are_retried_only_before_sending(cause: Exception, kind: type[Exception]) -> None:
-    from channels.telegram import classify
+    from channels.telegram.errors import classify
 
     assert type(classify(ptb_error(cause), "@siarnews")) is kind
     # retry_on_timeout: duplicates are acceptable, so anything transport-level is retried
@@ -310,7 +310,7 @@ def test_error_status_with_unreadable_body_is_retried() -> None:
     """A proxy's HTML 502 page: PTB chains its failed JSON parse, not a transport error."""
     from telegram.error import NetworkError, TelegramError
 
-    from channels.telegram import classify
+    from channels.telegram.errors import classify
 
     try:
         try:
@@ -327,7 +327,7 @@ def test_error_status_with_unreadable_body_is_retried() -> None:
 def test_unknown_http_implementation_error_is_uncertain() -> None:
     from telegram.error import NetworkError
 
-    from channels.telegram import classify
+    from channels.telegram.errors import classify
 
     try:
         try:
@@ -364,6 +364,6 @@ async def test_dropped_post_is_not_resent_by_the_dispatcher(env: Env, feed_serve
     env.clock.advance(3600)  # well past any backoff
     await env.app.dispatcher.drain()
     assert len(env.fake.texts(-1001)) == 1  # posted once, never again
-    (found,) = await env.app.store.find_stories("https://www.medcom.id/a/1")
-    rows = {r["channel"]: r for r in await env.app.store.outbox_of(found["id"])}
+    (found,) = await env.app.store.stories.find("https://www.medcom.id/a/1")
+    rows = {r["channel"]: r for r in await env.app.store.stories.outbox_of(found["id"])}
     assert rows["tg"]["status"] == "uncertain"

@@ -13,10 +13,12 @@ from bot.app import App, build
 from bot.channel import Permanent
 from bot.config import Config
 from bot.daemon import prepare
-from bot.telegram_bot import ChatPacer, fit_report, offered_topics, toggle, wants
-from bot.telegram_store import Subscriber
 from bot.types import Story
-from channels.telegram_subscribers import Batch, SubscriberChannel
+from channels.telegram.fanout import SubscriberChannel
+from channels.telegram.pacing import ChatPacer
+from channels.telegram.store import Subscriber
+from channels.telegram.texts import fit_report
+from channels.telegram.topics import offered_topics, toggle, wants
 from tests.fake_telegram import TOKEN, FakeTelegram, parse_html, utf16_len
 from tests.fakes import Clock
 from tests.feedserver import FeedServer, Route, rss
@@ -162,7 +164,7 @@ async def test_pacer_spaces_chats_groups_and_overall() -> None:
     try:
         times = []
         for chat in (1, 2, 1, -5, -5, -5):
-            await pacer.wait(chat, is_group=chat < 0)
+            await pacer.wait(chat, group=chat < 0)
             times.append(round(now[0], 2))
     finally:
         asyncio.sleep = real_sleep
@@ -326,25 +328,23 @@ async def test_restart_mid_broadcast_messages_nobody_twice(fake: FakeTelegram,
     await again.app.dispatcher.drain()
     per_chat = [len(fake.messages(c)) for c in range(10, 22)]
     assert per_chat == [1] * 12  # everyone once: the one in flight counted as delivered, not resent
-    (story,) = await again.app.store.find_stories(A["link"])
-    rows = {r["channel"]: r for r in await again.app.store.outbox_of(story["id"])}
+    (story,) = await again.app.store.stories.find(A["link"])
+    rows = {r["channel"]: r for r in await again.app.store.stories.outbox_of(story["id"])}
     assert rows["readers"]["status"] == "sent"
-    decisions = [(d["decision"], d["detail"]) for d in await again.app.store.decisions_of(story["id"])
+    decisions = [(d["decision"], d["detail"]) for d in await again.app.store.stories.decisions_of(story["id"])
                  if d["channel"] == "readers"]
     assert [d for d, _ in decisions] == ["queued", "retry", "sent"]
     assert decisions[-1][1] == "sent to 11 of 12 readers; 0 failed, 1 uncertain"
-    assert again.readers.store is not None
-    counts = await again.readers.store.delivery_counts(f"siar-{rows['readers']['id']}")
+    counts = await again.app.store.fanout.counts(f"siar-{rows['readers']['id']}")
     assert counts == {"sent": 11, "uncertain": 1}
     await again.app.close()
 
 
 async def test_hard_crash_leaves_in_flight_chats_alone(env: Env) -> None:
     await subscribe_many(env, range(10, 15))
-    store = env.readers.store
-    assert store is not None
-    await store.plan("siar-77", "readers", range(10, 15), env.clock())
-    assert await store.claim("siar-77", 2, env.clock()) == [10, 11]  # then the process died
+    ledger = env.app.store.fanout
+    await ledger.plan("siar-77", "readers", range(10, 15), env.clock())
+    await ledger.write("siar-77", [10, 11], [], env.clock())  # their requests left; the process died
     post = env.readers.render(Story("1", "f", "https://m.example/1", "Judul"))
     receipt = await env.readers.send(post, idempotency_key="siar-77")
     assert [len(env.fake.messages(c)) for c in range(10, 15)] == [0, 0, 1, 1, 1]
@@ -425,8 +425,8 @@ async def test_no_answer_is_uncertain_and_never_resent(env: Env) -> None:
 async def test_network_error_detail_never_shows_the_token(env: Env) -> None:
     readers = env.readers
     readers._send_url = readers._send_url.replace(f":{env.fake.port}/", ":9/")  # nothing listens there
-    outcome = await readers._send_one("siar-8", 10, "text=x", Batch())
-    assert outcome.status == "pending" and outcome.detail.startswith("network: ")
+    outcome = await readers._send_one(10, "text=x", {})
+    assert outcome.status == "retry" and outcome.detail.startswith("network: ")
     assert TOKEN not in outcome.detail and TOKEN.split(":")[1] not in outcome.detail
 
 
@@ -479,9 +479,11 @@ async def test_an_error_in_one_chat_leaves_the_rest_of_the_broadcast_alone(env: 
     post = env.readers.render(Story("1", "f", "https://m.example/1", "Judul"))
     receipt = await env.readers.send(post, idempotency_key="siar-12")
     assert [len(env.fake.messages(c)) for c in range(10, 16)] == [1] * 6  # everyone else got it
-    assert receipt.note == "sent to 6 of 7 readers; 0 failed, 1 uncertain"
-    counts = await store.delivery_counts("siar-12")
-    assert counts == {"sent": 6, "uncertain": 1}  # every row recorded, none left `sending`
+    # The ledger had the move before the subscriber table's update failed: the group got it too.
+    assert len(env.fake.messages(-10070)) == 1
+    assert receipt.note == "sent to 7 of 7 readers; 0 failed, 0 uncertain"
+    counts = await env.app.store.fanout.counts("siar-12")
+    assert counts == {"sent": 7}  # every row recorded, none left `sending`
     calls = len(env.fake.calls)
     await asyncio.sleep(0.2)
     assert len(env.fake.calls) == calls  # no task still sending after send() returned
@@ -493,7 +495,7 @@ async def test_long_status_drops_whole_lines_and_stays_valid_html(env: Env) -> N
     error = "HTTP 503: <html> & " + "x" * 100  # escaping makes it longer than it shows
     names = [f"berita-{i:02d} 😀" for i in range(70)]
     for name in names:
-        await env.app.store.save_feed_state(FeedState(name, f"https://m.example/{name}", failures=2,
+        await env.app.store.feeds.save(FeedState(name, f"https://m.example/{name}", failures=2,
                                                       last_error=error))
     await env.publish(A)  # the queues have rows
     reply = await env.say(900, "/status")
@@ -504,5 +506,5 @@ async def test_long_status_drops_whole_lines_and_stays_valid_html(env: Env) -> N
     shown = [line for line in lines if line.startswith("❌")]
     assert 10 < len(shown) < 70  # some feeds did not fit...
     assert set(shown) <= {f"❌ 2× {name} — {error[:80]}" for name in names}  # ...and no line is cut
-    total = len(await env.app.store.feed_states())  # these and the healthy feed "f"
+    total = len(await env.app.store.feeds.all())  # these and the healthy feed "f"
     assert total == 71 and lines[-1] == f"… {total - len(shown)} more"

@@ -22,25 +22,25 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy import update
 
-from bot.app import App, build
+from bot.app import App, build, channel_context
 from bot.config import Config, ConfigError
 from bot.daemon import prepare
 from bot.lock import StoreLock
 from bot.store import Store
+from bot.fanout import RecipientOutcome
 from bot.types import Story
 from channels.webpush import (
     PAYLOAD_MAX,
     ClientLimiter,
-    Outcome,
     Subscription,
     SubscriptionStore,
     Topic,
     WebPushChannel,
+    WebPushPayload,
     classify,
     http_config,
     init_command,
     load_vapid,
-    parse_retry_after,
     payload_bytes,
     split_listen,
     wanted_by,
@@ -136,8 +136,8 @@ class Env:
         await self.app.dispatcher.drain()
 
     async def outbox(self) -> dict[str, Any]:
-        (story,) = await self.app.store.find_stories(WORLD_STORY["link"])
-        (row,) = await self.app.store.outbox_of(story["id"])
+        (story,) = await self.app.store.stories.find(WORLD_STORY["link"])
+        (row,) = await self.app.store.stories.outbox_of(story["id"])
         return row
 
     async def stop(self) -> None:
@@ -362,7 +362,7 @@ async def test_a_flood_from_one_address_cannot_lock_out_new_readers(
                          *(sub["endpoint"] for _, _, sub in readers)}
 
     # A failing subscription goes first, even if it was pushed to and is younger.
-    async with env.app.store.write() as conn:
+    async with env.app.store.db.write() as conn:
         await conn.execute(update(subscriptions).where(
             subscriptions.c.endpoint == readers[2][2]["endpoint"]).values(failures=2))
     status, _, _ = await subscribe("192.0.2.2", [])
@@ -474,8 +474,8 @@ async def test_expired_subscription_is_removed(env: Env) -> None:
     assert [r["endpoint"] for r in await env.channel.subs.all()] == [kept["endpoint"]]  # type: ignore[union-attr]
     row = await env.outbox()
     assert row["status"] == "sent"
-    (_, decisions) = row["id"], await env.app.store.decisions_of(row["story_id"])
-    assert "pushed to 1 of 2 subscriptions; 1 expired (removed)" in decisions[-1]["detail"]
+    (_, decisions) = row["id"], await env.app.store.stories.decisions_of(row["story_id"])
+    assert "sent to 1 of 2 subscriptions; 1 gone" in decisions[-1]["detail"]
 
 
 async def test_429_retry_after_is_honoured_inline(env: Env) -> None:
@@ -495,7 +495,7 @@ async def test_long_retry_after_defers_only_the_unfinished_pushes(env: Env) -> N
     env.push.script(slow, (503, {"Retry-After": "120"}))
     await env.publish(WORLD_STORY)
     row = await env.outbox()
-    assert row["status"] == "pending" and "1 of 2 pushes to retry (503" in row["last_error"]
+    assert row["status"] == "pending" and "1 of 2 pushes to do (503" in row["last_error"]
     assert (row["next_attempt_at"] - env.clock.now).total_seconds() == 120  # the service's word
     assert (len(env.push.delivered(fast)), len(env.push.delivered(slow))) == (1, 0)
     env.clock.advance(120)
@@ -533,7 +533,7 @@ async def test_crash_mid_fan_out_resumes_without_pushing_twice(
     held = env.push.hold(subs[1])
     env.feeds.routes["/f"] = Route(body=rss([WORLD_STORY]))
     await env.app.poller.poll(env.config.feeds[0], force=True)
-    item = await env.app.store.claim("push", env.clock(), "test")
+    item = await env.app.store.outbox.claim("push", env.clock(), "test")
     assert item is not None
     post = env.channel.render(item.story)
     sending = asyncio.create_task(env.channel.send(post, idempotency_key=f"siar-{item.id}"))
@@ -551,7 +551,7 @@ async def test_crash_mid_fan_out_resumes_without_pushing_twice(
     assert [len(again.push.delivered(s)) for s in subs] == [1, 1, 1]  # nobody twice
     delivered_requests = [sid for sid, status in again.push.requests if status == 201]
     assert sorted(delivered_requests) == sorted(again.push.id_of(s) for s in subs)
-    decisions = await again.app.store.decisions_of(row["story_id"])
+    decisions = await again.app.store.stories.decisions_of(row["story_id"])
     assert [d["decision"] for d in decisions] == ["queued", "resume", "sent"]
     assert "1 uncertain" in decisions[-1]["detail"]
 
@@ -565,7 +565,7 @@ async def test_cancel_mid_batch_leaves_unstarted_pushes_for_the_resume(
     held = env.push.hold(subs[0])
     env.feeds.routes["/f"] = Route(body=rss([WORLD_STORY]))
     await env.app.poller.poll(env.config.feeds[0], force=True)
-    item = await env.app.store.claim("push", env.clock(), "test")
+    item = await env.app.store.outbox.claim("push", env.clock(), "test")
     assert item is not None
     post = env.channel.render(item.story)
     sending = asyncio.create_task(env.channel.send(post, idempotency_key=f"siar-{item.id}"))
@@ -582,8 +582,8 @@ async def test_cancel_mid_batch_leaves_unstarted_pushes_for_the_resume(
     assert row["status"] == "sent"
     assert len(again.push.delivered(subs[0])) in (0, 1)  # in flight: maybe out, never twice
     assert [len(again.push.delivered(s)) for s in subs[1:]] == [1, 1, 1]
-    decisions = await again.app.store.decisions_of(row["story_id"])
-    assert "pushed to 3 of 4 subscriptions" in decisions[-1]["detail"]
+    decisions = await again.app.store.stories.decisions_of(row["story_id"])
+    assert "sent to 3 of 4 subscriptions" in decisions[-1]["detail"]
     assert "1 uncertain" in decisions[-1]["detail"]
 
 
@@ -602,9 +602,9 @@ async def test_send_timeout_mid_batch_resumes_the_unstarted_pushes(
     row = await env.outbox()
     assert row["status"] == "sent"
     assert [len(env.push.delivered(s)) for s in subs] == [1, 1, 1]
-    decisions = await env.app.store.decisions_of(row["story_id"])
+    decisions = await env.app.store.stories.decisions_of(row["story_id"])
     assert [d["decision"] for d in decisions][-2:] == ["retry", "sent"]
-    assert "pushed to 2 of 3 subscriptions" in decisions[-1]["detail"]
+    assert "sent to 2 of 3 subscriptions" in decisions[-1]["detail"]
     assert "1 uncertain" in decisions[-1]["detail"]
 
 
@@ -663,15 +663,15 @@ def test_http_settings_precedence(make_config: Callable[[str], Config]) -> None:
     contact = 'contact = "mailto:a@b.c"\n'
     config = make_config('[webpush]\n' + contact + 'listen = "0.0.0.0:9000"\ntrust_forwarded_for = true\n'
                          'public_url = "https://www.example.com/siar/push/"\n')
-    http = http_config(config, config.sections["webpush"])
+    http = http_config(channel_context(config).http, config.sections["webpush"])  # type: ignore[arg-type]
     assert (http.listen, http.public_url, http.trusted_proxies) == (
         "0.0.0.0:9000", "https://www.example.com/siar/", ["127.0.0.1", "::1"])  # never "anyone"
     config = make_config('[webpush]\n' + contact + 'public_url = "https://push.example.com/"\n')
-    http = http_config(config, config.sections["webpush"])
+    http = http_config(channel_context(config).http, config.sections["webpush"])  # type: ignore[arg-type]
     assert (http.listen, http.public_url, http.trusted_proxies) == ("127.0.0.1:8080", "", [])
     config = make_config('[http]\nlisten = "127.0.0.1:9100"\ntrusted_proxies = ["10.0.0.0/8"]\n'
                          '[webpush]\n' + contact + 'listen = "0.0.0.0:9000"\ntrust_forwarded_for = false\n')
-    assert http_config(config, config.sections["webpush"]) is config.http
+    assert http_config(channel_context(config).http, config.sections["webpush"])  # type: ignore[arg-type] is config.http
     assert (config.http.listen, config.http.trusted_proxies) == ("127.0.0.1:9100", ["10.0.0.0/8"])
     with pytest.raises(ConfigError, match=r"config.toml:3: http\.trusted_proxies: .*'10\.0\.0\.0/33' is not"):
         make_config('[http]\nlisten = "127.0.0.1:9100"\ntrusted_proxies = ["10.0.0.0/33"]\n')
@@ -683,11 +683,12 @@ def test_render_fits_the_push_payload(env: Env) -> None:
     story = Story(uid="1", feed="f", url="https://www.example.com/a", title="Judul " * 80,
                   lead="Kalimat panjang sekali. " * 400, image="https://img.example.com/a.jpg")
     post = env.channel.render(story)
-    data = payload_bytes(post.text, post.extra)
+    assert isinstance(post.payload, WebPushPayload)
+    data = payload_bytes(post.text, post.payload)
     assert len(data) <= PAYLOAD_MAX and post.length.used == len(data)
     assert post.text.endswith("…") and len(post.text) <= 200
-    assert post.extra["title"].endswith("…") and len(post.extra["title"]) <= 120
-    assert env.channel.render(story).extra["tag"] == post.extra["tag"]  # stable per story
+    assert post.payload.title.endswith("…") and len(post.payload.title) <= 120
+    assert env.channel.render(story).to_dict()["extra"]["tag"] == post.payload.tag  # stable per story
 
 
 @pytest.mark.parametrize(("status", "header", "kind", "after"), [
@@ -701,10 +702,7 @@ def test_classify(status: int, header: str | None, kind: str, after: float | Non
     assert outcome.auth_rejected == (status == 403)
 
 
-def test_retry_after_parsing_and_listen() -> None:
-    assert parse_retry_after("120") == 120.0
-    assert parse_retry_after("Fri, 09 Oct 2020 07:01:00 GMT", now=1602226800.0) == 60.0
-    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+def test_listen_addresses() -> None:
     assert split_listen("127.0.0.1:8080") == ("127.0.0.1", 8080)
     assert split_listen("[::1]:9") == ("::1", 9)
     assert split_listen(":80") == ("0.0.0.0", 80)
@@ -721,7 +719,7 @@ async def test_subscription_store_on_postgres(tmp_path: Path) -> None:
     store = Store(admin_url.rsplit("/", 1)[0] + "/" + name, tmp_path)
     try:
         await store.migrate()
-        subs = SubscriptionStore(store)
+        subs = SubscriptionStore(store.db)
         push = FakePushService(tmp_path)
         push.port = 443
         topics = [Topic(id="world", label="Internasional")]
@@ -732,14 +730,14 @@ async def test_subscription_store_on_postgres(tmp_path: Path) -> None:
             assert await subs.save(parsed, SITE, 10) is True
         story = Story(uid="1", feed="f", url="https://e.example/1", title="t", section="Internasional")
         assert [wanted_by(story, t, topics) for t in ([], ["world"], ["sport"])] == [True, True, False]
-        assert await subs.plan("siar-1", story, topics) == 2
-        assert await subs.plan("siar-1", story, topics) == 2  # planned once
-        claimed = await subs.claim("siar-1", 0, 10)
-        await subs.finish({claimed[0].delivery_id: Outcome("sent", 201),
-                           claimed[1].delivery_id: Outcome("gone", 410)},
-                          {t.delivery_id: t.subscription_id for t in claimed}, max_failures=5)
-        assert await subs.tally("siar-1") == {"sent": 1, "gone": 1}
-        assert await subs.count() == 2
+        audience = await subs.audience(story, topics)
+        assert len(audience) == 2
+        targets = await subs.targets(audience)
+        assert sorted(targets) == audience and all(t.endpoint.startswith("https://") for t in targets.values())
+        await subs.apply([RecipientOutcome(audience[0], "sent"), RecipientOutcome(audience[1], "gone")],
+                         max_failures=5)
+        assert await subs.count() == 2  # the gone one is removed
+        assert await subs.audience(story, topics) == [audience[0]]
         assert await subs.record_click("s123", "https://e.example/1") is False  # never pushed
         await subs.expect_clicks("s123", "https://e.example/1")
         await subs.expect_clicks("s123", "https://e.example/1")

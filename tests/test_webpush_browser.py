@@ -58,7 +58,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
                                  Topic(id="nasional", label="Nasional"),
                                  Topic(id="internasional", label="Internasional"),
                                  Topic(id="olahraga", label="Olahraga")])
-    subs = SubscriptionStore(store)
+    subs = SubscriptionStore(store.db)
     server = PushHttpServer(section, subs, public, site_name="medcom.id")
     await server.start()
     OUTPUT.mkdir(exist_ok=True)

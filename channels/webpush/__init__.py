@@ -1,49 +1,73 @@
 """`type = "webpush"`: browser push notifications, from siar's own subscribe page to the reader.
 
-The package owns the top-level `[webpush]` section. Read it in this order:
+The package owns the top-level `[webpush]` section, its tables and `siar webpush init`. Read it
+in this order:
 
 - `config`: `WebPushSection` (the `[webpush]` section) and `Settings` (`[channels.NAME]`).
-- `channel`: `WebPushChannel` renders a story and fans it out to the matching subscriptions.
-- `store`: the subscription, delivery and click tables and the queries the channel and the
-  server use.
+- `channel`: `WebPushChannel` renders a story and fans it out to the matching subscriptions
+  through the core fan-out ledger.
+- `store`: the subscription and click tables and their queries.
 - `subscription`: what a browser's subscription is, how its JSON is checked, which stories it
   wants.
 - `server`: `PushHttpServer`, the subscribe page, service worker, widget and JSON endpoints
   under /push/ (static assets in `static/`), routes on the shared HTTP server of bot/web.py.
 - `keys`: the VAPID key pair, and `init_command` for `siar webpush init`.
-
-This module re-exports what the rest of siar imports: the registry's `Settings`, `create` and
-`WebPushSection`, the CLI's `init_command`, and what the onesignal channel and the tests use.
+- `migrations/`: this package's tables (an Alembic branch of its own).
 """
 
-from bot.config import split_listen
+import argparse
+from pathlib import Path
+
+from bot.config import Config, split_listen
+from bot.registry import ChannelType, CliCommand, Plugin
 from channels.webpush.channel import (
     DEFAULT_TEMPLATE,
     PAYLOAD_MAX,
+    PushAnswer,
     WebPushChannel,
+    WebPushPayload,
     classify,
     create,
-    parse_retry_after,
     payload_bytes,
-    story_tag,
 )
 from channels.webpush.config import Settings, Topic, WebPushSection, http_config
 from channels.webpush.keys import b64url, init_command, load_vapid
 from channels.webpush.server import ClientLimiter, PushHttpServer
-from channels.webpush.store import Outcome, SubscriptionStore
+from channels.webpush.store import SubscriptionStore
 from channels.webpush.subscription import Subscription, wanted_by
+
+
+def _configure_init(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("init",), help="init: create the VAPID key pair")
+    parser.add_argument("--force", action="store_true", help="replace an existing key file")
+
+
+def _run_init(config: Config, args: argparse.Namespace) -> int:
+    return init_command(config, force=args.force)
+
+
+PLUGIN = Plugin(
+    "webpush",
+    (ChannelType("webpush", Settings, create),),
+    sections={"webpush": WebPushSection},
+    migrations=Path(__file__).parent / "migrations",
+    commands=(CliCommand("webpush", "browser push set-up (init: create the VAPID key pair)",
+                         _configure_init, _run_init),),
+)
 
 __all__ = [
     "DEFAULT_TEMPLATE",
     "PAYLOAD_MAX",
+    "PLUGIN",
     "ClientLimiter",
-    "Outcome",
+    "PushAnswer",
     "PushHttpServer",
     "Settings",
     "Subscription",
     "SubscriptionStore",
     "Topic",
     "WebPushChannel",
+    "WebPushPayload",
     "WebPushSection",
     "b64url",
     "classify",
@@ -51,9 +75,7 @@ __all__ = [
     "http_config",
     "init_command",
     "load_vapid",
-    "parse_retry_after",
     "payload_bytes",
     "split_listen",
-    "story_tag",
     "wanted_by",
 ]

@@ -1,11 +1,11 @@
 """`type = "webpush"`: the channel that pushes each story to the browsers that want it.
 
-For each story it plans one delivery row per matching subscription (keyed by the outbox
-idempotency key), pushes them in chunks with bounded concurrency (pywebpush encrypts with
-aes128gcm, py_vapid signs the VAPID JWT), and records each outcome. A resumed row skips what
-was pushed; a push that was in flight when the daemon died is marked `uncertain` and never
-repeated, so nobody gets a story twice. The first channel to start also puts the subscribe
-routes on the process's HTTP server (bot/web.py, `[http]`), shared by every webpush channel.
+Each story is one broadcast in the core fan-out ledger (bot.fanout): its audience (every
+subscription whose topics match) is fixed once, then pushed with bounded concurrency
+(pywebpush encrypts with aes128gcm, py_vapid signs the VAPID JWT, once per push service per
+hour). A resumed broadcast skips what was pushed; a push in flight when the daemon died is
+`uncertain` and never repeated, so nobody gets a story twice. The first channel to start also
+puts the subscribe routes on the process's HTTP server (bot/web.py, `[http]`).
 """
 
 from __future__ import annotations
@@ -17,19 +17,27 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from bot.channel import ChannelContext, ChannelSettings, ChannelUnavailable, Permanent, RetryLater
+from bot.channel import (
+    ChannelContext,
+    ChannelSettings,
+    ChannelUnavailable,
+    Permanent,
+    RetryLater,
+    payload_of,
+)
 from bot.counting import Budget, count_graphemes
-from bot.fetch import retry_after_seconds
-from bot.render import PostRenderer, load_template_text, shorten, unit_count
-from bot.types import Button, Length, Post, Receipt, Story
+from bot.fanout import Broadcaster, RecipientOutcome
+from bot.http_retry import retry_after_seconds
+from bot.kit import BaseChannel
+from bot.render import shorten, story_tag, unit_count
+from bot.types import Button, Length, Payload, Post, Receipt, Story
 from channels.webpush.config import Settings, WebPushSection, http_config, normalize_origin
-from channels.webpush.keys import KeyError_, VapidKeys, b64url, key_file_path, load_vapid
+from channels.webpush.keys import VapidKeyError, VapidKeys, b64url, key_file_path, load_vapid
 from channels.webpush.server import PushHttpServer
-from channels.webpush.store import Outcome, SubscriptionStore, Target
+from channels.webpush.store import SubscriptionStore, Target
 
 if TYPE_CHECKING:
     from aiohttp import ClientSession
@@ -38,23 +46,41 @@ log = logging.getLogger("siar.webpush")
 # A push message may carry at most 4096 bytes; aes128gcm adds 86 header + 16 tag + 1 pad bytes.
 PAYLOAD_MAX = 3993
 SHARED_KEY = "webpush.server"
+MAX_TRIES = 5  # pushes to one subscription for one story (429/5xx/network), over all attempts
 DEFAULT_TEMPLATE = "{% if lead %}{{ lead }}{% else %}{{ site }}{% endif %}"
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a Retry-After header (delay seconds or an HTTP date); None when absent/bad."""
-    return retry_after_seconds(value, datetime.fromtimestamp(time.time() if now is None else now, UTC))
-
-
-def story_tag(story: Story) -> str:
-    """A short stable id of the story: the notification tag (a repeat replaces, never stacks)."""
-    return "s" + hashlib.sha256((story.url or f"{story.feed}:{story.uid}").encode()).hexdigest()[:20]
 
 
 def topic_header(value: str) -> str:
     """A Topic header value: at most 32 characters of the URL-safe base64 alphabet (RFC 8030)."""
     return b64url(hashlib.sha256(value.encode()).digest())[:32]
 
+
+@dataclass(frozen=True)
+class PushAnswer:
+    """What a push service answered for one subscription."""
+
+    status: str  # sent, gone, failed, retry
+    code: int | None = None
+    detail: str = ""
+    retry_after: float | None = None
+    auth_rejected: bool = False
+
+    def outcome(self, subscription_id: int) -> RecipientOutcome:
+        status = self.status if self.status in ("sent", "gone", "failed") else "retry"
+        return RecipientOutcome(subscription_id, status, self.detail,  # type: ignore[arg-type]
+                                retry_after=self.retry_after)
+
+
+@dataclass(frozen=True)
+class WebPushPayload(Payload):
+    """What the service worker receives besides the body text."""
+
+    title: str = ""
+    url: str = ""
+    image: str = ""
+    tag: str = ""
+    icon: str = ""
+    badge: str = ""
 
 
 @dataclass
@@ -66,21 +92,18 @@ class _Shared:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-class WebPushChannel:
-    """Pushes each story to the browsers whose subscription wants it."""
+class WebPushChannel(BaseChannel[Settings]):
+    """Pushes each story to the browsers whose subscription wants it (resumable: the ledger
+    keeps per-subscription progress)."""
+
+    TYPE = "webpush"
+    DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
+    RESUMABLE = True
 
     def __init__(self, name: str, settings: Settings, context: ChannelContext) -> None:
-        self.name = name
-        self.type = "webpush"
-        self.resumable = True  # per-subscription rows: a resumed row never pushes twice
-        self.settings = settings
-        self.context = context
-        sections = getattr(context.config, "sections", None) or {}
-        section = sections.get("webpush")
+        super().__init__(name, settings, context)
         # Without the section (e.g. `preview` of a disabled channel) it renders but cannot send.
-        self.section = section if isinstance(section, WebPushSection) else None
-        template = load_template_text(settings.template, DEFAULT_TEMPLATE, context.base_dir)
-        self.renderer = PostRenderer(name, template, context, tag_settings=settings.hashtags)
+        self.section = context.section("webpush", WebPushSection)
         self.keys: VapidKeys | None = None
         self.key_problem = "" if self.section else "the webpush channel needs a [webpush] section"
         self._uses_server = False
@@ -98,39 +121,36 @@ class WebPushChannel:
             return
         try:
             self.keys = load_vapid(self.section, self.context.base_dir)
-        except KeyError_ as exc:
+        except VapidKeyError as exc:
             self.key_problem = str(exc)
             log.error("channel %s: %s", self.name, exc)
             await self.context.alert(self.name, self.key_problem)
             return
-        if self.context.store is None:
+        if self.context.database is None or self.context.fanout is None:
             self.key_problem = "no store: web push needs the siar store for its subscriptions"
             return
-        self.subs = SubscriptionStore(self.context.store, self.context.clock)
+        self.subs = SubscriptionStore(self.context.database, self.context.clock)
         ssl_context = _ssl_context(self.section, self.context.base_dir)
         connector = aiohttp.TCPConnector(limit=self.settings.concurrency, ssl=ssl_context)
         self._session = aiohttp.ClientSession(connector=connector, headers={
             "User-Agent": self.context.user_agent})
-        await self.subs.prune(self.subs.clock() - timedelta(days=7))
         await self._start_server()
 
     async def _start_server(self) -> None:
-        shared: _Shared = self.context.shared.setdefault(SHARED_KEY, _Shared())
+        shared = self.context.shared.get(SHARED_KEY, _Shared, _Shared)
         async with shared.lock:
             shared.users += 1
             self._uses_server = True
             if shared.server is not None:
                 return
             assert self.subs is not None and self.keys is not None and self.section is not None
-            cta = self.context.cta
-            site = self.context.site
-            http = http_config(self.context.config, self.section)
+            http = http_config(self.context.http, self.section)
             ignored = sorted({"listen", "trust_forwarded_for"} & self.section.model_fields_set)
-            if http is getattr(self.context.config, "http", None) and ignored:
+            if self.context.http is not None and ignored:
                 log.warning("web push: [http] is set, so [webpush] %s is ignored", ", ".join(ignored))
             server = PushHttpServer(self.section, self.subs, self.keys.public,
-                                    site_name=getattr(site, "name", ""),
-                                    notify_text=getattr(cta, "notify_text", ""), http=http)
+                                    site_name=self.context.site.name,
+                                    notify_text=self.context.cta.notify_text, http=http)
             try:
                 await server.start()
             except (OSError, RuntimeError) as exc:
@@ -143,12 +163,11 @@ class WebPushChannel:
 
     @property
     def server(self) -> PushHttpServer | None:
-        shared: _Shared | None = self.context.shared.get(SHARED_KEY)
-        return shared.server if shared else None
+        return self.context.shared.get(SHARED_KEY, _Shared, _Shared).server
 
     async def close(self) -> None:
-        shared: _Shared | None = self.context.shared.get(SHARED_KEY)
-        if shared is not None and self._uses_server:
+        shared = self.context.shared.get(SHARED_KEY, _Shared, _Shared)
+        if self._uses_server:
             self._uses_server = False
             async with shared.lock:
                 shared.users -= 1
@@ -165,114 +184,86 @@ class WebPushChannel:
         title = story.title
         if unit_count(title) and count_graphemes(title) > self.settings.title_limit:
             title = _shorten_to(title, self.settings.title_limit)
-        extra: dict[str, Any] = {"title": title, "url": story.url, "image": story.image,
-                                 "tag": story_tag(story)}
-        if self.section and self.section.icon:
-            extra["icon"] = self.section.icon
-        if self.section and self.section.badge:
-            extra["badge"] = self.section.badge
+        section = self.section
+        payload = WebPushPayload(title, story.url, story.image, story_tag(story),
+                                 section.icon if section else "", section.badge if section else "")
 
         def size(text: str) -> int:
             if count_graphemes(text) > self.settings.body_limit:
                 return PAYLOAD_MAX + 1
-            return len(payload_bytes(text, extra))
+            return len(payload_bytes(text, payload))
 
         text, used, values = self.renderer.fit(story, Budget("bytes", PAYLOAD_MAX, size))
-        return Post(channel=self.name, type=self.type, story=story, text=text,
-                    length=Length("bytes", used, PAYLOAD_MAX),
-                    buttons=(Button(values["read_more"], story.url),) if story.url else (),
-                    media=(story.image,) if story.image else (), extra=extra)
+        return self.post(story, text, Length("bytes", used, PAYLOAD_MAX),
+                         buttons=(Button(values["read_more"], story.url),) if story.url else (),
+                         media=(story.image,) if story.image else (), payload=payload)
 
     # sending
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
         if self.keys is None or self.subs is None or self._session is None or self.section is None:
             raise Permanent(self.key_problem or "the webpush channel was not started")
-        subs = self.subs
-        key = idempotency_key
-        total = await subs.plan(key, post.story, self.section.topics)
-        lost = await subs.abandon_in_flight(key)
-        if lost:
-            log.warning("channel %s: %d pushes of %s were in flight when an earlier attempt stopped;"
-                        " not repeated", self.name, lost, key)
-        if total == 0:
+        assert self.context.fanout is not None
+        payload = payload_of(post, WebPushPayload)
+        subs, section, key = self.subs, self.section, idempotency_key
+        await subs.expect_clicks(payload.tag, post.story.url)  # only pushed stories' clicks count
+        data = payload_bytes(post.text, payload)
+        topic = topic_header(self.name if self.settings.replace_unseen else payload.tag)
+        targets: dict[int, Target] = {}
+        answers: list[PushAnswer] = []
+
+        async def audience() -> list[int]:
+            return await subs.audience(post.story, section.topics)
+
+        async def prepare(batch: list[int]) -> None:  # one query per batch, not one per push
+            targets.clear()
+            targets.update(await subs.targets(batch))
+
+        async def deliver(subscription_id: int) -> RecipientOutcome:
+            target = targets.get(subscription_id)
+            if target is None:
+                return RecipientOutcome(subscription_id, "gone", "unsubscribed since the story was planned")
+            answer = await self._deliver(target, data, topic)
+            answers.append(answer)
+            return answer.outcome(subscription_id)
+
+        async def apply(outcomes: list[RecipientOutcome]) -> None:
+            await subs.apply(outcomes, self.settings.max_failures)
+
+        broadcaster = Broadcaster(self.context.fanout, self.name, self.context.clock,
+                                  concurrency=self.settings.concurrency, batch_size=self.settings.batch_size,
+                                  max_tries=MAX_TRIES, passes=1)
+        result = await broadcaster.run(key, audience, deliver, prepare=prepare, apply=apply,  # type: ignore[arg-type]
+                                       budget=self.settings.send_timeout * 0.8)
+        if result.planned == 0:
             return Receipt(remote_id=key, note="no subscriber wants this story")
-        await subs.expect_clicks(str(post.extra.get("tag")), post.story.url)  # only these count
-        data = payload_bytes(post.text, post.extra)
-        topic = topic_header(self.name if self.settings.replace_unseen else str(post.extra.get("tag")))
-        semaphore = asyncio.Semaphore(self.settings.concurrency)
-        after_id, deferred, attempted, rejected = 0, [], 0, 0
-
-        async def one(target: Target, started: set[int], done: dict[int, Outcome]) -> Outcome:
-            async with semaphore:
-                await subs.begin(target.delivery_id)  # `sending` only now, not for the whole batch
-                started.add(target.delivery_id)
-                outcome = await self._deliver(target, data, topic)
-                done[target.delivery_id] = outcome
-                return outcome
-
-        while True:
-            targets = await subs.claim(key, after_id, self.settings.batch_size)
-            if not targets:
-                break
-            after_id = max(t.delivery_id for t in targets)
-            owners = {t.delivery_id: t.subscription_id for t in targets}
-            started: set[int] = set()
-            done: dict[int, Outcome] = {}
-            try:
-                outcomes = await asyncio.gather(*(one(t, started, done) for t in targets))
-            except asyncio.CancelledError:
-                # Shutdown or send_timeout: keep what is known. Pushes still in flight stay
-                # `sending` (uncertain at the resume); those that never started go out then.
-                unstarted = [t.delivery_id for t in targets if t.delivery_id not in started]
-                await asyncio.shield(self._interrupted(dict(done), owners, unstarted))
-                raise
-            await subs.finish({t.delivery_id: o for t, o in zip(targets, outcomes, strict=True)},
-                              owners, self.settings.max_failures)
-            attempted += len(targets)
-            rejected += sum(1 for o in outcomes if o.auth_rejected)
-            deferred += [o for o in outcomes if o.status == "retry"]
-        tally = await subs.tally(key)
-        note = (f"pushed to {tally.get('sent', 0)} of {total} subscriptions"
-                f"; {tally.get('gone', 0)} expired (removed); {tally.get('failed', 0)} failed"
-                f"; {tally.get('uncertain', 0)} uncertain")
-        if attempted and rejected == attempted:
-            raise Permanent(f"every push service rejected our VAPID signature ({deferred[0].detail}); "
+        note = result.summary("subscriptions")
+        if answers and all(a.auth_rejected for a in answers):
+            raise Permanent(f"every push service rejected our VAPID signature ({answers[0].detail}); "
                             "check the VAPID key and webpush.contact, then `siar resend`")
-        if tally.get("retry", 0):
-            waits = [o.retry_after for o in deferred if o.retry_after is not None]
-            reason = deferred[0].detail if deferred else "push service busy"
-            raise RetryLater(f"{tally['retry']} of {total} pushes to retry ({reason}); {note}",
-                             after=max(waits) if waits else None)
+        if result.remaining:
+            retries = [a for a in answers if a.status == "retry"]
+            reason = retries[0].detail if retries else "time budget used"
+            raise RetryLater(f"{result.remaining} of {result.planned} pushes to do ({reason}); {note}",
+                             after=result.retry_after, attempt=result.progressed == 0)
         log.info("channel %s: %s", self.name, note)
         return Receipt(remote_id=key, note=note)
 
-    async def _interrupted(self, done: dict[int, Outcome], owners: dict[int, int],
-                           unstarted: list[int]) -> None:
-        """Record the pushes of a cancelled batch that finished; release those never started."""
-        assert self.subs is not None
-        try:
-            if done:
-                await self.subs.finish(done, owners, self.settings.max_failures)
-            await self.subs.release(unstarted)
-        except Exception:  # the resume then counts them as in flight: never twice, maybe none
-            log.exception("channel %s: cannot record an interrupted batch", self.name)
-
-    async def _deliver(self, target: Target, data: bytes, topic: str) -> Outcome:
+    async def _deliver(self, target: Target, data: bytes, topic: str) -> PushAnswer:
         """One subscription: push, retrying quickly on 429/5xx/network errors when the wait is short."""
         origin = normalize_origin(target.endpoint) or target.endpoint
-        outcome = Outcome("retry", detail="not tried")
+        outcome = PushAnswer("retry", detail="not tried")
         for attempt in range(self.settings.retries + 1):
             wait = self._paused.get(origin, 0.0) - time.monotonic()
             if wait > self.settings.max_retry_wait:
-                return Outcome("retry", detail=f"{origin} asked us to wait", retry_after=wait)
+                return PushAnswer("retry", detail=f"{origin} asked us to wait", retry_after=wait)
             if wait > 0:
                 await asyncio.sleep(wait)
             try:
                 outcome = await self._push_once(target, data, topic, origin)
             except Exception as exc:  # a corrupt stored key, an encryption bug: this one only
                 log.exception("channel %s: cannot push to subscription %d", self.name, target.subscription_id)
-                return Outcome("failed", detail=f"cannot encrypt or send: {type(exc).__name__}")
+                return PushAnswer("failed", detail=f"cannot encrypt or send: {type(exc).__name__}")
             if outcome.status != "retry" or outcome.auth_rejected:
                 return outcome
             if outcome.retry_after is not None and outcome.code == 429:
@@ -296,7 +287,7 @@ class WebPushChannel:
             self._vapid_cache[audience] = cached
         return cached[0]
 
-    async def _push_once(self, target: Target, data: bytes, topic: str, origin: str) -> Outcome:
+    async def _push_once(self, target: Target, data: bytes, topic: str, origin: str) -> PushAnswer:
         import aiohttp
         from pywebpush import WebPusher  # type: ignore[import-untyped, unused-ignore]
 
@@ -318,7 +309,7 @@ class WebPushChannel:
                 text = (await response.content.read(300)).decode("utf-8", "replace")
                 return classify(response.status, response.headers.get("Retry-After"), text)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return Outcome("retry", detail=f"network error: {type(exc).__name__}")
+            return PushAnswer("retry", detail=f"network error: {type(exc).__name__}")
 
 
 def _ssl_context(section: WebPushSection, base_dir: Path) -> ssl.SSLContext | bool:
@@ -329,29 +320,30 @@ def _ssl_context(section: WebPushSection, base_dir: Path) -> ssl.SSLContext | bo
     return ssl.create_default_context(cafile=str(ca if ca.is_absolute() else base_dir / ca))
 
 
-def classify(status: int, retry_after: str | None, text: str = "") -> Outcome:
+def classify(status: int, retry_after: str | None, text: str = "") -> PushAnswer:
     """What a push service's answer means for one subscription (RFC 8030, RFC 8292)."""
     brief = " ".join(text.split())[:120]
     if status in (200, 201, 202):
-        return Outcome("sent", status)
+        return PushAnswer("sent", status)
     if status in (404, 410):
-        return Outcome("gone", status, f"{status}: subscription expired or unsubscribed")
+        return PushAnswer("gone", status, f"{status}: subscription expired or unsubscribed")
     if status == 429 or status >= 500:
-        return Outcome("retry", status, f"{status} {brief}".strip(), parse_retry_after(retry_after))
+        return PushAnswer("retry", status, f"{status} {brief}".strip(), retry_after_seconds(retry_after))
     if status in (401, 403):
-        return Outcome("retry", status, f"{status}: VAPID rejected {brief}".strip(), auth_rejected=True)
+        return PushAnswer("retry", status, f"{status}: VAPID rejected {brief}".strip(), auth_rejected=True)
     if status == 413:
-        return Outcome("failed", status, "413: payload too large")
-    return Outcome("failed", status, f"{status} {brief}".strip())
+        return PushAnswer("failed", status, "413: payload too large")
+    return PushAnswer("failed", status, f"{status} {brief}".strip())
 
 
-def payload_bytes(body: str, extra: dict[str, Any]) -> bytes:
+def payload_bytes(body: str, payload: WebPushPayload) -> bytes:
     """The JSON the service worker receives: title, lead, url, image, tag (+ icon, badge)."""
-    data = {"title": extra.get("title", ""), "lead": body, "url": extra.get("url", ""),
-            "image": extra.get("image", ""), "tag": extra.get("tag", "")}
-    for optional in ("icon", "badge"):
-        if extra.get(optional):
-            data[optional] = extra[optional]
+    data = {"title": payload.title, "lead": body, "url": payload.url, "image": payload.image,
+            "tag": payload.tag}
+    if payload.icon:
+        data["icon"] = payload.icon
+    if payload.badge:
+        data["badge"] = payload.badge
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 
 

@@ -133,17 +133,17 @@ class Settings(ChannelSettings):
     title_limit: int = Field(default=120, ge=10, le=300)
 
 
-def http_config(config: object, section: WebPushSection | None) -> HttpConfig:
+def http_config(explicit: HttpConfig | None, section: WebPushSection | None) -> HttpConfig:
     """The HTTP server settings for the subscribe page.
 
-    `[http]` in the file wins. Without it, the compatible `[webpush]` keys supply them: `listen`
-    as is; `public_url` ("https://x/siar/push/") minus its trailing "push/" as the root;
-    `trust_forwarded_for = true` as `trusted_proxies` = loopback (never "anyone"), false as none.
+    `[http]` in the file (`explicit`) wins. Without it, the compatible `[webpush]` keys supply
+    them: `listen` as is; `public_url` ("https://x/siar/push/") minus its trailing "push/" as the
+    root; `trust_forwarded_for = true` as `trusted_proxies` = loopback (never "anyone"), false
+    as none.
     """
-    http = getattr(config, "http", None)
-    if isinstance(http, HttpConfig) and "http" in getattr(config, "model_fields_set", ()):
-        return http
-    base = http if isinstance(http, HttpConfig) else HttpConfig()
+    if explicit is not None:
+        return explicit
+    base = HttpConfig()
     if section is None:
         return base
     root = section.public_url[: -len("push/")] if section.public_url.endswith("/push/") else ""

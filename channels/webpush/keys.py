@@ -31,7 +31,7 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-class KeyError_(Exception):
+class VapidKeyError(Exception):
     """The VAPID key is missing or unusable; the message says how to fix it (never the key)."""
 
 
@@ -47,7 +47,7 @@ def key_file_path(section: WebPushSection, base_dir: Path) -> Path:
 
 
 def load_vapid(section: WebPushSection, base_dir: Path) -> VapidKeys:
-    """The VAPID key pair from `vapid_private_key` or else `vapid_key_file`; KeyError_ if none."""
+    """The VAPID key pair from `vapid_private_key` or else `vapid_key_file`; VapidKeyError if none."""
     from cryptography.hazmat.primitives import serialization
     from py_vapid import Vapid  # type: ignore[import-untyped, unused-ignore]
 
@@ -60,22 +60,22 @@ def load_vapid(section: WebPushSection, base_dir: Path) -> VapidKeys:
             path = key_file_path(section, base_dir)
             where = str(path)
             if not path.exists():
-                raise KeyError_(f"no VAPID key: {path} does not exist; create it with "
+                raise VapidKeyError(f"no VAPID key: {path} does not exist; create it with "
                                 "`siar webpush init` or set webpush.vapid_private_key")
             mode = path.stat().st_mode & 0o777
             if mode & 0o077:
                 log.warning("VAPID key file %s is readable by others (mode %o); chmod 600 it", path, mode)
             vapid = Vapid.from_file(private_key_file=str(path))
-    except KeyError_:
+    except VapidKeyError:
         raise
     except Exception as exc:  # the message of a key parser may quote the key: do not pass it on
-        raise KeyError_(f"the VAPID private key in {where} is not a valid P-256 key "
+        raise VapidKeyError(f"the VAPID private key in {where} is not a valid P-256 key "
                         f"({type(exc).__name__})") from None
     raw = vapid.public_key.public_bytes(serialization.Encoding.X962,
                                         serialization.PublicFormat.UncompressedPoint)
     public = b64url(raw)
     if section.vapid_public_key and section.vapid_public_key.rstrip("=") != public:
-        raise KeyError_("webpush.vapid_public_key does not belong to the private key; remove it "
+        raise VapidKeyError("webpush.vapid_public_key does not belong to the private key; remove it "
                         "or correct it (browsers subscribed with the wrong key would all fail)")
     return VapidKeys(vapid, public)
 

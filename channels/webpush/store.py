@@ -1,6 +1,7 @@
-"""The webpush tables on the siar store: subscriptions, per-subscription deliveries, clicks.
+"""The webpush tables on the siar store: subscriptions and notification clicks.
 
-The tables are created by the migration bot/migrations/versions/0003_webpush.py.
+Per-subscription delivery progress lives in the core fan-out ledger (bot.fanout), keyed by the
+subscription id; the tables are created by this package's migrations (channels/webpush/migrations).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -32,6 +33,8 @@ from sqlalchemy.dialects import postgresql as postgresql_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bot.db import Database
+from bot.fanout import RecipientOutcome
 from bot.schema import UTCDateTime
 from bot.types import Story
 from channels.webpush.config import Topic
@@ -52,19 +55,6 @@ subscriptions = Table(
     Column("last_push_at", UTCDateTime),
     Column("failures", Integer, nullable=False),
 )
-deliveries = Table(
-    "webpush_deliveries", _meta,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("push_key", String(100), nullable=False),
-    Column("subscription_id", Integer, nullable=False),
-    # pending -> sending (right before its own push) -> sent | gone | failed | retry (tried
-    # again); sending after a crash -> uncertain (never pushed again)
-    Column("status", String(16), nullable=False),
-    Column("attempts", Integer, nullable=False),
-    Column("status_code", Integer),
-    Column("detail", Text),
-    Column("updated_at", UTCDateTime, nullable=False),
-)
 clicks = Table(
     "webpush_clicks", _meta,
     Column("tag", String(64), primary_key=True),
@@ -80,33 +70,25 @@ def endpoint_hash(endpoint: str) -> str:
 
 @dataclass(frozen=True)
 class Target:
-    delivery_id: int
+    """Where and how to push to one subscription."""
+
     subscription_id: int
     endpoint: str
     p256dh: str
     auth: str
 
 
-@dataclass
-class Outcome:
-    status: str  # sent, gone, failed, retry
-    code: int | None = None
-    detail: str = ""
-    retry_after: float | None = None
-    auth_rejected: bool = False
-
-
 class SubscriptionStore:
-    """The webpush tables on the siar store (SQLite or PostgreSQL)."""
+    """The webpush tables on the siar database (SQLite or PostgreSQL)."""
 
-    def __init__(self, store: Any, clock: Any = None) -> None:
-        self.store = store
-        self.engine: AsyncEngine = store.engine
+    def __init__(self, db: Database, clock: Callable[[], datetime] | None = None) -> None:
+        self.db = db
+        self.engine: AsyncEngine = db.engine
         self.clock = clock or (lambda: datetime.now(UTC))
 
     def _write(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        # The core store's write transaction serializes SQLite writers ("database is locked").
-        return cast(AbstractAsyncContextManager[AsyncConnection], self.store.write())
+        # The database's write transaction serializes SQLite writers ("database is locked").
+        return self.db.write()
 
     async def save(self, sub: Subscription, origin: str, max_subscriptions: int,
                    replaces: str | None = None, *, admit: Callable[[], object] | None = None,
@@ -196,104 +178,41 @@ class SubscriptionStore:
             rows = (await conn.execute(select(clicks.c.tag, clicks.c.clicks))).all()
         return {r.tag: int(r.clicks) for r in rows}
 
-    async def plan(self, key: str, story: Story, topics: Sequence[Topic]) -> int:
-        """Create the delivery rows of `key` once (every subscription that wants `story`)."""
+    async def audience(self, story: Story, topics: Sequence[Topic]) -> list[int]:
+        """The ids of every subscription that wants `story`, in id order."""
         async with self.engine.connect() as conn:
-            planned = (await conn.execute(select(func.count()).select_from(deliveries).where(
-                deliveries.c.push_key == key))).scalar_one()
-            if planned:
-                return int(planned)
-            rows = (await conn.execute(select(subscriptions.c.id, subscriptions.c.topics))).all()
-        wanted = [r.id for r in rows if wanted_by(story, json.loads(r.topics or "[]"), topics)]
-        if not wanted:
-            return 0
+            rows = (await conn.execute(select(subscriptions.c.id, subscriptions.c.topics)
+                                       .order_by(subscriptions.c.id))).all()
+        return [r.id for r in rows if wanted_by(story, json.loads(r.topics or "[]"), topics)]
+
+    async def targets(self, ids: Sequence[int]) -> dict[int, Target]:
+        """Endpoint and keys of the subscriptions `ids` still has (unsubscribed ones are absent)."""
+        found: dict[int, Target] = {}
+        async with self.engine.connect() as conn:
+            for start in range(0, len(ids), 1000):
+                rows = await conn.execute(select(
+                    subscriptions.c.id, subscriptions.c.endpoint, subscriptions.c.p256dh,
+                    subscriptions.c.auth).where(subscriptions.c.id.in_(list(ids[start:start + 1000]))))
+                found.update({r.id: Target(r.id, r.endpoint, r.p256dh, r.auth) for r in rows})
+        return found
+
+    async def apply(self, outcomes: Sequence[RecipientOutcome], max_failures: int) -> None:
+        """What pushes mean for the subscriptions: a success resets the failure count, a gone
+        one (404/410) is deleted, and one that fails `max_failures` times in a row too."""
         now = self.clock()
-        async with self._write() as conn:
-            for start in range(0, len(wanted), 1000):
-                await conn.execute(insert(deliveries), [
-                    {"push_key": key, "subscription_id": sid, "status": "pending", "attempts": 0,
-                     "updated_at": now} for sid in wanted[start:start + 1000]])
-        return len(wanted)
-
-    async def abandon_in_flight(self, key: str) -> int:
-        """Deliveries left `sending` by a crash become `uncertain`: they may have gone out."""
-        async with self._write() as conn:
-            done = await conn.execute(update(deliveries).where(
-                deliveries.c.push_key == key, deliveries.c.status == "sending").values(
-                status="uncertain", updated_at=self.clock(),
-                detail="in flight when an earlier attempt stopped; not pushed again"))
-        return int(done.rowcount or 0)
-
-    async def claim(self, key: str, after_id: int, limit: int) -> list[Target]:
-        """The next `limit` pending/retry deliveries of `key` after `after_id`.
-
-        They stay `pending`/`retry` here: each becomes `sending` only right before its own push
-        (`begin`), so a crash or cancellation never leaves a row that was not pushed looking
-        in flight (`uncertain`, never pushed again).
-        """
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(
-                select(deliveries.c.id, deliveries.c.subscription_id, subscriptions.c.endpoint,
-                       subscriptions.c.p256dh, subscriptions.c.auth)
-                .select_from(deliveries.outerjoin(
-                    subscriptions, subscriptions.c.id == deliveries.c.subscription_id))
-                .where(deliveries.c.push_key == key, deliveries.c.id > after_id,
-                       deliveries.c.status.in_(("pending", "retry")))
-                .order_by(deliveries.c.id).limit(limit))).all()
-        if not rows:
-            return []
-        targets = [Target(r.id, r.subscription_id, r.endpoint or "", r.p256dh or "", r.auth or "")
-                   for r in rows]
-        gone = [t for t in targets if not t.endpoint]  # unsubscribed since the plan
-        if gone:
-            await self.finish({t.delivery_id: Outcome("gone", detail="unsubscribed") for t in gone}, {},
-                              max_failures=1)
-        return [t for t in targets if t.endpoint]
-
-    async def begin(self, delivery_id: int) -> None:
-        """Mark one delivery `sending`: its push starts now (a crash from here on: `uncertain`)."""
-        async with self._write() as conn:
-            await conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
-                status="sending", attempts=deliveries.c.attempts + 1, updated_at=self.clock()))
-
-    async def release(self, delivery_ids: Sequence[int]) -> None:
-        """Deliveries whose push never started go back to `pending` (if `begin` already ran)."""
-        if not delivery_ids:
+        sent = [o.recipient for o in outcomes if o.status == "sent"]
+        gone = [o.recipient for o in outcomes if o.status == "gone"]
+        failed = [o.recipient for o in outcomes if o.status == "failed"]
+        if not (sent or gone or failed):
             return
         async with self._write() as conn:
-            await conn.execute(update(deliveries).where(
-                deliveries.c.id.in_(list(delivery_ids)), deliveries.c.status == "sending").values(
-                status="pending", updated_at=self.clock()))
-
-    async def finish(self, outcomes: dict[int, Outcome], subs: dict[int, int], max_failures: int) -> None:
-        """Record outcomes (delivery id -> Outcome) and their effect on subscriptions, in one go."""
-        now = self.clock()
-        async with self._write() as conn:
-            for delivery_id, outcome in outcomes.items():
-                await conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(
-                    status=outcome.status, status_code=outcome.code, detail=outcome.detail[:500] or None,
-                    updated_at=now))
-                sid = subs.get(delivery_id)
-                if sid is None:
-                    continue
-                if outcome.status == "sent":
-                    await conn.execute(update(subscriptions).where(subscriptions.c.id == sid).values(
-                        last_push_at=now, failures=0))
-                elif outcome.status == "gone":
-                    await conn.execute(delete(subscriptions).where(subscriptions.c.id == sid))
-                elif outcome.status == "failed":
-                    await conn.execute(update(subscriptions).where(subscriptions.c.id == sid).values(
-                        failures=subscriptions.c.failures + 1))
-                    await conn.execute(delete(subscriptions).where(
-                        subscriptions.c.id == sid, subscriptions.c.failures >= max_failures))
-
-    async def tally(self, key: str) -> dict[str, int]:
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(deliveries.c.status, func.count()).where(
-                deliveries.c.push_key == key).group_by(deliveries.c.status))).all()
-        return {status: int(n) for status, n in rows}
-
-    async def prune(self, older_than: datetime) -> None:
-        async with self._write() as conn:
-            await conn.execute(delete(deliveries).where(deliveries.c.updated_at < older_than))
-
+            if sent:
+                await conn.execute(update(subscriptions).where(subscriptions.c.id.in_(sent)).values(
+                    last_push_at=now, failures=0))
+            if failed:
+                await conn.execute(update(subscriptions).where(subscriptions.c.id.in_(failed)).values(
+                    failures=subscriptions.c.failures + 1))
+                await conn.execute(delete(subscriptions).where(
+                    subscriptions.c.id.in_(failed), subscriptions.c.failures >= max_failures))
+            if gone:
+                await conn.execute(delete(subscriptions).where(subscriptions.c.id.in_(gone)))

@@ -1,0 +1,147 @@
+"""The database under every store: the engine, write transactions, migrations, file modes.
+
+SQLite (one file, WAL, one daemon) or PostgreSQL (several daemons). SQLite allows one writer at
+a time, so every write in the process goes through `Database.write()`, which holds a process
+lock around the transaction: "database is locked" never reaches the caller. Channel packages
+with tables of their own write through it as well.
+
+The SQLite files hold readers' chat ids and push keys: they are created 0600, and existing ones
+that others can read are reported once at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger("siar.store")
+MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x5149_4152  # "SIAR": the PostgreSQL advisory lock held while migrating
+SQLITE_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def database_url(url: str, base_dir: Path) -> tuple[str, Path | None]:
+    """(async SQLAlchemy URL, SQLite file or None): relative SQLite paths are under `base_dir`."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        db = parsed.database or ""
+        if not db or db == ":memory:":
+            raise ValueError("store.url: an in-memory SQLite store would lose every post; name a file")
+        path = Path(db).expanduser()
+        path = path if path.is_absolute() else (base_dir / path).resolve()
+        return str(parsed.set(drivername="sqlite+aiosqlite", database=str(path))), path
+    if backend in ("postgresql", "postgres"):
+        return str(parsed.set(drivername="postgresql+asyncpg")), None
+    raise ValueError(f"store.url: unsupported database {backend!r}; use sqlite:/// or postgresql://")
+
+
+class Database:
+    """One engine per process; `write()` for transactions, `read()` for queries."""
+
+    def __init__(self, url: str, base_dir: Path = Path(".")) -> None:
+        self.url, self.sqlite_path = database_url(url, base_dir)
+        self.engine: AsyncEngine = create_async_engine(self.url, pool_pre_ping=self.sqlite_path is None)
+        self._write_lock = asyncio.Lock() if self.sqlite_path else None
+        if self.sqlite_path is not None:
+            self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.sqlite_path)
+            event.listen(self.engine.sync_engine, "connect", _sqlite_connect(self.sqlite_path))
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sqlite_path is not None
+
+    def write(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A write transaction; on SQLite also the process's single-writer lock."""
+        return self._write()
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
+    def read(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for queries (no transaction is committed)."""
+        return self.engine.connect()
+
+    async def migrate(self, version_locations: Sequence[Path] = ()) -> None:
+        """Bring the schema to the newest revision of the core and of `version_locations`
+        (the channel packages' own migrations); idempotent."""
+        async with self.engine.begin() as conn:
+            if not self.is_sqlite:  # daemons starting together: one migrates, the others wait
+                await conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+            await conn.run_sync(_upgrade, list(version_locations))
+        self.warn_if_readable()
+
+    def warn_if_readable(self) -> None:
+        """Log once for each store file that users other than its owner may read."""
+        if self.sqlite_path is None:
+            return
+        for suffix in SQLITE_SIDE_FILES:
+            path = self.sqlite_path.with_name(self.sqlite_path.name + suffix)
+            try:
+                mode = path.stat().st_mode
+            except OSError:
+                continue
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                log.warning("store file %s is readable by others (mode %o): it holds readers' chat ids "
+                            "and push keys; chmod 600 it", path, mode & 0o777)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite creates it with the process umask."""
+    if path.exists():
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
+def _sqlite_connect(path: Path) -> Any:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+        for suffix in SQLITE_SIDE_FILES[1:]:  # the WAL files SQLite just created with the umask
+            side = path.with_name(path.name + suffix)
+            try:
+                if side.exists() and side.stat().st_mode & 0o077 and side.stat().st_uid == os.getuid():
+                    side.chmod(0o600)
+            except OSError:
+                pass
+
+    return on_connect
+
+
+def _upgrade(conn: Connection, extra: list[Path]) -> None:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("version_locations",
+                        os.pathsep.join(str(p) for p in [MIGRATIONS / "versions", *extra]))
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, "heads")  # channel packages add branches of their own

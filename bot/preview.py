@@ -1,0 +1,175 @@
+"""`siar check` and `siar preview`: what each channel would post, without sending anything.
+
+`check` validates the configuration as the daemon will use it (the same channel set-up and
+template checks as `run`), so what `check` rejects never starts silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.columns import Columns
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from bot.app import make_channels
+from bot.channel import Channel, utc_now
+from bot.config import Config, FeedConfig
+from bot.fetch import Fetcher
+from bot.filters import rejection
+from bot.normalize import parse_feed_async
+from bot.types import Post, Story, story_dict
+
+SAMPLE = Story(uid="check", feed="check", url="https://example.com/a/very/long/path/to/a-story",
+               title="Check " * 40, lead="Lead sentence. " * 200, tags=tuple(f"tag {i}" for i in range(20)),
+               section="Section", published=datetime(2020, 10, 9, 6, 53, tzinfo=UTC))
+
+
+def check(config: Config) -> int:
+    """Print what would run; exit 2 (with the channel named) when a template cannot render."""
+    console = Console()
+    console.print(f"[bold]config[/] {config.path}  [bold]store[/] {config.redact(config.store.url)}",
+                  markup=True, highlight=False)
+    feeds = Table("feed", "url", "interval", "first_run", "filters", title="Feeds")
+    for f in config.feeds:
+        filters = ", ".join(k for k in ("include_categories", "exclude_categories", "include_url",
+                                        "include_keywords", "exclude_keywords", "max_age")
+                            if getattr(f, k))
+        feeds.add_row(f.name, config.redact(f.url), f"{int(f.interval)}s", f.first_run, filters or "-")
+    console.print(feeds)
+    channels, unavailable = make_channels(config, include_disabled=True)
+    table = Table("channel", "type", "state", "feeds", title="Channels")
+    problems = []
+    for name, settings in config.channels.items():
+        state = "[green]runs[/]"
+        if not settings.enabled:
+            state = "off (enabled = false)"
+        elif name in config.disabled:
+            state = f"[yellow]waits: {config.disabled[name]}[/]"
+            needs = type(settings).requires_section
+            if needs and needs not in config.sections and config.disabled[name].startswith("needs"):
+                problems.append(f"channels.{name}: type {settings.type!r} needs a [{needs}] section "
+                                f"(see the README); none is in {config.path}")
+        elif name in unavailable:
+            state = f"[yellow]cannot run: {unavailable[name]}[/]"
+            if "template" in unavailable[name]:
+                problems.append(unavailable[name])
+        if name in channels:
+            try:
+                channels[name].render(SAMPLE)
+            except Exception as exc:
+                problems.append(f"channels.{name}: {exc}")
+                state = f"[red]template error: {exc}[/]"
+        table.add_row(name, settings.type, state, ", ".join(settings.feeds or ["all"]))
+    console.print(table)
+    if problems:
+        print("configuration error:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
+    console.print("[green]configuration is valid[/]")
+    return 0
+
+
+@dataclass(frozen=True)
+class RenderFailure:
+    """A story one channel could not render: reported per story, the others go on."""
+
+    channel: Channel
+    story: Story
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"channel": self.channel.name, "type": self.channel.type, "story": story_dict(self.story),
+                "error": self.error}
+
+
+def render_all(channel: Channel, stories: list[Story]) -> list[Post | RenderFailure]:
+    """Each story rendered for `channel`, or why it could not be."""
+    out: list[Post | RenderFailure] = []
+    for story in stories:
+        try:
+            out.append(channel.render(story))
+        except Exception as exc:  # one story that cannot render never stops the others
+            out.append(RenderFailure(channel, story, str(exc) or type(exc).__name__))
+    return out
+
+
+async def preview(config: Config, args: argparse.Namespace) -> int:
+    """Render the newest stories per channel; sends and stores nothing."""
+    feeds = config.feeds if not args.feed else [f for f in config.feeds if f.name == args.feed]
+    if args.feed and not feeds:
+        print(f"no feed named {args.feed!r} in {config.path}", file=sys.stderr)
+        return 2
+    if args.file:
+        feeds = feeds[:1] if args.feed else [FeedConfig(name="file", url=args.file)]
+    channels, _ = make_channels(config, include_disabled=True)
+    if args.channel:
+        if args.channel not in channels:
+            print(f"no enabled channel named {args.channel!r}", file=sys.stderr)
+            return 2
+        channels = {args.channel: channels[args.channel]}
+    fetcher = Fetcher(config.fetch.user_agent, config.fetch.timeout, config.fetch.max_bytes,
+                      base_dir=config.path.parent)
+    posts: list[Post | RenderFailure] = []
+    failed = False
+    now = utc_now()
+    try:
+        for feed in feeds:
+            url = args.file or feed.url
+            result = await fetcher.fetch(url)
+            if result.error or result.body is None:
+                print(f"feed {feed.name}: {result.error}", file=sys.stderr)
+                failed = True
+                continue
+            parsed = await parse_feed_async(result.body, result.url, result.headers, config.cleaning,
+                                            feed.name, feed.section)
+            for channel in channels.values():
+                listens = channel.settings.feeds is None or feed.name in channel.settings.feeds
+                if not listens and not (args.file and not args.feed):
+                    continue
+                # Content filters only: max_age is about timing, and a preview of an old file or
+                # a quiet feed should still show what the posts look like.
+                feed_rules = feed.model_copy(update={"max_age": None})
+                channel_rules = channel.settings.model_copy(update={"max_age": None})
+                wanted = [s for s in parsed.stories if rejection(s, feed_rules, now) is None
+                          and rejection(s, channel_rules, now) is None][: max(0, args.limit)]
+                posts.extend(render_all(channel, wanted))
+    finally:
+        await fetcher.close()
+    failures = [p for p in posts if isinstance(p, RenderFailure)]
+    for failure in failures:
+        print(f"channel {failure.channel.name}: cannot render {failure.story.url or failure.story.uid}: "
+              f"{failure.error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in posts], ensure_ascii=False, indent=2))
+    else:
+        _print_posts(posts)
+    return 1 if failed or failures else 0
+
+
+def _print_posts(posts: list[Post | RenderFailure]) -> None:
+    console = Console()
+    by_story: dict[str, list[Post | RenderFailure]] = {}
+    for post in posts:
+        by_story.setdefault(f"{post.story.feed}:{post.story.uid}", []).append(post)
+    for group in by_story.values():
+        console.rule(group[0].story.title)
+        panels = []
+        for post in group:
+            if isinstance(post, RenderFailure):
+                panels.append(Panel(f"cannot render: {post.error}", width=60, style="red",
+                                    title=f"{post.channel.name} ({post.channel.type})"))
+                continue
+            extra = "".join(f"\n[{b.text}] {b.url}" for b in post.buttons)
+            extra += "".join(f"\n(media) {m}" for m in post.media)
+            panels.append(Panel(post.text + ("\n" + extra if extra else ""), width=60,
+                                title=f"{post.channel} ({post.type})",
+                                subtitle=f"{post.length.used}/{post.length.limit} {post.length.unit}"))
+        console.print(Columns(panels))
+    if not posts:
+        console.print("no stories to show (check the feed and the filters)")

@@ -1,0 +1,160 @@
+"""Stories, and recording one poll: new stories, their outbox rows, the decision log and the
+feed's next state, all in ONE transaction.
+
+A story whose de-duplication key is already queued for a channel gets a `duplicate` decision
+instead of a second row. Rows are written in key order and each feed's polls are serialized
+with an advisory lock on PostgreSQL, so several daemons sharing one database can neither
+deadlock nor store a story twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bot.db import Database
+from bot.feedstate import FeedState, save_state
+from bot.normalize import link_key
+from bot.outbox import log_decisions
+from bot.schema import decisions, outbox, stories
+from bot.types import Decision, Story
+
+CHUNK = 500  # keys per IN (…) list
+
+
+@dataclass
+class NewStory:
+    """A story seen for the first time, with its routing decisions and de-duplication key."""
+
+    story: Story
+    decisions: list[Decision] = field(default_factory=list)
+    key: str = field(kw_only=True)  # bot.normalize.story_key
+
+
+class Stories:
+    """The stories table, the poll's transaction, and the lookups `why` and the bots use."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def known_uids(self, feed: str, uids: Sequence[str]) -> set[str]:
+        """Which of `uids` feed `feed` has already delivered to the store."""
+        found: set[str] = set()
+        async with self.db.read() as conn:
+            for start in range(0, len(uids), CHUNK):
+                rows = await conn.execute(select(stories.c.uid).where(
+                    stories.c.feed == feed, stories.c.uid.in_(list(uids[start:start + CHUNK]))))
+                found.update(r[0] for r in rows)
+        return found
+
+    async def record_poll(self, state: FeedState, new: Sequence[NewStory], now: datetime) -> list[int]:
+        """Store `new` with their outbox rows and decisions, and save `state`: one transaction.
+
+        Returns the ids of the outbox rows created. When daemons share PostgreSQL and another
+        one stored a story first, this one skips it.
+        """
+        pairs = sorted(((i.key, i) for i in new), key=lambda pair: pair[0])
+        created: list[int] = []
+        async with self.db.write() as conn:
+            if not self.db.is_sqlite:  # one poll of a feed at a time across daemons
+                lock = int.from_bytes(hashlib.sha256(state.name.encode()).digest()[:8], "big", signed=True)
+                await conn.execute(select(func.pg_advisory_xact_lock(lock)))
+            if pairs:
+                created = await self._insert(conn, pairs, now)
+            await save_state(conn, state)
+        return created
+
+    async def _insert(self, conn: AsyncConnection, pairs: list[tuple[str, NewStory]],
+                      now: datetime) -> list[int]:
+        keys = [key for key, _ in pairs]
+        taken: set[tuple[str, str]] = set()
+        for start in range(0, len(keys), CHUNK):
+            rows = await conn.execute(select(outbox.c.channel, outbox.c.dedup_key).where(
+                outbox.c.dedup_key.in_(keys[start:start + CHUNK])))
+            taken.update((r.channel, r.dedup_key) for r in rows)
+        # Bulk inserts that skip rows another daemon wrote first (ON CONFLICT DO NOTHING).
+        inserted = await conn.execute(self._insert_ignore(stories).returning(stories.c.id, stories.c.uid), [
+            {"feed": i.story.feed, "uid": i.story.uid, "url": i.story.url, "url_key": key,
+             "title": i.story.title, "published_at": i.story.published, "first_seen_at": now,
+             "data": i.story.to_json()} for key, i in pairs])
+        story_ids = {r.uid: r.id for r in inserted}
+        wanted: list[dict[str, Any]] = []
+        for key, item in pairs:
+            story_id = story_ids.get(item.story.uid)
+            for d in item.decisions:
+                if story_id is not None and d.queues and d.channel and (d.channel, key) not in taken:
+                    taken.add((d.channel, key))
+                    wanted.append({"story_id": story_id, "channel": d.channel, "dedup_key": key,
+                                   "status": "pending", "attempts": 0, "next_attempt_at": now,
+                                   "created_at": now, "updated_at": now})
+        queued: dict[tuple[int, str], int] = {}
+        if wanted:
+            rows = await conn.execute(self._insert_ignore(outbox).returning(
+                outbox.c.id, outbox.c.story_id, outbox.c.channel), wanted)
+            queued = {(r.story_id, r.channel): r.id for r in rows}
+        log_rows: list[dict[str, Any]] = []
+        for _, item in pairs:
+            story_id = story_ids.get(item.story.uid)
+            if story_id is None:
+                continue  # another daemon stored this story a moment ago
+            for d in item.decisions:
+                if d.queues and (story_id, str(d.channel)) not in queued:
+                    d = Decision(d.channel, "duplicate", "url",
+                                 "the same link was already queued for this channel")
+                log_rows.append({"story_id": story_id, "channel": d.channel, "decision": d.decision,
+                                 "rule": d.rule, "detail": d.detail, "at": now})
+        await log_decisions(conn, log_rows)
+        return sorted(queued.values())
+
+    def _insert_ignore(self, table: Any) -> Any:
+        """INSERT … ON CONFLICT DO NOTHING for this database."""
+        dialect = sqlite_dialect if self.db.is_sqlite else postgresql_dialect
+        return dialect.insert(table).on_conflict_do_nothing()
+
+    async def find(self, url_or_id: str, key: str | None = None) -> list[dict[str, Any]]:
+        """Stories matching a link (by its de-duplication `key`, bot.normalize.link_key with the
+        site's hosts; by default without them), a feed uid or an internal id."""
+        conditions = [stories.c.uid == url_or_id, stories.c.url_key == (key or link_key(url_or_id, ()))]
+        if url_or_id.isdigit():
+            conditions.append(stories.c.id == int(url_or_id))
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(stories).where(or_(*conditions))
+                                       .order_by(stories.c.id))).all()
+        return [r._asdict() for r in rows]
+
+    async def decisions_of(self, story_id: int) -> list[dict[str, Any]]:
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(decisions).where(decisions.c.story_id == story_id)
+                                       .order_by(decisions.c.id))).all()
+        return [r._asdict() for r in rows]
+
+    async def outbox_of(self, story_id: int) -> list[dict[str, Any]]:
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(outbox).where(outbox.c.story_id == story_id)
+                                       .order_by(outbox.c.id))).all()
+        return [r._asdict() for r in rows]
+
+    async def latest_posted(self, channel: str, limit: int = 5) -> list[Story]:
+        """The newest stories `channel` has sent, each once (what passed its filters)."""
+        query = (select(stories.c.data).join(outbox, outbox.c.story_id == stories.c.id)
+                 .where(outbox.c.channel == channel, outbox.c.status == "sent")
+                 .order_by(outbox.c.sent_at.desc(), outbox.c.id.desc()).limit(limit))
+        async with self.db.read() as conn:
+            return [Story.from_json(r[0]) for r in (await conn.execute(query)).all()]
+
+    async def latest(self, limit: int = 5, feeds: Sequence[str] | None = None) -> list[Story]:
+        """The newest stored stories (for previews and bots)."""
+        query = select(stories.c.data).order_by(stories.c.first_seen_at.desc(),
+                                                stories.c.published_at.desc()).limit(limit)
+        if feeds:
+            query = query.where(stories.c.feed.in_(list(feeds)))
+        async with self.db.read() as conn:
+            return [Story.from_json(r[0]) for r in (await conn.execute(query)).all()]

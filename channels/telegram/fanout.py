@@ -1,0 +1,288 @@
+"""`type = "telegram-subscribers"`: the reader bot, and the broadcast of each story to its readers.
+
+One outbox row per story is one broadcast in the core fan-out ledger (bot.fanout): its audience
+(active subscribers whose topics match) is fixed once, then each reader is marked `sending`
+right before their own message leaves, paced by the token's `ChatPacer` (≤ `messages_per_second`
+overall, one message per chat per second, ≤ 19 a minute per group). After a crash the few
+readers whose message was in flight are `uncertain` (never messaged twice); the rest resume.
+
+Broadcast messages do not go through python-telegram-bot's `Bot` (its per-request overhead and
+httpx's connection pool capped a broadcast at ~150 messages/s): they are posted, form encoded
+exactly as PTB encodes them, to `{api_base_url}/bot{token}/sendMessage` through one aiohttp
+session with keep-alive connections, and each answer is mapped the way PTB maps it
+(`_outcome`). The interactive bot (commands, buttons, replies) still uses PTB.
+
+Readers get a text message with a large link preview (not a photo): one compact notification
+per story, the preview shows the site's own picture and title.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from telegram import LinkPreviewOptions
+
+from bot.channel import ChannelContext, ChannelSettings, RetryLater, Unauthorized
+from bot.counting import Budget, count_telegram
+from bot.fanout import Broadcaster, RecipientOutcome
+from bot.http_retry import aiohttp_request_may_have_left, retry_after_seconds
+from bot.kit import BaseChannel
+from bot.types import Length, Post, Receipt, Story
+from channels.telegram.app import TelegramApp, app_for, telegram_section
+from channels.telegram.buttons import keyboard_buttons, reply_markup
+from channels.telegram.config import ReaderSettings
+from channels.telegram.errors import bad_request_kind
+from channels.telegram.pacing import ChatPacer
+from channels.telegram.poster import TEXT_LIMIT
+from channels.telegram.readerbot import ReaderBot
+from channels.telegram.store import TelegramStore
+from channels.telegram.topics import wants
+
+if TYPE_CHECKING:
+    from aiohttp import ClientSession
+
+log = logging.getLogger("siar.telegram.fanout")
+PACER_SPACING = 0.85  # closest two broadcast messages may go, in 1/messages_per_second
+MAX_TRIES = 4  # per reader, for answers that may succeed later (5xx, flood control)
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+DEFAULT_TEMPLATE = """\
+<b>{{ title }}</b>
+
+{{ lead }}
+
+{{ hashtags }}
+"""
+
+
+class SubscriberChannel(BaseChannel[ReaderSettings]):
+    """The reader bot (commands) and the broadcaster (send). Resumable: per-reader progress."""
+
+    TYPE = "telegram-subscribers"
+    DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
+    HTML = True
+    RESUMABLE = True
+
+    def __init__(self, name: str, settings: ReaderSettings, context: ChannelContext) -> None:
+        super().__init__(name, settings, context)
+        self.section = telegram_section(context)
+        self.language = self.section.language
+        self.bot: TelegramApp | None = None
+        self.store: TelegramStore | None = None
+        self.reader: ReaderBot | None = None
+        self._session: ClientSession | None = None  # broadcast sends (keep-alive pool)
+        self._send_url = ""  # contains the token: never log it
+        self._proxy: str | None = None
+        self._proxy_auth: Any = None
+
+    async def start(self) -> None:
+        if self.context.database is None or self.context.fanout is None:
+            raise RuntimeError("the telegram-subscribers channel needs the store")
+        self.store = TelegramStore(self.context.database)
+        bot = app_for(self.context)
+        if bot.reader is not None and bot.reader.name != self.name:
+            raise RuntimeError(f"channel {self.name}: this bot token already runs a reader bot "
+                               f"({bot.reader.name}); one per token")
+        rate = self.settings.messages_per_second
+        if rate > 30 and not self.settings.allow_paid_broadcast:
+            log.warning("channel %s: messages_per_second %.0f is over Telegram's 30/s; using 29 "
+                        "(set allow_paid_broadcast for more)", self.name, rate)
+            rate = 29.0
+        # Catching up after a stall at most ~18% faster than `rate` keeps a margin under
+        # Telegram's 30/s for requests that arrive unevenly.
+        bot.pacer.configure(rate, min_spacing=PACER_SPACING)
+        reader = ReaderBot(self.name, self.store, self.context, settings=self.settings, section=self.section)
+        await bot.acquire()  # may fail (Telegram unreachable): nothing is left registered then
+        try:
+            reader.register(bot.app)
+            await reader.set_commands(bot.app)
+            await bot.receive_updates()
+        except BaseException:
+            await bot.release()
+            raise
+        self.bot, self.reader, bot.reader = bot, reader, reader
+        self._open_session()
+
+    @property
+    def pacer(self) -> ChatPacer | None:
+        """The token's rate limiter (every message of this bot waits on it), once started."""
+        return self.bot.pacer if self.bot is not None else None
+
+    def _open_session(self) -> None:
+        import aiohttp
+        from aiohttp.helpers import get_env_proxy_for_url
+        from yarl import URL
+
+        section = self.section
+        self._send_url = f"{section.bot_url}{section.token.get_secret_value()}/sendMessage"
+        # The environment's proxy (HTTPS_PROXY, NO_PROXY...), as PTB's httpx client would use it,
+        # looked up once: aiohttp's trust_env does it in a thread for every request.
+        try:
+            proxy, self._proxy_auth = get_env_proxy_for_url(URL(self._send_url))
+            self._proxy = str(proxy)
+        except LookupError:
+            self._proxy, self._proxy_auth = None, None
+        # `connect` covers waiting for a pooled connection and connecting (nothing sent yet);
+        # `sock_read` is how long an answer may take once the request is out.
+        timeout = aiohttp.ClientTimeout(total=None, connect=section.request_timeout, sock_connect=10.0,
+                                        sock_read=section.request_timeout)
+        connector = aiohttp.TCPConnector(limit=max(self.settings.concurrency, 8), keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": self.context.user_agent})
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self.reader is not None:
+            await self.reader.close()
+        if self.bot is not None:
+            if self.bot.reader is self.reader:
+                self.bot.reader = None
+            await self.bot.release()
+            self.bot = None
+        self.reader = None
+
+    def render(self, story: Story) -> Post:
+        text, used, _ = self.renderer.fit(story, Budget("utf16", TEXT_LIMIT, count_telegram))
+        return self.post(story, text, Length("utf16", used, TEXT_LIMIT), parse_mode="HTML",
+                         buttons=keyboard_buttons(story, self.context, self.language))
+
+    async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
+        """Broadcast `post` to every matching reader, resuming an interrupted broadcast.
+
+        A cancellation (shutdown) propagates: the dispatcher keeps the row pending (this channel
+        is resumable) and the ledger says where to resume."""
+        assert self.store is not None and self.bot is not None and self.context.fanout is not None, \
+            "start() first"
+        store, pacer = self.store, self.bot.pacer
+        audience = {s.chat_id: s for s in await store.active_subscribers(self.name) if wants(s, post.story)}
+        bodies = self._bodies(post)
+        unsubscribe: dict[int, str] = {}
+
+        async def plan() -> list[int]:
+            return list(audience)
+
+        async def pace(chat: int) -> None:
+            sub = audience.get(chat)
+            await pacer.wait(chat, sub.kind in ("group", "supergroup") if sub else None)
+
+        async def deliver(chat: int) -> RecipientOutcome:
+            sub = audience.get(chat)
+            language = sub.language if sub else self.language
+            return await self._send_one(chat, bodies.get(language, bodies[self.language]), unsubscribe)
+
+        async def apply(outcomes: list[RecipientOutcome]) -> None:
+            now = self.now()
+            for outcome in outcomes:
+                if outcome.status == "moved" and outcome.moved_to is not None:
+                    await store.move_subscriber(self.name, outcome.recipient, outcome.moved_to, now)
+            gone = [(chat, unsubscribe.pop(chat)) for chat in [o.recipient for o in outcomes]
+                    if chat in unsubscribe]
+            await store.unsubscribe_many(self.name, gone, now)
+
+        per_second = 1 / pacer.gap if pacer.gap else 200
+        # A batch is about a second of sends.
+        broadcaster = Broadcaster(self.context.fanout, self.name, self.context.clock,
+                                  concurrency=self.settings.concurrency,
+                                  batch_size=max(self.settings.concurrency, min(200, int(per_second))),
+                                  max_tries=MAX_TRIES)
+        result = await broadcaster.run(idempotency_key, plan, deliver, pace=pace, apply=apply,  # type: ignore[arg-type]
+                                       budget=self.settings.send_timeout * 0.8)
+        note = result.summary("readers")
+        if result.remaining:
+            raise RetryLater(f"{result.remaining} of {result.planned} readers to do; {note}",
+                             after=result.retry_after, attempt=result.progressed == 0)
+        return Receipt(remote_id=idempotency_key, note=note)
+
+    def _bodies(self, post: Post) -> dict[str, str]:
+        """Per language, the form-encoded sendMessage parameters after `chat_id`, encoded as PTB
+        encodes them (strings as they are, everything else JSON)."""
+        story = post.story
+        preview = LinkPreviewOptions(url=story.url, prefer_large_media=True) if story.url \
+            else LinkPreviewOptions(is_disabled=True)
+        bodies = {}
+        for lang in ("id", "en"):
+            params: dict[str, Any] = {"text": post.text, "parse_mode": "HTML",
+                                      "link_preview_options": preview.to_dict(),
+                                      "disable_notification": self.settings.silent}
+            markup = reply_markup(keyboard_buttons(story, self.context, lang))
+            if markup is not None:
+                params["reply_markup"] = markup.to_dict()
+            if self.settings.allow_paid_broadcast:
+                params["allow_paid_broadcast"] = True
+            bodies[lang] = urlencode({k: v if isinstance(v, str) else json.dumps(v)
+                                      for k, v in params.items()})
+        return bodies
+
+    async def _send_one(self, chat: int, body: str, unsubscribe: dict[int, str]) -> RecipientOutcome:
+        """One reader's message, with every Telegram answer turned into the reader's outcome."""
+        import aiohttp
+
+        assert self._session is not None, "start() first"
+        try:
+            async with self._session.post(self._send_url, data=f"chat_id={chat}&{body}", headers=FORM,
+                                          proxy=self._proxy, proxy_auth=self._proxy_auth) as response:
+                status, raw = response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if not aiohttp_request_may_have_left(exc):  # nothing was sent
+                return RecipientOutcome(chat, "retry", f"network: {self._safe(exc)}")
+            # Disconnected, reset, no answer...: the message may have arrived, and the Bot API
+            # has no idempotency key, so this reader is not sent to again.
+            return RecipientOutcome(chat, "uncertain", f"network: {self._safe(exc)}; may have arrived")
+        return self._outcome(chat, status, raw, unsubscribe)
+
+    def _safe(self, exc: BaseException) -> str:
+        """An exception as text, without the token (aiohttp may quote the URL)."""
+        text = f"{type(exc).__name__}: {exc}"
+        return text.replace(self.section.token.get_secret_value(), "<token>")[:200]
+
+    def _outcome(self, chat: int, status: int, raw: bytes, unsubscribe: dict[int, str]) -> RecipientOutcome:
+        """Telegram's answer -> the reader's outcome, as python-telegram-bot classifies answers:
+        `migrate_to_chat_id` (ChatMigrated), `retry_after` (RetryAfter), 403 Forbidden,
+        401/404 InvalidToken, 400 BadRequest, anything else NetworkError."""
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if 200 <= status <= 299:  # accepted, it seems, but not by a Bot API we understand
+                return RecipientOutcome(chat, "uncertain", "unreadable answer from Telegram")
+            data = {}
+        if 200 <= status <= 299:
+            result = data.get("result")
+            message_id = result.get("message_id") if isinstance(result, dict) else None
+            return RecipientOutcome(chat, "sent", remote_id=str(message_id) if isinstance(message_id, int)
+                                    else None)
+        description = str(data.get("description") or f"HTTP {status}")
+        found = data.get("parameters")
+        parameters: dict[str, Any] = found if isinstance(found, dict) else {}
+        new_chat = parameters.get("migrate_to_chat_id")
+        if isinstance(new_chat, int):
+            return RecipientOutcome(chat, "moved", f"became {new_chat}", moved_to=new_chat)
+        after = retry_after_seconds(parameters.get("retry_after"))
+        if after is not None:
+            assert self.bot is not None
+            log.warning("channel %s: flood control, pausing the broadcast %.0fs", self.name, after)
+            self.bot.pacer.pause(after)
+            return RecipientOutcome(chat, "retry", f"flood control {after:g}s", retry_after=after)
+        if status == 403:
+            unsubscribe[chat] = "blocked"
+            return RecipientOutcome(chat, "failed", f"unsubscribed: {description}")
+        if status in (401, 404):
+            raise Unauthorized("Telegram refused the bot token ([telegram] token)")
+        if status == 400:
+            if bad_request_kind(Exception(description)) == "chat_gone":
+                unsubscribe[chat] = "chat not found"
+            return RecipientOutcome(chat, "failed", description)
+        return RecipientOutcome(chat, "retry", f"network: {description}")
+
+
+def create(name: str, settings: ChannelSettings, context: ChannelContext) -> SubscriberChannel:
+    assert isinstance(settings, ReaderSettings)
+    return SubscriberChannel(name, settings, context)
+

@@ -1,0 +1,186 @@
+"""The Telegram tables: chats that moved (a group became a supergroup) and the reader bot's
+subscribers with their topics and language. Per-reader broadcast progress is in the core
+fan-out ledger (bot.fanout); the tables are created by this package's migrations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
+
+from bot.db import Database
+from bot.schema import UTCDateTime
+
+metadata = MetaData()
+
+chat_moves = Table(
+    "tg_chat_moves", metadata,
+    Column("old_chat", String(100), primary_key=True),
+    Column("new_chat", BigInteger, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+)
+
+subscribers = Table(
+    "tg_subscribers", metadata,
+    Column("bot", String(200), primary_key=True),  # the telegram-subscribers channel name
+    Column("chat_id", BigInteger, primary_key=True),
+    Column("kind", String(16), nullable=False),  # private, group, supergroup
+    Column("name", Text, nullable=False, default=""),
+    Column("language", String(8), nullable=False),
+    Column("topics", Text),  # JSON list of topic keys; NULL = everything
+    Column("active", Boolean, nullable=False),
+    Column("reason", Text),  # why it is inactive: stopped, blocked, removed
+    Column("subscribed_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# A batch statement (executemany): one subscriber stopped.
+_UNSUBSCRIBE = update(subscribers).where(
+    subscribers.c.bot == bindparam("b_bot"), subscribers.c.chat_id == bindparam("b_chat"),
+    subscribers.c.active.is_(True)).values(
+    active=False, reason=bindparam("b_reason"),
+    updated_at=bindparam("b_now", type_=subscribers.c.updated_at.type))
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    chat_id: int
+    kind: str
+    language: str
+    topics: tuple[str, ...] | None  # None = everything
+    active: bool
+    name: str = ""
+
+
+class TelegramStore:
+    """Queries on the Telegram tables; `bot` names the subscriber channel that owns the rows."""
+
+    def __init__(self, db: Database) -> None:
+        self.engine = db.engine
+        self._write = db.write  # with SQLite's process-wide writer lock
+
+    # --- moved chats -----------------------------------------------------------------------
+
+    async def moved_chat(self, chat: str) -> int | None:
+        async with self.engine.connect() as conn:
+            new: int | None = (await conn.execute(
+                select(chat_moves.c.new_chat).where(chat_moves.c.old_chat == chat))).scalar()
+        return new
+
+    async def remember_move(self, chat: str, new_chat: int, now: datetime) -> None:
+        async with self._write() as conn:
+            done = await conn.execute(update(chat_moves).where(chat_moves.c.old_chat == chat)
+                                      .values(new_chat=new_chat, at=now))
+            if done.rowcount == 0:
+                await conn.execute(insert(chat_moves).values(old_chat=chat, new_chat=new_chat, at=now))
+
+    # --- subscribers -----------------------------------------------------------------------
+
+    async def subscriber(self, bot: str, chat_id: int) -> Subscriber | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(subscribers).where(
+                subscribers.c.bot == bot, subscribers.c.chat_id == chat_id))).first()
+        return _subscriber(row) if row is not None else None
+
+    async def subscribe(self, bot: str, chat_id: int, kind: str, language: str, name: str,
+                        now: datetime) -> bool:
+        """Make `chat_id` an active subscriber (keeping its topics); True if it was not active."""
+        async with self._write() as conn:
+            row = (await conn.execute(select(subscribers.c.active).where(
+                subscribers.c.bot == bot, subscribers.c.chat_id == chat_id))).first()
+            if row is None:
+                await conn.execute(insert(subscribers).values(
+                    bot=bot, chat_id=chat_id, kind=kind, name=name, language=language, topics=None,
+                    active=True, reason=None, subscribed_at=now, updated_at=now))
+                return True
+            await conn.execute(update(subscribers).where(
+                subscribers.c.bot == bot, subscribers.c.chat_id == chat_id).values(
+                active=True, reason=None, kind=kind, name=name, updated_at=now))
+            return not row.active
+
+    async def unsubscribe(self, bot: str, chat_id: int, reason: str, now: datetime) -> bool:
+        """Stop sending to `chat_id`; True if it was active."""
+        async with self._write() as conn:
+            done = await conn.execute(update(subscribers).where(
+                subscribers.c.bot == bot, subscribers.c.chat_id == chat_id,
+                subscribers.c.active.is_(True)).values(active=False, reason=reason, updated_at=now))
+        return bool(done.rowcount)
+
+    async def move_subscriber(self, bot: str, old: int, new: int, now: datetime) -> None:
+        """Group `old` became supergroup `new`: its row follows it, unless `new` has a row of
+        its own already (it subscribed itself): then that row stays as it is and `old` stops."""
+        async with self._write() as conn:
+            taken = (await conn.execute(select(func.count()).where(
+                subscribers.c.bot == bot, subscribers.c.chat_id == new))).scalar()
+            if taken:
+                await conn.execute(update(subscribers).where(
+                    subscribers.c.bot == bot, subscribers.c.chat_id == old).values(
+                    active=False, reason=f"moved to {new}", updated_at=now))
+            else:
+                await conn.execute(update(subscribers).where(
+                    subscribers.c.bot == bot, subscribers.c.chat_id == old).values(
+                    chat_id=new, kind="supergroup", updated_at=now))
+
+    async def set_language(self, bot: str, chat_id: int, language: str, now: datetime) -> None:
+        async with self._write() as conn:
+            await conn.execute(update(subscribers).where(
+                subscribers.c.bot == bot, subscribers.c.chat_id == chat_id).values(
+                language=language, updated_at=now))
+
+    async def set_topics(self, bot: str, chat_id: int, topics: Sequence[str] | None, now: datetime) -> None:
+        value = None if topics is None else json.dumps(sorted(set(topics)), ensure_ascii=False)
+        async with self._write() as conn:
+            await conn.execute(update(subscribers).where(
+                subscribers.c.bot == bot, subscribers.c.chat_id == chat_id).values(
+                topics=value, updated_at=now))
+
+    async def active_subscribers(self, bot: str) -> list[Subscriber]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(subscribers).where(
+                subscribers.c.bot == bot, subscribers.c.active.is_(True))
+                .order_by(subscribers.c.subscribed_at, subscribers.c.chat_id))).all()
+        return [_subscriber(r) for r in rows]
+
+    async def subscriber_counts(self, bot: str) -> dict[str, int]:
+        """{"private": n, "group": n, "inactive": n, ...} for /stats."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(subscribers.c.kind, subscribers.c.active, func.count())
+                                       .where(subscribers.c.bot == bot)
+                                       .group_by(subscribers.c.kind, subscribers.c.active))).all()
+        out: dict[str, int] = {}
+        for kind, active, n in rows:
+            key = kind if active else "inactive"
+            out[key] = out.get(key, 0) + n
+        return out
+
+    async def unsubscribe_many(self, bot: str, chats: Sequence[tuple[int, str]], now: datetime) -> None:
+        """Stop sending to each (chat, reason): one statement for a whole broadcast batch."""
+        if chats:
+            async with self._write() as conn:
+                await conn.execute(_UNSUBSCRIBE, [
+                    {"b_bot": bot, "b_chat": chat_id, "b_reason": reason, "b_now": now}
+                    for chat_id, reason in chats])
+
+
+def _subscriber(row: Any) -> Subscriber:
+    topics = None if row.topics is None else tuple(json.loads(row.topics))
+    return Subscriber(chat_id=int(row.chat_id), kind=row.kind, language=row.language, topics=topics,
+                      active=bool(row.active), name=row.name or "")
