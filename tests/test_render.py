@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.channel import ChannelContext, HashtagSettings
-from bot.site import CTA, FollowLink, Site
 from bot.counting import Budget, count_graphemes, count_utf16, graphemes
 from bot.render import PostRenderer, RenderError, format_published, hashtag, hashtags
+from bot.site import CTA, FollowLink, Site
 from bot.types import Story
 
 CONTEXT = ChannelContext(site=Site(), cta=CTA(

@@ -25,9 +25,9 @@ from sqlalchemy import update
 from bot.app import App, build, channel_context
 from bot.config import Config, ConfigError
 from bot.daemon import prepare
+from bot.fanout import RecipientOutcome
 from bot.lock import StoreLock
 from bot.store import Store
-from bot.fanout import RecipientOutcome
 from bot.types import Story
 from channels.webpush import (
     PAYLOAD_MAX,

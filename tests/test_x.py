@@ -15,14 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.app import App, build
+from bot.backoff import MAX_RETRY_AFTER
 from bot.channel import AlreadyDone, ChannelContext, HashtagSettings, Permanent, RetryLater, Uncertain
 from bot.cleaning import CleaningRules
 from bot.config import Config
-from bot.site import CTA, Site
 from bot.counting import count_x
 from bot.daemon import prepare
 from bot.normalize import parse_feed
-from bot.backoff import MAX_RETRY_AFTER
+from bot.site import CTA, Site
 from bot.types import Length, Post, Story
 from channels import x
 from tests.conftest import SAMPLE
