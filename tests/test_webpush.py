@@ -733,7 +733,8 @@ async def test_subscription_store_on_postgres(tmp_path: Path) -> None:
         audience = await subs.audience(story, topics)
         assert len(audience) == 2
         targets = await subs.targets(audience)
-        assert sorted(targets) == audience and all(t.endpoint.startswith("https://") for t in targets.values())
+        assert sorted(targets) == audience
+        assert all(t.endpoint.startswith("https://") for t in targets.values())
         await subs.apply([RecipientOutcome(audience[0], "sent"), RecipientOutcome(audience[1], "gone")],
                          max_failures=5)
         assert await subs.count() == 2  # the gone one is removed
