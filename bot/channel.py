@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from bot.addresses import AddressGuard
 from bot.durations import Duration, parse_rate
 from bot.filters import Filters
+from bot.paths import resolve_path
 from bot.site import CTA, Site
 from bot.types import Post, Receipt, Story
 
@@ -219,8 +220,7 @@ class ChannelContext:
 
     def resolve_path(self, value: str) -> Path:
         """`value` as a path, relative to the config file's folder when not absolute."""
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else self.base_dir / path
+        return resolve_path(value, self.base_dir)
 
     async def alert(self, source: str, message: str) -> None:
         """Alert the admins about `source` (a channel or feed); never raises."""

@@ -27,6 +27,7 @@ from bot.channel import ChannelSettings
 from bot.cleaning import CleaningRules
 from bot.durations import Duration
 from bot.filters import Filters
+from bot.paths import resolve_path
 from bot.site import CTA, Site
 from bot.tomllines import locate
 
@@ -221,8 +222,7 @@ class Config(_Strict):
 
     def resolve_path(self, value: str) -> Path:
         """`value` as a path, relative to the config file's folder when not absolute."""
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else (self.path.parent / p).resolve()
+        return resolve_path(value, self.path.parent)
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*|file:[^}]+)(?::-([^}]*))?\}")

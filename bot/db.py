@@ -26,6 +26,8 @@ from sqlalchemy import event, func, select
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from bot.paths import resolve_path
+
 log = logging.getLogger("siar.store")
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x5149_4152  # "SIAR": the PostgreSQL advisory lock held while migrating
@@ -40,8 +42,7 @@ def database_url(url: str, base_dir: Path) -> tuple[str, Path | None]:
         db = parsed.database or ""
         if not db or db == ":memory:":
             raise ValueError("store.url: an in-memory SQLite store would lose every post; name a file")
-        path = Path(db).expanduser()
-        path = path if path.is_absolute() else (base_dir / path).resolve()
+        path = resolve_path(db, base_dir)
         return str(parsed.set(drivername="sqlite+aiosqlite", database=str(path))), path
     if backend in ("postgresql", "postgres"):
         return str(parsed.set(drivername="postgresql+asyncpg")), None

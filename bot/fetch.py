@@ -11,13 +11,13 @@ import hashlib
 import zlib
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from bot.http_retry import retry_after_seconds
 from bot.net import AddressGuard, BlockedAddress, Resolver, http_client
 
 
@@ -39,22 +39,6 @@ class FetchResult:
     @property
     def body_hash(self) -> str | None:
         return hashlib.sha256(self.body).hexdigest() if self.body is not None else None
-
-
-def retry_after_seconds(value: str | None, now: datetime) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
 
 
 class Fetcher:

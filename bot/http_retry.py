@@ -10,6 +10,7 @@ import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+import aiohttp
 import httpx
 
 from bot.backoff import MAX_RETRY_AFTER
@@ -99,8 +100,6 @@ def aiohttp_request_may_have_left(exc: BaseException) -> bool:
     TLS, proxy connect), ConnectionTimeoutError (pool or connect timeout), a refused CONNECT
     tunnel, a fingerprint mismatch and an invalid URL; True for everything else (disconnects,
     socket read timeouts, payload errors, redirects that went wrong, unknown errors)."""
-    import aiohttp
-
     for link in _causes(exc):
         if isinstance(link, aiohttp.RedirectClientError | aiohttp.TooManyRedirects):
             return True  # an earlier hop of this request was sent

@@ -16,6 +16,7 @@ private destinations too). The same request-level check applies to an injected `
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterable
@@ -83,8 +84,6 @@ async def checked_addresses(
 
 
 def _is_ip(host: str) -> bool:
-    import ipaddress
-
     try:
         ipaddress.ip_address(host)
     except ValueError:

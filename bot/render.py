@@ -23,6 +23,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from bot.channel import ChannelContext, HashtagSettings
 from bot.counting import Budget, graphemes
+from bot.paths import resolve_path
 from bot.types import Story
 
 ELLIPSIS = "…"
@@ -149,8 +150,7 @@ def load_template_text(template: str | None, default: str, base_dir: Path) -> st
     if not template:
         return default
     if template.strip().endswith(".j2") and "\n" not in template:
-        path = Path(template.strip())
-        path = path if path.is_absolute() else base_dir / path
+        path = resolve_path(template.strip(), base_dir)
         try:
             return path.read_text(encoding="utf-8")
         except OSError as exc:

@@ -177,8 +177,7 @@ class BlueskyChannel(BaseChannel[Settings]):
 
     def _session_path(self) -> Path:
         if self.settings.session_file:
-            path = Path(self.settings.session_file).expanduser()
-            return path if path.is_absolute() else self.context.base_dir / path
+            return self.context.resolve_path(self.settings.session_file)
         database = self.context.database
         folder = database.sqlite_path.parent if database and database.sqlite_path else self.context.base_dir
         return folder / f".bluesky-{self.name}.session"
@@ -421,28 +420,31 @@ def _status(exc: Any) -> int:
     return int(getattr(response, "status_code", 0) or 0)
 
 
+def _xrpc_field(exc: Any, key: str) -> str:
+    """A field ("error", "message") of the XRPC error body behind an SDK error, or ""."""
+    content = getattr(getattr(exc, "response", None), "content", None)
+    value = getattr(content, key, None) or (content.get(key) if isinstance(content, dict) else None)
+    return str(value or "")
+
+
 def _xrpc_error(exc: Any) -> str:
     """'400 InvalidRequest: message' from an SDK error, without request data or tokens."""
     response = getattr(exc, "response", None)
     if response is None:
         return type(exc).__name__
-    content = getattr(response, "content", None)
-    name = getattr(content, "error", None) or (content.get("error") if isinstance(content, dict) else None)
-    message = getattr(content, "message", None) or (content.get("message") if isinstance(content, dict)
-                                                     else None)
-    text = f"{response.status_code} {name or ''}{': ' + str(message)[:200] if message else ''}"
-    return text.strip()
+    name, message = _xrpc_field(exc, "error"), _xrpc_field(exc, "message")
+    return f"{response.status_code} {name}{': ' + message[:200] if message else ''}".strip()
+
+
+# XRPC error names meaning our session tokens are stale (not that the request is wrong).
+STALE_SESSION = frozenset({"ExpiredToken", "InvalidToken", "AuthMissing", "AuthenticationRequired"})
 
 
 def _token_problem(exc: Any) -> bool:
     """True when the error says our session tokens are stale, not that the request is wrong."""
-    at = _sdk().exceptions
-
-    if isinstance(exc, at.LoginRequiredError):
+    if isinstance(exc, _sdk().exceptions.LoginRequiredError):
         return True
-    text = _xrpc_error(exc)
-    return any(word in text for word in ("ExpiredToken", "InvalidToken", "AuthMissing",
-                                         "AuthenticationRequired", "Token has expired"))
+    return _xrpc_field(exc, "error") in STALE_SESSION
 
 
 def _reason(exc: BaseException) -> str:

@@ -137,7 +137,7 @@ class XChannel(BaseChannel[Settings]):
         try:
             response = await asyncio.to_thread(self._client.create_tweet, text=post.text, user_auth=True)
         except Exception as exc:
-            error = classify(exc, self.settings.timeout)
+            error = x_error(exc, self.settings.timeout)
             if error is exc:
                 raise  # not a platform answer: the dispatcher records it as uncertain
             raise error from exc
@@ -235,7 +235,7 @@ def rebased_session(base_url: str, timeout: float) -> Any:
 
 # --- errors --------------------------------------------------------------------------------
 
-def classify(exc: BaseException, timeout: float, now: float | None = None) -> BaseException:
+def x_error(exc: BaseException, timeout: float, now: float | None = None) -> BaseException:
     """The ChannelError for an exception from tweepy/requests (the exception itself if unknown)."""
     import requests
     import tweepy

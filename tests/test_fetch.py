@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from bot.fetch import Fetcher, retry_after_seconds
+from bot.fetch import Fetcher
+from bot.http_retry import retry_after_seconds
 from tests.feedserver import FeedServer, Route
 
 

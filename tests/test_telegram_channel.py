@@ -299,7 +299,7 @@ def ptb_error(cause: Exception) -> Exception:
     (httpx.ReadTimeout("timed out"), Uncertain),
 ])
 def test_transport_errors_are_retried_only_before_sending(cause: Exception, kind: type[Exception]) -> None:
-    from channels.telegram.errors import classify
+    from channels.telegram.errors import telegram_error as classify
 
     assert type(classify(ptb_error(cause), "@siarnews")) is kind
     # retry_on_timeout: duplicates are acceptable, so anything transport-level is retried
@@ -310,7 +310,7 @@ def test_error_status_with_unreadable_body_is_retried() -> None:
     """A proxy's HTML 502 page: PTB chains its failed JSON parse, not a transport error."""
     from telegram.error import NetworkError, TelegramError
 
-    from channels.telegram.errors import classify
+    from channels.telegram.errors import telegram_error as classify
 
     try:
         try:
@@ -327,7 +327,7 @@ def test_error_status_with_unreadable_body_is_retried() -> None:
 def test_unknown_http_implementation_error_is_uncertain() -> None:
     from telegram.error import NetworkError
 
-    from channels.telegram.errors import classify
+    from channels.telegram.errors import telegram_error as classify
 
     try:
         try:

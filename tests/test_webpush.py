@@ -37,11 +37,11 @@ from channels.webpush import (
     Topic,
     WebPushChannel,
     WebPushPayload,
-    classify,
     http_config,
     init_command,
     load_vapid,
     payload_bytes,
+    push_answer,
     split_listen,
     wanted_by,
 )
@@ -697,7 +697,7 @@ def test_render_fits_the_push_payload(env: Env) -> None:
     (400, None, "failed", None), (403, None, "retry", None),
 ])
 def test_classify(status: int, header: str | None, kind: str, after: float | None) -> None:
-    outcome = classify(status, header)
+    outcome = push_answer(status, header)
     assert (outcome.status, outcome.retry_after) == (kind, after)
     assert outcome.auth_rejected == (status == 403)
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bot.paths import resolve_path
+
 _HEX = re.compile(r"^#([0-9a-fA-F]{6})$")
 
 RGB = tuple[int, int, int]
@@ -70,6 +72,6 @@ class CardSettings(BaseModel):
             if not value:
                 return value
             path = Path(value).expanduser()
-            return str(path if path.is_absolute() else (config_dir / path).resolve())
+            return str(resolve_path(path, config_dir))
 
         return self.model_copy(update={"logo": absolute(self.logo), "font": absolute(self.font)})

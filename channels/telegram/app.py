@@ -11,15 +11,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from telegram.ext import Application, ApplicationBuilder
 
 from bot.channel import ChannelContext, ChannelUnavailable
 from bot.counting import escape_html
 from channels.telegram.config import TelegramSection
 from channels.telegram.pacing import ChatPacer, PacedRequests
-
-if TYPE_CHECKING:
-    from telegram.ext import Application
 
 log = logging.getLogger("siar.telegram")
 ALLOWED_UPDATES = ["message", "callback_query", "my_chat_member"]
@@ -121,8 +120,6 @@ def app_for(context: ChannelContext) -> TelegramApp:
 def build_application(settings: TelegramSection,
                       pacer: ChatPacer) -> Application[Any, Any, Any, Any, Any, Any]:
     """A PTB Application pointed at `api_base_url`, every request paced by `pacer`."""
-    from telegram.ext import ApplicationBuilder
-
     timeout = settings.request_timeout
     base = settings.api_base_url.rstrip("/")
     return (ApplicationBuilder().token(settings.token.get_secret_value())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+
 from bot.channel import ChannelContext
 from bot.render import READ_MORE
 from bot.types import Button, Story
@@ -24,8 +26,6 @@ def keyboard_buttons(story: Story, context: ChannelContext, language: str) -> tu
 
 def reply_markup(buttons: tuple[Button, ...]) -> Any:
     """Read more alone on the first row, the other buttons two per row."""
-    from telegram import InlineKeyboardButton, InlineKeyboardMarkup  # only when a post is built
-
     if not buttons:
         return None
     rows = [[InlineKeyboardButton(buttons[0].text, url=buttons[0].url)]]

@@ -62,7 +62,7 @@ class PosterSettings(ChannelSettings):
     silent: bool = False  # disable_notification
     buttons: bool = True  # "Baca selengkapnya" and the [cta] links as inline buttons
     # A read timeout or a connection lost after the request went out may mean it was posted:
-    # False marks such a row uncertain (see errors.classify), True retries it (a duplicate is
+    # False marks such a row uncertain (see errors.telegram_error), True retries it (a duplicate is
     # possible).
     retry_on_timeout: bool = False
 

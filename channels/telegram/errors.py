@@ -57,7 +57,7 @@ def photo_refused(exc: BaseException) -> bool:
     return isinstance(exc, BadRequest) and bad_request_kind(exc) == "photo"
 
 
-def retry_after_seconds(exc: Any) -> float:
+def ptb_retry_after(exc: Any) -> float:
     """RetryAfter's wait in seconds (PTB 22 gives an int or a timedelta, depending on
     PTB_TIMEDELTA), capped like every wait."""
     with warnings.catch_warnings():
@@ -84,7 +84,7 @@ def transport_error(exc: BaseException) -> BaseException | None:
     return cause  # "Unknown error in HTTP implementation": no telling how far it got
 
 
-def classify(exc: BaseException, chat: str | int, *, retry_on_timeout: bool = False) -> Exception:
+def telegram_error(exc: BaseException, chat: str | int, *, retry_on_timeout: bool = False) -> Exception:
     """The siar error kind of a python-telegram-bot error.
 
     The Bot API has no idempotency key, so a request that may have reached Telegram must not be
@@ -99,7 +99,7 @@ def classify(exc: BaseException, chat: str | int, *, retry_on_timeout: bool = Fa
     """
     text = str(exc)
     if isinstance(exc, RetryAfter):
-        after = retry_after_seconds(exc)
+        after = ptb_retry_after(exc)
         return RetryLater(f"Telegram flood control: retry after {after:g}s", after=after)
     if isinstance(exc, Forbidden):
         return Permanent(f"the bot may not post in {chat}: {text} (add it to the chat as an admin "

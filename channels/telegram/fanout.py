@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
+import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
 from telegram import LinkPreviewOptions
+from yarl import URL
 
 from bot.channel import ChannelContext, ChannelSettings, RetryLater, Unauthorized
 from bot.counting import Budget, count_telegram
@@ -40,9 +43,6 @@ from channels.telegram.poster import TEXT_LIMIT
 from channels.telegram.readerbot import ReaderBot
 from channels.telegram.store import TelegramStore
 from channels.telegram.topics import wants
-
-if TYPE_CHECKING:
-    from aiohttp import ClientSession
 
 log = logging.getLogger("siar.telegram.fanout")
 PACER_SPACING = 0.85  # closest two broadcast messages may go, in 1/messages_per_second
@@ -73,7 +73,7 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
         self.bot: TelegramApp | None = None
         self.store: TelegramStore | None = None
         self.reader: ReaderBot | None = None
-        self._session: ClientSession | None = None  # broadcast sends (keep-alive pool)
+        self._session: aiohttp.ClientSession | None = None  # broadcast sends (keep-alive pool)
         self._send_url = ""  # contains the token: never log it
         self._proxy: str | None = None
         self._proxy_auth: Any = None
@@ -112,10 +112,6 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
         return self.bot.pacer if self.bot is not None else None
 
     def _open_session(self) -> None:
-        import aiohttp
-        from aiohttp.helpers import get_env_proxy_for_url
-        from yarl import URL
-
         section = self.section
         self._send_url = f"{section.bot_url}{section.token.get_secret_value()}/sendMessage"
         # The environment's proxy (HTTPS_PROXY, NO_PROXY...), as PTB's httpx client would use it,
@@ -221,8 +217,6 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
 
     async def _send_one(self, chat: int, body: str, unsubscribe: dict[int, str]) -> RecipientOutcome:
         """One reader's message, with every Telegram answer turned into the reader's outcome."""
-        import aiohttp
-
         assert self._session is not None, "start() first"
         try:
             async with self._session.post(self._send_url, data=f"chat_id={chat}&{body}", headers=FORM,

@@ -19,7 +19,7 @@ from typing import Any
 from telegram.error import RetryAfter
 from telegram.ext import BaseRateLimiter
 
-from channels.telegram.errors import retry_after_seconds
+from channels.telegram.errors import ptb_retry_after
 
 # Methods that put a message in a chat: Telegram's flood limits count these.
 PACED_PREFIXES = ("send", "copyMessage", "forwardMessage", "editMessage")
@@ -141,5 +141,5 @@ class PacedRequests(BaseRateLimiter[None]):
         try:
             return await callback(*args, **kwargs)
         except RetryAfter as exc:
-            self.pacer.pause(retry_after_seconds(exc))  # everything waits; the caller decides
+            self.pacer.pause(ptb_retry_after(exc))  # everything waits; the caller decides
             raise

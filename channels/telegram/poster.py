@@ -25,7 +25,7 @@ from bot.types import Length, Payload, Post, Receipt, Story
 from channels.telegram.app import TelegramApp, app_for, telegram_section
 from channels.telegram.buttons import keyboard_buttons, message_url, reply_markup
 from channels.telegram.config import PosterSettings
-from channels.telegram.errors import classify, photo_refused
+from channels.telegram.errors import photo_refused, telegram_error
 from channels.telegram.store import TelegramStore
 
 log = logging.getLogger("siar.telegram")
@@ -97,7 +97,7 @@ class TelegramChannel(BaseChannel[PosterSettings]):
         return text, used
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
-        """Post it; errors are mapped (see errors.classify); a moved group is remembered and retried."""
+        """Post it; errors are mapped (see errors.telegram_error); a moved group is remembered and retried."""
         assert self.bot is not None, "start() first"
         for _ in range(2):  # a second time only after ChatMigrated
             try:
@@ -117,7 +117,7 @@ class TelegramChannel(BaseChannel[PosterSettings]):
                 await self._moved(exc.new_chat_id)
                 continue
             except TelegramError as exc:
-                raise classify(exc, self.chat, retry_on_timeout=self.settings.retry_on_timeout) from exc
+                raise telegram_error(exc, self.chat, retry_on_timeout=self.settings.retry_on_timeout) from exc
             return Receipt(remote_id=str(message.message_id), url=message_url(self.chat, message.message_id))
         raise RetryLater(f"chat {self.settings.chat} moved twice in a row; trying again later")
 

@@ -26,9 +26,9 @@ from channels.webpush.channel import (
     PushAnswer,
     WebPushChannel,
     WebPushPayload,
-    classify,
     create,
     payload_bytes,
+    push_answer,
 )
 from channels.webpush.config import Settings, Topic, WebPushSection, http_config
 from channels.webpush.keys import b64url, init_command, load_vapid
@@ -70,12 +70,12 @@ __all__ = [
     "WebPushPayload",
     "WebPushSection",
     "b64url",
-    "classify",
     "create",
     "http_config",
     "init_command",
     "load_vapid",
     "payload_bytes",
+    "push_answer",
     "split_listen",
     "wanted_by",
 ]

@@ -18,7 +18,8 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import aiohttp
 
 from bot.channel import (
     ChannelContext,
@@ -32,15 +33,13 @@ from bot.counting import Budget, count_graphemes
 from bot.fanout import Broadcaster, RecipientOutcome
 from bot.http_retry import retry_after_seconds
 from bot.kit import BaseChannel
+from bot.paths import resolve_path
 from bot.render import shorten, story_tag, unit_count
 from bot.types import Button, Length, Payload, Post, Receipt, Story
 from channels.webpush.config import Settings, WebPushSection, http_config, normalize_origin
 from channels.webpush.keys import VapidKeyError, VapidKeys, b64url, key_file_path, load_vapid
 from channels.webpush.server import PushHttpServer
 from channels.webpush.store import SubscriptionStore, Target
-
-if TYPE_CHECKING:
-    from aiohttp import ClientSession
 
 log = logging.getLogger("siar.webpush")
 # A push message may carry at most 4096 bytes; aes128gcm adds 86 header + 16 tag + 1 pad bytes.
@@ -108,15 +107,13 @@ class WebPushChannel(BaseChannel[Settings]):
         self.key_problem = "" if self.section else "the webpush channel needs a [webpush] section"
         self._uses_server = False
         self.subs: SubscriptionStore | None = None
-        self._session: ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None
         self._vapid_cache: dict[str, tuple[str, float]] = {}
         self._paused: dict[str, float] = {}  # push service origin -> monotonic time it accepts again
 
     # lifecycle
 
     async def start(self) -> None:
-        import aiohttp
-
         if self.section is None:
             return
         try:
@@ -288,7 +285,6 @@ class WebPushChannel(BaseChannel[Settings]):
         return cached[0]
 
     async def _push_once(self, target: Target, data: bytes, topic: str, origin: str) -> PushAnswer:
-        import aiohttp
         from pywebpush import WebPusher  # type: ignore[import-untyped, unused-ignore]
 
         assert self._session is not None
@@ -307,7 +303,7 @@ class WebPushChannel(BaseChannel[Settings]):
                                           timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
                                           allow_redirects=False) as response:
                 text = (await response.content.read(300)).decode("utf-8", "replace")
-                return classify(response.status, response.headers.get("Retry-After"), text)
+                return push_answer(response.status, response.headers.get("Retry-After"), text)
         except (aiohttp.ClientError, TimeoutError) as exc:
             return PushAnswer("retry", detail=f"network error: {type(exc).__name__}")
 
@@ -316,11 +312,10 @@ def _ssl_context(section: WebPushSection, base_dir: Path) -> ssl.SSLContext | bo
     """TLS settings for push requests: the system CAs, plus `ca_file` when given."""
     if not section.ca_file:
         return True
-    ca = Path(section.ca_file).expanduser()
-    return ssl.create_default_context(cafile=str(ca if ca.is_absolute() else base_dir / ca))
+    return ssl.create_default_context(cafile=str(resolve_path(section.ca_file, base_dir)))
 
 
-def classify(status: int, retry_after: str | None, text: str = "") -> PushAnswer:
+def push_answer(status: int, retry_after: str | None, text: str = "") -> PushAnswer:
     """What a push service's answer means for one subscription (RFC 8030, RFC 8292)."""
     brief = " ".join(text.split())[:120]
     if status in (200, 201, 202):

@@ -14,18 +14,17 @@ import logging
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bot.config import HttpConfig
+from aiohttp import web
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from bot.config import HttpConfig, parse_networks
+from bot.web import HttpServer, release_server, shared_server
 from bot.web_requests import ClientLimiter, RequestRefused, client_address, read_json
 from channels.webpush.config import WebPushSection, http_config, normalize_origin
 from channels.webpush.store import SubscriptionStore
 from channels.webpush.subscription import InvalidRequest, parse_subscription
-
-if TYPE_CHECKING:
-    from aiohttp import web
-
-    from bot.web import HttpServer
 
 __all__ = ["PREFIX", "ClientLimiter", "PushHttpServer", "load_strings", "static_file"]
 
@@ -81,8 +80,6 @@ class PushHttpServer:
 
     def routes(self) -> list[web.RouteDef]:
         """Every route under /push/."""
-        from aiohttp import web
-
         routes = [
             web.get(PREFIX, self._redirect),
             web.get(PREFIX + "/", self._page),
@@ -109,7 +106,6 @@ class PushHttpServer:
 
         OSError when it cannot listen; RuntimeError when that server already runs without
         /push/ (another component started it first)."""
-        from bot.web import release_server, shared_server
 
         server = shared_server(self.http)
         try:
@@ -132,7 +128,6 @@ class PushHttpServer:
 
     async def stop(self) -> None:
         """Give the server back (it stops after its last user)."""
-        from bot.web import release_server
 
         if self.server is not None and self._owns_server:
             self._owns_server = False
@@ -151,8 +146,6 @@ class PushHttpServer:
 
     def _render(self, name: str) -> bytes:
         if name not in self._cache:
-            from jinja2 import Environment, FileSystemLoader, select_autoescape
-
             env = Environment(loader=FileSystemLoader(STATIC), autoescape=select_autoescape(["html"]))
             config_json = json.dumps(self._page_config(), ensure_ascii=False).replace("<", "\\u003c")
             text = env.get_template(name).render(
@@ -162,13 +155,9 @@ class PushHttpServer:
         return self._cache[name]
 
     async def _redirect(self, request: web.Request) -> web.StreamResponse:
-        from aiohttp import web
-
         raise web.HTTPFound(PREFIX + "/")
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
-        from aiohttp import web
-
         response = web.Response(body=self._render("page.html"), content_type="text/html", charset="utf-8")
         response.headers["Content-Security-Policy"] = (
             "default-src 'self'; img-src 'self' https: data:; script-src 'self'; style-src 'self'; "
@@ -177,16 +166,12 @@ class PushHttpServer:
         return response
 
     async def _sw(self, request: web.Request) -> web.StreamResponse:
-        from aiohttp import web
-
         body = static_file("sw.js")
         response = web.Response(body=body, content_type="text/javascript", charset="utf-8")
         response.headers["Cache-Control"] = "no-cache"  # browsers check the worker for updates
         return response
 
     async def _widget(self, request: web.Request) -> web.StreamResponse:
-        from aiohttp import web
-
         if "widget.js" not in self._cache:
             config = {"base": self.public_url, "publicKey": self.public_key,
                       "text": self.notify_text or self.strings["headline"],
@@ -203,8 +188,6 @@ class PushHttpServer:
         return response
 
     async def _asset(self, request: web.Request) -> web.StreamResponse:
-        from aiohttp import web
-
         name = request.path.rsplit("/", 1)[1]
         types = {"js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}
         response = web.Response(body=static_file(name),
@@ -213,15 +196,11 @@ class PushHttpServer:
         return response
 
     async def _vapid_public_key(self, request: web.Request) -> web.StreamResponse:
-        from aiohttp import web
-
         response = web.Response(text=self.public_key, content_type="text/plain")
         response.headers["Access-Control-Allow-Origin"] = "*"
         return response
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
-        from aiohttp import web
-
         return web.json_response({"ok": True})
 
     # JSON endpoints
@@ -230,7 +209,6 @@ class PushHttpServer:
         """The client's address (X-Forwarded-For only from the server's trusted proxies)."""
         if self.server is not None:
             return self.server.client_address(request)
-        from bot.config import parse_networks
 
         return client_address(request, parse_networks(self.http.trusted_proxies))
 
@@ -242,8 +220,6 @@ class PushHttpServer:
         return response
 
     async def _preflight(self, request: web.Request) -> web.StreamResponse:
-        from aiohttp import web
-
         origin = normalize_origin(request.headers.get("Origin", ""))
         if not origin or origin not in self.origins:
             return web.Response(status=403)
@@ -254,8 +230,6 @@ class PushHttpServer:
         return self._cors(request, response)
 
     def _error(self, request: web.Request, status: int, message: str) -> web.StreamResponse:
-        from aiohttp import web
-
         return self._cors(request, web.json_response({"ok": False, "error": message}, status=status))
 
     async def _checked_json(self, request: web.Request, max_bytes: int = 4096) -> Any:
@@ -273,8 +247,6 @@ class PushHttpServer:
             raise RequestRefused(429, "too many new subscriptions from your address; try again later")
 
     async def _subscribe(self, request: web.Request) -> web.StreamResponse:
-        from aiohttp import web
-
         try:
             data = await self._checked_json(request)
             sub = parse_subscription(data, [t.id for t in self.section.topics], self.section.push_hosts)
@@ -297,8 +269,6 @@ class PushHttpServer:
                                                      status=201 if new else 200))
 
     async def _unsubscribe(self, request: web.Request) -> web.StreamResponse:
-        from aiohttp import web
-
         try:
             data = await self._checked_json(request)
             sub = data.get("subscription", data) if isinstance(data, dict) else None
@@ -313,8 +283,6 @@ class PushHttpServer:
         return self._cors(request, web.json_response({"ok": True, "removed": removed}))
 
     async def _click(self, request: web.Request) -> web.StreamResponse:
-        from aiohttp import web
-
         try:
             data = await self._checked_json(request, 2048)
             tag, url = (data.get("tag"), data.get("url")) if isinstance(data, dict) else (None, None)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from bot.types import Story
 from channels.webpush.config import Topic
 from channels.webpush.keys import b64url_decode
@@ -72,8 +74,6 @@ def parse_subscription(data: Any, topics: Sequence[str], push_hosts: Sequence[st
 
 
 def _valid_p256dh(value: str) -> bool:
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     try:
         raw = b64url_decode(value)
         if len(raw) != 65 or raw[0] != 4:
