@@ -286,75 +286,94 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(raw: dict[str, Any], text: str, path: Path) -> Config:
     """Validate an already parsed TOML document (`text` is used to find line numbers)."""
-    problems: list[str] = []
+    return _Parse(text, path).run(raw)
 
-    def problem(key: KeyPath, message: str) -> None:
-        line = locate(text, key)
-        where = f"{path}:{line}" if line else f"{path}"
-        problems.append(f"{where}: {_dotted(key) or '(top level)'}: {message}")
 
-    missing: list[tuple[KeyPath, str]] = []
-    substituted: list[str] = []
-    data = expand_env(raw, (), missing, substituted)
-    known_sections = registry.REGISTRY.sections()  # [telegram], [webpush]: owned by channel packages
-    disabled: dict[str, str] = {}
-    section_missing: dict[str, str] = {}  # platform section -> why its channels cannot run
-    for key, what in missing:
-        if len(key) >= 2 and key[0] == "channels":
-            disabled.setdefault(str(key[1]), f"{what} is not set ({_dotted(key)})")
-        elif key and key[0] in known_sections:
-            section_missing.setdefault(str(key[0]), f"{what} is not set ({_dotted(key)})")
-        else:
-            problem(key, f"{what} is not set")
+class _Parse:
+    """One validation of one document: collects every problem with its `file:line: key.path`."""
 
-    sections: dict[str, Any] = {}
-    for name, model in known_sections.items():
-        if name not in data:
-            continue
-        table = data.pop(name)
+    def __init__(self, text: str, path: Path) -> None:
+        self.text, self.path = text, path
+        self.problems: list[str] = []
+        self.disabled: dict[str, str] = {}  # channel -> why it does not run
+        self.section_missing: dict[str, str] = {}  # platform section -> why its channels cannot run
+
+    def problem(self, key: KeyPath, message: str) -> None:
+        line = locate(self.text, key)
+        where = f"{self.path}:{line}" if line else f"{self.path}"
+        self.problems.append(f"{where}: {_dotted(key) or '(top level)'}: {message}")
+
+    def run(self, raw: dict[str, Any]) -> Config:
+        missing: list[tuple[KeyPath, str]] = []
+        substituted: list[str] = []
+        data = expand_env(raw, (), missing, substituted)
+        known = registry.REGISTRY.sections()  # [telegram], [webpush]: owned by channel packages
+        self._missing(missing, known)
+        sections = self._sections(data, known)
+        channels = self._channels(data.pop("channels", {}))
+        for internal in ("path", "disabled", "secrets", "sections"):
+            if internal in data:
+                self.problem((internal,), "unknown key (check the spelling)")
+                data.pop(internal)
+        config: Config | None = None
         try:
-            sections[name] = model.model_validate(table)
+            config = Config.model_validate({**data, "path": self.path})
         except ValidationError as exc:
             for err in exc.errors():
-                problem((name, *err["loc"]), _message(err))
+                self.problem(tuple(err["loc"]), _message(err))
+        _cross_check(data.get("feeds"), channels, self.problem)
+        if self.problems:
+            raise ConfigError(self.problems)
+        assert config is not None
+        self._waiting_for_sections(channels, sections)
+        config.channels, config.sections, config.disabled = channels, sections, self.disabled
+        config.secrets = sorted({*_secrets(channels), *_secrets(sections),
+                                 *(v for v in substituted if len(v) >= 6)})
+        return config
 
-    raw_channels = data.pop("channels", {})
-    channels: dict[str, ChannelSettings] = {}
-    if not isinstance(raw_channels, dict):
-        problem(("channels",), "must be a table of [channels.NAME] sections")
-        raw_channels = {}
-    for name, table in raw_channels.items():
-        settings = _channel_settings(name, table, problem, disabled)
-        if settings is not None:
-            channels[name] = settings
+    def _missing(self, missing: list[tuple[KeyPath, str]], known: dict[str, Any]) -> None:
+        """An unset `${VAR}` disables its channel (or its section's channels); elsewhere it is
+        an error."""
+        for key, what in missing:
+            if len(key) >= 2 and key[0] == "channels":
+                self.disabled.setdefault(str(key[1]), f"{what} is not set ({_dotted(key)})")
+            elif key and key[0] in known:
+                self.section_missing.setdefault(str(key[0]), f"{what} is not set ({_dotted(key)})")
+            else:
+                self.problem(key, f"{what} is not set")
 
-    for internal in ("path", "disabled", "secrets", "sections"):
-        if internal in data:
-            problem((internal,), "unknown key (check the spelling)")
-            data.pop(internal)
-    config: Config | None = None
-    try:
-        config = Config.model_validate({**data, "path": path})
-    except ValidationError as exc:
-        for err in exc.errors():
-            problem(tuple(err["loc"]), _message(err))
-    _cross_check(data.get("feeds"), channels, problem)
-    if problems:
-        raise ConfigError(problems)
-    assert config is not None
-    for name, settings in channels.items():
-        needs = type(settings).requires_section
-        if needs and name not in disabled:
-            if needs in section_missing:
-                disabled[name] = section_missing[needs]
-            elif needs not in sections:
-                disabled[name] = f"needs a [{needs}] section"
-    config.channels = channels
-    config.sections = sections
-    config.disabled = disabled
-    config.secrets = sorted({*_secrets(channels), *_secrets(sections),
-                             *(v for v in substituted if len(v) >= 6)})
-    return config
+    def _sections(self, data: dict[str, Any], known: dict[str, Any]) -> dict[str, BaseModel]:
+        sections: dict[str, BaseModel] = {}
+        for name, model in known.items():
+            if name not in data:
+                continue
+            try:
+                sections[name] = model.model_validate(data.pop(name))
+            except ValidationError as exc:
+                for err in exc.errors():
+                    self.problem((name, *err["loc"]), _message(err))
+        return sections
+
+    def _channels(self, raw_channels: Any) -> dict[str, ChannelSettings]:
+        channels: dict[str, ChannelSettings] = {}
+        if not isinstance(raw_channels, dict):
+            self.problem(("channels",), "must be a table of [channels.NAME] sections")
+            return channels
+        for name, table in raw_channels.items():
+            settings = _channel_settings(name, table, self.problem, self.disabled)
+            if settings is not None:
+                channels[name] = settings
+        return channels
+
+    def _waiting_for_sections(self, channels: dict[str, ChannelSettings],
+                              sections: dict[str, BaseModel]) -> None:
+        for name, settings in channels.items():
+            needs = type(settings).requires_section
+            if needs and name not in self.disabled:
+                if needs in self.section_missing:
+                    self.disabled[name] = self.section_missing[needs]
+                elif needs not in sections:
+                    self.disabled[name] = f"needs a [{needs}] section"
 
 
 def _channel_settings(

@@ -300,27 +300,38 @@ class Broadcaster:
         counts = await self.ledger.counts(key)
         return FanoutResult(planned, counts, progressed, lost, max(waits) if waits else None)
 
+    async def _one(self, recipient: int, journal: _Journal, semaphore: asyncio.Semaphore,
+                   deliver: Deliver, pace: Pace | None, fatal: list[Permanent],
+                   results: list[RecipientOutcome]) -> None:
+        """One recipient: wait for its turn, mark it sending, make the request, note the outcome."""
+        async with semaphore:
+            if fatal or journal.error:
+                return
+            if pace is not None:
+                await pace(recipient)
+            await journal.begin(recipient)
+            try:
+                outcome = await deliver(recipient)
+            except Permanent as exc:  # nothing was delivered: this one stays to be done
+                fatal.append(exc)
+                outcome = RecipientOutcome(recipient, "retry", exc.reason)
+            journal.record(outcome)
+            results.append(outcome)
+
+    async def _apply(self, apply: Apply | None, results: list[RecipientOutcome]) -> None:
+        if apply is None or not results:
+            return
+        try:
+            await asyncio.shield(apply(results))
+        except Exception:  # the ledger has the outcomes; side effects are best effort
+            log.exception("channel %s: cannot apply a batch's outcomes", self.channel)
+
     async def _pass(self, key: str, deliver: Deliver, pace: Pace | None, apply: Apply | None,
                     prepare: Prepare | None, deadline: float | None) -> tuple[int, list[RecipientOutcome]]:
         journal = _Journal(self.ledger, key, self.clock)
         semaphore = asyncio.Semaphore(self.concurrency)
         fatal: list[Permanent] = []
         done, retries, after = 0, [], None
-
-        async def one(recipient: int, results: list[RecipientOutcome]) -> None:
-            async with semaphore:
-                if fatal or journal.error:
-                    return
-                if pace is not None:
-                    await pace(recipient)
-                await journal.begin(recipient)
-                try:
-                    outcome = await deliver(recipient)
-                except Permanent as exc:  # nothing was delivered: this one stays to be done
-                    fatal.append(exc)
-                    outcome = RecipientOutcome(recipient, "retry", exc.reason)
-                journal.record(outcome)
-                results.append(outcome)
 
         try:
             while not fatal and journal.error is None and not _past(deadline):
@@ -334,13 +345,10 @@ class Broadcaster:
                 try:
                     async with asyncio.TaskGroup() as group:
                         for recipient in batch:
-                            group.create_task(one(recipient, results))
+                            group.create_task(self._one(recipient, journal, semaphore, deliver, pace,
+                                                        fatal, results))
                 finally:
-                    if apply is not None and results:
-                        try:
-                            await asyncio.shield(apply(results))
-                        except Exception:  # the ledger has the outcomes; side effects are best effort
-                            log.exception("channel %s: cannot apply a batch's outcomes", self.channel)
+                    await self._apply(apply, results)
                 done += sum(1 for o in results if o.status in DONE)
                 retries += [o for o in results if o.status in ("retry", "moved")]
         finally:

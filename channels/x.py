@@ -255,6 +255,15 @@ def x_error(exc: BaseException, timeout: float, now: float | None = None) -> Bas
         return RetryLater(f"X server error ({_status(exc)}){_detail(exc)}")
     if isinstance(exc, tweepy.HTTPException):
         return Permanent(f"X refused the post ({_status(exc)}){_detail(exc)}")
+    if isinstance(exc, requests.RequestException):
+        return _transport_error(exc, timeout)
+    return exc
+
+
+def _transport_error(exc: BaseException, timeout: float) -> BaseException:
+    """A requests error: retried when nothing left, else uncertain (X has no idempotency key)."""
+    import requests
+
     if isinstance(exc, requests.ConnectTimeout):
         return RetryLater("cannot connect to X (connect timeout)")
     if isinstance(exc, requests.ReadTimeout):
@@ -268,9 +277,7 @@ def x_error(exc: BaseException, timeout: float, now: float | None = None) -> Bas
             return RetryLater(f"cannot connect to X: {_short(exc)}")
         return Uncertain(f"the connection to X broke after the post was sent ({_short(exc)}); "
                          "check the account before `siar resend`")
-    if isinstance(exc, requests.RequestException):
-        return Uncertain(f"request to X failed: {_short(exc)}")
-    return exc
+    return Uncertain(f"request to X failed: {_short(exc)}")
 
 
 def _before_sending(exc: BaseException) -> bool:

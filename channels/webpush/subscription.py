@@ -39,21 +39,7 @@ def parse_subscription(data: Any, topics: Sequence[str], push_hosts: Sequence[st
     chosen = data.get("topics", [])
     if not isinstance(sub, dict):
         raise InvalidRequest("subscription: expected an object")
-    endpoint = sub.get("endpoint")
-    if not isinstance(endpoint, str) or not 12 <= len(endpoint) <= 1024:
-        raise InvalidRequest("subscription.endpoint: expected a URL of at most 1024 characters")
-    try:
-        parts = urlsplit(endpoint)
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError as exc:
-        raise InvalidRequest("subscription.endpoint: not a valid URL") from exc
-    if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
-        raise InvalidRequest("subscription.endpoint: must be an https:// URL")
-    if parts.fragment or any(c.isspace() for c in endpoint):
-        raise InvalidRequest("subscription.endpoint: not a valid URL")
-    host = parts.hostname.lower()
-    if not any(host == h or host.endswith("." + h) for h in push_hosts):
-        raise InvalidRequest("subscription.endpoint: not a known push service")
+    endpoint = _checked_endpoint(sub.get("endpoint"), push_hosts)
     expiration = sub.get("expirationTime")
     if expiration is not None and (isinstance(expiration, bool) or not isinstance(expiration, int | float)):
         raise InvalidRequest("subscription.expirationTime: expected null or a number")
@@ -71,6 +57,25 @@ def parse_subscription(data: Any, topics: Sequence[str], push_hosts: Sequence[st
     if unknown:
         raise InvalidRequest(f"topics: unknown topic {unknown[0][:40]!r}")
     return Subscription(endpoint, p256dh.rstrip("="), auth.rstrip("="), tuple(dict.fromkeys(chosen)))
+
+
+def _checked_endpoint(endpoint: Any, push_hosts: Sequence[str]) -> str:
+    """The endpoint, when it is an https URL on a known push service; InvalidRequest otherwise."""
+    if not isinstance(endpoint, str) or not 12 <= len(endpoint) <= 1024:
+        raise InvalidRequest("subscription.endpoint: expected a URL of at most 1024 characters")
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise InvalidRequest("subscription.endpoint: not a valid URL") from exc
+    if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
+        raise InvalidRequest("subscription.endpoint: must be an https:// URL")
+    if parts.fragment or any(c.isspace() for c in endpoint):
+        raise InvalidRequest("subscription.endpoint: not a valid URL")
+    host = parts.hostname.lower()
+    if not any(host == h or host.endswith("." + h) for h in push_hosts):
+        raise InvalidRequest("subscription.endpoint: not a known push service")
+    return endpoint
 
 
 def _valid_p256dh(value: str) -> bool:
