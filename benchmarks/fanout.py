@@ -54,10 +54,15 @@ type = "telegram-subscribers"
 messages_per_second = {rate}
 concurrency = {concurrency}
 """
-STORY = Story(uid="1", feed="bench", url="https://www.medcom.id/internasional/1-putin",
-              title="Putin Ajak Menlu Azerbaijan dan Armenia Bahas Perdamaian",
-              lead="Presiden Rusia Vladimir Putin mengundang menteri luar negeri kedua negara ke Moskow.",
-              tags=("rusia", "armenia"), section="Internasional")
+STORY = Story(
+    uid="1",
+    feed="bench",
+    url="https://www.medcom.id/internasional/1-putin",
+    title="Putin Ajak Menlu Azerbaijan dan Armenia Bahas Perdamaian",
+    lead="Presiden Rusia Vladimir Putin mengundang menteri luar negeri kedua negara ke Moskow.",
+    tags=("rusia", "armenia"),
+    section="Internasional",
+)
 
 
 @asynccontextmanager
@@ -81,18 +86,33 @@ async def run(n: int, *, limits: bool, concurrency: int, folder: Path) -> dict[s
     """One broadcast to `n` readers; returns the figures."""
     async with fake_server(limits, folder) as api:
         path = folder / f"config-{int(limits)}.toml"
-        path.write_text(CONFIG.format(token=TOKEN, api=api, rate=29 if limits else 0,
-                                      concurrency=concurrency), encoding="utf-8")
+        path.write_text(
+            CONFIG.format(token=TOKEN, api=api, rate=29 if limits else 0, concurrency=concurrency),
+            encoding="utf-8",
+        )
         config = load_config(path)
         config.store.url = f"sqlite:///{folder / f'bench-{int(limits)}.db'}"
         store = Store(config.store.url, folder)
         await store.migrate()
         now = datetime.now(UTC)
         async with store.engine.begin() as conn:
-            await conn.execute(insert(subscribers), [
-                {"bot": "readers", "chat_id": 100_000 + c, "kind": "private", "name": "", "language": "id",
-                 "topics": None, "active": True, "subscribed_at": now, "updated_at": now}
-                for c in range(1, n + 1)])
+            await conn.execute(
+                insert(subscribers),
+                [
+                    {
+                        "bot": "readers",
+                        "chat_id": 100_000 + c,
+                        "kind": "private",
+                        "name": "",
+                        "language": "id",
+                        "topics": None,
+                        "active": True,
+                        "subscribed_at": now,
+                        "updated_at": now,
+                    }
+                    for c in range(1, n + 1)
+                ],
+            )
         context = ChannelContext(site=config.site, cta=config.cta, store=store, config=config)
         settings = config.channels["readers"]
         assert isinstance(settings, ReaderSettings)
@@ -107,9 +127,17 @@ async def run(n: int, *, limits: bool, concurrency: int, folder: Path) -> dict[s
         await store.close()
         async with httpx.AsyncClient() as client:
             stats = (await client.get(f"{api}/fake/stats")).json()
-        return {"readers": n, "delivered": stats["sent"], "seconds": elapsed, "cpu": cpu,
-                "per_second": stats["sent"] / elapsed, "max_in_1s": stats["max_in_1s"],
-                "429": stats["rejected_429"], "note": receipt.note, "load": load}
+        return {
+            "readers": n,
+            "delivered": stats["sent"],
+            "seconds": elapsed,
+            "cpu": cpu,
+            "per_second": stats["sent"] / elapsed,
+            "max_in_1s": stats["max_in_1s"],
+            "429": stats["rejected_429"],
+            "note": receipt.note,
+            "load": load,
+        }
 
 
 def report(mode: str, fig: dict[str, Any], concurrency: int) -> bool:
@@ -118,15 +146,21 @@ def report(mode: str, fig: dict[str, Any], concurrency: int) -> bool:
     if mode == "off":
         checks = {"all delivered": delivered == readers, "msg/s >= 300": fig["per_second"] >= 300}
     else:
-        checks = {"all delivered": delivered == readers, "msg/s >= 28": fig["per_second"] >= 28,
-                  "max in 1 s <= 30": fig["max_in_1s"] <= 30, "no 429": fig["429"] == 0}
+        checks = {
+            "all delivered": delivered == readers,
+            "msg/s >= 28": fig["per_second"] >= 28,
+            "max in 1 s <= 30": fig["max_in_1s"] <= 30,
+            "no 429": fig["429"] == 0,
+        }
     good = all(checks.values())
     title = "limits off" if mode == "off" else "default limits (29/s paced, fake enforces 30/s)"
     print(f"{title}: {'OK' if good else 'FAIL ' + ', '.join(k for k, v in checks.items() if not v)}")
     print(f"  subscribers        {readers:,} (concurrency {concurrency}, load average {fig['load']:.2f})")
     print(f"  delivered          {delivered:,} in {fig['seconds']:.1f} s ({fig['note']})")
-    print(f"  msg/s              {fig['per_second']:.1f}" + ("  (target >= 300)" if mode == "off"
-                                                              else "  (target >= 28)"))
+    print(
+        f"  msg/s              {fig['per_second']:.1f}"
+        + ("  (target >= 300)" if mode == "off" else "  (target >= 28)")
+    )
     print(f"  max in any 1 s     {fig['max_in_1s']}" + ("" if mode == "off" else "  (must be <= 30)"))
     print(f"  429 answers        {fig['429']}" + ("" if mode == "off" else "  (must be 0)"))
     print(f"  siar CPU           {fig['cpu']:.1f} s ({1000 * fig['cpu'] / max(1, delivered):.2f} ms/message)")
@@ -135,10 +169,18 @@ def report(mode: str, fig: dict[str, Any], concurrency: int) -> bool:
 
 async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("off", "default", "both"), default="both",
-                        help="limits off, default limits, or both (default)")
-    parser.add_argument("--subscribers", type=int, default=0,
-                        help="subscribers per run (default: 10,000 limits off, 1,000 default limits)")
+    parser.add_argument(
+        "--mode",
+        choices=("off", "default", "both"),
+        default="both",
+        help="limits off, default limits, or both (default)",
+    )
+    parser.add_argument(
+        "--subscribers",
+        type=int,
+        default=0,
+        help="subscribers per run (default: 10,000 limits off, 1,000 default limits)",
+    )
     parser.add_argument("--concurrency", type=int, default=16, help="the channel's `concurrency`")
     args = parser.parse_args(argv)
     ok = True

@@ -27,12 +27,17 @@ from tests.feedserver import FeedServer, Route, rss
 
 
 def items(feed: int, count: int, start: int = 0) -> list[dict[str, str]]:
-    return [{"title": f"Berita {feed}-{i}: Putin dan PBB membahas perdamaian di Moskow",
-             "link": f"https://news.example/internasional/{feed}/{i}?utm_source=rss",
-             "guid": f"{feed}-{i}", "category": "Internasional|vladimir putin|rusia",
-             "description": "<p><strong>Moskow:</strong> Presiden Rusia mengundang dua menteri. "
-                            "Keduanya diundang untuk dialog damai.</p><p>Baca: lain</p><p>(FJR)</p>"}
-            for i in range(start + count - 1, start - 1, -1)]
+    return [
+        {
+            "title": f"Berita {feed}-{i}: Putin dan PBB membahas perdamaian di Moskow",
+            "link": f"https://news.example/internasional/{feed}/{i}?utm_source=rss",
+            "guid": f"{feed}-{i}",
+            "category": "Internasional|vladimir putin|rusia",
+            "description": "<p><strong>Moskow:</strong> Presiden Rusia mengundang dua menteri. "
+            "Keduanya diundang untuk dialog damai.</p><p>Baca: lain</p><p>(FJR)</p>",
+        }
+        for i in range(start + count - 1, start - 1, -1)
+    ]
 
 
 def serve(feeds: int, count: int, port_queue: multiprocessing.Queue, commands: multiprocessing.Queue) -> None:
@@ -50,15 +55,18 @@ def serve(feeds: int, count: int, port_queue: multiprocessing.Queue, commands: m
             port_queue.put("ok")
 
 
-async def run(feeds: int, count: int, base: str, commands: multiprocessing.Queue,
-              answers: multiprocessing.Queue) -> None:
+async def run(
+    feeds: int, count: int, base: str, commands: multiprocessing.Queue, answers: multiprocessing.Queue
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "config.toml"
         text = "[fetch]\njitter = 0\n"
         for kind in ("etag", "plain"):
             for f in range(feeds):
-                text += (f'[[feeds]]\nname = "{kind}-{f}"\nurl = "{base}/{kind}/{f}"\n'
-                         'first_run = "all"\ninclude_categories = ["Internasional"]\n')
+                text += (
+                    f'[[feeds]]\nname = "{kind}-{f}"\nurl = "{base}/{kind}/{f}"\n'
+                    'first_run = "all"\ninclude_categories = ["Internasional"]\n'
+                )
         config_path.write_text(text)
         config = load_config(config_path)
         app = build(config, channels={"c": FakeChannel("c")}, clock=Clock())

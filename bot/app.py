@@ -51,11 +51,19 @@ class App:
 def channel_context(config: Config, store: Store | None = None, clock: Clock = utc_now) -> ChannelContext:
     """What the core lends the channels of `config` (with the store's services when given)."""
     context = ChannelContext(
-        site=config.site, cta=config.cta, base_dir=config.path.parent, user_agent=config.fetch.user_agent,
-        clock=clock, alerts=Alerts(config.redact), sections=config.sections,
-        guard_for=lambda feed: guard_for_story(config, feed), redact=config.redact,
-        http=config.http if "http" in config.model_fields_set else None)
+        site=config.site,
+        cta=config.cta,
+        base_dir=config.path.parent,
+        user_agent=config.fetch.user_agent,
+        clock=clock,
+        alerts=Alerts(config.redact),
+        sections=config.sections,
+        guard_for=lambda feed: guard_for_story(config, feed),
+        redact=config.redact,
+        http=config.http if "http" in config.model_fields_set else None,
+    )
     if store is not None:
+
         async def sent_since(channel: str, since: datetime) -> int:
             return await store.outbox.sent_since(channel, since, confirmed=True)
 
@@ -67,8 +75,9 @@ def channel_context(config: Config, store: Store | None = None, clock: Clock = u
     return context
 
 
-def make_channels(config: Config, context: ChannelContext | None = None, *,
-                  include_disabled: bool = False) -> tuple[dict[str, Channel], dict[str, str]]:
+def make_channels(
+    config: Config, context: ChannelContext | None = None, *, include_disabled: bool = False
+) -> tuple[dict[str, Channel], dict[str, str]]:
     """(channels that can run, {name: reason} for those that cannot)."""
     context = context or channel_context(config)
     ready: dict[str, Channel] = {}
@@ -93,17 +102,24 @@ def migrations() -> list[Path]:
     return registry.REGISTRY.migrations()
 
 
-def build(config: Config, *, channels: dict[str, Channel] | None = None, store: Store | None = None,
-          fetcher: Fetcher | None = None, clock: Clock = utc_now,
-          context: ChannelContext | None = None) -> App:
+def build(
+    config: Config,
+    *,
+    channels: dict[str, Channel] | None = None,
+    store: Store | None = None,
+    fetcher: Fetcher | None = None,
+    clock: Clock = utc_now,
+    context: ChannelContext | None = None,
+) -> App:
     """Every part of a running siar, from `config` unless given."""
     store = store or Store(config.store.url, config.path.parent)
     context = context or channel_context(config, store, clock)
     unavailable: dict[str, str] = {}
     if channels is None:
         channels, unavailable = make_channels(config, context)
-    fetcher = fetcher or Fetcher(config.fetch.user_agent, config.fetch.timeout, config.fetch.max_bytes,
-                                 base_dir=config.path.parent)
+    fetcher = fetcher or Fetcher(
+        config.fetch.user_agent, config.fetch.timeout, config.fetch.max_bytes, base_dir=config.path.parent
+    )
     worker = f"{socket.gethostname()}:{os.getpid()}"
     dispatcher = Dispatcher(config, store, channels, clock, worker, context.alerts)
     targets = {name: channel.settings for name, channel in channels.items()}

@@ -9,8 +9,7 @@ from __future__ import annotations
 MAX_RETRY_AFTER = 86400.0
 
 
-def poll_delay(failures: int, interval: float, max_backoff: float,
-               retry_after: float | None = None) -> float:
+def poll_delay(failures: int, interval: float, max_backoff: float, retry_after: float | None = None) -> float:
     """Seconds until the next poll of a feed that has failed `failures` times in a row.
 
     0 failures: the feed's interval. Then the interval doubles per failure, capped at

@@ -48,6 +48,7 @@ def utc_now() -> datetime:
 
 # --- errors ------------------------------------------------------------------------------------
 
+
 class ChannelError(Exception):
     """A delivery failure, already classified by the channel."""
 
@@ -88,6 +89,7 @@ class ChannelUnavailable(Exception):
 
 
 # --- settings ----------------------------------------------------------------------------------
+
 
 class HashtagSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -229,6 +231,7 @@ class ChannelContext:
 
 # --- the protocol ------------------------------------------------------------------------------
 
+
 @runtime_checkable
 class Channel(Protocol):
     """One configured destination (a Telegram chat, an X account, the console, ...)."""
@@ -264,7 +267,5 @@ def payload_of(post: Post, kind: type[T]) -> T:
     """`post.payload` as the channel's own payload type (Permanent when it is not: a post
     rendered by another channel type can never be sent here)."""
     if not isinstance(post.payload, kind):
-        raise Permanent(f"post for {post.channel} carries {type(post.payload).__name__}, "
-                        f"not {kind.__name__}")
+        raise Permanent(f"post for {post.channel} carries {type(post.payload).__name__}, not {kind.__name__}")
     return post.payload
-

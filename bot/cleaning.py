@@ -28,8 +28,29 @@ _BUILTIN_DROP = tuple(IgnoreCasePattern(r) for r in BUILTIN_DROP_PARAGRAPHS)
 _BUILTIN_STRIP = tuple(Pattern(r) for r in BUILTIN_STRIP)
 
 _BLOCK = {
-    "p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote",
-    "figure", "figcaption", "tr", "table", "section", "article", "header", "footer", "hr", "pre",
+    "p",
+    "div",
+    "br",
+    "li",
+    "ul",
+    "ol",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "blockquote",
+    "figure",
+    "figcaption",
+    "tr",
+    "table",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "hr",
+    "pre",
 }
 _SKIP = {"script", "style", "noscript", "iframe", "template", "svg", "object", "embed"}
 _SPACE = re.compile(r"\s+")

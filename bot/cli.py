@@ -31,13 +31,16 @@ from bot.store import STATUSES, Store
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand's own default must not erase a value given before the subcommand.
-    common.add_argument("--config", default=argparse.SUPPRESS,
-                        help="config file (default: $SIAR_CONFIG, else ./config.toml)")
+    common.add_argument(
+        "--config", default=argparse.SUPPRESS, help="config file (default: $SIAR_CONFIG, else ./config.toml)"
+    )
     common.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS)
-    common.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                        default=argparse.SUPPRESS)
-    top = argparse.ArgumentParser(prog="siar", parents=[common],
-                                  description="News feeds to social platforms, each story once.")
+    common.add_argument(
+        "--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default=argparse.SUPPRESS
+    )
+    top = argparse.ArgumentParser(
+        prog="siar", parents=[common], description="News feeds to social platforms, each story once."
+    )
     sub = top.add_subparsers(dest="command")
     sub.add_parser("run", parents=[common], help="run the daemon (default)")
     sub.add_parser("once", parents=[common], help="poll every feed once, deliver, exit")
@@ -53,8 +56,11 @@ def parser() -> argparse.ArgumentParser:
     w = sub.add_parser("why", parents=[common], help="the decision log of one story")
     w.add_argument("story", metavar="URL_OR_ID")
     w.add_argument("--json", action="store_true")
-    r = sub.add_parser("resend", parents=[common],
-                       help="queue an uncertain or failed post again (a broadcast: its uncertain recipients)")
+    r = sub.add_parser(
+        "resend",
+        parents=[common],
+        help="queue an uncertain or failed post again (a broadcast: its uncertain recipients)",
+    )
     r.add_argument("outbox_id", type=int)
     for command in REGISTRY.commands():  # e.g. `siar webpush init`, from the channel packages
         command.configure(sub.add_parser(command.name, parents=[common], help=command.help))
@@ -71,8 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print("configuration error:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
         return 2
-    setup_logging(getattr(args, "log_level", None) or config.daemon.log_level,
-                  getattr(args, "log_format", None) or config.daemon.log_format, config.secrets)
+    setup_logging(
+        getattr(args, "log_level", None) or config.daemon.log_level,
+        getattr(args, "log_format", None) or config.daemon.log_format,
+        config.secrets,
+    )
     try:
         return asyncio.run(_dispatch(command, args, config))
     except AlreadyRunning as exc:
@@ -117,12 +126,16 @@ async def resend(store: Store, outbox_id: int) -> int:
         print(f"outbox row {outbox_id} queued again ({what} sent shortly by the running daemon)")
         return 0
     state = f"it is {row['status']}" if row else "there is no such row"
-    print(f"outbox row {outbox_id} cannot be resent: {state} (only uncertain or failed posts, and "
-          "broadcasts with uncertain recipients, can be)", file=sys.stderr)
+    print(
+        f"outbox row {outbox_id} cannot be resent: {state} (only uncertain or failed posts, and "
+        "broadcasts with uncertain recipients, can be)",
+        file=sys.stderr,
+    )
     return 1
 
 
 # --- status and why --------------------------------------------------------------------------
+
 
 async def status(config: Config, store: Store, as_json: bool) -> int:
     """Feeds, per-channel counts and recent problems."""
@@ -134,19 +147,26 @@ async def status(config: Config, store: Store, as_json: bool) -> int:
     console = Console()
     table = Table("feed", "last success", "failures", "next poll", "last error", title="Feeds")
     for row in feeds:
-        table.add_row(row["name"], str(row["last_success"] or "never"), str(row["failures"]),
-                      str(row["next_poll"] or "-"), row["last_error"] or "")
+        table.add_row(
+            row["name"],
+            str(row["last_success"] or "never"),
+            str(row["failures"]),
+            str(row["next_poll"] or "-"),
+            row["last_error"] or "",
+        )
     console.print(table)
     table = Table("channel", "type", "state", *STATUSES, "uncertain recipients", title="Channels")
     for name, c in channels.items():
-        table.add_row(name, str(c["type"]), c["state"], *(str(c[s]) for s in STATUSES),
-                      str(c["uncertain_recipients"]))
+        table.add_row(
+            name, str(c["type"]), c["state"], *(str(c[s]) for s in STATUSES), str(c["uncertain_recipients"])
+        )
     console.print(table)
     if problems:
         table = Table("id", "channel", "status", "attempts", "reason", "story", title="Recent problems")
         for p in problems:
-            table.add_row(str(p["id"]), p["channel"], p["status"], str(p["attempts"]),
-                          p["last_error"] or "", p["url"])
+            table.add_row(
+                str(p["id"]), p["channel"], p["status"], str(p["attempts"]), p["last_error"] or "", p["url"]
+            )
         console.print(table)
     return 0
 
@@ -165,7 +185,8 @@ async def why(store: Store, key: str, as_json: bool, hosts: Sequence[str] = ()) 
         console.print(f"{s['url']}\nfeed {s['feed']} · id {s['uid']} · first seen {s['first_seen']}")
         table = Table("when", "channel", "decision", "rule", "detail")
         for d in item["decisions"]:
-            table.add_row(str(d["at"]), d["channel"] or "-", d["decision"], d["rule"] or "",
-                          d["detail"] or "")
+            table.add_row(
+                str(d["at"]), d["channel"] or "-", d["decision"], d["rule"] or "", d["detail"] or ""
+            )
         console.print(table)
     return 0 if report else 1

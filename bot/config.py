@@ -89,7 +89,7 @@ class FeedConfig(Filters):
     @classmethod
     def _sane_interval(cls, value: float) -> float:
         if value < 10:
-            raise ValueError("polling more often than every 10s is not polite; use at least \"10s\"")
+            raise ValueError('polling more often than every 10s is not polite; use at least "10s"')
         return value
 
     @field_validator("url")
@@ -156,7 +156,7 @@ class HttpConfig(_Strict):
     @classmethod
     def _positive(cls, value: float) -> float:
         if not 0 < value <= 3600:
-            raise ValueError("must be between 0 and 1h (e.g. \"10s\")")
+            raise ValueError('must be between 0 and 1h (e.g. "10s")')
         return value
 
 
@@ -178,7 +178,7 @@ def parse_networks(values: list[str]) -> tuple[Network, ...]:
         try:
             out.append(ipaddress.ip_network(value.strip(), strict=False))
         except ValueError:
-            raise ValueError(f"{value!r} is not an IP address or network like \"10.0.0.0/8\"") from None
+            raise ValueError(f'{value!r} is not an IP address or network like "10.0.0.0/8"') from None
     return tuple(out)
 
 
@@ -209,9 +209,7 @@ class Config(_Strict):
 
     def active_channels(self) -> dict[str, ChannelSettings]:
         """Channels that are enabled and have their secrets."""
-        return {
-            n: c for n, c in self.channels.items() if c.enabled and n not in self.disabled
-        }
+        return {n: c for n, c in self.channels.items() if c.enabled and n not in self.disabled}
 
     def redact(self, text: str) -> str:
         """`text` with every secret value (and every value taken from the environment) masked:
@@ -228,8 +226,9 @@ class Config(_Strict):
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*|file:[^}]+)(?::-([^}]*))?\}")
 
 
-def expand_env(data: Any, path: KeyPath, missing: list[tuple[KeyPath, str]],
-               used: list[str] | None = None) -> Any:
+def expand_env(
+    data: Any, path: KeyPath, missing: list[tuple[KeyPath, str]], used: list[str] | None = None
+) -> Any:
     """`data` with `${VAR}`, `${VAR:-default}` and `${file:PATH}` replaced; unset ones noted.
 
     Every value taken from the environment or a file is appended to `used`: such values are
@@ -327,8 +326,9 @@ class _Parse:
         assert config is not None
         self._waiting_for_sections(channels, sections)
         config.channels, config.sections, config.disabled = channels, sections, self.disabled
-        config.secrets = sorted({*_secrets(channels), *_secrets(sections),
-                                 *(v for v in substituted if len(v) >= 6)})
+        config.secrets = sorted(
+            {*_secrets(channels), *_secrets(sections), *(v for v in substituted if len(v) >= 6)}
+        )
         return config
 
     def _missing(self, missing: list[tuple[KeyPath, str]], known: dict[str, Any]) -> None:
@@ -365,8 +365,9 @@ class _Parse:
                 channels[name] = settings
         return channels
 
-    def _waiting_for_sections(self, channels: dict[str, ChannelSettings],
-                              sections: dict[str, BaseModel]) -> None:
+    def _waiting_for_sections(
+        self, channels: dict[str, ChannelSettings], sections: dict[str, BaseModel]
+    ) -> None:
         for name, settings in channels.items():
             needs = type(settings).requires_section
             if needs and name not in self.disabled:

@@ -135,8 +135,9 @@ def link_text(url: str, path_max: int = 15) -> str:
     return host + (path if len(path) <= path_max else path[: path_max - 2] + "…")
 
 
-def bluesky_facets(text: str, known_urls: Sequence[str] = (),
-                   display: Mapping[str, str] | None = None) -> list[Facet]:
+def bluesky_facets(
+    text: str, known_urls: Sequence[str] = (), display: Mapping[str, str] | None = None
+) -> list[Facet]:
     """Link and hashtag facets of `text` in UTF-8 byte offsets (tags without '#').
 
     `known_urls` (the story's link) are faceted wherever they occur, even when twitter-text's
@@ -145,10 +146,17 @@ def bluesky_facets(text: str, known_urls: Sequence[str] = (),
     """
     facets = []
     taken: list[tuple[int, int]] = []
-    shown = [(at, at + len(label), url) for label, url in (display or {}).items() if label
-             for at in _occurrences(text, label)]
-    spans = {(start, end, url) for start, end, url in web_urls(text)
-             if not any(s < end and start < e for s, e, _ in shown)}
+    shown = [
+        (at, at + len(label), url)
+        for label, url in (display or {}).items()
+        if label
+        for at in _occurrences(text, label)
+    ]
+    spans = {
+        (start, end, url)
+        for start, end, url in web_urls(text)
+        if not any(s < end and start < e for s, e, _ in shown)
+    }
     spans.update(shown)
     for url in known_urls:
         at = text.find(url) if url else -1

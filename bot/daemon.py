@@ -31,9 +31,12 @@ async def prepare(app: App) -> StoreLock | None:
         resumable = {n: c.resume_window for n, c in app.channels.items() if c.resumable}
         recovered = await app.store.outbox.recover_sending(now, stale, resumable)
         if recovered:
-            log.warning("%d posts were being sent when siar last stopped; those on channels that "
-                        "cannot resend safely are marked uncertain (see `siar status`, resend with "
-                        "`siar resend ID`)", recovered)
+            log.warning(
+                "%d posts were being sent when siar last stopped; those on channels that "
+                "cannot resend safely are marked uncertain (see `siar status`, resend with "
+                "`siar resend ID`)",
+                recovered,
+            )
         for name, reason in app.unavailable.items():
             log.warning("channel %s is disabled: %s", name, reason)
         # A channel that cannot start (platform down at boot, revoked token) stops nothing
@@ -63,9 +66,17 @@ async def run_once(app: App) -> int:
         log.error("feed %s failed: %s", r.feed, r.error)
     for problem in stats.problems:
         log.error("delivery problem: %s", problem)
-    log.info("once: %d feeds polled (%d failed), %d new stories, %d posts sent, %d failed, "
-             "%d to retry, %d uncertain", len(results), len(failed),
-             sum(r.new_stories for r in results), stats.sent, stats.failed, stats.retry, stats.uncertain)
+    log.info(
+        "once: %d feeds polled (%d failed), %d new stories, %d posts sent, %d failed, "
+        "%d to retry, %d uncertain",
+        len(results),
+        len(failed),
+        sum(r.new_stories for r in results),
+        stats.sent,
+        stats.failed,
+        stats.retry,
+        stats.uncertain,
+    )
     return 1 if failed or stats.failed or stats.retry or stats.uncertain else 0
 
 
@@ -86,14 +97,23 @@ async def run_daemon(app: App, stop: asyncio.Event | None = None) -> int:
         lock = await prepare(app)
         app.dispatcher.start()
         for feed in app.config.feeds:
-            scheduler.add_job(_poll_job, IntervalTrigger(seconds=feed.interval,
-                                                         jitter=app.config.fetch.jitter),
-                              args=(app, feed, polls), id=f"feed:{feed.name}", max_instances=1,
-                              coalesce=True, misfire_grace_time=max(30, int(feed.interval)),
-                              next_run_time=app.clock())
+            scheduler.add_job(
+                _poll_job,
+                IntervalTrigger(seconds=feed.interval, jitter=app.config.fetch.jitter),
+                args=(app, feed, polls),
+                id=f"feed:{feed.name}",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(30, int(feed.interval)),
+                next_run_time=app.clock(),
+            )
         scheduler.start()
-        log.info("siar running: %d feeds, %d channels (%s)", len(app.config.feeds),
-                 len(app.channels), ", ".join(app.channels) or "none")
+        log.info(
+            "siar running: %d feeds, %d channels (%s)",
+            len(app.config.feeds),
+            len(app.channels),
+            ", ".join(app.channels) or "none",
+        )
         await stop.wait()
         log.info("stopping: no new polls; letting in-flight polls and sends finish")
     finally:
@@ -123,8 +143,10 @@ async def run_daemon(app: App, stop: asyncio.Event | None = None) -> int:
 
 def _hangup() -> None:
     # systemd's `Restart=on-failure` treats a SIGHUP death as a clean exit: never die of it.
-    log.warning("SIGHUP received: reloading the configuration is not available; siar keeps running "
-                "with the configuration it started with (restart it to apply changes)")
+    log.warning(
+        "SIGHUP received: reloading the configuration is not available; siar keeps running "
+        "with the configuration it started with (restart it to apply changes)"
+    )
 
 
 async def _poll_job(app: App, feed: FeedConfig, polls: set[asyncio.Task[None]]) -> None:

@@ -102,8 +102,12 @@ class Database:
             except OSError:
                 continue
             if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                log.warning("store file %s is readable by others (mode %o): it holds readers' chat ids "
-                            "and push keys; chmod 600 it", path, mode & 0o777)
+                log.warning(
+                    "store file %s is readable by others (mode %o): it holds readers' chat ids "
+                    "and push keys; chmod 600 it",
+                    path,
+                    mode & 0o777,
+                )
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -142,7 +146,8 @@ def _upgrade(conn: Connection, extra: list[Path]) -> None:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("path_separator", "os")
-    cfg.set_main_option("version_locations",
-                        os.pathsep.join(str(p) for p in [MIGRATIONS / "versions", *extra]))
+    cfg.set_main_option(
+        "version_locations", os.pathsep.join(str(p) for p in [MIGRATIONS / "versions", *extra])
+    )
     cfg.attributes["connection"] = conn
     command.upgrade(cfg, "heads")  # channel packages add branches of their own

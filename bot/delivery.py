@@ -16,8 +16,18 @@ from bot.channel import AlreadyDone, Permanent, RetryLater, Unauthorized, Uncert
 from bot.outbox import INTERRUPTED, Finish
 from bot.types import Receipt
 
-AttemptKind = Literal["sent", "already", "retry", "permanent", "uncertain", "timeout", "cancelled",
-                      "error", "render_error", "window_expired"]
+AttemptKind = Literal[
+    "sent",
+    "already",
+    "retry",
+    "permanent",
+    "uncertain",
+    "timeout",
+    "cancelled",
+    "error",
+    "render_error",
+    "window_expired",
+]
 
 
 @dataclass(frozen=True)
@@ -68,14 +78,14 @@ def check_hint(item_id: int) -> str:
     return f"check the platform and `siar resend {item_id}` if it is not there"
 
 
-def transition(attempt: Attempt, *, item_id: int, attempts: int, url: str, policy: Policy,
-               now: datetime) -> Transition:
+def transition(
+    attempt: Attempt, *, item_id: int, attempts: int, url: str, policy: Policy, now: datetime
+) -> Transition:
     """The next state of outbox row `item_id` (its `attempts`-th try, for story `url`)."""
     kind = attempt.kind
     if kind == "sent":
         receipt = attempt.receipt or Receipt()
-        return Transition(Finish("sent", "sent", receipt.note, receipt.remote_id, receipt.url),
-                          result="sent")
+        return Transition(Finish("sent", "sent", receipt.note, receipt.remote_id, receipt.url), result="sent")
     if kind == "already":
         return Transition(Finish("sent", "already_sent", attempt.reason), result="already_sent")
     if kind == "retry":
@@ -88,40 +98,59 @@ def transition(attempt: Attempt, *, item_id: int, attempts: int, url: str, polic
     if kind == "cancelled":
         if policy.resumable:  # sending again is harmless: pick it up after the restart
             return Transition(Finish("pending", "retry", INTERRUPTED, retry_at=now), result="retry")
-        return Transition(Finish("uncertain", "uncertain",
-                                 "shutdown while sending; it may or may not be out"), result="uncertain")
+        return Transition(
+            Finish("uncertain", "uncertain", "shutdown while sending; it may or may not be out"),
+            result="uncertain",
+        )
     if kind == "window_expired":
         window = policy.resume_window or 0.0
-        reason = (f"still not confirmed {window / 60:.0f} minutes after the first attempt, longer than "
-                  "the platform remembers the idempotency key; it may or may not be out")
+        reason = (
+            f"still not confirmed {window / 60:.0f} minutes after the first attempt, longer than "
+            "the platform remembers the idempotency key; it may or may not be out"
+        )
         return _uncertain(reason, item_id, url)
     if kind == "permanent":
-        return Transition(Finish("failed", "failed", attempt.reason), alert=f"{url}: {attempt.reason}",
-                          result="failed")
+        return Transition(
+            Finish("failed", "failed", attempt.reason), alert=f"{url}: {attempt.reason}", result="failed"
+        )
     if kind == "render_error":
         reason = f"cannot render: {attempt.reason}"
-        return Transition(Finish("failed", "failed", reason), alert=f"cannot render {url}: {attempt.reason}",
-                          result="failed")
+        return Transition(
+            Finish("failed", "failed", reason),
+            alert=f"cannot render {url}: {attempt.reason}",
+            result="failed",
+        )
     if kind == "uncertain":
         return _uncertain(attempt.reason, item_id, url)
-    return Transition(Finish("uncertain", "uncertain", attempt.reason),
-                      alert=f"{url}: {attempt.reason}", result="uncertain")
+    return Transition(
+        Finish("uncertain", "uncertain", attempt.reason), alert=f"{url}: {attempt.reason}", result="uncertain"
+    )
 
 
 def _uncertain(reason: str, item_id: int, url: str) -> Transition:
-    return Transition(Finish("uncertain", "uncertain", reason),
-                      alert=f"{url}: {reason}; {check_hint(item_id)}", result="uncertain")
+    return Transition(
+        Finish("uncertain", "uncertain", reason),
+        alert=f"{url}: {reason}; {check_hint(item_id)}",
+        result="uncertain",
+    )
 
 
-def _retry(attempt: Attempt, item_id: int, attempts: int, url: str, policy: Policy,
-           now: datetime) -> Transition:
+def _retry(
+    attempt: Attempt, item_id: int, attempts: int, url: str, policy: Policy, now: datetime
+) -> Transition:
     """Back to `pending` after the platform's wait or a capped backoff; `failed` after
     max_attempts (planned waits do not count)."""
     if attempt.counts and attempts >= policy.max_attempts:
         reason = f"gave up after {attempts} attempts: {attempt.reason}"
         return Transition(Finish("failed", "failed", reason), alert=f"{url}: {reason}", result="failed")
     delay = retry_delay(attempts, policy.retry_base, policy.retry_max, attempt.after)
-    return Transition(Finish("pending", "retry" if attempt.counts else "deferred",
-                             f"{attempt.reason} (retry in {delay:.0f}s)",
-                             retry_at=now + timedelta(seconds=delay), refund_attempt=not attempt.counts),
-                      result="retry" if attempt.counts else "deferred")
+    return Transition(
+        Finish(
+            "pending",
+            "retry" if attempt.counts else "deferred",
+            f"{attempt.reason} (retry in {delay:.0f}s)",
+            retry_at=now + timedelta(seconds=delay),
+            refund_attempt=not attempt.counts,
+        ),
+        result="retry" if attempt.counts else "deferred",
+    )

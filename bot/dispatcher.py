@@ -63,8 +63,15 @@ class DeliveryStats:
 
 
 class Dispatcher:
-    def __init__(self, config: Config, store: Store, channels: dict[str, Channel], clock: Clock,
-                 worker_id: str, alert: Alert | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        channels: dict[str, Channel],
+        clock: Clock,
+        worker_id: str,
+        alert: Alert | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.channels = channels
@@ -180,7 +187,7 @@ class Dispatcher:
                 failures = 0
             except Exception:  # the store is unreachable, say: this worker must not die of it
                 failures += 1
-                delay = min(60.0, 2.0 ** failures)
+                delay = min(60.0, 2.0**failures)
                 log.exception("channel %s: delivery loop error; retrying in %.0fs", name, delay)
                 await self._sleep(delay)
 
@@ -194,8 +201,12 @@ class Dispatcher:
             await self._apply(name, item, Attempt("render_error", str(exc)))
             return
         window = channel.resume_window
-        if (window is not None and item.attempts > 1 and item.first_attempt_at is not None
-                and (self.clock() - item.first_attempt_at).total_seconds() > window):
+        if (
+            window is not None
+            and item.attempts > 1
+            and item.first_attempt_at is not None
+            and (self.clock() - item.first_attempt_at).total_seconds() > window
+        ):
             # An earlier attempt may have posted it, and the platform has forgotten its
             # idempotency key by now: sending again could post twice.
             await self._apply(name, item, Attempt("window_expired"))
@@ -217,20 +228,35 @@ class Dispatcher:
             attempt = Attempt.of(exc)
         else:
             attempt = Attempt("sent", receipt=receipt)
-            log.info("channel %s: sent %s%s", name, item.story.url,
-                     f" as {receipt.url or receipt.remote_id}" if receipt.url or receipt.remote_id else "")
+            log.info(
+                "channel %s: sent %s%s",
+                name,
+                item.story.url,
+                f" as {receipt.url or receipt.remote_id}" if receipt.url or receipt.remote_id else "",
+            )
         await self._apply(name, item, attempt)
 
     def policy(self, name: str) -> Policy:
         channel, daemon = self.channels[name], self.config.daemon
-        return Policy(resumable=channel.resumable, max_attempts=channel.settings.max_attempts,
-                      send_timeout=channel.settings.send_timeout, resume_window=channel.resume_window,
-                      retry_base=daemon.retry_base, retry_max=daemon.retry_max)
+        return Policy(
+            resumable=channel.resumable,
+            max_attempts=channel.settings.max_attempts,
+            send_timeout=channel.settings.send_timeout,
+            resume_window=channel.resume_window,
+            retry_base=daemon.retry_base,
+            retry_max=daemon.retry_max,
+        )
 
     async def _apply(self, name: str, item: OutboxItem, attempt: Attempt) -> None:
         """Record `attempt`'s transition (see bot.delivery), count it and alert when due."""
-        step = transition(attempt, item_id=item.id, attempts=item.attempts, url=item.story.url,
-                          policy=self.policy(name), now=self.clock())
+        step = transition(
+            attempt,
+            item_id=item.id,
+            attempts=item.attempts,
+            url=item.story.url,
+            policy=self.policy(name),
+            now=self.clock(),
+        )
         finish = step.finish
         counter = {"sent": "sent", "failed": "failed", "pending": "retry", "uncertain": "uncertain"}
         setattr(self.stats, counter[finish.status], getattr(self.stats, counter[finish.status]) + 1)
@@ -251,8 +277,10 @@ class Dispatcher:
             log.error("channel %s: %s (already alerted for this failure streak)", name, message)
             return
         self._failing.add(name)
-        await self.alert(name, f"{message} (further failures of this channel are logged, not alerted, "
-                               "until a post succeeds)")
+        await self.alert(
+            name,
+            f"{message} (further failures of this channel are logged, not alerted, until a post succeeds)",
+        )
 
 
 async def _log_alert(channel: str, message: str) -> None:

@@ -65,16 +65,18 @@ def enrich_story(story: Story, meta: dict[str, list[str]]) -> Story:
     return dataclasses.replace(story, **changes) if changes else story  # type: ignore[arg-type]
 
 
-async def enrich(story: Story, fetcher: Fetcher, timeout: float = 10.0,
-                 feed: FeedConfig | None = None) -> Story:
+async def enrich(
+    story: Story, fetcher: Fetcher, timeout: float = 10.0, feed: FeedConfig | None = None
+) -> Story:
     """`story` enriched from its page; unchanged when the page cannot be read in time or its
     address is refused (the page is fetched through `feed`'s address guard; without a feed,
     through one that refuses every private address)."""
     if (story.image and story.lead and story.tags) or not story.url.startswith("http"):
         return story
     guard = guard_for_feed(feed.url, feed.allow_private) if feed is not None else AddressGuard()
-    result = await fetcher.fetch(story.url, timeout=timeout, guard=guard,
-                                 accept="text/html,application/xhtml+xml;q=0.9,*/*;q=0.5")
+    result = await fetcher.fetch(
+        story.url, timeout=timeout, guard=guard, accept="text/html,application/xhtml+xml;q=0.9,*/*;q=0.5"
+    )
     if result.error or not result.body:
         return story
     html = result.body[:PAGE_BYTES].decode("utf-8", errors="replace")

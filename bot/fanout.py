@@ -37,10 +37,16 @@ RecipientStatus = Literal["sent", "failed", "retry", "uncertain", "gone", "moved
 DONE = ("sent", "failed", "gone")
 CHUNK = 1000
 
-_WRITE = update(fanout).where(
-    fanout.c.key == bindparam("b_key"), fanout.c.recipient == bindparam("b_recipient")).values(
-    status=bindparam("b_status"), remote_id=bindparam("b_remote"), detail=bindparam("b_detail"),
-    updated_at=bindparam("b_now", type_=fanout.c.updated_at.type))
+_WRITE = (
+    update(fanout)
+    .where(fanout.c.key == bindparam("b_key"), fanout.c.recipient == bindparam("b_recipient"))
+    .values(
+        status=bindparam("b_status"),
+        remote_id=bindparam("b_remote"),
+        detail=bindparam("b_detail"),
+        updated_at=bindparam("b_now", type_=fanout.c.updated_at.type),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -70,8 +76,10 @@ class FanoutResult:
     def summary(self, noun: str = "recipients") -> str:
         c = self.counts
         gone = f"{c['gone']} gone, " if c.get("gone") else ""
-        return (f"sent to {c.get('sent', 0)} of {self.planned} {noun}; {gone}"
-                f"{c.get('failed', 0)} failed, {c.get('uncertain', 0)} uncertain")
+        return (
+            f"sent to {c.get('sent', 0)} of {self.planned} {noun}; {gone}"
+            f"{c.get('failed', 0)} failed, {c.get('uncertain', 0)} uncertain"
+        )
 
 
 class FanoutLedger:
@@ -90,28 +98,47 @@ class FanoutLedger:
             existing = (await conn.execute(select(func.count()).where(fanout.c.key == key))).scalar_one()
             if existing:
                 return int(existing)
-            rows = [{"key": key, "recipient": r, "channel": channel, "status": "pending", "attempts": 0,
-                     "updated_at": now} for r in dict.fromkeys(recipients)]
+            rows = [
+                {
+                    "key": key,
+                    "recipient": r,
+                    "channel": channel,
+                    "status": "pending",
+                    "attempts": 0,
+                    "updated_at": now,
+                }
+                for r in dict.fromkeys(recipients)
+            ]
             for start in range(0, len(rows), CHUNK):
-                await conn.execute(insert(fanout), rows[start:start + CHUNK])
+                await conn.execute(insert(fanout), rows[start : start + CHUNK])
         return len(rows)
 
     async def abandon_in_flight(self, key: str, now: datetime) -> int:
         """Rows left `sending` by an interrupted run become `uncertain`; returns how many."""
         async with self.db.write() as conn:
-            done = await conn.execute(update(fanout).where(
-                fanout.c.key == key, fanout.c.status == "sending").values(
-                status="uncertain", updated_at=now,
-                detail="in flight when siar stopped; not sent again (it may have arrived)"))
+            done = await conn.execute(
+                update(fanout)
+                .where(fanout.c.key == key, fanout.c.status == "sending")
+                .values(
+                    status="uncertain",
+                    updated_at=now,
+                    detail="in flight when siar stopped; not sent again (it may have arrived)",
+                )
+            )
         return int(done.rowcount or 0)
 
     async def give_up(self, key: str, max_tries: int, now: datetime) -> None:
         """Pending rows of `key` tried `max_tries` times already become `failed`."""
         async with self.db.write() as conn:
-            await conn.execute(update(fanout).where(
-                fanout.c.key == key, fanout.c.status == "pending", fanout.c.attempts >= max_tries).values(
-                status="failed", updated_at=now,
-                detail=func.coalesce(fanout.c.detail, "") + f" (gave up after {max_tries} tries)"))
+            await conn.execute(
+                update(fanout)
+                .where(fanout.c.key == key, fanout.c.status == "pending", fanout.c.attempts >= max_tries)
+                .values(
+                    status="failed",
+                    updated_at=now,
+                    detail=func.coalesce(fanout.c.detail, "") + f" (gave up after {max_tries} tries)",
+                )
+            )
 
     async def pending(self, key: str, after: int | None, limit: int) -> list[int]:
         """Up to `limit` pending recipients of `key` above `after`, in recipient order."""
@@ -121,74 +148,117 @@ class FanoutLedger:
         async with self.db.read() as conn:
             return list((await conn.execute(query.order_by(fanout.c.recipient).limit(limit))).scalars())
 
-    async def write(self, key: str, sending: Sequence[int], outcomes: Sequence[RecipientOutcome],
-                    now: datetime) -> None:
+    async def write(
+        self, key: str, sending: Sequence[int], outcomes: Sequence[RecipientOutcome], now: datetime
+    ) -> None:
         """One transaction: mark `sending` (their requests leave now) and record `outcomes`."""
         if not sending and not outcomes:
             return
         async with self.db.write() as conn:
             for start in range(0, len(sending), CHUNK):
-                await conn.execute(update(fanout).where(
-                    fanout.c.key == key, fanout.c.recipient.in_(list(sending[start:start + CHUNK])),
-                    fanout.c.status == "pending").values(
-                    status="sending", attempts=fanout.c.attempts + 1, updated_at=now))
+                await conn.execute(
+                    update(fanout)
+                    .where(
+                        fanout.c.key == key,
+                        fanout.c.recipient.in_(list(sending[start : start + CHUNK])),
+                        fanout.c.status == "pending",
+                    )
+                    .values(status="sending", attempts=fanout.c.attempts + 1, updated_at=now)
+                )
             simple = [o for o in outcomes if o.status != "moved"]
             if simple:
-                await conn.execute(_WRITE, [
-                    {"b_key": key, "b_recipient": o.recipient,
-                     "b_status": "pending" if o.status == "retry" else o.status,
-                     "b_remote": o.remote_id, "b_detail": o.detail[:500] or None, "b_now": now}
-                    for o in simple])
+                await conn.execute(
+                    _WRITE,
+                    [
+                        {
+                            "b_key": key,
+                            "b_recipient": o.recipient,
+                            "b_status": "pending" if o.status == "retry" else o.status,
+                            "b_remote": o.remote_id,
+                            "b_detail": o.detail[:500] or None,
+                            "b_now": now,
+                        }
+                        for o in simple
+                    ],
+                )
             for o in outcomes:
                 if o.status == "moved" and o.moved_to is not None:
                     await _move(conn, key, o.recipient, o.moved_to, now)
 
     async def counts(self, key: str) -> dict[str, int]:
         async with self.db.read() as conn:
-            rows = (await conn.execute(select(fanout.c.status, func.count()).where(
-                fanout.c.key == key).group_by(fanout.c.status))).all()
+            rows = (
+                await conn.execute(
+                    select(fanout.c.status, func.count()).where(fanout.c.key == key).group_by(fanout.c.status)
+                )
+            ).all()
         return {status: int(n) for status, n in rows}
 
     async def requeue_uncertain(self, key: str, now: datetime) -> int:
         """Uncertain recipients of `key` back to `pending` (an operator's resend)."""
         async with self.db.write() as conn:
-            done = await conn.execute(update(fanout).where(
-                fanout.c.key == key, fanout.c.status == "uncertain").values(
-                status="pending", attempts=0, updated_at=now, detail="queued again by the operator"))
+            done = await conn.execute(
+                update(fanout)
+                .where(fanout.c.key == key, fanout.c.status == "uncertain")
+                .values(status="pending", attempts=0, updated_at=now, detail="queued again by the operator")
+            )
         return int(done.rowcount or 0)
 
     async def uncertain_by_channel(self) -> dict[str, int]:
         """Recipients whose message may or may not have arrived, per channel."""
         async with self.db.read() as conn:
-            rows = (await conn.execute(select(fanout.c.channel, func.count()).where(
-                fanout.c.status == "uncertain").group_by(fanout.c.channel))).all()
+            rows = (
+                await conn.execute(
+                    select(fanout.c.channel, func.count())
+                    .where(fanout.c.status == "uncertain")
+                    .group_by(fanout.c.channel)
+                )
+            ).all()
         return {channel: int(n) for channel, n in rows}
 
     async def sent_since(self, channel: str, since: datetime) -> int:
         """Messages of `channel` delivered to recipients since `since`."""
         async with self.db.read() as conn:
-            return int((await conn.execute(select(func.count()).where(
-                fanout.c.channel == channel, fanout.c.status == "sent",
-                fanout.c.updated_at >= since))).scalar_one())
+            return int(
+                (
+                    await conn.execute(
+                        select(func.count()).where(
+                            fanout.c.channel == channel,
+                            fanout.c.status == "sent",
+                            fanout.c.updated_at >= since,
+                        )
+                    )
+                ).scalar_one()
+            )
 
     async def prune(self, older_than: datetime) -> int:
         """Forget finished broadcasts' rows last touched before `older_than`."""
         async with self.db.write() as conn:
-            done = await conn.execute(delete(fanout).where(
-                fanout.c.updated_at < older_than, fanout.c.status.in_((*DONE, "uncertain"))))
+            done = await conn.execute(
+                delete(fanout).where(
+                    fanout.c.updated_at < older_than, fanout.c.status.in_((*DONE, "uncertain"))
+                )
+            )
         return int(done.rowcount or 0)
 
 
 async def _move(conn: AsyncConnection, key: str, old: int, new: int, now: datetime) -> None:
     """Recipient `old` is now `new`: its row follows it, unless `new` is in the broadcast too."""
-    taken = (await conn.execute(select(func.count()).where(
-        fanout.c.key == key, fanout.c.recipient == new))).scalar_one()
+    taken = (
+        await conn.execute(select(func.count()).where(fanout.c.key == key, fanout.c.recipient == new))
+    ).scalar_one()
     if taken:
-        await conn.execute(update(fanout).where(fanout.c.key == key, fanout.c.recipient == old).values(
-            status="failed", detail=f"moved to {new}, already in this broadcast", updated_at=now))
+        await conn.execute(
+            update(fanout)
+            .where(fanout.c.key == key, fanout.c.recipient == old)
+            .values(status="failed", detail=f"moved to {new}, already in this broadcast", updated_at=now)
+        )
     else:
-        await conn.execute(update(fanout).where(fanout.c.key == key, fanout.c.recipient == old).values(
-            recipient=new, status="pending", updated_at=now, detail=f"moved from {old}"))
+        await conn.execute(
+            update(fanout)
+            .where(fanout.c.key == key, fanout.c.recipient == old)
+            .values(recipient=new, status="pending", updated_at=now, detail=f"moved from {old}")
+        )
 
 
 # --- the broadcast loop ------------------------------------------------------------------------
@@ -263,9 +333,17 @@ class Broadcaster:
     max_tries: int = 4
     passes: int = 3  # rounds over recipients that asked to be retried, before the outbox retries
 
-    async def run(self, key: str, audience: Callable[[], Awaitable[Sequence[int]]], deliver: Deliver,
-                  *, pace: Pace | None = None, apply: Apply | None = None,
-                  prepare: Prepare | None = None, budget: float | None = None) -> FanoutResult:
+    async def run(
+        self,
+        key: str,
+        audience: Callable[[], Awaitable[Sequence[int]]],
+        deliver: Deliver,
+        *,
+        pace: Pace | None = None,
+        apply: Apply | None = None,
+        prepare: Prepare | None = None,
+        budget: float | None = None,
+    ) -> FanoutResult:
         """Send to every planned recipient of `key` not yet done; the result counts them all.
 
         `audience` is asked only the first time (the plan is fixed then). `prepare(batch)` runs
@@ -282,8 +360,13 @@ class Broadcaster:
             planned = await self.ledger.plan(key, self.channel, list(await audience()), self.clock())
         lost = await self.ledger.abandon_in_flight(key, self.clock())
         if lost:
-            log.warning("channel %s: %d recipients of %s were in flight when siar stopped; not sent "
-                        "again (see `siar status`; `siar resend` sends to them)", self.channel, lost, key)
+            log.warning(
+                "channel %s: %d recipients of %s were in flight when siar stopped; not sent "
+                "again (see `siar status`; `siar resend` sends to them)",
+                self.channel,
+                lost,
+                key,
+            )
         progressed, waits = 0, []
         for round_ in range(self.passes):
             await self.ledger.give_up(key, self.max_tries, self.clock())
@@ -295,14 +378,21 @@ class Broadcaster:
                 break
             if moved == len(again):
                 continue  # nothing failed: go on at once
-            await asyncio.sleep(min(30.0, 0.5 * 2 ** round_))  # the platform is struggling
+            await asyncio.sleep(min(30.0, 0.5 * 2**round_))  # the platform is struggling
         await self.ledger.give_up(key, self.max_tries, self.clock())
         counts = await self.ledger.counts(key)
         return FanoutResult(planned, counts, progressed, lost, max(waits) if waits else None)
 
-    async def _one(self, recipient: int, journal: _Journal, semaphore: asyncio.Semaphore,
-                   deliver: Deliver, pace: Pace | None, fatal: list[Permanent],
-                   results: list[RecipientOutcome]) -> None:
+    async def _one(
+        self,
+        recipient: int,
+        journal: _Journal,
+        semaphore: asyncio.Semaphore,
+        deliver: Deliver,
+        pace: Pace | None,
+        fatal: list[Permanent],
+        results: list[RecipientOutcome],
+    ) -> None:
         """One recipient: wait for its turn, mark it sending, make the request, note the outcome."""
         async with semaphore:
             if fatal or journal.error:
@@ -326,8 +416,15 @@ class Broadcaster:
         except Exception:  # the ledger has the outcomes; side effects are best effort
             log.exception("channel %s: cannot apply a batch's outcomes", self.channel)
 
-    async def _pass(self, key: str, deliver: Deliver, pace: Pace | None, apply: Apply | None,
-                    prepare: Prepare | None, deadline: float | None) -> tuple[int, list[RecipientOutcome]]:
+    async def _pass(
+        self,
+        key: str,
+        deliver: Deliver,
+        pace: Pace | None,
+        apply: Apply | None,
+        prepare: Prepare | None,
+        deadline: float | None,
+    ) -> tuple[int, list[RecipientOutcome]]:
         journal = _Journal(self.ledger, key, self.clock)
         semaphore = asyncio.Semaphore(self.concurrency)
         fatal: list[Permanent] = []
@@ -345,8 +442,9 @@ class Broadcaster:
                 try:
                     async with asyncio.TaskGroup() as group:
                         for recipient in batch:
-                            group.create_task(self._one(recipient, journal, semaphore, deliver, pace,
-                                                        fatal, results))
+                            group.create_task(
+                                self._one(recipient, journal, semaphore, deliver, pace, fatal, results)
+                            )
                 finally:
                     await self._apply(apply, results)
                 done += sum(1 for o in results if o.status in DONE)

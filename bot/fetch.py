@@ -44,9 +44,15 @@ class FetchResult:
 class Fetcher:
     """Shares one HTTP connection pool across all feeds."""
 
-    def __init__(self, user_agent: str, timeout: float = 20.0, max_bytes: int = 5_000_000,
-                 base_dir: Path = Path("."), transport: httpx.AsyncBaseTransport | None = None,
-                 resolver: Resolver | None = None) -> None:
+    def __init__(
+        self,
+        user_agent: str,
+        timeout: float = 20.0,
+        max_bytes: int = 5_000_000,
+        base_dir: Path = Path("."),
+        transport: httpx.AsyncBaseTransport | None = None,
+        resolver: Resolver | None = None,
+    ) -> None:
         self.max_bytes = max_bytes
         self.base_dir = base_dir
         self.timeout = timeout
@@ -55,13 +61,21 @@ class Fetcher:
         self.guarded: dict[AddressGuard, httpx.AsyncClient] = {}  # one pool per guard (per feed)
 
     def _new_client(self, guard: AddressGuard | None) -> httpx.AsyncClient:
-        client = http_client(user_agent=self.user_agent, timeout=self.timeout, guard=guard,
-                             transport=self.transport, resolver=self.resolver)
-        client.headers.update({
-            "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, "
-                      "text/xml;q=0.8, */*;q=0.5",
-            # Only what _Decoder can inflate under the size cap (no brotli/zstd bombs).
-            "Accept-Encoding": "gzip, deflate"})
+        client = http_client(
+            user_agent=self.user_agent,
+            timeout=self.timeout,
+            guard=guard,
+            transport=self.transport,
+            resolver=self.resolver,
+        )
+        client.headers.update(
+            {
+                "Accept": "application/rss+xml, application/atom+xml, application/xml;q=0.9, "
+                "text/xml;q=0.8, */*;q=0.5",
+                # Only what _Decoder can inflate under the size cap (no brotli/zstd bombs).
+                "Accept-Encoding": "gzip, deflate",
+            }
+        )
         return client
 
     async def close(self) -> None:
@@ -70,9 +84,15 @@ class Fetcher:
             await client.aclose()
         self.guarded.clear()
 
-    async def fetch(self, url: str, etag: str | None = None, last_modified: str | None = None,
-                    timeout: float | None = None, accept: str | None = None,
-                    guard: AddressGuard | None = None) -> FetchResult:
+    async def fetch(
+        self,
+        url: str,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        timeout: float | None = None,
+        accept: str | None = None,
+        guard: AddressGuard | None = None,
+    ) -> FetchResult:
         """Fetch `url` (http(s), file:// or a local path), conditionally when etag/date given.
 
         With `guard` (for URLs a feed controls: article pages, images) only http(s) is fetched,
@@ -87,9 +107,15 @@ class Fetcher:
             return FetchResult(url, error=f"refusing {url[:200]}: not an http(s) URL")
         return await self._fetch_file(url)
 
-    async def _fetch_http(self, client: httpx.AsyncClient, url: str, etag: str | None,
-                          last_modified: str | None, timeout: float | None,
-                          accept: str | None) -> FetchResult:
+    async def _fetch_http(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        etag: str | None,
+        last_modified: str | None,
+        timeout: float | None,
+        accept: str | None,
+    ) -> FetchResult:
         headers: dict[str, str] = {}
         if etag:
             headers["If-None-Match"] = etag
@@ -99,8 +125,9 @@ class Fetcher:
             headers["Accept"] = accept
         try:
             async with asyncio.timeout((timeout or self.timeout) * 2):
-                async with client.stream("GET", url, headers=headers,
-                                              timeout=timeout or httpx.USE_CLIENT_DEFAULT) as response:
+                async with client.stream(
+                    "GET", url, headers=headers, timeout=timeout or httpx.USE_CLIENT_DEFAULT
+                ) as response:
                     return await self._read(url, response)
         except TimeoutError:
             return FetchResult(url, error=f"timed out fetching {url}")
@@ -125,9 +152,15 @@ class Fetcher:
             permanent = str(response.url)
         headers = {k.lower(): v for k, v in response.headers.items()}
         retry_after = retry_after_seconds(headers.get("retry-after"), datetime.now(UTC))
-        base = FetchResult(final, status=response.status_code, headers=headers,
-                           permanent_redirect=permanent, retry_after=retry_after,
-                           etag=headers.get("etag"), last_modified=headers.get("last-modified"))
+        base = FetchResult(
+            final,
+            status=response.status_code,
+            headers=headers,
+            permanent_redirect=permanent,
+            retry_after=retry_after,
+            etag=headers.get("etag"),
+            last_modified=headers.get("last-modified"),
+        )
         if response.status_code == 304:
             return replace(base, not_modified=True)
         if response.status_code >= 400:

@@ -56,14 +56,25 @@ class BaseChannel(Generic[S]):
     def now(self) -> datetime:
         return self.context.clock()
 
-    def http_client(self, *, guard: AddressGuard | None = None, timeout: float | None = None,
-                    follow_redirects: bool = False, keepalive: bool = True,
-                    base_url: str = "") -> httpx.AsyncClient:
+    def http_client(
+        self,
+        *,
+        guard: AddressGuard | None = None,
+        timeout: float | None = None,
+        follow_redirects: bool = False,
+        keepalive: bool = True,
+        base_url: str = "",
+    ) -> httpx.AsyncClient:
         """An httpx client with siar's user agent and this channel's timeout. With `guard`
         (for URLs a feed controls: images, pages), every connection is address-checked."""
-        return http_client(user_agent=self.context.user_agent, timeout=timeout or self.settings.timeout,
-                           guard=guard, follow_redirects=follow_redirects, keepalive=keepalive,
-                           base_url=base_url)
+        return http_client(
+            user_agent=self.context.user_agent,
+            timeout=timeout or self.settings.timeout,
+            guard=guard,
+            follow_redirects=follow_redirects,
+            keepalive=keepalive,
+            base_url=base_url,
+        )
 
     def guard(self, story: Story) -> AddressGuard:
         """The address guard for URLs `story` carries (its feed's: see `[[feeds]] allow_private`)."""
@@ -71,5 +82,4 @@ class BaseChannel(Generic[S]):
 
     def post(self, story: Story, text: str, length: Length, **parts: object) -> Post:
         """A Post of this channel for `story` (`parts`: buttons, media, facets, payload …)."""
-        return Post(channel=self.name, type=self.type, story=story, text=text, length=length,
-                    **parts)  # type: ignore[arg-type]
+        return Post(channel=self.name, type=self.type, story=story, text=text, length=length, **parts)  # type: ignore[arg-type]

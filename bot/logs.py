@@ -53,9 +53,14 @@ class RepeatLimiter(logging.Filter):
 
     SUMMARY = "siar_repeat_summary"
 
-    def __init__(self, sink: Callable[[logging.LogRecord], object], limit: int = 20,
-                 window: float = 60.0, max_keys: int = 1000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        sink: Callable[[logging.LogRecord], object],
+        limit: int = 20,
+        window: float = 60.0,
+        max_keys: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.sink, self.limit, self.window, self.max_keys = sink, limit, window, max_keys
         self.clock = clock
@@ -95,13 +100,20 @@ class RepeatLimiter(logging.Filter):
     def _report(self, key: tuple[str, int, str], run: _Run) -> None:
         if not run.held:
             return
-        summary = logging.makeLogRecord({
-            "name": key[0], "levelno": key[1], "levelname": logging.getLevelName(key[1]),
-            "msg": "… %r repeated %d more times in %.0f s (not shown)",
-            "args": (key[2], run.held, self.window), self.SUMMARY: True,
-            "pathname": run.example.pathname, "lineno": run.example.lineno,
-            "module": run.example.module, "funcName": run.example.funcName,
-        })
+        summary = logging.makeLogRecord(
+            {
+                "name": key[0],
+                "levelno": key[1],
+                "levelname": logging.getLevelName(key[1]),
+                "msg": "… %r repeated %d more times in %.0f s (not shown)",
+                "args": (key[2], run.held, self.window),
+                self.SUMMARY: True,
+                "pathname": run.example.pathname,
+                "lineno": run.example.lineno,
+                "module": run.example.module,
+                "funcName": run.example.funcName,
+            }
+        )
         self.sink(summary)
 
 
@@ -124,8 +136,9 @@ def setup_logging(level: str = "INFO", fmt: str = "text", secrets: Iterable[str]
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-                                               "%Y-%m-%d %H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+        )
     # First: it keys on the unformatted template, which RedactSecrets replaces by the text.
     handler.addFilter(RepeatLimiter(handler.handle))
     handler.addFilter(RedactSecrets(secrets))

@@ -130,7 +130,10 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
     or a name check before handing it to a proxy or an injected transport."""
 
     def __init__(
-        self, guard: AddressGuard, resolver: Resolver, transport: httpx.AsyncBaseTransport | None,
+        self,
+        guard: AddressGuard,
+        resolver: Resolver,
+        transport: httpx.AsyncBaseTransport | None,
         keepalive: bool = True,
     ) -> None:
         self.guard, self.resolver = guard, resolver

@@ -125,8 +125,15 @@ def _rename_media_description(body: bytes) -> bytes:
     return body
 
 
-def parse_feed(body: bytes, url: str, headers: Mapping[str, str], rules: CleaningRules,
-               feed_name: str, section: str | None = None, now: datetime | None = None) -> ParsedFeed:
+def parse_feed(
+    body: bytes,
+    url: str,
+    headers: Mapping[str, str],
+    rules: CleaningRules,
+    feed_name: str,
+    section: str | None = None,
+    now: datetime | None = None,
+) -> ParsedFeed:
     """Parse `body` (fetched from `url`) into stories; never raises on bad feeds."""
     response_headers = {k.lower(): v for k, v in headers.items()}
     response_headers.setdefault("content-location", url)
@@ -135,8 +142,12 @@ def parse_feed(body: bytes, url: str, headers: Mapping[str, str], rules: Cleanin
         # siar extracts plain text itself (bot.cleaning, script/style skipped) and resolves links
         # against each entry, so feedparser's HTML sanitizer and URI rewriting (a third of its
         # time) would be wasted work.
-        doc = feedparser.parse(io.BytesIO(body), response_headers=response_headers,
-                               sanitize_html=False, resolve_relative_uris=False)
+        doc = feedparser.parse(
+            io.BytesIO(body),
+            response_headers=response_headers,
+            sanitize_html=False,
+            resolve_relative_uris=False,
+        )
     except Exception as exc:  # feedparser is tolerant, but a hostile file must not stop the daemon
         return ParsedFeed([], bozo=f"parser crashed: {exc!r}")
     language = fold(str(doc.feed.get("language", "")))[:16]
@@ -157,14 +168,26 @@ def parse_feed(body: bytes, url: str, headers: Mapping[str, str], rules: Cleanin
     return ParsedFeed(stories, title=fold(str(doc.feed.get("title", ""))), language=language, bozo=bozo)
 
 
-async def parse_feed_async(body: bytes, url: str, headers: Mapping[str, str], rules: CleaningRules,
-                           feed_name: str, section: str | None = None) -> ParsedFeed:
+async def parse_feed_async(
+    body: bytes,
+    url: str,
+    headers: Mapping[str, str],
+    rules: CleaningRules,
+    feed_name: str,
+    section: str | None = None,
+) -> ParsedFeed:
     """`parse_feed` in a worker thread, so a big feed does not stall the event loop."""
     return await asyncio.to_thread(parse_feed, body, url, headers, rules, feed_name, section)
 
 
-def entry_to_story(entry: Any, feed_name: str, rules: CleaningRules, language: str = "",
-                   section: str | None = None, now: datetime | None = None) -> Story | None:
+def entry_to_story(
+    entry: Any,
+    feed_name: str,
+    rules: CleaningRules,
+    language: str = "",
+    section: str | None = None,
+    now: datetime | None = None,
+) -> Story | None:
     """A Story from one feedparser entry; None when it has neither link nor id nor title.
 
     A link that is not http(s) (javascript:, data:, a bare path) is dropped: such a story has
@@ -279,8 +302,11 @@ def _image(entry: Any, body_images: list[str], base: str) -> str:
     for media in entry.get("media_content", []) or []:
         kind, medium = str(media.get("type") or ""), str(media.get("medium") or "")
         href = str(media.get("url") or "")
-        if href and (medium == "image" or kind.startswith("image/")
-                     or (not kind and not medium and _IMAGE_EXT.search(href))):
+        if href and (
+            medium == "image"
+            or kind.startswith("image/")
+            or (not kind and not medium and _IMAGE_EXT.search(href))
+        ):
             candidates.append(href)
     candidates += [str(t.get("url")) for t in entry.get("media_thumbnail", []) or [] if t.get("url")]
     candidates += body_images

@@ -76,19 +76,33 @@ class Outbox:
         async with self.db.write() as conn:
             for _ in range(5):
                 # Due rows in publication order, so a channel's timeline reads oldest to newest.
-                row = (await conn.execute(
-                    select(outbox.c.id, outbox.c.attempts)
-                    .join(stories, stories.c.id == outbox.c.story_id).where(
-                        outbox.c.channel == channel, outbox.c.status == "pending",
-                        outbox.c.next_attempt_at <= now,
-                    ).order_by(outbox.c.next_attempt_at, stories.c.published_at, outbox.c.id)
-                    .limit(1))).first()
+                row = (
+                    await conn.execute(
+                        select(outbox.c.id, outbox.c.attempts)
+                        .join(stories, stories.c.id == outbox.c.story_id)
+                        .where(
+                            outbox.c.channel == channel,
+                            outbox.c.status == "pending",
+                            outbox.c.next_attempt_at <= now,
+                        )
+                        .order_by(outbox.c.next_attempt_at, stories.c.published_at, outbox.c.id)
+                        .limit(1)
+                    )
+                ).first()
                 if row is None:
                     return None
-                claimed = await conn.execute(update(outbox).where(
-                    outbox.c.id == row.id, outbox.c.status == "pending").values(
-                    status="sending", attempts=row.attempts + 1, claimed_at=now, claimed_by=worker,
-                    first_attempt_at=func.coalesce(outbox.c.first_attempt_at, now), updated_at=now))
+                claimed = await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id == row.id, outbox.c.status == "pending")
+                    .values(
+                        status="sending",
+                        attempts=row.attempts + 1,
+                        claimed_at=now,
+                        claimed_by=worker,
+                        first_attempt_at=func.coalesce(outbox.c.first_attempt_at, now),
+                        updated_at=now,
+                    )
+                )
                 if claimed.rowcount == 1:
                     return await _item(conn, row.id)
         return None
@@ -96,33 +110,59 @@ class Outbox:
     async def next_due(self, channel: str) -> datetime | None:
         """When the next pending row of `channel` is due, or None."""
         async with self.db.read() as conn:
-            due: datetime | None = (await conn.execute(select(func.min(outbox.c.next_attempt_at)).where(
-                outbox.c.channel == channel, outbox.c.status == "pending"))).scalar()
+            due: datetime | None = (
+                await conn.execute(
+                    select(func.min(outbox.c.next_attempt_at)).where(
+                        outbox.c.channel == channel, outbox.c.status == "pending"
+                    )
+                )
+            ).scalar()
         return due
 
     async def finish(self, item_id: int, outcome: Finish, now: datetime) -> None:
         """Move a `sending` row to `outcome` and log the decision, in one transaction."""
         assert outcome.status in STATUSES
-        values: dict[str, Any] = {"status": outcome.status, "updated_at": now,
-                                  "last_error": outcome.detail or None}
+        values: dict[str, Any] = {
+            "status": outcome.status,
+            "updated_at": now,
+            "last_error": outcome.detail or None,
+        }
         if outcome.status == "sent":
-            values.update(sent_at=now, remote_id=outcome.remote_id or None,
-                          remote_url=outcome.remote_url or None, last_error=None)
+            values.update(
+                sent_at=now,
+                remote_id=outcome.remote_id or None,
+                remote_url=outcome.remote_url or None,
+                last_error=None,
+            )
         if outcome.retry_at is not None:
             values["next_attempt_at"] = outcome.retry_at
         if outcome.refund_attempt:
             values["attempts"] = outbox.c.attempts - 1
         async with self.db.write() as conn:
-            row = (await conn.execute(select(outbox.c.story_id, outbox.c.channel).where(
-                outbox.c.id == item_id))).one()
+            row = (
+                await conn.execute(select(outbox.c.story_id, outbox.c.channel).where(outbox.c.id == item_id))
+            ).one()
             await conn.execute(update(outbox).where(outbox.c.id == item_id).values(**values))
-            await log_decisions(conn, [{
-                "story_id": row.story_id, "channel": row.channel, "decision": outcome.decision,
-                "rule": None, "detail": outcome.detail or outcome.remote_url or outcome.remote_id or None,
-                "at": now}])
+            await log_decisions(
+                conn,
+                [
+                    {
+                        "story_id": row.story_id,
+                        "channel": row.channel,
+                        "decision": outcome.decision,
+                        "rule": None,
+                        "detail": outcome.detail or outcome.remote_url or outcome.remote_id or None,
+                        "at": now,
+                    }
+                ],
+            )
 
-    async def recover_sending(self, now: datetime, stale_before: datetime | None = None,
-                              resumable: Mapping[str, float | None] | None = None) -> int:
+    async def recover_sending(
+        self,
+        now: datetime,
+        stale_before: datetime | None = None,
+        resumable: Mapping[str, float | None] | None = None,
+    ) -> int:
         """Rows left `sending` by a crash become `uncertain`; returns how many were recovered.
 
         Rows of `resumable` channels (sending twice is harmless there) go back to `pending`
@@ -140,44 +180,100 @@ class Outbox:
             rows = list((await conn.execute(select(*columns).where(condition))).all())
             windowed = [name for name, window in resumable.items() if window is not None]
             if windowed:  # interrupted at shutdown, then down for longer than the platform remembers
-                rows += [r for r in (await conn.execute(select(*columns).where(
-                    outbox.c.status == "pending", outbox.c.last_error == INTERRUPTED,
-                    outbox.c.channel.in_(windowed)))).all()
-                    if _expired(r.first_attempt_at, resumable[r.channel], now)]
+                rows += [
+                    r
+                    for r in (
+                        await conn.execute(
+                            select(*columns).where(
+                                outbox.c.status == "pending",
+                                outbox.c.last_error == INTERRUPTED,
+                                outbox.c.channel.in_(windowed),
+                            )
+                        )
+                    ).all()
+                    if _expired(r.first_attempt_at, resumable[r.channel], now)
+                ]
             if not rows:
                 return 0
-            resumed = [r for r in rows if r.channel in resumable
-                       and not _expired(r.first_attempt_at, resumable[r.channel], now)]
+            resumed = [
+                r
+                for r in rows
+                if r.channel in resumable and not _expired(r.first_attempt_at, resumable[r.channel], now)
+            ]
             uncertain = [r for r in rows if r not in resumed]
             reason = "the daemon stopped while this post was being sent; it may or may not be out"
             if uncertain:
-                await conn.execute(update(outbox).where(outbox.c.id.in_([r.id for r in uncertain]))
-                                   .values(status="uncertain", last_error=reason, updated_at=now))
+                await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id.in_([r.id for r in uncertain]))
+                    .values(status="uncertain", last_error=reason, updated_at=now)
+                )
             if resumed:
-                await conn.execute(update(outbox).where(outbox.c.id.in_([r.id for r in resumed]))
-                                   .values(status="pending", next_attempt_at=now, updated_at=now,
-                                           last_error="resumed after the daemon stopped mid-send"))
-            await log_decisions(conn, [
-                {"story_id": r.story_id, "channel": r.channel,
-                 "decision": "uncertain" if r in uncertain else "resume", "rule": None,
-                 "detail": reason if r in uncertain else "resumed: this channel sends idempotently",
-                 "at": now} for r in rows])
+                await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id.in_([r.id for r in resumed]))
+                    .values(
+                        status="pending",
+                        next_attempt_at=now,
+                        updated_at=now,
+                        last_error="resumed after the daemon stopped mid-send",
+                    )
+                )
+            await log_decisions(
+                conn,
+                [
+                    {
+                        "story_id": r.story_id,
+                        "channel": r.channel,
+                        "decision": "uncertain" if r in uncertain else "resume",
+                        "rule": None,
+                        "detail": reason if r in uncertain else "resumed: this channel sends idempotently",
+                        "at": now,
+                    }
+                    for r in rows
+                ],
+            )
         return len(rows)
 
-    async def requeue(self, item_id: int, now: datetime, *, statuses: Sequence[str],
-                      detail: str = "queued again by the operator") -> bool:
+    async def requeue(
+        self,
+        item_id: int,
+        now: datetime,
+        *,
+        statuses: Sequence[str],
+        detail: str = "queued again by the operator",
+    ) -> bool:
         """Put row `item_id` back to `pending` (attempts reset) if its status is in `statuses`."""
         async with self.db.write() as conn:
-            row = (await conn.execute(select(outbox.c.story_id, outbox.c.channel).where(
-                outbox.c.id == item_id, outbox.c.status.in_(list(statuses))))).first()
+            row = (
+                await conn.execute(
+                    select(outbox.c.story_id, outbox.c.channel).where(
+                        outbox.c.id == item_id, outbox.c.status.in_(list(statuses))
+                    )
+                )
+            ).first()
             if row is None:
                 return False
-            await conn.execute(update(outbox).where(outbox.c.id == item_id).values(
-                status="pending", next_attempt_at=now, attempts=0, first_attempt_at=None,
-                updated_at=now))
-            await log_decisions(conn, [{"story_id": row.story_id, "channel": row.channel,
-                                        "decision": "resend", "rule": "operator", "detail": detail,
-                                        "at": now}])
+            await conn.execute(
+                update(outbox)
+                .where(outbox.c.id == item_id)
+                .values(
+                    status="pending", next_attempt_at=now, attempts=0, first_attempt_at=None, updated_at=now
+                )
+            )
+            await log_decisions(
+                conn,
+                [
+                    {
+                        "story_id": row.story_id,
+                        "channel": row.channel,
+                        "decision": "resend",
+                        "rule": "operator",
+                        "detail": detail,
+                        "at": now,
+                    }
+                ],
+            )
         return True
 
     async def row(self, item_id: int) -> dict[str, Any] | None:
@@ -189,8 +285,11 @@ class Outbox:
     async def sent_since(self, channel: str, since: datetime, *, confirmed: bool = False) -> int:
         """Posts of `channel` sent since `since`; `confirmed`: only those the platform gave an
         id for (an "already posted" answer created nothing new)."""
-        query = select(func.count()).select_from(outbox).where(
-            outbox.c.channel == channel, outbox.c.status == "sent", outbox.c.sent_at >= since)
+        query = (
+            select(func.count())
+            .select_from(outbox)
+            .where(outbox.c.channel == channel, outbox.c.status == "sent", outbox.c.sent_at >= since)
+        )
         if confirmed:
             query = query.where(outbox.c.remote_id.is_not(None))
         async with self.db.read() as conn:
@@ -198,15 +297,34 @@ class Outbox:
 
 
 async def _item(conn: AsyncConnection, item_id: int) -> OutboxItem:
-    row = (await conn.execute(
-        select(outbox.c.id, outbox.c.story_id, outbox.c.channel, outbox.c.status,
-               outbox.c.attempts, outbox.c.last_error, outbox.c.first_attempt_at, stories.c.data,
-               stories.c.first_seen_at)
-        .join(stories, stories.c.id == outbox.c.story_id).where(outbox.c.id == item_id))).one()
-    return OutboxItem(id=row.id, story_id=row.story_id, channel=row.channel, status=row.status,
-                      attempts=row.attempts, story=Story.from_json(row.data),
-                      last_error=row.last_error, first_attempt_at=row.first_attempt_at,
-                      first_seen_at=row.first_seen_at)
+    row = (
+        await conn.execute(
+            select(
+                outbox.c.id,
+                outbox.c.story_id,
+                outbox.c.channel,
+                outbox.c.status,
+                outbox.c.attempts,
+                outbox.c.last_error,
+                outbox.c.first_attempt_at,
+                stories.c.data,
+                stories.c.first_seen_at,
+            )
+            .join(stories, stories.c.id == outbox.c.story_id)
+            .where(outbox.c.id == item_id)
+        )
+    ).one()
+    return OutboxItem(
+        id=row.id,
+        story_id=row.story_id,
+        channel=row.channel,
+        status=row.status,
+        attempts=row.attempts,
+        story=Story.from_json(row.data),
+        last_error=row.last_error,
+        first_attempt_at=row.first_attempt_at,
+        first_seen_at=row.first_seen_at,
+    )
 
 
 def _expired(since: datetime | None, window: float | None, now: datetime) -> bool:

@@ -49,10 +49,16 @@ class PollResult:
 
 
 class FeedPoller:
-    def __init__(self, config: Config, store: Store, fetcher: Fetcher, clock: Clock,
-                 targets: Mapping[str, ChannelSettings],
-                 alert: Callable[[str, str], Awaitable[None]] | None = None,
-                 unavailable: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        fetcher: Fetcher,
+        clock: Clock,
+        targets: Mapping[str, ChannelSettings],
+        alert: Callable[[str, str], Awaitable[None]] | None = None,
+        unavailable: Mapping[str, str] | None = None,
+    ) -> None:
         self.alert = alert
         self.unavailable = unavailable or {}  # configured channels that do not run here, and why
         self.config = config
@@ -74,10 +80,15 @@ class FeedPoller:
         if state.url != feed.url:
             # Another URL is another feed: validators no longer apply, and its first poll must
             # not post the new feed's whole backlog.
-            log.info("feed %s: its URL changed to %s; polling it as a new feed (first_run = %r)",
-                     feed.name, feed.url, feed.first_run)
-            state = replace(state, url=feed.url, etag=None, last_modified=None, body_hash=None,
-                            first_run_done=False)
+            log.info(
+                "feed %s: its URL changed to %s; polling it as a new feed (first_run = %r)",
+                feed.name,
+                feed.url,
+                feed.first_run,
+            )
+            state = replace(
+                state, url=feed.url, etag=None, last_modified=None, body_hash=None, first_run_done=False
+            )
         if not force and state.next_poll_at and state.next_poll_at > now and state.failures:
             return PollResult(feed.name, "backoff", error=state.last_error or "")
         try:
@@ -95,50 +106,75 @@ class FeedPoller:
             return stored
         return unsaved
 
-    async def _after_fetch(self, feed: FeedConfig, state: FeedState, result: FetchResult,
-                           now: datetime) -> PollResult:
+    async def _after_fetch(
+        self, feed: FeedConfig, state: FeedState, result: FetchResult, now: datetime
+    ) -> PollResult:
         if result.permanent_redirect and result.permanent_redirect != state.redirect_url:
-            log.warning("feed %s: %s moved permanently to %s; update its url in the config",
-                        feed.name, feed.url, result.permanent_redirect)
+            log.warning(
+                "feed %s: %s moved permanently to %s; update its url in the config",
+                feed.name,
+                feed.url,
+                result.permanent_redirect,
+            )
             state = replace(state, redirect_url=result.permanent_redirect)
         if result.error:
             return await self._failed(feed, state, now, result.error, result.retry_after)
         if result.not_modified or (result.body_hash and result.body_hash == state.body_hash):
-            state = succeeded(state, now, feed.interval, etag=result.etag or state.etag,
-                              last_modified=result.last_modified or state.last_modified)
+            state = succeeded(
+                state,
+                now,
+                feed.interval,
+                etag=result.etag or state.etag,
+                last_modified=result.last_modified or state.last_modified,
+            )
             await self._save(state)
             return PollResult(feed.name, "not_modified" if result.not_modified else "unchanged")
         assert result.body is not None
-        parsed = await parse_feed_async(result.body, result.url, result.headers,
-                                        self.config.cleaning, feed.name, feed.section)
+        parsed = await parse_feed_async(
+            result.body, result.url, result.headers, self.config.cleaning, feed.name, feed.section
+        )
         if not parsed.stories and parsed.bozo:
             return await self._failed(feed, state, now, f"not a readable feed: {parsed.bozo}", None)
         if parsed.bozo:
             log.info("feed %s: malformed but readable (%s)", feed.name, parsed.bozo)
         new = await self._new_stories(feed, parsed, now)
         first_run = not state.first_run_done
-        decisions = decide_poll(new, feed, self.targets, now, first_run=first_run,
-                                unavailable=self.unavailable)
-        items = [NewStory(story, story_decisions, key=story_key(story, self.config.site.hosts))
-                 for story, story_decisions in zip(new, decisions, strict=True)]
+        decisions = decide_poll(
+            new, feed, self.targets, now, first_run=first_run, unavailable=self.unavailable
+        )
+        items = [
+            NewStory(story, story_decisions, key=story_key(story, self.config.site.hosts))
+            for story, story_decisions in zip(new, decisions, strict=True)
+        ]
         # An empty first answer (a CMS glitch) must not end the first run: the next full poll
         # would then post every story.
-        state = succeeded(state, now, feed.interval, etag=result.etag, last_modified=result.last_modified,
-                          body_hash=result.body_hash,
-                          first_run_done=state.first_run_done or bool(parsed.stories))
+        state = succeeded(
+            state,
+            now,
+            feed.interval,
+            etag=result.etag,
+            last_modified=result.last_modified,
+            body_hash=result.body_hash,
+            first_run_done=state.first_run_done or bool(parsed.stories),
+        )
         created = await self.store.stories.record_poll(state, items, now)  # the state is saved with them
         self._unsaved.pop(feed.name, None)
         queued = {d.channel for i in items for d in i.decisions if d.queues and d.channel}
         if new:
-            log.info("feed %s: %d new stories, %d posts queued%s", feed.name, len(new), len(created),
-                     " (first poll)" if first_run else "")
-        return PollResult(feed.name, "new" if new else "unchanged", len(new), len(created),
-                          channels=frozenset(queued))
+            log.info(
+                "feed %s: %d new stories, %d posts queued%s",
+                feed.name,
+                len(new),
+                len(created),
+                " (first poll)" if first_run else "",
+            )
+        return PollResult(
+            feed.name, "new" if new else "unchanged", len(new), len(created), channels=frozenset(queued)
+        )
 
     async def _new_stories(self, feed: FeedConfig, parsed: ParsedFeed, now: datetime) -> list[Story]:
         known = await self.store.stories.known_uids(feed.name, [s.uid for s in parsed.stories])
-        stories = [replace(s, published=s.published or now) for s in parsed.stories
-                   if s.uid not in known]
+        stories = [replace(s, published=s.published or now) for s in parsed.stories if s.uid not in known]
         if feed.enrich and stories:
             limit = asyncio.Semaphore(4)
 
@@ -157,14 +193,21 @@ class FeedPoller:
         await self.store.feeds.save(state)
         self._unsaved.pop(state.name, None)
 
-    async def _failed(self, feed: FeedConfig, state: FeedState, now: datetime, error: str,
-                      retry_after: float | None) -> PollResult:
+    async def _failed(
+        self, feed: FeedConfig, state: FeedState, now: datetime, error: str, retry_after: float | None
+    ) -> PollResult:
         error = self.config.redact(error)  # stored, shown by `status` and alerted
         delay = poll_delay(state.failures + 1, feed.interval, self.config.fetch.max_backoff, retry_after)
         state = failed(state, now, error, delay)
         level = logging.WARNING if state.failures < ALERT_AFTER else logging.ERROR
-        log.log(level, "feed %s: %s (failure %d in a row; next try in %ds)", feed.name, error,
-                state.failures, int(delay))
+        log.log(
+            level,
+            "feed %s: %s (failure %d in a row; next try in %ds)",
+            feed.name,
+            error,
+            state.failures,
+            int(delay),
+        )
         self._unsaved[feed.name] = state
         try:
             await self._save(state)
@@ -177,22 +220,38 @@ class FeedPoller:
 
 # --- the feed's next state: pure ---------------------------------------------------------------
 
+
 def fetched(state: FeedState, result: FetchResult, now: datetime) -> FeedState:
     """`state` after a fetch attempt (whatever its outcome)."""
     return replace(state, last_fetch_at=now, last_status=result.status)
 
 
-def succeeded(state: FeedState, now: datetime, interval: float, *, etag: str | None,
-              last_modified: str | None, body_hash: str | None = None,
-              first_run_done: bool | None = None) -> FeedState:
+def succeeded(
+    state: FeedState,
+    now: datetime,
+    interval: float,
+    *,
+    etag: str | None,
+    last_modified: str | None,
+    body_hash: str | None = None,
+    first_run_done: bool | None = None,
+) -> FeedState:
     """`state` after a successful poll: streak reset, validators kept, next poll in `interval`."""
-    return replace(state, failures=0, last_error=None, last_success_at=now,
-                   next_poll_at=now + timedelta(seconds=interval), etag=etag, last_modified=last_modified,
-                   body_hash=body_hash if body_hash is not None else state.body_hash,
-                   first_run_done=state.first_run_done if first_run_done is None else first_run_done)
+    return replace(
+        state,
+        failures=0,
+        last_error=None,
+        last_success_at=now,
+        next_poll_at=now + timedelta(seconds=interval),
+        etag=etag,
+        last_modified=last_modified,
+        body_hash=body_hash if body_hash is not None else state.body_hash,
+        first_run_done=state.first_run_done if first_run_done is None else first_run_done,
+    )
 
 
 def failed(state: FeedState, now: datetime, error: str, delay: float) -> FeedState:
     """`state` after a failed poll: one more in the streak, next try after `delay` seconds."""
-    return replace(state, failures=state.failures + 1, last_error=error,
-                   next_poll_at=now + timedelta(seconds=delay))
+    return replace(
+        state, failures=state.failures + 1, last_error=error, next_poll_at=now + timedelta(seconds=delay)
+    )

@@ -26,21 +26,40 @@ from bot.filters import rejection
 from bot.normalize import parse_feed_async
 from bot.types import Post, Story, story_dict
 
-SAMPLE = Story(uid="check", feed="check", url="https://example.com/a/very/long/path/to/a-story",
-               title="Check " * 40, lead="Lead sentence. " * 200, tags=tuple(f"tag {i}" for i in range(20)),
-               section="Section", published=datetime(2020, 10, 9, 6, 53, tzinfo=UTC))
+SAMPLE = Story(
+    uid="check",
+    feed="check",
+    url="https://example.com/a/very/long/path/to/a-story",
+    title="Check " * 40,
+    lead="Lead sentence. " * 200,
+    tags=tuple(f"tag {i}" for i in range(20)),
+    section="Section",
+    published=datetime(2020, 10, 9, 6, 53, tzinfo=UTC),
+)
 
 
 def check(config: Config) -> int:
     """Print what would run; exit 2 (with the channel named) when a template cannot render."""
     console = Console()
-    console.print(f"[bold]config[/] {config.path}  [bold]store[/] {config.redact(config.store.url)}",
-                  markup=True, highlight=False)
+    console.print(
+        f"[bold]config[/] {config.path}  [bold]store[/] {config.redact(config.store.url)}",
+        markup=True,
+        highlight=False,
+    )
     feeds = Table("feed", "url", "interval", "first_run", "filters", title="Feeds")
     for f in config.feeds:
-        filters = ", ".join(k for k in ("include_categories", "exclude_categories", "include_url",
-                                        "include_keywords", "exclude_keywords", "max_age")
-                            if getattr(f, k))
+        filters = ", ".join(
+            k
+            for k in (
+                "include_categories",
+                "exclude_categories",
+                "include_url",
+                "include_keywords",
+                "exclude_keywords",
+                "max_age",
+            )
+            if getattr(f, k)
+        )
         feeds.add_row(f.name, config.redact(f.url), f"{int(f.interval)}s", f.first_run, filters or "-")
     console.print(feeds)
     channels, unavailable = make_channels(config, include_disabled=True)
@@ -54,8 +73,10 @@ def check(config: Config) -> int:
             state = f"[yellow]waits: {config.disabled[name]}[/]"
             needs = type(settings).requires_section
             if needs and needs not in config.sections and config.disabled[name].startswith("needs"):
-                problems.append(f"channels.{name}: type {settings.type!r} needs a [{needs}] section "
-                                f"(see the README); none is in {config.path}")
+                problems.append(
+                    f"channels.{name}: type {settings.type!r} needs a [{needs}] section "
+                    f"(see the README); none is in {config.path}"
+                )
         elif name in unavailable:
             state = f"[yellow]cannot run: {unavailable[name]}[/]"
             if "template" in unavailable[name]:
@@ -84,8 +105,12 @@ class RenderFailure:
     error: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"channel": self.channel.name, "type": self.channel.type, "story": story_dict(self.story),
-                "error": self.error}
+        return {
+            "channel": self.channel.name,
+            "type": self.channel.type,
+            "story": story_dict(self.story),
+            "error": self.error,
+        }
 
 
 def render_all(channel: Channel, stories: list[Story]) -> list[Post | RenderFailure]:
@@ -113,8 +138,9 @@ async def preview(config: Config, args: argparse.Namespace) -> int:
             print(f"no enabled channel named {args.channel!r}", file=sys.stderr)
             return 2
         channels = {args.channel: channels[args.channel]}
-    fetcher = Fetcher(config.fetch.user_agent, config.fetch.timeout, config.fetch.max_bytes,
-                      base_dir=config.path.parent)
+    fetcher = Fetcher(
+        config.fetch.user_agent, config.fetch.timeout, config.fetch.max_bytes, base_dir=config.path.parent
+    )
     posts: list[Post | RenderFailure] = []
     failed = False
     now = utc_now()
@@ -126,8 +152,9 @@ async def preview(config: Config, args: argparse.Namespace) -> int:
                 print(f"feed {feed.name}: {result.error}", file=sys.stderr)
                 failed = True
                 continue
-            parsed = await parse_feed_async(result.body, result.url, result.headers, config.cleaning,
-                                            feed.name, feed.section)
+            parsed = await parse_feed_async(
+                result.body, result.url, result.headers, config.cleaning, feed.name, feed.section
+            )
             for channel in channels.values():
                 listens = channel.settings.feeds is None or feed.name in channel.settings.feeds
                 if not listens and not (args.file and not args.feed):
@@ -136,15 +163,21 @@ async def preview(config: Config, args: argparse.Namespace) -> int:
                 # a quiet feed should still show what the posts look like.
                 feed_rules = feed.model_copy(update={"max_age": None})
                 channel_rules = channel.settings.model_copy(update={"max_age": None})
-                wanted = [s for s in parsed.stories if rejection(s, feed_rules, now) is None
-                          and rejection(s, channel_rules, now) is None][: max(0, args.limit)]
+                wanted = [
+                    s
+                    for s in parsed.stories
+                    if rejection(s, feed_rules, now) is None and rejection(s, channel_rules, now) is None
+                ][: max(0, args.limit)]
                 posts.extend(render_all(channel, wanted))
     finally:
         await fetcher.close()
     failures = [p for p in posts if isinstance(p, RenderFailure)]
     for failure in failures:
-        print(f"channel {failure.channel.name}: cannot render {failure.story.url or failure.story.uid}: "
-              f"{failure.error}", file=sys.stderr)
+        print(
+            f"channel {failure.channel.name}: cannot render {failure.story.url or failure.story.uid}: "
+            f"{failure.error}",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps([p.to_dict() for p in posts], ensure_ascii=False, indent=2))
     else:
@@ -162,14 +195,25 @@ def _print_posts(posts: list[Post | RenderFailure]) -> None:
         panels = []
         for post in group:
             if isinstance(post, RenderFailure):
-                panels.append(Panel(f"cannot render: {post.error}", width=60, style="red",
-                                    title=f"{post.channel.name} ({post.channel.type})"))
+                panels.append(
+                    Panel(
+                        f"cannot render: {post.error}",
+                        width=60,
+                        style="red",
+                        title=f"{post.channel.name} ({post.channel.type})",
+                    )
+                )
                 continue
             extra = "".join(f"\n[{b.text}] {b.url}" for b in post.buttons)
             extra += "".join(f"\n(media) {m}" for m in post.media)
-            panels.append(Panel(post.text + ("\n" + extra if extra else ""), width=60,
-                                title=f"{post.channel} ({post.type})",
-                                subtitle=f"{post.length.used}/{post.length.limit} {post.length.unit}"))
+            panels.append(
+                Panel(
+                    post.text + ("\n" + extra if extra else ""),
+                    width=60,
+                    title=f"{post.channel} ({post.type})",
+                    subtitle=f"{post.length.used}/{post.length.limit} {post.length.unit}",
+                )
+            )
         console.print(Columns(panels))
     if not posts:
         console.print("no stories to show (check the feed and the filters)")

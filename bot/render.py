@@ -28,10 +28,34 @@ from bot.types import Story
 
 ELLIPSIS = "…"
 _MONTHS = {
-    "id": ["Januari", "Februari", "Maret", "April", "Mei", "Juni", "Juli", "Agustus",
-           "September", "Oktober", "November", "Desember"],
-    "en": ["January", "February", "March", "April", "May", "June", "July", "August",
-           "September", "October", "November", "December"],
+    "id": [
+        "Januari",
+        "Februari",
+        "Maret",
+        "April",
+        "Mei",
+        "Juni",
+        "Juli",
+        "Agustus",
+        "September",
+        "Oktober",
+        "November",
+        "Desember",
+    ],
+    "en": [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ],
 }
 _DAYS = {
     "id": ["Senin", "Selasa", "Rabu", "Kamis", "Jumat", "Sabtu", "Minggu"],
@@ -51,7 +75,7 @@ _LETTER = regex.compile(r"[\p{L}\p{M}]")
 
 
 def hashtag(tag: str) -> str | None:
-    """"vladimir putin" -> "VladimirPutin"; None when nothing usable is left (or only digits)."""
+    """ "vladimir putin" -> "VladimirPutin"; None when nothing usable is left (or only digits)."""
     tag = unicodedata.normalize("NFC", tag)
     words = _WORD.findall(tag)
     if not words:
@@ -83,6 +107,7 @@ def hashtags(tags: Sequence[str], settings: HashtagSettings) -> list[str]:
 
 # --- ids -------------------------------------------------------------------------------------
 
+
 def story_tag(story: Story) -> str:
     """A short stable id of the story: a notification's tag (a repeat replaces, never stacks)."""
     return "s" + hashlib.sha256((story.url or f"{story.feed}:{story.uid}").encode()).hexdigest()[:20]
@@ -101,8 +126,9 @@ def defuse_mentions(text: str) -> str:
 
 # --- dates -----------------------------------------------------------------------------------
 
+
 def format_published(when: datetime | None, timezone: str, language: str) -> str:
-    """"Jumat, 9 Oktober 2020 13:53 WIB" (or the English form) in the site's time zone."""
+    """ "Jumat, 9 Oktober 2020 13:53 WIB" (or the English form) in the site's time zone."""
     if when is None:
         return ""
     local = when.astimezone(ZoneInfo(timezone))
@@ -114,6 +140,7 @@ def format_published(when: datetime | None, timezone: str, language: str) -> str
 
 
 # --- shortening ------------------------------------------------------------------------------
+
 
 def _units(text: str) -> tuple[list[str], str]:
     """Pieces `text` may be cut between: words (with their spaces) or, if one word, graphemes."""
@@ -139,9 +166,15 @@ def unit_count(text: str) -> int:
 
 # --- templates -------------------------------------------------------------------------------
 
+
 def _env(html: bool) -> SandboxedEnvironment:
-    env = SandboxedEnvironment(autoescape=html, undefined=StrictUndefined, keep_trailing_newline=False,
-                               trim_blocks=True, lstrip_blocks=True)
+    env = SandboxedEnvironment(
+        autoescape=html,
+        undefined=StrictUndefined,
+        keep_trailing_newline=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     return env
 
 
@@ -161,17 +194,33 @@ def load_template_text(template: str | None, default: str, base_dir: Path) -> st
 _NO_CTA: dict[str, Any] = {"cta_follow": "", "cta_notify": "", "cta_links": []}
 _ONE_FILE_ONLY = (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)
 VALIDATION_STORY = Story(
-    uid="validation", feed="validation", url="https://example.com/2020/10/09/a-story",
-    title="A title", lead="A lead. Its second sentence.", author="An Author",
-    published=datetime(2020, 10, 9, 6, 53, tzinfo=UTC), tags=("one tag", "another"), section="Section",
-    categories=("Section", "one tag", "another"), image="https://example.com/image.jpg", language="id")
+    uid="validation",
+    feed="validation",
+    url="https://example.com/2020/10/09/a-story",
+    title="A title",
+    lead="A lead. Its second sentence.",
+    author="An Author",
+    published=datetime(2020, 10, 9, 6, 53, tzinfo=UTC),
+    tags=("one tag", "another"),
+    section="Section",
+    categories=("Section", "one tag", "another"),
+    image="https://example.com/image.jpg",
+    language="id",
+)
 
 
 class PostRenderer:
     """One channel's template, ready to fill and fit."""
 
-    def __init__(self, channel: str, template_text: str, context: ChannelContext, *,
-                 html: bool = False, tag_settings: HashtagSettings | None = None) -> None:
+    def __init__(
+        self,
+        channel: str,
+        template_text: str,
+        context: ChannelContext,
+        *,
+        html: bool = False,
+        tag_settings: HashtagSettings | None = None,
+    ) -> None:
         self.channel = channel
         self.context = context
         self.html = html
@@ -180,13 +229,16 @@ class PostRenderer:
         try:
             for node in env.parse(template_text).find_all(_ONE_FILE_ONLY):
                 kind = type(node).__name__.lower().replace("fromimport", "from … import")
-                raise RenderError(f"channel {channel!r}: template error at line {node.lineno}: "
-                                  f"{{% {kind} %}} is not available (a template is one text: inline, or "
-                                  "one .j2 file)")
+                raise RenderError(
+                    f"channel {channel!r}: template error at line {node.lineno}: "
+                    f"{{% {kind} %}} is not available (a template is one text: inline, or "
+                    "one .j2 file)"
+                )
             self.template = env.from_string(template_text)
         except TemplateSyntaxError as exc:
             raise RenderError(
-                f"channel {channel!r}: template error at line {exc.lineno}: {exc.message}") from exc
+                f"channel {channel!r}: template error at line {exc.lineno}: {exc.message}"
+            ) from exc
         # Fail now, at start, `check` and `preview` alike, rather than at every post: a misspelled
         # variable (StrictUndefined), a filter used wrongly.
         self.render(self.variables(VALIDATION_STORY))
@@ -227,8 +279,14 @@ class PostRenderer:
             raise RenderError(f"channel {self.channel!r}: template error{where}: {exc}") from exc
         return re.sub(r"\n{3,}", "\n\n", text).strip()
 
-    def fit(self, story: Story, budget: Budget, *, optional_cta: bool = False,
-            overrides: dict[str, Any] | None = None) -> tuple[str, int, dict[str, Any]]:
+    def fit(
+        self,
+        story: Story,
+        budget: Budget,
+        *,
+        optional_cta: bool = False,
+        overrides: dict[str, Any] | None = None,
+    ) -> tuple[str, int, dict[str, Any]]:
         """(text, used length, values used): the richest rendering of `story` within `budget`.
 
         `optional_cta`: the calls to action are the first thing to go — when title, lead and
@@ -276,8 +334,9 @@ class PostRenderer:
         )
 
 
-def _largest_fitting(n_units: int, make: Callable[[int], tuple[str, int, dict[str, Any]]],
-                     limit: int) -> tuple[str, int, dict[str, Any]] | None:
+def _largest_fitting(
+    n_units: int, make: Callable[[int], tuple[str, int, dict[str, Any]]], limit: int
+) -> tuple[str, int, dict[str, Any]] | None:
     """The result for the largest k in 0..n_units-1 whose rendering fits, by binary search."""
     lo, hi, best = 0, n_units - 1, None
     while lo <= hi:

@@ -43,8 +43,13 @@ class Reports:
     async def counts(self) -> dict[str, dict[str, int]]:
         """Per channel, how many outbox rows are in each status."""
         async with self.db.read() as conn:
-            rows = (await conn.execute(select(outbox.c.channel, outbox.c.status, func.count())
-                                       .group_by(outbox.c.channel, outbox.c.status))).all()
+            rows = (
+                await conn.execute(
+                    select(outbox.c.channel, outbox.c.status, func.count()).group_by(
+                        outbox.c.channel, outbox.c.status
+                    )
+                )
+            ).all()
         out: dict[str, dict[str, int]] = {}
         for channel, status, n in rows:
             out.setdefault(channel, dict.fromkeys(STATUSES, 0))[status] = n
@@ -53,20 +58,41 @@ class Reports:
     async def posts_since(self, since: datetime) -> dict[str, int]:
         """{channel: posts sent since `since`}."""
         async with self.db.read() as conn:
-            rows = (await conn.execute(select(outbox.c.channel, func.count()).where(
-                outbox.c.status == "sent", outbox.c.sent_at >= since).group_by(outbox.c.channel))).all()
+            rows = (
+                await conn.execute(
+                    select(outbox.c.channel, func.count())
+                    .where(outbox.c.status == "sent", outbox.c.sent_at >= since)
+                    .group_by(outbox.c.channel)
+                )
+            ).all()
         return {channel: int(n) for channel, n in rows}
 
     async def recent_problems(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest failed or uncertain rows (or pending ones with an error), with reasons."""
         async with self.db.read() as conn:
-            rows = (await conn.execute(
-                select(outbox.c.id, outbox.c.channel, outbox.c.status, outbox.c.last_error,
-                       outbox.c.updated_at, outbox.c.attempts, stories.c.url, stories.c.title)
-                .join(stories, stories.c.id == outbox.c.story_id)
-                .where(or_(outbox.c.status.in_(("failed", "uncertain")),
-                           and_(outbox.c.status == "pending", outbox.c.last_error.is_not(None))))
-                .order_by(outbox.c.updated_at.desc()).limit(limit))).all()
+            rows = (
+                await conn.execute(
+                    select(
+                        outbox.c.id,
+                        outbox.c.channel,
+                        outbox.c.status,
+                        outbox.c.last_error,
+                        outbox.c.updated_at,
+                        outbox.c.attempts,
+                        stories.c.url,
+                        stories.c.title,
+                    )
+                    .join(stories, stories.c.id == outbox.c.story_id)
+                    .where(
+                        or_(
+                            outbox.c.status.in_(("failed", "uncertain")),
+                            and_(outbox.c.status == "pending", outbox.c.last_error.is_not(None)),
+                        )
+                    )
+                    .order_by(outbox.c.updated_at.desc())
+                    .limit(limit)
+                )
+            ).all()
         return [r._asdict() for r in rows]
 
     async def status(self, config: Config) -> dict[str, Any]:
@@ -77,26 +103,40 @@ class Reports:
         feeds: list[dict[str, Any]] = []
         for f in config.feeds:
             s = states.get(f.name)
-            feeds.append({"name": f.name, "url": config.redact(f.url),
-                          "last_success": iso(s.last_success_at) if s else None,
-                          "last_fetch": iso(s.last_fetch_at) if s else None,
-                          "failures": s.failures if s else 0,
-                          "next_poll": iso(s.next_poll_at) if s else None,
-                          "last_error": config.redact(s.last_error) if s and s.last_error else None,
-                          "moved_to": s.redirect_url if s else None})
+            feeds.append(
+                {
+                    "name": f.name,
+                    "url": config.redact(f.url),
+                    "last_success": iso(s.last_success_at) if s else None,
+                    "last_fetch": iso(s.last_fetch_at) if s else None,
+                    "failures": s.failures if s else 0,
+                    "next_poll": iso(s.next_poll_at) if s else None,
+                    "last_error": config.redact(s.last_error) if s and s.last_error else None,
+                    "moved_to": s.redirect_url if s else None,
+                }
+            )
         channels: dict[str, dict[str, Any]] = {}
         for name in sorted(set(config.channels) | set(counts)):
             settings = config.channels.get(name)
             state = "removed from config"
             if settings is not None:
-                state = ("off" if not settings.enabled else
-                         f"waiting: {config.disabled[name]}" if name in config.disabled else "active")
-            channels[name] = {"type": settings.type if settings else None, "state": state,
-                              **counts.get(name, dict.fromkeys(STATUSES, 0)),
-                              "uncertain_recipients": recipients.get(name, 0)}
+                state = (
+                    "off"
+                    if not settings.enabled
+                    else f"waiting: {config.disabled[name]}"
+                    if name in config.disabled
+                    else "active"
+                )
+            channels[name] = {
+                "type": settings.type if settings else None,
+                "state": state,
+                **counts.get(name, dict.fromkeys(STATUSES, 0)),
+                "uncertain_recipients": recipients.get(name, 0),
+            }
         problems = [{k: iso(v) for k, v in p.items()} for p in await self.recent_problems()]
-        problems = [{**p, "last_error": config.redact(p["last_error"]) if p["last_error"] else None}
-                    for p in problems]
+        problems = [
+            {**p, "last_error": config.redact(p["last_error"]) if p["last_error"] else None} for p in problems
+        ]
         return {"feeds": feeds, "channels": channels, "recent_failures": problems}
 
     async def why(self, key: str, hosts: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -112,24 +152,37 @@ class Reports:
                 if recipients:
                     entry["recipients"] = recipients
                 entries.append(entry)
-            report.append({
-                "story": {"id": story["id"], "uid": story["uid"], "feed": story["feed"],
-                          "url": story["url"], "title": story["title"],
-                          "first_seen": iso(story["first_seen_at"])},
-                "decisions": [{k: iso(v) for k, v in d.items() if k not in ("id", "story_id")}
-                              for d in await self.stories.decisions_of(story["id"])],
-                "outbox": entries,
-            })
+            report.append(
+                {
+                    "story": {
+                        "id": story["id"],
+                        "uid": story["uid"],
+                        "feed": story["feed"],
+                        "url": story["url"],
+                        "title": story["title"],
+                        "first_seen": iso(story["first_seen_at"]),
+                    },
+                    "decisions": [
+                        {k: iso(v) for k, v in d.items() if k not in ("id", "story_id")}
+                        for d in await self.stories.decisions_of(story["id"])
+                    ],
+                    "outbox": entries,
+                }
+            )
         return report
 
     async def status_lines(self) -> list[tuple[str, bool]]:
         """A short status as (text, bold) lines for a chat message: queues, recent problems,
         then feeds (failing first, so that what a small screen cuts is healthy feeds)."""
-        lines: list[tuple[str, bool]] = [("siar status", True), ("", False),
-                                         ("Queues (pending / failed / uncertain)", True)]
+        lines: list[tuple[str, bool]] = [
+            ("siar status", True),
+            ("", False),
+            ("Queues (pending / failed / uncertain)", True),
+        ]
         for channel, c in sorted((await self.counts()).items()):
-            lines.append((f"{channel}: {c['pending'] + c['sending']} / {c['failed']} / {c['uncertain']}",
-                          False))
+            lines.append(
+                (f"{channel}: {c['pending'] + c['sending']} / {c['failed']} / {c['uncertain']}", False)
+            )
         problems = await self.recent_problems(5)
         if problems:
             lines += [("", False), ("Recent problems", True)]

@@ -27,9 +27,15 @@ def first_run_quota(policy: str) -> int | None:
     return 0
 
 
-def decide_poll(stories: Sequence[Story], feed: FeedConfig, channels: Mapping[str, ChannelSettings],
-                now: datetime, *, first_run: bool = False,
-                unavailable: Mapping[str, str] | None = None) -> list[list[Decision]]:
+def decide_poll(
+    stories: Sequence[Story],
+    feed: FeedConfig,
+    channels: Mapping[str, ChannelSettings],
+    now: datetime,
+    *,
+    first_run: bool = False,
+    unavailable: Mapping[str, str] | None = None,
+) -> list[list[Decision]]:
     """For each of `stories` (newest first), one decision per channel listening to `feed`.
 
     A story is `queued` for a channel when it has a link and passes the feed's and the channel's

@@ -44,15 +44,18 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-metadata = MetaData(naming_convention={
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-})
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
 
 feed_state = Table(
-    "feed_state", metadata,
+    "feed_state",
+    metadata,
     Column("name", String(200), primary_key=True),
     Column("url", Text, nullable=False),
     Column("etag", Text),
@@ -69,7 +72,8 @@ feed_state = Table(
 )
 
 stories = Table(
-    "stories", metadata,
+    "stories",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("feed", String(200), nullable=False),
     Column("uid", String(500), nullable=False),
@@ -83,7 +87,8 @@ stories = Table(
 )
 
 outbox = Table(
-    "outbox", metadata,
+    "outbox",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("story_id", Integer, ForeignKey("stories.id", ondelete="CASCADE"), nullable=False),
     Column("channel", String(200), nullable=False),
@@ -108,10 +113,10 @@ outbox = Table(
 )
 
 decisions = Table(
-    "decisions", metadata,
+    "decisions",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("story_id", Integer, ForeignKey("stories.id", ondelete="CASCADE"), nullable=False,
-           index=True),
+    Column("story_id", Integer, ForeignKey("stories.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("channel", String(200)),
     # queued, filtered, too_old, duplicate, first_run_skip, sent, already_sent, retry, deferred,
     # failed, uncertain, resume, resend, not_running
@@ -124,7 +129,8 @@ decisions = Table(
 # One row per (broadcast, recipient) of every fan-out channel (bot.fanout): Telegram readers,
 # browser push subscriptions. `key` is the outbox row's idempotency key.
 fanout = Table(
-    "fanout", metadata,
+    "fanout",
+    metadata,
     Column("key", String(100), primary_key=True),
     Column("recipient", BigInteger, primary_key=True),
     Column("channel", String(200), nullable=False),

@@ -51,7 +51,7 @@ class Site(_Strict):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r} (use a name like \"Asia/Jakarta\")") from exc
+            raise ValueError(f'unknown time zone {value!r} (use a name like "Asia/Jakarta")') from exc
         return value
 
 

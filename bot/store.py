@@ -59,6 +59,9 @@ class Store:
         again to its uncertain recipients only. False when there is nothing to resend."""
         recipients = await self.fanout.requeue_uncertain(f"siar-{item_id}", now)
         statuses = ("uncertain", "failed", "sent") if recipients else ("uncertain", "failed")
-        detail = (f"queued again by the operator for {recipients} uncertain recipients" if recipients
-                  else "queued again by the operator")
+        detail = (
+            f"queued again by the operator for {recipients} uncertain recipients"
+            if recipients
+            else "queued again by the operator"
+        )
         return await self.outbox.requeue(item_id, now, statuses=statuses, detail=detail)

@@ -50,8 +50,11 @@ class Stories:
         found: set[str] = set()
         async with self.db.read() as conn:
             for start in range(0, len(uids), CHUNK):
-                rows = await conn.execute(select(stories.c.uid).where(
-                    stories.c.feed == feed, stories.c.uid.in_(list(uids[start:start + CHUNK]))))
+                rows = await conn.execute(
+                    select(stories.c.uid).where(
+                        stories.c.feed == feed, stories.c.uid.in_(list(uids[start : start + CHUNK]))
+                    )
+                )
                 found.update(r[0] for r in rows)
         return found
 
@@ -72,19 +75,35 @@ class Stories:
             await save_state(conn, state)
         return created
 
-    async def _insert(self, conn: AsyncConnection, pairs: list[tuple[str, NewStory]],
-                      now: datetime) -> list[int]:
+    async def _insert(
+        self, conn: AsyncConnection, pairs: list[tuple[str, NewStory]], now: datetime
+    ) -> list[int]:
         keys = [key for key, _ in pairs]
         taken: set[tuple[str, str]] = set()
         for start in range(0, len(keys), CHUNK):
-            rows = await conn.execute(select(outbox.c.channel, outbox.c.dedup_key).where(
-                outbox.c.dedup_key.in_(keys[start:start + CHUNK])))
+            rows = await conn.execute(
+                select(outbox.c.channel, outbox.c.dedup_key).where(
+                    outbox.c.dedup_key.in_(keys[start : start + CHUNK])
+                )
+            )
             taken.update((r.channel, r.dedup_key) for r in rows)
         # Bulk inserts that skip rows another daemon wrote first (ON CONFLICT DO NOTHING).
-        inserted = await conn.execute(self._insert_ignore(stories).returning(stories.c.id, stories.c.uid), [
-            {"feed": i.story.feed, "uid": i.story.uid, "url": i.story.url, "url_key": key,
-             "title": i.story.title, "published_at": i.story.published, "first_seen_at": now,
-             "data": i.story.to_json()} for key, i in pairs])
+        inserted = await conn.execute(
+            self._insert_ignore(stories).returning(stories.c.id, stories.c.uid),
+            [
+                {
+                    "feed": i.story.feed,
+                    "uid": i.story.uid,
+                    "url": i.story.url,
+                    "url_key": key,
+                    "title": i.story.title,
+                    "published_at": i.story.published,
+                    "first_seen_at": now,
+                    "data": i.story.to_json(),
+                }
+                for key, i in pairs
+            ],
+        )
         story_ids = {r.uid: r.id for r in inserted}
         wanted: list[dict[str, Any]] = []
         for key, item in pairs:
@@ -92,13 +111,24 @@ class Stories:
             for d in item.decisions:
                 if story_id is not None and d.queues and d.channel and (d.channel, key) not in taken:
                     taken.add((d.channel, key))
-                    wanted.append({"story_id": story_id, "channel": d.channel, "dedup_key": key,
-                                   "status": "pending", "attempts": 0, "next_attempt_at": now,
-                                   "created_at": now, "updated_at": now})
+                    wanted.append(
+                        {
+                            "story_id": story_id,
+                            "channel": d.channel,
+                            "dedup_key": key,
+                            "status": "pending",
+                            "attempts": 0,
+                            "next_attempt_at": now,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                    )
         queued: dict[tuple[int, str], int] = {}
         if wanted:
-            rows = await conn.execute(self._insert_ignore(outbox).returning(
-                outbox.c.id, outbox.c.story_id, outbox.c.channel), wanted)
+            rows = await conn.execute(
+                self._insert_ignore(outbox).returning(outbox.c.id, outbox.c.story_id, outbox.c.channel),
+                wanted,
+            )
             queued = {(r.story_id, r.channel): r.id for r in rows}
         log_rows: list[dict[str, Any]] = []
         for _, item in pairs:
@@ -107,10 +137,19 @@ class Stories:
                 continue  # another daemon stored this story a moment ago
             for d in item.decisions:
                 if d.queues and (story_id, str(d.channel)) not in queued:
-                    d = Decision(d.channel, "duplicate", "url",
-                                 "the same link was already queued for this channel")
-                log_rows.append({"story_id": story_id, "channel": d.channel, "decision": d.decision,
-                                 "rule": d.rule, "detail": d.detail, "at": now})
+                    d = Decision(
+                        d.channel, "duplicate", "url", "the same link was already queued for this channel"
+                    )
+                log_rows.append(
+                    {
+                        "story_id": story_id,
+                        "channel": d.channel,
+                        "decision": d.decision,
+                        "rule": d.rule,
+                        "detail": d.detail,
+                        "at": now,
+                    }
+                )
         await log_decisions(conn, log_rows)
         return sorted(queued.values())
 
@@ -126,34 +165,44 @@ class Stories:
         if url_or_id.isdigit():
             conditions.append(stories.c.id == int(url_or_id))
         async with self.db.read() as conn:
-            rows = (await conn.execute(select(stories).where(or_(*conditions))
-                                       .order_by(stories.c.id))).all()
+            rows = (await conn.execute(select(stories).where(or_(*conditions)).order_by(stories.c.id))).all()
         return [r._asdict() for r in rows]
 
     async def decisions_of(self, story_id: int) -> list[dict[str, Any]]:
         async with self.db.read() as conn:
-            rows = (await conn.execute(select(decisions).where(decisions.c.story_id == story_id)
-                                       .order_by(decisions.c.id))).all()
+            rows = (
+                await conn.execute(
+                    select(decisions).where(decisions.c.story_id == story_id).order_by(decisions.c.id)
+                )
+            ).all()
         return [r._asdict() for r in rows]
 
     async def outbox_of(self, story_id: int) -> list[dict[str, Any]]:
         async with self.db.read() as conn:
-            rows = (await conn.execute(select(outbox).where(outbox.c.story_id == story_id)
-                                       .order_by(outbox.c.id))).all()
+            rows = (
+                await conn.execute(select(outbox).where(outbox.c.story_id == story_id).order_by(outbox.c.id))
+            ).all()
         return [r._asdict() for r in rows]
 
     async def latest_posted(self, channel: str, limit: int = 5) -> list[Story]:
         """The newest stories `channel` has sent, each once (what passed its filters)."""
-        query = (select(stories.c.data).join(outbox, outbox.c.story_id == stories.c.id)
-                 .where(outbox.c.channel == channel, outbox.c.status == "sent")
-                 .order_by(outbox.c.sent_at.desc(), outbox.c.id.desc()).limit(limit))
+        query = (
+            select(stories.c.data)
+            .join(outbox, outbox.c.story_id == stories.c.id)
+            .where(outbox.c.channel == channel, outbox.c.status == "sent")
+            .order_by(outbox.c.sent_at.desc(), outbox.c.id.desc())
+            .limit(limit)
+        )
         async with self.db.read() as conn:
             return [Story.from_json(r[0]) for r in (await conn.execute(query)).all()]
 
     async def latest(self, limit: int = 5, feeds: Sequence[str] | None = None) -> list[Story]:
         """The newest stored stories (for previews and bots)."""
-        query = select(stories.c.data).order_by(stories.c.first_seen_at.desc(),
-                                                stories.c.published_at.desc()).limit(limit)
+        query = (
+            select(stories.c.data)
+            .order_by(stories.c.first_seen_at.desc(), stories.c.published_at.desc())
+            .limit(limit)
+        )
         if feeds:
             query = query.where(stories.c.feed.in_(list(feeds)))
         async with self.db.read() as conn:

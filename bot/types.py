@@ -122,9 +122,16 @@ class Post:
 
 def story_dict(s: Story) -> dict[str, Any]:
     """The story as `preview --json` shows it."""
-    return {"id": s.uid, "feed": s.feed, "url": s.url, "title": s.title, "tags": list(s.tags),
-            "section": s.section, "published": s.published.isoformat() if s.published else None,
-            "image": s.image or None}
+    return {
+        "id": s.uid,
+        "feed": s.feed,
+        "url": s.url,
+        "title": s.title,
+        "tags": list(s.tags),
+        "section": s.section,
+        "published": s.published.isoformat() if s.published else None,
+        "image": s.image or None,
+    }
 
 
 @dataclass(frozen=True)

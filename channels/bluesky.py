@@ -54,6 +54,7 @@ def _sdk() -> Any:
 
     return atproto
 
+
 log = logging.getLogger("siar.bluesky")
 T = TypeVar("T")
 
@@ -91,7 +92,7 @@ class Settings(ChannelSettings):
     def _http_url(cls, value: str) -> str:
         value = value.strip().rstrip("/")
         if not value.startswith(("https://", "http://")):
-            raise ValueError("must be the PDS base URL, e.g. \"https://bsky.social\"")
+            raise ValueError('must be the PDS base URL, e.g. "https://bsky.social"')
         return value.removesuffix("/xrpc")
 
     @field_validator("handle")
@@ -101,6 +102,7 @@ class Settings(ChannelSettings):
 
 
 # --- pure helpers ----------------------------------------------------------------------------
+
 
 def tid(value: int) -> str:
     """A 13-character AT Protocol TID for a 63-bit integer (base32-sortable, big-endian)."""
@@ -116,8 +118,9 @@ def record_key(idempotency_key: str, story: Story) -> str:
     """The post's record key: a TID whose time is the story's publication (to the second) and whose
     sub-second part and clock id come from a hash of the outbox row and the story, so it is the
     same on every attempt for one row and differs between rows."""
-    digest = int.from_bytes(hashlib.sha256(
-        f"{idempotency_key}\n{story.feed}\n{story.uid}".encode()).digest()[:8], "big")
+    digest = int.from_bytes(
+        hashlib.sha256(f"{idempotency_key}\n{story.feed}\n{story.uid}".encode()).digest()[:8], "big"
+    )
     published = story.published or datetime(2020, 1, 1, tzinfo=UTC)
     micros = int(published.timestamp()) * 1_000_000 + digest % 1_000_000
     micros = max(0, min(micros, (1 << 53) - 1))
@@ -133,7 +136,7 @@ def post_language(language: str) -> str | None:
 
 def _clip(text: str, limit: int) -> str:
     pieces = graphemes(text)
-    return text if len(pieces) <= limit else "".join(pieces[:limit - 1]).rstrip() + "…"
+    return text if len(pieces) <= limit else "".join(pieces[: limit - 1]).rstrip() + "…"
 
 
 def shrink_image(data: bytes, content_type: str, limit: int = THUMB_LIMIT) -> tuple[bytes, str]:
@@ -144,6 +147,7 @@ def shrink_image(data: bytes, content_type: str, limit: int = THUMB_LIMIT) -> tu
 
 
 # --- the channel -----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class LinkCard:
@@ -193,11 +197,20 @@ class BlueskyChannel(BaseChannel[Settings]):
         language = post_language(self.settings.language or story.language or self.context.site.language)
         card = None
         if self.settings.card and story.url:
-            card = LinkCard(story.url, _clip(story.title, CARD_DESCRIPTION_LIMIT),
-                            _clip(story.lead, CARD_DESCRIPTION_LIMIT), story.image)
+            card = LinkCard(
+                story.url,
+                _clip(story.title, CARD_DESCRIPTION_LIMIT),
+                _clip(story.lead, CARD_DESCRIPTION_LIMIT),
+                story.image,
+            )
         facets = bluesky_facets(text, [story.url], {shown: story.url} if shown else None)
-        return self.post(story, text, Length(budget.unit, used, budget.limit), facets=tuple(facets),
-                         payload=BlueskyPayload((language,) if language else (), card))
+        return self.post(
+            story,
+            text,
+            Length(budget.unit, used, budget.limit),
+            facets=tuple(facets),
+            payload=BlueskyPayload((language,) if language else (), card),
+        )
 
     # --- lifecycle and session ---------------------------------------------------------------
 
@@ -217,8 +230,9 @@ class BlueskyChannel(BaseChannel[Settings]):
                 await self._client.login(session_string=saved, fetch_bsky_profile=False)
                 log.info("channel %s: reusing the saved Bluesky session", self.name)
             except Exception as exc:  # a corrupt file must not stop the daemon; log in instead
-                log.warning("channel %s: saved session unusable (%s); will log in", self.name,
-                            type(exc).__name__)
+                log.warning(
+                    "channel %s: saved session unusable (%s); will log in", self.name, type(exc).__name__
+                )
                 self._client = self._new_client()
 
     async def close(self) -> None:
@@ -231,8 +245,11 @@ class BlueskyChannel(BaseChannel[Settings]):
             data = json.loads(self.session_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if not isinstance(data, dict) or data.get("service") != self.settings.service \
-                or str(data.get("handle", "")).lower() != self.settings.handle.lower():
+        if (
+            not isinstance(data, dict)
+            or data.get("service") != self.settings.service
+            or str(data.get("handle", "")).lower() != self.settings.handle.lower()
+        ):
             return None  # the config now names another account or server
         session = data.get("session")
         return session if isinstance(session, str) and session else None
@@ -241,8 +258,9 @@ class BlueskyChannel(BaseChannel[Settings]):
         """Persist the session string on create/refresh (0600; it holds the account's tokens)."""
         if getattr(event, "value", event) == "import":
             return
-        text = json.dumps({"service": self.settings.service, "handle": self.settings.handle,
-                           "session": session.export()})
+        text = json.dumps(
+            {"service": self.settings.service, "handle": self.settings.handle, "session": session.export()}
+        )
         tmp = self.session_path.with_name(self.session_path.name + ".tmp")
         try:
             self.session_path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,8 +269,12 @@ class BlueskyChannel(BaseChannel[Settings]):
                 handle.write(text)
             os.replace(tmp, self.session_path)
         except OSError as exc:
-            log.warning("channel %s: cannot save the Bluesky session to %s (%s)", self.name,
-                        self.session_path, exc.strerror)
+            log.warning(
+                "channel %s: cannot save the Bluesky session to %s (%s)",
+                self.name,
+                self.session_path,
+                exc.strerror,
+            )
 
     def _has_session(self) -> bool:
         return self._client is not None and getattr(self._client, "_session", None) is not None
@@ -268,14 +290,16 @@ class BlueskyChannel(BaseChannel[Settings]):
         self.logins += 1
         log.info("channel %s: logging in to %s as %s", self.name, self.settings.service, self.settings.handle)
         try:
-            await self._client.login(self.settings.handle, self.settings.app_password.get_secret_value(),
-                                     fetch_bsky_profile=False)
+            await self._client.login(
+                self.settings.handle, self.settings.app_password.get_secret_value(), fetch_bsky_profile=False
+            )
         except at.RateLimitExceededError as exc:
             raise RetryLater("createSession is rate limited", after=self._after(exc)) from None
         except (at.UnauthorizedError, at.BadRequestError) as exc:
             self._login_refused_at = time.monotonic()
-            raise Unauthorized(f"Bluesky refused the login ({_xrpc_error(exc)}); check handle and "
-                               "app_password") from None
+            raise Unauthorized(
+                f"Bluesky refused the login ({_xrpc_error(exc)}); check handle and app_password"
+            ) from None
         except at.NetworkError as exc:
             raise RetryLater(f"cannot reach {self.settings.service} ({_xrpc_error(exc)})") from None
         except at.RequestException as exc:
@@ -316,14 +340,18 @@ class BlueskyChannel(BaseChannel[Settings]):
         embed = await self._card(payload.card, post.story)
         now = self.now()
         record = models.AppBskyFeedPost.Record(
-            text=post.text, created_at=now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            text=post.text,
+            created_at=now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
             langs=list(payload.langs) or None,
-            facets=[_facet_model(f) for f in post.facets] or None, embed=embed)
+            facets=[_facet_model(f) for f in post.facets] or None,
+            embed=embed,
+        )
 
         async def create(client: AsyncClient) -> Any:
             assert client._session is not None
             data = models.ComAtprotoRepoCreateRecord.Data(
-                repo=client._session.did, collection=COLLECTION, record=record, rkey=rkey)
+                repo=client._session.did, collection=COLLECTION, record=record, rkey=rkey
+            )
             return await client.com.atproto.repo.create_record(data)
 
         try:
@@ -349,8 +377,11 @@ class BlueskyChannel(BaseChannel[Settings]):
 
         async def get(client: AsyncClient) -> Any:
             assert client._session is not None
-            return await client.com.atproto.repo.get_record(models.ComAtprotoRepoGetRecord.Params(
-                repo=client._session.did, collection=COLLECTION, rkey=rkey))
+            return await client.com.atproto.repo.get_record(
+                models.ComAtprotoRepoGetRecord.Params(
+                    repo=client._session.did, collection=COLLECTION, rkey=rkey
+                )
+            )
 
         try:
             await self._authed(get)
@@ -374,8 +405,11 @@ class BlueskyChannel(BaseChannel[Settings]):
         if card is None:
             return None
         thumb = await self._thumb(card.image, story) if card.image else None
-        return models.AppBskyEmbedExternal.Main(external=models.AppBskyEmbedExternal.External(
-            uri=card.uri, title=card.title, description=card.description, thumb=thumb))
+        return models.AppBskyEmbedExternal.Main(
+            external=models.AppBskyEmbedExternal.External(
+                uri=card.uri, title=card.title, description=card.description, thumb=thumb
+            )
+        )
 
     async def _thumb(self, url: str, story: Story) -> Any:
         try:
@@ -411,8 +445,9 @@ def _facet_model(facet: Facet) -> Any:
     else:
         feature = models.AppBskyRichtextFacet.Mention(did=facet.value)
     return models.AppBskyRichtextFacet.Main(
-        features=[feature], index=models.AppBskyRichtextFacet.ByteSlice(byte_start=facet.start,
-                                                                        byte_end=facet.end))
+        features=[feature],
+        index=models.AppBskyRichtextFacet.ByteSlice(byte_start=facet.start, byte_end=facet.end),
+    )
 
 
 def _status(exc: Any) -> int:

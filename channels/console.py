@@ -48,8 +48,9 @@ class ConsoleChannel(BaseChannel[Settings]):
     TYPE = "console"
     DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
 
-    def __init__(self, name: str, settings: Settings, context: ChannelContext,
-                 stream: TextIO | None = None) -> None:
+    def __init__(
+        self, name: str, settings: Settings, context: ChannelContext, stream: TextIO | None = None
+    ) -> None:
         super().__init__(name, settings, context)
         self._stream = stream
 
@@ -58,13 +59,22 @@ class ConsoleChannel(BaseChannel[Settings]):
         text, used, values = self.renderer.fit(story, budget)
         buttons = [Button(values["read_more"], story.url)] if story.url else []
         buttons += [Button(link.label, link.url) for link in self.context.cta.follow_links]
-        return self.post(story, text, Length(budget.unit, used, budget.limit), buttons=tuple(buttons),
-                         media=(story.image,) if story.image else ())
+        return self.post(
+            story,
+            text,
+            Length(budget.unit, used, budget.limit),
+            buttons=tuple(buttons),
+            media=(story.image,) if story.image else (),
+        )
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
         stream = self._stream or sys.stdout
-        console = Console(file=stream, width=self.settings.width, highlight=False,
-                          force_terminal=None if self._stream is None else False)
+        console = Console(
+            file=stream,
+            width=self.settings.width,
+            highlight=False,
+            force_terminal=None if self._stream is None else False,
+        )
         body = Text(post.text)
         if post.media:
             body.append(f"\n\n[image] {post.media[0]}", style="dim")

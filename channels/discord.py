@@ -116,6 +116,7 @@ class Settings(ChannelSettings):
 
 # --- fitting text into code-point limits ---------------------------------------------------
 
+
 def fit_chars(text: str, limit: int, transform: Callable[[str], str] = lambda t: t) -> str:
     """`transform(text)`, or of the longest word/grapheme-boundary shortening ("…") that fits."""
     if limit <= 0 or not text:
@@ -192,10 +193,16 @@ class DiscordChannel(BaseChannel[Settings]):
 
     def render(self, story: Story) -> Post:
         content, used, _ = self.renderer.fit(story, self.budget)
-        payload = DiscordPayload(self.embed(story), self.settings.username or "",
-                                 self.settings.avatar_url or "")
-        return self.post(story, content, Length(self.budget.unit, used, self.budget.limit),
-                         media=(story.image,) if story.image else (), payload=payload)
+        payload = DiscordPayload(
+            self.embed(story), self.settings.username or "", self.settings.avatar_url or ""
+        )
+        return self.post(
+            story,
+            content,
+            Length(self.budget.unit, used, self.budget.limit),
+            media=(story.image,) if story.image else (),
+            payload=payload,
+        )
 
     def embed(self, story: Story) -> dict[str, Any]:
         """The story as a Discord embed within every per-field limit and the 6000 total."""
@@ -209,8 +216,9 @@ class DiscordChannel(BaseChannel[Settings]):
         author = fit_chars(" ".join(story.author.split()), AUTHOR_MAX) if self.settings.author else ""
         if author:
             embed["author"] = {"name": author}
-        footer = fit_chars(" · ".join(" ".join(p.split()) for p in (site.name, story.section) if p.strip()),
-                           FOOTER_MAX)
+        footer = fit_chars(
+            " · ".join(" ".join(p.split()) for p in (site.name, story.section) if p.strip()), FOOTER_MAX
+        )
         if footer:
             embed["footer"] = {"text": footer}
         if story.published is not None:
@@ -243,8 +251,10 @@ class DiscordChannel(BaseChannel[Settings]):
             if not request_may_have_left(exc):  # nothing reached Discord
                 raise RetryLater(f"cannot reach Discord: {self._safe(exc)}") from None
             # sent (or partly sent), and no answer: the message may be in the channel
-            raise Uncertain(f"Discord did not answer ({self._safe(exc)}); the message may be in the "
-                            "channel: check it before `siar resend`") from None
+            raise Uncertain(
+                f"Discord did not answer ({self._safe(exc)}); the message may be in the "
+                "channel: check it before `siar resend`"
+            ) from None
         self._note_bucket(response.headers)
         status = response.status_code
         if 200 <= status < 300:
@@ -265,8 +275,10 @@ class DiscordChannel(BaseChannel[Settings]):
             return RetryLater(f"Discord rate limit{scope} (429){message}", after=after)
         if status in (401, 403, 404):
             what = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}[status]
-            return Unauthorized(f"Discord refused the webhook ({status} {what}{message}): it was "
-                             "deleted or its token is wrong; create a new webhook and update webhook_url")
+            return Unauthorized(
+                f"Discord refused the webhook ({status} {what}{message}): it was "
+                "deleted or its token is wrong; create a new webhook and update webhook_url"
+            )
         if status >= 500:
             return RetryLater(f"Discord server error ({status}){message}")
         return Permanent(f"Discord refused the message ({status}){message}")

@@ -82,15 +82,20 @@ class Settings(ChannelSettings):
     def _http_url(cls, value: str) -> str:
         value = value.strip().rstrip("/")
         if not value.startswith(("https://", "http://")):
-            raise ValueError("must be the instance's base URL, e.g. \"https://mastodon.social\"")
+            raise ValueError('must be the instance\'s base URL, e.g. "https://mastodon.social"')
         return value
 
 
 class InstanceLimits:
     """The instance's status rules, read once from /api/v2/instance (or v1) and then cached."""
 
-    def __init__(self, max_characters: int = DEFAULT_MAX_CHARACTERS, url_length: int = DEFAULT_URL_LENGTH,
-                 image_size_limit: int = DEFAULT_IMAGE_LIMIT, loaded: bool = False) -> None:
+    def __init__(
+        self,
+        max_characters: int = DEFAULT_MAX_CHARACTERS,
+        url_length: int = DEFAULT_URL_LENGTH,
+        image_size_limit: int = DEFAULT_IMAGE_LIMIT,
+        loaded: bool = False,
+    ) -> None:
         self.max_characters = max_characters
         self.url_length = url_length
         self.image_size_limit = image_size_limit
@@ -106,9 +111,12 @@ class InstanceLimits:
             return None
         url_length = statuses.get("characters_reserved_per_url")
         image = media.get("image_size_limit")
-        return cls(chars,
-                   url_length if isinstance(url_length, int) and url_length > 0 else DEFAULT_URL_LENGTH,
-                   image if isinstance(image, int) and image > 0 else DEFAULT_IMAGE_LIMIT, loaded=True)
+        return cls(
+            chars,
+            url_length if isinstance(url_length, int) and url_length > 0 else DEFAULT_URL_LENGTH,
+            image if isinstance(image, int) and image > 0 else DEFAULT_IMAGE_LIMIT,
+            loaded=True,
+        )
 
 
 def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
@@ -148,8 +156,9 @@ class MastodonChannel(BaseChannel[Settings]):
 
     def __init__(self, name: str, settings: Settings, context: ChannelContext) -> None:
         super().__init__(name, settings, context)
-        self.limits = context.shared.get(f"mastodon-limits:{settings.instance}", InstanceLimits,
-                                         InstanceLimits)
+        self.limits = context.shared.get(
+            f"mastodon-limits:{settings.instance}", InstanceLimits, InstanceLimits
+        )
         self._client: httpx.AsyncClient | None = None
         self._ambiguous: dict[str, float] = {}  # key -> monotonic time of its first ambiguous failure
 
@@ -181,11 +190,18 @@ class MastodonChannel(BaseChannel[Settings]):
             found = InstanceLimits.from_instance(data) if isinstance(data, dict) else None
             if found is not None:
                 self.limits.__dict__.update(found.__dict__)
-                log.info("channel %s: instance allows %d characters (URLs count %d)",
-                         self.name, found.max_characters, found.url_length)
+                log.info(
+                    "channel %s: instance allows %d characters (URLs count %d)",
+                    self.name,
+                    found.max_characters,
+                    found.url_length,
+                )
                 return
-        log.warning("channel %s: cannot read the instance's limits; using %d characters",
-                    self.name, self.limits.max_characters)
+        log.warning(
+            "channel %s: cannot read the instance's limits; using %d characters",
+            self.name,
+            self.limits.max_characters,
+        )
 
     # --- rendering ---------------------------------------------------------------------------
 
@@ -202,15 +218,21 @@ class MastodonChannel(BaseChannel[Settings]):
     def render(self, story: Story) -> Post:
         budget = self.budget()
         # `@user@instance` in a title would notify that account: feed text never mentions anyone.
-        shown = dataclasses.replace(story, title=defuse_mentions(story.title),
-                                    lead=defuse_mentions(story.lead))
+        shown = dataclasses.replace(
+            story, title=defuse_mentions(story.title), lead=defuse_mentions(story.lead)
+        )
         text, used, _ = self.renderer.fit(shown, budget, optional_cta=True)
         language = status_language(self.settings.language or story.language or self.context.site.language)
         upload = self.settings.upload_image and bool(story.image)
         alt = "".join(graphemes(story.image_alt or story.title)[:ALT_TEXT_LIMIT]) if upload else ""
         payload = MastodonPayload(self.settings.visibility, language, self.settings.spoiler_text, alt)
-        return self.post(story, text, Length(budget.unit, used, budget.limit),
-                         media=(story.image,) if upload else (), payload=payload)
+        return self.post(
+            story,
+            text,
+            Length(budget.unit, used, budget.limit),
+            media=(story.image,) if upload else (),
+            payload=payload,
+        )
 
     # --- sending -----------------------------------------------------------------------------
 
@@ -221,8 +243,10 @@ class MastodonChannel(BaseChannel[Settings]):
         key = outgoing_key(idempotency_key, post.story)
         first_failure = self._ambiguous.get(key)
         if first_failure is not None and time.monotonic() - first_failure > IDEMPOTENCY_WINDOW:
-            raise Uncertain("an earlier attempt may have posted it and the instance's one-hour "
-                            "Idempotency-Key window has passed")
+            raise Uncertain(
+                "an earlier attempt may have posted it and the instance's one-hour "
+                "Idempotency-Key window has passed"
+            )
         await self._load_limits()
         payload = payload_of(post, MastodonPayload)
         body: dict[str, Any] = {"status": post.text, "visibility": payload.visibility}
@@ -237,8 +261,9 @@ class MastodonChannel(BaseChannel[Settings]):
             if media_id:
                 body["media_ids"] = [media_id]
         try:
-            response = await self._http().post("/api/v1/statuses", json=body,
-                                                headers={**self._auth(), "Idempotency-Key": key})
+            response = await self._http().post(
+                "/api/v1/statuses", json=body, headers={**self._auth(), "Idempotency-Key": key}
+            )
         except httpx.HTTPError as exc:
             if request_may_have_left(exc):  # the key covers a resend only within the hour
                 self._ambiguous.setdefault(key, time.monotonic())
@@ -257,13 +282,16 @@ class MastodonChannel(BaseChannel[Settings]):
         status = response.status_code
         text = _error_text(response)
         if status == 429:
-            return RetryLater(f"rate limited by the instance while {doing}",
-                              after=self._retry_after(response))
+            return RetryLater(
+                f"rate limited by the instance while {doing}", after=self._retry_after(response)
+            )
         if status >= 500 or status == 408:
             return RetryLater(f"instance error {status} while {doing}{': ' + text if text else ''}")
         if status in (401, 403):
-            return Unauthorized(f"the access token was refused ({status}{': ' + text if text else ''}); "
-                             "check access_token and its write:statuses scope")
+            return Unauthorized(
+                f"the access token was refused ({status}{': ' + text if text else ''}); "
+                "check access_token and its write:statuses scope"
+            )
         if status == 422:
             return Permanent(f"the instance rejected the status: {text or 'unprocessable'}")
         if status == 409:
@@ -294,11 +322,18 @@ class MastodonChannel(BaseChannel[Settings]):
         filename = url.rsplit("/", 1)[-1].split("?")[0] or "image"
         try:
             response = await self._http().post(
-                "/api/v2/media", headers=self._auth(),
-                files={"file": (filename, data, content_type)}, data={"description": alt})
+                "/api/v2/media",
+                headers=self._auth(),
+                files={"file": (filename, data, content_type)},
+                data={"description": alt},
+            )
             if response.status_code not in (200, 202):
-                log.warning("channel %s: image upload refused (%d: %s); posting without it",
-                            self.name, response.status_code, _error_text(response))
+                log.warning(
+                    "channel %s: image upload refused (%d: %s); posting without it",
+                    self.name,
+                    response.status_code,
+                    _error_text(response),
+                )
                 return None
             media = _json(response)
             media_id = str(media.get("id", ""))
@@ -307,14 +342,15 @@ class MastodonChannel(BaseChannel[Settings]):
                 return None
             return media_id or None
         except httpx.HTTPError as exc:
-            log.warning("channel %s: image upload failed (%s); posting without it", self.name,
-                        type(exc).__name__)
+            log.warning(
+                "channel %s: image upload failed (%s); posting without it", self.name, type(exc).__name__
+            )
             return None
 
     async def _wait_processed(self, media_id: str, tries: int = 10) -> bool:
         """Mastodon answers 202 for media still processing; a status cannot attach it until then."""
         for attempt in range(tries):
-            await asyncio.sleep(min(0.2 * 2 ** attempt, 2.0))
+            await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
             response = await self._http().get(f"/api/v1/media/{media_id}", headers=self._auth())
             if response.status_code == 200 and _json(response).get("url"):
                 return True
@@ -357,4 +393,3 @@ def create(name: str, settings: ChannelSettings, context: ChannelContext) -> Mas
 
 
 PLUGIN = Plugin("mastodon", (ChannelType("mastodon", Settings, create),))
-

@@ -92,10 +92,14 @@ class OneSignalChannel(BaseChannel[Settings]):
     def render(self, story: Story) -> Post:
         budget = Budget("graphemes", self.settings.body_limit, count_graphemes)
         text, used, values = self.renderer.fit(story, budget)
-        return self.post(story, text, Length(budget.unit, used, budget.limit),
-                         buttons=(Button(values["read_more"], story.url),) if story.url else (),
-                         media=(story.image,) if story.image else (),
-                         payload=OneSignalPayload(story.title, story_tag(story)))
+        return self.post(
+            story,
+            text,
+            Length(budget.unit, used, budget.limit),
+            buttons=(Button(values["read_more"], story.url),) if story.url else (),
+            media=(story.image,) if story.image else (),
+            payload=OneSignalPayload(story.title, story_tag(story)),
+        )
 
     def body(self, post: Post, idempotency_key: str) -> dict[str, Any]:
         """The JSON of the create-notification request."""
@@ -120,8 +124,9 @@ class OneSignalChannel(BaseChannel[Settings]):
             for value in values:
                 if filters:
                     filters.append({"operator": "OR"})
-                filters.append({"field": "tag", "key": self.settings.topic_tag, "relation": "=",
-                                "value": value})
+                filters.append(
+                    {"field": "tag", "key": self.settings.topic_tag, "relation": "=", "value": value}
+                )
             body["filters"] = filters
         else:
             body["included_segments"] = list(self.settings.segments)
@@ -133,8 +138,10 @@ class OneSignalChannel(BaseChannel[Settings]):
         body = self.body(post, idempotency_key)
         if "filters" in body and not body["filters"]:
             return Receipt(note="the story has no section or tag to target")
-        headers = {"Authorization": f"Key {self.settings.api_key.get_secret_value()}",
-                   "Content-Type": "application/json"}
+        headers = {
+            "Authorization": f"Key {self.settings.api_key.get_secret_value()}",
+            "Content-Type": "application/json",
+        }
         try:
             response = await self._client.post("/notifications", json=body, headers=headers)
         except httpx.TimeoutException as exc:  # safe to repeat: the idempotency key dedups

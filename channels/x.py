@@ -77,14 +77,18 @@ class Settings(ChannelSettings):
     rate_limit: str = "10/min"  # X allows 100 posts / 15 min per user on paid tiers
 
     secret_keys: ClassVar[tuple[str, ...]] = (
-        "consumer_key", "consumer_secret", "access_token", "access_token_secret")
+        "consumer_key",
+        "consumer_secret",
+        "access_token",
+        "access_token_secret",
+    )
 
     @field_validator("api_base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         value = value.strip().rstrip("/")
         if not value.lower().startswith(("http://", "https://")):
-            raise ValueError("must be an http(s):// URL like \"https://api.twitter.com\"")
+            raise ValueError('must be an http(s):// URL like "https://api.twitter.com"')
         return value
 
 
@@ -104,8 +108,9 @@ class XChannel(BaseChannel[Settings]):
 
         super().__init__(name, settings, context)
         if settings.cta is not None:  # X's own short call to action instead of [cta] follow_text
-            context = dataclasses.replace(context, cta=context.cta.model_copy(
-                update={"follow_text": settings.cta}))
+            context = dataclasses.replace(
+                context, cta=context.cta.model_copy(update={"follow_text": settings.cta})
+            )
             self.renderer = self.make_renderer(context)
         self.budget = Budget("weighted", LIMIT, count_x)
         self._client: Any = None
@@ -123,12 +128,17 @@ class XChannel(BaseChannel[Settings]):
         original = story
         # Feed text must not @mention accounts: X's automation rules forbid unsolicited
         # automated mentions, and the account named would be notified.
-        story = dataclasses.replace(story, title=defuse_mentions(story.title),
-                                    lead=defuse_mentions(story.lead))
+        story = dataclasses.replace(
+            story, title=defuse_mentions(story.title), lead=defuse_mentions(story.lead)
+        )
         # The call to action is the first thing to go, before any hashtag or title word.
         text, used, values = self.renderer.fit(story, self.budget, optional_cta=True)
-        return self.post(original, text, Length(self.budget.unit, used, self.budget.limit),
-                         payload=XPayload(tuple(values["hashtag_list"])))
+        return self.post(
+            original,
+            text,
+            Length(self.budget.unit, used, self.budget.limit),
+            payload=XPayload(tuple(values["hashtag_list"])),
+        )
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
         await self._check_daily_cap()
@@ -177,10 +187,13 @@ class XChannel(BaseChannel[Settings]):
         if sent < cap:
             return
         if self.settings.on_cap == "skip":
-            raise Permanent(f"daily cap of {cap} reached ({sent} posts today); skipped (on_cap = \"skip\")")
+            raise Permanent(f'daily cap of {cap} reached ({sent} posts today); skipped (on_cap = "skip")')
         wait = (next_midnight - now).total_seconds() + 1
-        raise RetryLater(f"daily cap of {cap} reached ({sent} posts today); waiting for the next day",
-                         after=wait, attempt=False)
+        raise RetryLater(
+            f"daily cap of {cap} reached ({sent} posts today); waiting for the next day",
+            after=wait,
+            attempt=False,
+        )
 
     async def _sent_since(self, since: datetime) -> int:
         """Posts X confirmed with an id since `since` ("already posted" answers created nothing
@@ -212,10 +225,9 @@ def rebased_session(base_url: str, timeout: float) -> Any:
     import requests
 
     class RebasedSession(requests.Session):
-        def request(self, method: str, url: str | bytes,
-                    *args: Any, **kwargs: Any) -> Any:
+        def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
             if isinstance(url, str) and url.startswith(TWEEPY_HOST):
-                url = base_url + url[len(TWEEPY_HOST):]
+                url = base_url + url[len(TWEEPY_HOST) :]
             # tweepy sets no timeout; a connect timeout is safe to retry, a read timeout is not.
             kwargs.setdefault("timeout", (min(10.0, timeout), timeout))
             try:
@@ -235,6 +247,7 @@ def rebased_session(base_url: str, timeout: float) -> Any:
 
 # --- errors --------------------------------------------------------------------------------
 
+
 def x_error(exc: BaseException, timeout: float, now: float | None = None) -> BaseException:
     """The ChannelError for an exception from tweepy/requests (the exception itself if unknown)."""
     import requests
@@ -248,9 +261,11 @@ def x_error(exc: BaseException, timeout: float, now: float | None = None) -> Bas
             return AlreadyDone("X says this text is already posted (403 duplicate content)")
         return Permanent(f"X refused the post (403 Forbidden){_detail(exc)}")
     if isinstance(exc, tweepy.Unauthorized):
-        return Unauthorized("X rejected the credentials (401 Unauthorized): check consumer_key, "
-                         "consumer_secret, access_token and access_token_secret, and that the app "
-                         f"has Read and Write permission{_detail(exc)}")
+        return Unauthorized(
+            "X rejected the credentials (401 Unauthorized): check consumer_key, "
+            "consumer_secret, access_token and access_token_secret, and that the app "
+            f"has Read and Write permission{_detail(exc)}"
+        )
     if isinstance(exc, tweepy.TwitterServerError):
         return RetryLater(f"X server error ({_status(exc)}){_detail(exc)}")
     if isinstance(exc, tweepy.HTTPException):
@@ -267,16 +282,26 @@ def _transport_error(exc: BaseException, timeout: float) -> BaseException:
     if isinstance(exc, requests.ConnectTimeout):
         return RetryLater("cannot connect to X (connect timeout)")
     if isinstance(exc, requests.ReadTimeout):
-        return Uncertain(f"X did not answer within {timeout:g}s after the post was sent; it may be "
-                         "on X: check the account before `siar resend`")
-    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                        requests.exceptions.InvalidSchema)):
+        return Uncertain(
+            f"X did not answer within {timeout:g}s after the post was sent; it may be "
+            "on X: check the account before `siar resend`"
+        )
+    if isinstance(
+        exc,
+        (
+            requests.exceptions.InvalidURL,
+            requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema,
+        ),
+    ):
         return Permanent(f"api_base_url is not usable: {exc}")
     if isinstance(exc, requests.ConnectionError):
         if _before_sending(exc):
             return RetryLater(f"cannot connect to X: {_short(exc)}")
-        return Uncertain(f"the connection to X broke after the post was sent ({_short(exc)}); "
-                         "check the account before `siar resend`")
+        return Uncertain(
+            f"the connection to X broke after the post was sent ({_short(exc)}); "
+            "check the account before `siar resend`"
+        )
     return Uncertain(f"request to X failed: {_short(exc)}")
 
 
@@ -381,4 +406,3 @@ def create(name: str, settings: ChannelSettings, context: ChannelContext) -> XCh
 
 
 PLUGIN = Plugin("x", (ChannelType("x", Settings, create),))
-

@@ -66,15 +66,17 @@ def check_message(body: Any) -> tuple[str, dict[str, Any]] | None:
         for key, limit in LIMITS.items():
             value = embed.get(key, "")
             if not isinstance(value, str) or len(value) > limit:
-                return f"embed {key} too long", form_error(f"embeds.{i}.{key}",
-                                                           f"Must be {limit} or fewer in length.")
+                return f"embed {key} too long", form_error(
+                    f"embeds.{i}.{key}", f"Must be {limit} or fewer in length."
+                )
             total += len(value)
         for key, sub, limit in (("footer", "text", 2048), ("author", "name", 256)):
             if key in embed:
                 value = embed[key].get(sub, "")
                 if not isinstance(value, str) or not value or len(value) > limit:
-                    return f"embed {key} invalid", form_error(f"embeds.{i}.{key}.{sub}",
-                                                              f"Must be between 1 and {limit} in length.")
+                    return f"embed {key} invalid", form_error(
+                        f"embeds.{i}.{key}.{sub}", f"Must be between 1 and {limit} in length."
+                    )
                 total += len(value)
         color = embed.get("color", 0)
         if not isinstance(color, int) or not 0 <= color <= 0xFFFFFF:
@@ -140,8 +142,9 @@ class FakeDiscord:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def base(self) -> str:
@@ -179,8 +182,9 @@ class FakeDiscord:
         if seen.query.get("wait") != ["true"]:
             return self._refuse(seen, 400, {"message": "siar must wait=true", "code": 0}, "no wait=true")
         if not headers.get("content-type", "").startswith("application/json"):
-            return self._refuse(seen, 400, {"message": "Cannot send an empty message", "code": 50006},
-                                "not JSON")
+            return self._refuse(
+                seen, 400, {"message": "Cannot send an empty message", "code": 50006}, "not JSON"
+            )
         problem = check_message(body)
         if problem is not None:
             return self._refuse(seen, 400, problem[1], problem[0])
@@ -188,12 +192,25 @@ class FakeDiscord:
         seen.status = 200
         message_id = str(1170000000000000000 + len(self.messages))
         self.remaining = max(0, self.remaining - 1)
-        message = {"id": message_id, "type": 0, "channel_id": "998877665544332211",
-                   "webhook_id": WEBHOOK_ID, "content": body.get("content", ""),
-                   "embeds": body.get("embeds", []), "timestamp": "2020-10-09T07:00:00+00:00"}
-        return 200, message, {"X-RateLimit-Limit": "5", "X-RateLimit-Remaining": str(self.remaining),
-                              "X-RateLimit-Reset-After": self.reset_after,
-                              "X-RateLimit-Bucket": "abcd1234"}
+        message = {
+            "id": message_id,
+            "type": 0,
+            "channel_id": "998877665544332211",
+            "webhook_id": WEBHOOK_ID,
+            "content": body.get("content", ""),
+            "embeds": body.get("embeds", []),
+            "timestamp": "2020-10-09T07:00:00+00:00",
+        }
+        return (
+            200,
+            message,
+            {
+                "X-RateLimit-Limit": "5",
+                "X-RateLimit-Remaining": str(self.remaining),
+                "X-RateLimit-Reset-After": self.reset_after,
+                "X-RateLimit-Bucket": "abcd1234",
+            },
+        )
 
     def __enter__(self) -> FakeDiscord:
         self.thread.start()

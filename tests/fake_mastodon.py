@@ -28,11 +28,12 @@ _TRAILING = re.compile(r"[.,;:!?'\")\]]+$")
 
 def mastodon_length(text: str, url_length: int) -> int:
     """Mastodon's StatusLengthValidator, independently of bot.counting."""
+
     def replace(match: re.Match[str]) -> str:
         url = match.group(0)
         tail = _TRAILING.search(url)
         kept = url[: tail.start()] if tail else url
-        return "x" * url_length + url[len(kept):]
+        return "x" * url_length + url[len(kept) :]
 
     return len(regex.findall(r"\X", _URL.sub(replace, text)))
 
@@ -90,8 +91,9 @@ class FakeMastodon:
 
     # --- HTTP plumbing ---------------------------------------------------------------------
 
-    def _reply(self, h: BaseHTTPRequestHandler, status: int, body: Any,
-               headers: dict[str, str] | None = None) -> None:
+    def _reply(
+        self, h: BaseHTTPRequestHandler, status: int, body: Any, headers: dict[str, str] | None = None
+    ) -> None:
         data = json.dumps(body).encode()
         h.send_response(status)
         h.send_header("Content-Type", "application/json; charset=utf-8")
@@ -124,10 +126,20 @@ class FakeMastodon:
     def _instance(self, h: BaseHTTPRequestHandler, served: bool) -> None:
         if not served:
             return self._reply(h, 404, {"error": "Not found"})
-        self._reply(h, 200, {"uri": "fake.example", "configuration": {
-            "statuses": {"max_characters": self.max_characters,
-                         "characters_reserved_per_url": self.url_length},
-            "media_attachments": {"image_size_limit": 16777216}}})
+        self._reply(
+            h,
+            200,
+            {
+                "uri": "fake.example",
+                "configuration": {
+                    "statuses": {
+                        "max_characters": self.max_characters,
+                        "characters_reserved_per_url": self.url_length,
+                    },
+                    "media_attachments": {"image_size_limit": 16777216},
+                },
+            },
+        )
 
     def _post_status(self, h: BaseHTTPRequestHandler, headers: dict[str, str], raw: bytes) -> None:
         key = headers.get("idempotency-key")
@@ -144,18 +156,27 @@ class FakeMastodon:
         text, spoiler = str(body.get("status", "")), str(body.get("spoiler_text", ""))
         used = mastodon_length(text, self.url_length) + len(regex.findall(r"\X", spoiler))
         if used > self.max_characters:
-            return self._reply(h, 422, {
-                "error": f"Validation failed: Text character limit of {self.max_characters} exceeded"})
+            return self._reply(
+                h,
+                422,
+                {"error": f"Validation failed: Text character limit of {self.max_characters} exceeded"},
+            )
         if body.get("visibility", "public") not in ("public", "unlisted", "private", "direct"):
             return self._reply(h, 422, {"error": "Validation failed: Visibility is invalid"})
         for media_id in body.get("media_ids", []):
             media = self.media.get(str(media_id))
             if media is None or not media["url"]:
                 return self._reply(h, 422, {"error": "Cannot attach files that have not finished processing"})
-        status = {"id": str(100 + len(self.statuses)), "content": text, "language": body.get("language"),
-                  "visibility": body.get("visibility", "public"), "sensitive": bool(body.get("sensitive")),
-                  "spoiler_text": spoiler, "media_ids": body.get("media_ids", []),
-                  "url": f"https://fake.example/@siar/{100 + len(self.statuses)}"}
+        status = {
+            "id": str(100 + len(self.statuses)),
+            "content": text,
+            "language": body.get("language"),
+            "visibility": body.get("visibility", "public"),
+            "sensitive": bool(body.get("sensitive")),
+            "spoiler_text": spoiler,
+            "media_ids": body.get("media_ids", []),
+            "url": f"https://fake.example/@siar/{100 + len(self.statuses)}",
+        }
         self.statuses.append(status)
         self.idempotency[key] = status
         if fault:
@@ -172,9 +193,13 @@ class FakeMastodon:
         if "file" not in fields:
             return self._reply(h, 422, {"error": "Validation failed: File can't be blank"})
         media_id = str(500 + len(self.media))
-        self.media[media_id] = {"id": media_id, "size": len(fields["file"]),
-                                "description": fields.get("description", b"").decode(),
-                                "polls_left": self.media_processing_polls, "url": None}
+        self.media[media_id] = {
+            "id": media_id,
+            "size": len(fields["file"]),
+            "description": fields.get("description", b"").decode(),
+            "polls_left": self.media_processing_polls,
+            "url": None,
+        }
         if self.media_processing_polls == 0:
             self.media[media_id]["url"] = f"https://fake.example/media/{media_id}"
             return self._reply(h, 200, {k: v for k, v in self.media[media_id].items() if k != "polls_left"})

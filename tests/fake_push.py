@@ -112,20 +112,31 @@ class FakePushService:
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake push service")])
         now = dt.datetime.now(dt.UTC)
-        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName([
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-                    critical=False)
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .sign(key, hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
         self.folder.mkdir(parents=True, exist_ok=True)
         self.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         key_file = self.folder / "fake-push-key.pem"
-        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.cert_file, key_file)
         return context
@@ -138,10 +149,14 @@ class FakePushService:
         key = ec.generate_private_key(ec.SECP256R1())
         auth = secrets.token_bytes(16)
         self.browsers[sid] = Browser(sid, key, auth, application_server_key)
-        public = key.public_key().public_bytes(serialization.Encoding.X962,
-                                               serialization.PublicFormat.UncompressedPoint)
-        return {"endpoint": f"{self.origin}/push/{sid}", "expirationTime": None,
-                "keys": {"p256dh": b64e(public), "auth": b64e(auth)}}
+        public = key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        return {
+            "endpoint": f"{self.origin}/push/{sid}",
+            "expirationTime": None,
+            "keys": {"p256dh": b64e(public), "auth": b64e(auth)},
+        }
 
     @staticmethod
     def id_of(subscription: dict[str, Any]) -> str:
@@ -200,8 +215,9 @@ class FakePushService:
                 self.requests.append((sid, status))
                 return web.Response(status=status, headers=headers, text=f"scripted {status}")
         try:
-            plain = http_ece.decrypt(body, private_key=browser.private_key, auth_secret=browser.auth,
-                                     version="aes128gcm")
+            plain = http_ece.decrypt(
+                body, private_key=browser.private_key, auth_secret=browser.auth, version="aes128gcm"
+            )
             payload = json.loads(plain)
         except Exception as exc:
             return self._refuse(sid, 400, f"payload does not decrypt: {exc!r}")

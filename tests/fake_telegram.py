@@ -30,16 +30,52 @@ from aiohttp import web
 
 TOKEN = "123456:TEST-token-for-the-fake"
 BOT_ID = 123456
-ALLOWED_TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "a", "code", "pre",
-                "blockquote", "tg-spoiler", "span", "tg-emoji"}
+ALLOWED_TAGS = {
+    "b",
+    "strong",
+    "i",
+    "em",
+    "u",
+    "ins",
+    "s",
+    "strike",
+    "del",
+    "a",
+    "code",
+    "pre",
+    "blockquote",
+    "tg-spoiler",
+    "span",
+    "tg-emoji",
+}
 NAMED_ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}
 SEND_METHODS = {"sendMessage", "sendPhoto", "sendMediaGroup", "copyMessage", "forwardMessage"}
 # Form fields PTB sends JSON encoded (strings go as they are).
-JSON_FIELDS = {"reply_markup", "commands", "allowed_updates", "link_preview_options", "scope",
-               "entities", "caption_entities", "media", "offset", "limit", "timeout",
-               "disable_notification", "message_id", "user_id", "show_alert", "cache_time",
-               "allow_paid_broadcast", "protect_content", "drop_pending_updates", "reply_parameters",
-               "show_caption_above_media", "has_spoiler", "max_connections"}
+JSON_FIELDS = {
+    "reply_markup",
+    "commands",
+    "allowed_updates",
+    "link_preview_options",
+    "scope",
+    "entities",
+    "caption_entities",
+    "media",
+    "offset",
+    "limit",
+    "timeout",
+    "disable_notification",
+    "message_id",
+    "user_id",
+    "show_alert",
+    "cache_time",
+    "allow_paid_broadcast",
+    "protect_content",
+    "drop_pending_updates",
+    "reply_parameters",
+    "show_caption_above_media",
+    "has_spoiler",
+    "max_connections",
+}
 _ATTR_TEXT = r"""(?:\s+[a-zA-Z_:-]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s>"']+))?)*"""
 _TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)(" + _ATTR_TEXT + r")\s*>")
 _ATTR = re.compile(r"([a-zA-Z_:-]+)(?:\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s>\"']+)))?")
@@ -70,27 +106,39 @@ def parse_html(text: str) -> tuple[str, int]:
             m = _TAG.match(text, i)
             offset = len(text[:i].encode())
             if m is None:
-                raise ApiError(400, "Bad Request: can't parse entities: Unsupported start tag "
-                                    f"at byte offset {offset}")
+                raise ApiError(
+                    400, f"Bad Request: can't parse entities: Unsupported start tag at byte offset {offset}"
+                )
             closing, name, attrs = m.group(1) == "/", m.group(2).lower(), m.group(3)
             if name not in ALLOWED_TAGS:
                 kind = "end" if closing else "start"
-                raise ApiError(400, f'Bad Request: can\'t parse entities: Unsupported {kind} tag "{name}" '
-                                    f"at byte offset {offset}")
+                raise ApiError(
+                    400,
+                    f'Bad Request: can\'t parse entities: Unsupported {kind} tag "{name}" '
+                    f"at byte offset {offset}",
+                )
             if closing:
                 if not stack or stack[-1] != name:
-                    raise ApiError(400, f'Bad Request: can\'t parse entities: Unmatched end tag at byte '
-                                        f'offset {offset}, expected "</{stack[-1] if stack else ""}>", '
-                                        f'found "</{name}>"')
+                    raise ApiError(
+                        400,
+                        f"Bad Request: can't parse entities: Unmatched end tag at byte "
+                        f'offset {offset}, expected "</{stack[-1] if stack else ""}>", '
+                        f'found "</{name}>"',
+                    )
                 stack.pop()
             else:
-                values = {a.group(1).lower(): next((g for g in a.groups()[1:] if g is not None), "")
-                          for a in _ATTR.finditer(attrs)}
+                values = {
+                    a.group(1).lower(): next((g for g in a.groups()[1:] if g is not None), "")
+                    for a in _ATTR.finditer(attrs)
+                }
                 if name == "a" and not values.get("href"):
                     raise ApiError(400, "Bad Request: can't parse entities: <a> needs an href")
                 if name == "span" and values.get("class") != "tg-spoiler":
-                    raise ApiError(400, f'Bad Request: can\'t parse entities: Unsupported start tag "span" '
-                                        f"at byte offset {offset}")
+                    raise ApiError(
+                        400,
+                        f'Bad Request: can\'t parse entities: Unsupported start tag "span" '
+                        f"at byte offset {offset}",
+                    )
                 if name == "tg-emoji" and not values.get("emoji-id"):
                     raise ApiError(400, "Bad Request: can't parse entities: tg-emoji needs emoji-id")
                 stack.append(name)
@@ -116,8 +164,11 @@ def parse_html(text: str) -> tuple[str, int]:
             out.append(ch)
             i += 1
     if stack:
-        raise ApiError(400, f'Bad Request: can\'t parse entities: Can\'t find end tag corresponding to '
-                            f'start tag "{stack[-1]}"')
+        raise ApiError(
+            400,
+            f"Bad Request: can't parse entities: Can't find end tag corresponding to "
+            f'start tag "{stack[-1]}"',
+        )
     return "".join(out), entities
 
 
@@ -158,9 +209,18 @@ class Failure:
 class FakeTelegram:
     """The fake Bot API server; `async with FakeTelegram() as tg:` starts it on a free port."""
 
-    def __init__(self, token: str = TOKEN, *, limits: bool = True, global_per_s: int = 30,
-                 per_chat_per_s: int = 1, group_per_min: int = 20, bot_username: str = "siar_test_bot",
-                 latency: float = 0.0, auto_users: bool = False) -> None:
+    def __init__(
+        self,
+        token: str = TOKEN,
+        *,
+        limits: bool = True,
+        global_per_s: int = 30,
+        per_chat_per_s: int = 1,
+        group_per_min: int = 20,
+        bot_username: str = "siar_test_bot",
+        latency: float = 0.0,
+        auto_users: bool = False,
+    ) -> None:
         self.token = token
         self.limits = limits
         self.global_per_s = global_per_s
@@ -227,8 +287,9 @@ class FakeTelegram:
         self.chats[user_id] = chat
         return chat
 
-    def group(self, chat_id: int, title: str = "", *, admins: set[int] | None = None,
-              kind: str = "group") -> Chat:
+    def group(
+        self, chat_id: int, title: str = "", *, admins: set[int] | None = None, kind: str = "group"
+    ) -> Chat:
         chat = Chat(chat_id, kind, title=title or f"Group{chat_id}", admins=set(admins or ()))
         self.chats[chat_id] = chat
         return chat
@@ -244,8 +305,16 @@ class FakeTelegram:
         old.migrated_to = new_id
         self.chats[new_id] = Chat(new_id, "supergroup", title=old.title, admins=set(old.admins))
 
-    def fail(self, code: int, description: str, *, method: str | None = None, chat: int | None = None,
-             count: int = 1, parameters: dict[str, Any] | None = None) -> None:
+    def fail(
+        self,
+        code: int,
+        description: str,
+        *,
+        method: str | None = None,
+        chat: int | None = None,
+        count: int = 1,
+        parameters: dict[str, Any] | None = None,
+    ) -> None:
         """The next `count` matching calls answer `code` (e.g. 500, 'Internal Server Error')."""
         self.failures.append(Failure(code, description, parameters, method, chat, count))
 
@@ -279,8 +348,13 @@ class FakeTelegram:
         if chat.type == "private":
             chat.blocked = False  # writing to the bot means it is not blocked
         self._message_id[chat.id] += 1
-        message: dict[str, Any] = {"message_id": self._message_id[chat.id], "date": int(time.time()),
-                                   "chat": chat.as_json(), "from": self._user_json(user_id), "text": text}
+        message: dict[str, Any] = {
+            "message_id": self._message_id[chat.id],
+            "date": int(time.time()),
+            "chat": chat.as_json(),
+            "from": self._user_json(user_id),
+            "text": text,
+        }
         command = re.match(r"/[A-Za-z0-9_]+(@[A-Za-z0-9_]+)?", text)
         if command:
             message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command.group(0))}]
@@ -293,9 +367,17 @@ class FakeTelegram:
         if data not in [b.get("callback_data") for b in buttons]:
             raise AssertionError(f"no button with callback_data {data!r} under that message")
         query_id = f"cq{self._update_id + 1}"
-        self._push({"callback_query": {
-            "id": query_id, "from": self._user_json(user_id), "chat_instance": f"ci{message['chat']['id']}",
-            "data": data, "message": self._message_json(message)}})
+        self._push(
+            {
+                "callback_query": {
+                    "id": query_id,
+                    "from": self._user_json(user_id),
+                    "chat_instance": f"ci{message['chat']['id']}",
+                    "data": data,
+                    "message": self._message_json(message),
+                }
+            }
+        )
         return query_id
 
     def block(self, user_id: int) -> None:
@@ -325,9 +407,17 @@ class FakeTelegram:
                 data["until_date"] = 0
             return data
 
-        self._push({"my_chat_member": {"chat": self.chats[chat_id].as_json(), "from": self._user_json(by),
-                                       "date": int(time.time()), "old_chat_member": member(old),
-                                       "new_chat_member": member(new)}})
+        self._push(
+            {
+                "my_chat_member": {
+                    "chat": self.chats[chat_id].as_json(),
+                    "from": self._user_json(by),
+                    "date": int(time.time()),
+                    "old_chat_member": member(old),
+                    "new_chat_member": member(new),
+                }
+            }
+        )
 
     # --- reading what the bot did ---------------------------------------------------------
 
@@ -339,11 +429,13 @@ class FakeTelegram:
 
     async def wait_for(self, condition: Callable[[], Any], timeout: float = 5.0) -> Any:
         """Wait until `condition()` is truthy (checked whenever the fake answers a call)."""
+
         async def waiter() -> Any:
             async with self._changed:
                 while not (result := condition()):
                     await self._changed.wait()
                 return result
+
         return await asyncio.wait_for(waiter(), timeout)
 
     async def wait_sent(self, chat_id: int, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
@@ -393,10 +485,15 @@ class FakeTelegram:
 
     async def _stats(self, request: web.Request) -> web.Response:
         """What a benchmark in another process needs to know."""
-        return web.json_response({"sent": len(self.sent), "rejected_429": self.rejected_429,
-                                  "max_in_1s": self.max_in_window(1.0),
-                                  "first": self.send_times[0] if self.send_times else 0,
-                                  "last": self.send_times[-1] if self.send_times else 0})
+        return web.json_response(
+            {
+                "sent": len(self.sent),
+                "rejected_429": self.rejected_429,
+                "max_in_1s": self.max_in_window(1.0),
+                "first": self.send_times[0] if self.send_times else 0,
+                "last": self.send_times[-1] if self.send_times else 0,
+            }
+        )
 
     def _scripted_failure(self, method: str, params: dict[str, Any]) -> None:
         failure = self._take(self.failures, method, params)
@@ -439,8 +536,11 @@ class FakeTelegram:
         if chat is None:
             raise ApiError(400, "Bad Request: chat not found")
         if chat.migrated_to is not None:
-            raise ApiError(400, "Bad Request: group chat was upgraded to a supergroup chat",
-                           {"migrate_to_chat_id": chat.migrated_to})
+            raise ApiError(
+                400,
+                "Bad Request: group chat was upgraded to a supergroup chat",
+                {"migrate_to_chat_id": chat.migrated_to},
+            )
         if chat.blocked:
             if chat.type == "private":
                 raise ApiError(403, "Forbidden: bot was blocked by the user")
@@ -493,8 +593,11 @@ class FakeTelegram:
                     raise ApiError(400, "Bad Request: text buttons are unallowed in the inline keyboard")
                 kinds = [k for k in ("url", "callback_data", "switch_inline_query") if k in button]
                 if len(kinds) != 1:
-                    raise ApiError(400, "Bad Request: can't parse inline keyboard button: exactly one "
-                                        "optional field must be present")
+                    raise ApiError(
+                        400,
+                        "Bad Request: can't parse inline keyboard button: exactly one "
+                        "optional field must be present",
+                    )
                 if "url" in button and not re.match(r"(https?|tg)://\S+$", button["url"]):
                     raise ApiError(400, "Bad Request: BUTTON_URL_INVALID")
                 data = button.get("callback_data")
@@ -512,16 +615,25 @@ class FakeTelegram:
         if what == "message" and not plain:
             raise ApiError(400, "Bad Request: message text is empty")
         if utf16_len(plain) > limit:
-            raise ApiError(400, "Bad Request: message is too long" if what == "message"
-                           else "Bad Request: message caption is too long")
+            raise ApiError(
+                400,
+                "Bad Request: message is too long"
+                if what == "message"
+                else "Bad Request: message caption is too long",
+            )
         if entities > 100:
             raise ApiError(400, "Bad Request: too many entities (at most 100 are allowed)")
         return plain
 
     def _store(self, chat: Chat, params: dict[str, Any], kind: str, **fields: Any) -> dict[str, Any]:
         self._message_id[chat.id] += 1
-        message: dict[str, Any] = {"message_id": self._message_id[chat.id], "date": int(time.time()),
-                                   "chat": chat.as_json(), "method": kind, **fields}
+        message: dict[str, Any] = {
+            "message_id": self._message_id[chat.id],
+            "date": int(time.time()),
+            "chat": chat.as_json(),
+            "method": kind,
+            **fields,
+        }
         if "reply_markup" in params:
             message["reply_markup"] = params["reply_markup"]
         for key in ("parse_mode", "disable_notification", "link_preview_options", "allow_paid_broadcast"):
@@ -532,12 +644,21 @@ class FakeTelegram:
         return message
 
     def _message_json(self, message: dict[str, Any]) -> dict[str, Any]:
-        data = {k: message[k] for k in ("message_id", "date", "chat", "text", "caption", "reply_markup")
-                if k in message}
+        data = {
+            k: message[k]
+            for k in ("message_id", "date", "chat", "text", "caption", "reply_markup")
+            if k in message
+        }
         data["from"] = {"id": BOT_ID, "is_bot": True, "first_name": "siar", "username": self.bot_username}
         if "photo" in message:
-            data["photo"] = [{"file_id": "AgAD" + str(message["message_id"]), "file_unique_id": "u",
-                              "width": 800, "height": 450}]
+            data["photo"] = [
+                {
+                    "file_id": "AgAD" + str(message["message_id"]),
+                    "file_unique_id": "u",
+                    "width": 800,
+                    "height": 450,
+                }
+            ]
         return data
 
     async def _maybe_hang(self) -> None:
@@ -548,9 +669,15 @@ class FakeTelegram:
     # --- methods ----------------------------------------------------------------------------
 
     async def _m_getMe(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"id": BOT_ID, "is_bot": True, "first_name": "siar", "username": self.bot_username,
-                "can_join_groups": True, "can_read_all_group_messages": False,
-                "supports_inline_queries": False}
+        return {
+            "id": BOT_ID,
+            "is_bot": True,
+            "first_name": "siar",
+            "username": self.bot_username,
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
 
     async def _m_deleteWebhook(self, params: dict[str, Any]) -> bool:
         if params.get("drop_pending_updates"):
@@ -615,8 +742,9 @@ class FakeTelegram:
         caption = self._text(params.get("caption"), params.get("parse_mode"), 1024, "caption")
         self._markup(params)
         self._check_rate(chat)
-        message = self._store(chat, params, "sendPhoto", caption=params.get("caption"), plain=caption,
-                              photo=photo)
+        message = self._store(
+            chat, params, "sendPhoto", caption=params.get("caption"), plain=caption, photo=photo
+        )
         await self._maybe_hang()
         return self._message_json(message)
 
@@ -633,9 +761,12 @@ class FakeTelegram:
         plain = self._text(params.get("text"), params.get("parse_mode"), 4096, "message")
         markup = self._markup(params)
         if params.get("text") == message.get("text") and markup == message.get("reply_markup"):
-            raise ApiError(400, "Bad Request: message is not modified: specified new message content and "
-                                "reply markup are exactly the same as a current content and reply markup "
-                                "of the message")
+            raise ApiError(
+                400,
+                "Bad Request: message is not modified: specified new message content and "
+                "reply markup are exactly the same as a current content and reply markup "
+                "of the message",
+            )
         message.update(text=params.get("text"), plain=plain, reply_markup=markup)
         return self._message_json(message)
 
@@ -650,8 +781,9 @@ class FakeTelegram:
     async def _m_answerCallbackQuery(self, params: dict[str, Any]) -> bool:
         query_id = str(params.get("callback_query_id", ""))
         if not query_id.startswith("cq") or query_id in self.answered:
-            raise ApiError(400, "Bad Request: query is too old and response timeout expired or query ID "
-                                "is invalid")
+            raise ApiError(
+                400, "Bad Request: query is too old and response timeout expired or query ID is invalid"
+            )
         self.answered[query_id] = params
         return True
 
@@ -664,10 +796,20 @@ class FakeTelegram:
         if user_id == chat.creator:
             return {"status": "creator", "user": user, "is_anonymous": False}
         if user_id in chat.admins:
-            rights = ("can_be_edited", "is_anonymous", "can_manage_chat", "can_delete_messages",
-                      "can_manage_video_chats", "can_restrict_members", "can_promote_members",
-                      "can_change_info", "can_invite_users", "can_post_stories", "can_edit_stories",
-                      "can_delete_stories")
+            rights = (
+                "can_be_edited",
+                "is_anonymous",
+                "can_manage_chat",
+                "can_delete_messages",
+                "can_manage_video_chats",
+                "can_restrict_members",
+                "can_promote_members",
+                "can_change_info",
+                "can_invite_users",
+                "can_post_stories",
+                "can_edit_stories",
+                "can_delete_stories",
+            )
             return {"status": "administrator", "user": user, **dict.fromkeys(rights, False)}
         return {"status": "member", "user": user}
 
@@ -706,6 +848,7 @@ async def _params(request: web.Request) -> dict[str, Any]:
 
 def serve(port_file: str, limits: bool) -> None:
     """Run a fake with auto users in this process until killed (benchmarks run it apart)."""
+
     async def main() -> None:
         async with FakeTelegram(limits=limits, auto_users=True) as fake:
             await asyncio.to_thread(Path(port_file).write_text, str(fake.port))

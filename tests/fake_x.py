@@ -25,14 +25,33 @@ from urllib.parse import quote, unquote
 
 from twitter_text import parse_tweet
 
-KEYS = {"consumer_key": "ck-test-4f1a", "consumer_secret": "cs-test-very-secret-9b2c",
-        "access_token": "12345-at-test-77d0", "access_token_secret": "ats-test-very-secret-31e5"}
-OAUTH_REQUIRED = ("oauth_consumer_key", "oauth_nonce", "oauth_signature", "oauth_signature_method",
-                  "oauth_timestamp", "oauth_token", "oauth_version")
-DUPLICATE = {"detail": "You are not allowed to create a Tweet with duplicate content.",
-             "type": "about:blank", "title": "Forbidden", "status": 403}
-TOO_LONG = {"detail": "Your Tweet text is too long.", "type": "about:blank", "title": "Forbidden",
-            "status": 403}
+KEYS = {
+    "consumer_key": "ck-test-4f1a",
+    "consumer_secret": "cs-test-very-secret-9b2c",
+    "access_token": "12345-at-test-77d0",
+    "access_token_secret": "ats-test-very-secret-31e5",
+}
+OAUTH_REQUIRED = (
+    "oauth_consumer_key",
+    "oauth_nonce",
+    "oauth_signature",
+    "oauth_signature_method",
+    "oauth_timestamp",
+    "oauth_token",
+    "oauth_version",
+)
+DUPLICATE = {
+    "detail": "You are not allowed to create a Tweet with duplicate content.",
+    "type": "about:blank",
+    "title": "Forbidden",
+    "status": 403,
+}
+TOO_LONG = {
+    "detail": "Your Tweet text is too long.",
+    "type": "about:blank",
+    "title": "Forbidden",
+    "status": 403,
+}
 UNAUTHORIZED = {"title": "Unauthorized", "type": "about:blank", "status": 401, "detail": "Unauthorized"}
 
 
@@ -59,8 +78,9 @@ def _enc(value: str) -> str:
     return quote(value, safe="~")
 
 
-def oauth_signature(method: str, url: str, params: dict[str, str], consumer_secret: str,
-                    token_secret: str) -> str:
+def oauth_signature(
+    method: str, url: str, params: dict[str, str], consumer_secret: str, token_secret: str
+) -> str:
     """RFC 5849 HMAC-SHA1 for a request without form parameters."""
     pairs = sorted((_enc(k), _enc(v)) for k, v in params.items() if k != "oauth_signature")
     normalized = "&".join(f"{k}={v}" for k, v in pairs)
@@ -119,15 +139,17 @@ class FakeX:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def _refuse(self, seen: Seen, status: int, body: dict[str, Any],
-                why: str) -> tuple[int, Any, dict[str, str]]:
+    def _refuse(
+        self, seen: Seen, status: int, body: dict[str, Any], why: str
+    ) -> tuple[int, Any, dict[str, str]]:
         self.problems.append(why)
         seen.status = status
         return status, body, {}
@@ -147,17 +169,25 @@ class FakeX:
         missing = [k for k in OAUTH_REQUIRED if not oauth.get(k)]
         if missing:
             return self._refuse(seen, 401, UNAUTHORIZED, f"oauth parameters missing: {missing}")
-        if (oauth["oauth_consumer_key"] != self.keys["consumer_key"]
-                or oauth["oauth_token"] != self.keys["access_token"]
-                or oauth["oauth_signature_method"] != "HMAC-SHA1" or oauth["oauth_version"] != "1.0"):
+        if (
+            oauth["oauth_consumer_key"] != self.keys["consumer_key"]
+            or oauth["oauth_token"] != self.keys["access_token"]
+            or oauth["oauth_signature_method"] != "HMAC-SHA1"
+            or oauth["oauth_version"] != "1.0"
+        ):
             return self._refuse(seen, 401, UNAUTHORIZED, "wrong key, token or method")
         if abs(time.time() - int(oauth["oauth_timestamp"])) > 300:
             return self._refuse(seen, 401, UNAUTHORIZED, "stale timestamp")
         if oauth["oauth_nonce"] in self._nonces:
             return self._refuse(seen, 401, UNAUTHORIZED, "nonce reused")
         self._nonces.add(oauth["oauth_nonce"])
-        expected = oauth_signature("POST", self.base + handler.path, oauth, self.keys["consumer_secret"],
-                                   self.keys["access_token_secret"])
+        expected = oauth_signature(
+            "POST",
+            self.base + handler.path,
+            oauth,
+            self.keys["consumer_secret"],
+            self.keys["access_token_secret"],
+        )
         if not hmac.compare_digest(expected, oauth["oauth_signature"]):
             return self._refuse(seen, 401, UNAUTHORIZED, "bad signature")
         if self.script:
@@ -178,9 +208,15 @@ class FakeX:
         self.posts.append(text)
         seen.status = 201
         tweet_id = str(1445880548472328192 + len(self.posts))
-        return 201, {"data": {"id": tweet_id, "edit_history_tweet_ids": [tweet_id], "text": text}}, {
-            "x-rate-limit-limit": "100", "x-rate-limit-remaining": str(100 - len(self.posts)),
-            "x-rate-limit-reset": str(int(time.time()) + 900)}
+        return (
+            201,
+            {"data": {"id": tweet_id, "edit_history_tweet_ids": [tweet_id], "text": text}},
+            {
+                "x-rate-limit-limit": "100",
+                "x-rate-limit-remaining": str(100 - len(self.posts)),
+                "x-rate-limit-reset": str(int(time.time()) + 900),
+            },
+        )
 
     def __enter__(self) -> FakeX:
         self.thread.start()

@@ -25,8 +25,12 @@ class Settings(ChannelSettings):
 class FakeChannel:
     """Records what it was asked to send; each `script` entry is an exception to raise or None."""
 
-    def __init__(self, name: str = "fake", settings: ChannelSettings | None = None,
-                 context: ChannelContext | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "fake",
+        settings: ChannelSettings | None = None,
+        context: ChannelContext | None = None,
+    ) -> None:
         self.name = name
         self.type = "fake"
         self.resumable = False
@@ -50,8 +54,13 @@ class FakeChannel:
 
     def render(self, story: Story) -> Post:
         text = f"{story.title}\n{story.url}"
-        return Post(channel=self.name, type=self.type, story=story, text=text,
-                    length=Length("graphemes", count_graphemes(text), 500))
+        return Post(
+            channel=self.name,
+            type=self.type,
+            story=story,
+            text=text,
+            length=Length("graphemes", count_graphemes(text), 500),
+        )
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
         self.attempts.append(idempotency_key)

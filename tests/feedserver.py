@@ -95,9 +95,12 @@ def rss(items: list[dict[str, str]], title: str = "Test feed") -> bytes:
         cats = "".join(f"<category>{c}</category>" for c in item.get("category", "").split("|") if c)
         parts.append(
             f"<item><title>{item.get('title', '')}</title><link>{item.get('link', '')}</link>"
-            + (f"<guid isPermaLink=\"false\">{item['guid']}</guid>" if item.get("guid") else "")
+            + (f'<guid isPermaLink="false">{item["guid"]}</guid>' if item.get("guid") else "")
             + f"<pubDate>{item.get('pubDate', 'Fri, 09 Oct 2020 13:53:00 +0700')}</pubDate>{cats}"
-            f"<description><![CDATA[{item.get('description', '')}]]></description></item>")
-    return (f'<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel><title>{title}</title>'
-            f"<link>https://example.com/</link><description>d</description>{''.join(parts)}"
-            "</channel></rss>").encode()
+            f"<description><![CDATA[{item.get('description', '')}]]></description></item>"
+        )
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel><title>{title}</title>'
+        f"<link>https://example.com/</link><description>d</description>{''.join(parts)}"
+        "</channel></rss>"
+    ).encode()

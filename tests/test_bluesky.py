@@ -42,13 +42,18 @@ TID = re.compile(r"^[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}$")
 
 
 def sample_story() -> Story:
-    return parse_feed(SAMPLE.read_bytes(), "https://www.medcom.id/rss/internasional", {},
-                      CleaningRules(), "medcom").stories[0]
+    return parse_feed(
+        SAMPLE.read_bytes(), "https://www.medcom.id/rss/internasional", {}, CleaningRules(), "medcom"
+    ).stories[0]
 
 
 def context(base_dir: Path, config: Config | None = None) -> ChannelContext:
-    return ChannelContext(site=Site(name="medcom.id", language="id"), cta=CTA(), base_dir=base_dir,
-                          guard_for=lambda feed: guard_for_story(config, feed))
+    return ChannelContext(
+        site=Site(name="medcom.id", language="id"),
+        cta=CTA(),
+        base_dir=base_dir,
+        guard_for=lambda feed: guard_for_story(config, feed),
+    )
 
 
 def channel_for(base_dir: Path, config: Config | None = None, **keys: Any) -> BlueskyChannel:
@@ -58,10 +63,11 @@ def channel_for(base_dir: Path, config: Config | None = None, **keys: Any) -> Bl
 
 def facet_texts(text: str, facets: Any) -> list[tuple[str, str, str]]:
     data = text.encode("utf-8")
-    return [(f.kind, data[f.start:f.end].decode("utf-8"), f.value) for f in facets]
+    return [(f.kind, data[f.start : f.end].decode("utf-8"), f.value) for f in facets]
 
 
 # --- pure parts -------------------------------------------------------------------------------
+
 
 def test_record_key_is_a_stable_tid_per_row() -> None:
     story = sample_story()
@@ -83,18 +89,28 @@ def test_sample_story_renders_within_300_with_exact_facets(tmp_path: Path) -> No
     post = channel_for(tmp_path, app_password="x").render(story)
     assert count_graphemes(post.text) == post.length.used <= 300 == post.length.limit
     assert facet_texts(post.text, post.facets) == [
-        ("link", "medcom.id/internasiona…", story.url), ("tag", "#VladimirPutin", "VladimirPutin"),
-        ("tag", "#Rusia", "Rusia"), ("tag", "#KonflikArmeniaAzerbaijan", "KonflikArmeniaAzerbaijan")]
+        ("link", "medcom.id/internasiona…", story.url),
+        ("tag", "#VladimirPutin", "VladimirPutin"),
+        ("tag", "#Rusia", "Rusia"),
+        ("tag", "#KonflikArmeniaAzerbaijan", "KonflikArmeniaAzerbaijan"),
+    ]
     assert post.to_dict()["extra"]["langs"] == ["id"]
-    assert post.to_dict()["extra"]["card"] == {"uri": story.url, "title": story.title,
-                                               "description": story.lead, "image": story.image}
+    assert post.to_dict()["extra"]["card"] == {
+        "uri": story.url,
+        "title": story.title,
+        "description": story.lead,
+        "image": story.image,
+    }
 
 
-@pytest.mark.parametrize("url", [
-    # Google News redirect links and links with long query strings: ~350 characters.
-    "https://news.google.com/rss/articles/" + "CBMi" + "a1B2c3D4e5" * 30 + "?oc=5&hl=id&gl=ID&ceid=ID:id",
-    "https://www.medcom.id/internasional/dunia/" + "kata-" * 60 + "x?utm_source=rss&ref=" + "9" * 40,
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        # Google News redirect links and links with long query strings: ~350 characters.
+        "https://news.google.com/rss/articles/" + "CBMi" + "a1B2c3D4e5" * 30 + "?oc=5&hl=id&gl=ID&ceid=ID:id",
+        "https://www.medcom.id/internasional/dunia/" + "kata-" * 60 + "x?utm_source=rss&ref=" + "9" * 40,
+    ],
+)
 def test_a_long_link_is_shown_short_with_its_facet_carrying_it_whole(tmp_path: Path, url: str) -> None:
     """A ~350-character link once made the template alone longer than 300 graphemes: the post
     failed and `preview` aborted. Bluesky's own app shows host + path start + "…"."""
@@ -103,13 +119,14 @@ def test_a_long_link_is_shown_short_with_its_facet_carrying_it_whole(tmp_path: P
     post = channel_for(tmp_path, app_password="x").render(story)
     assert count_graphemes(post.text) == post.length.used <= 300
     (link,) = [f for f in post.facets if f.kind == "link"]
-    shown = post.text.encode()[link.start:link.end].decode()
+    shown = post.text.encode()[link.start : link.end].decode()
     assert link.value == url and shown.endswith("…") and len(shown) < 50
     assert shown.split("/")[0] in url and story.title in post.text
 
 
 def _noise_png(side: int) -> bytes:
     from PIL import Image
+
     rng = random.Random(1)
     image = Image.frombytes("RGB", (side, side), bytes(rng.getrandbits(8) for _ in range(side * side * 3)))
     out = io.BytesIO()
@@ -130,17 +147,23 @@ def test_shrink_image_keeps_small_and_shrinks_big() -> None:
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=400)
 _tags = st.lists(st.text(st.characters(blacklist_categories=("Cs",)), max_size=30), max_size=8)
-_urls = st.builds(lambda host, tld, path: f"https://{host}.{tld}/{path}",
-                  st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=30),
-                  st.sampled_from(["com", "id", "co.id", "org", "news", "example", "xn--p1ai"]),
-                  st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_/", max_size=250))
+_urls = st.builds(
+    lambda host, tld, path: f"https://{host}.{tld}/{path}",
+    st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=30),
+    st.sampled_from(["com", "id", "co.id", "org", "news", "example", "xn--p1ai"]),
+    st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_/", max_size=250),
+)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(title=_text, lead=_text, tags=_tags, url=_urls)
-def test_any_story_fits_300_graphemes_with_exact_facets(tmp_path: Path, title: str, lead: str,
-                                                         tags: list[str], url: str) -> None:
+def test_any_story_fits_300_graphemes_with_exact_facets(
+    tmp_path: Path, title: str, lead: str, tags: list[str], url: str
+) -> None:
     channel = channel_for(tmp_path, app_password="x")
     post = channel.render(Story(uid="1", feed="f", url=url, title=title, lead=lead, tags=tuple(tags)))
     assert count_graphemes(post.text) <= 300
@@ -158,6 +181,7 @@ def test_any_story_fits_300_graphemes_with_exact_facets(tmp_path: Path, title: s
 
 # --- the reference PDS --------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def pds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Bluesky's reference PDS (in-memory PLC) on 127.0.0.1, with one account and an app password."""
@@ -165,9 +189,15 @@ def pds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     if not marker.exists() or not NODE.exists():
         subprocess.run(["sh", str(PDS_DIR / "install.sh")], check=True, timeout=900)
     data = tmp_path_factory.mktemp("pds")
-    process = subprocess.Popen([str(NODE), "start.mjs"], cwd=PDS_DIR, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "TMPDIR": str(data), "LOG_ENABLED": "false"})
+    process = subprocess.Popen(
+        [str(NODE), "start.mjs"],
+        cwd=PDS_DIR,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(data), "LOG_ENABLED": "false"},
+    )
     line: list[str] = []
     reader = threading.Thread(target=lambda: line.append(process.stdout.readline()))  # type: ignore[union-attr]
     reader.start()
@@ -201,7 +231,8 @@ async def read_back(pds: dict[str, str], uri: str) -> Any:
     client = AsyncClient(pds["url"])
     _, _, did, collection, rkey = uri.split("/")
     response = await client.com.atproto.repo.get_record(
-        models.ComAtprotoRepoGetRecord.Params(repo=did, collection=collection, rkey=rkey))
+        models.ComAtprotoRepoGetRecord.Params(repo=did, collection=collection, rkey=rkey)
+    )
     await client.request.close()
     return response.value
 
@@ -223,18 +254,28 @@ async def test_end_to_end_sample_story_with_card_and_thumbnail(pds: dict[str, st
     record = await read_back(pds, receipt.remote_id)
     assert record.text == post.text and record.langs == ["id"]
     data = record.text.encode("utf-8")
-    spans = [(type(f.features[0]).__name__, data[f.index.byte_start:f.index.byte_end].decode(),
-              getattr(f.features[0], "uri", None) or getattr(f.features[0], "tag", None))
-             for f in record.facets]
-    assert spans == [("Link", link_text(story.url), story.url), ("Tag", "#VladimirPutin", "VladimirPutin"),
-                     ("Tag", "#Rusia", "Rusia"),
-                     ("Tag", "#KonflikArmeniaAzerbaijan", "KonflikArmeniaAzerbaijan")]
+    spans = [
+        (
+            type(f.features[0]).__name__,
+            data[f.index.byte_start : f.index.byte_end].decode(),
+            getattr(f.features[0], "uri", None) or getattr(f.features[0], "tag", None),
+        )
+        for f in record.facets
+    ]
+    assert spans == [
+        ("Link", link_text(story.url), story.url),
+        ("Tag", "#VladimirPutin", "VladimirPutin"),
+        ("Tag", "#Rusia", "Rusia"),
+        ("Tag", "#KonflikArmeniaAzerbaijan", "KonflikArmeniaAzerbaijan"),
+    ]
     external = record.embed.external
     assert (external.uri, external.title, external.description) == (story.url, story.title, story.lead)
     assert external.thumb.mime_type == "image/jpeg" and 0 < external.thumb.size <= 1_000_000
     async with httpx.AsyncClient() as client:
-        blob = await client.get(f"{pds['url']}/xrpc/com.atproto.sync.getBlob",
-                                params={"did": pds["did"], "cid": external.thumb.ref.link})
+        blob = await client.get(
+            f"{pds['url']}/xrpc/com.atproto.sync.getBlob",
+            params={"did": pds["did"], "cid": external.thumb.ref.link},
+        )
     assert blob.status_code == 200 and len(blob.content) == external.thumb.size
 
 
@@ -244,8 +285,9 @@ async def test_resend_of_the_same_row_is_already_done(pds: dict[str, str], bsky:
     await bsky.send(post, idempotency_key="siar-200")
     with pytest.raises(AlreadyDone):  # a crash after the request left: the PDS refuses the same rkey
         await bsky.send(post, idempotency_key="siar-200")
-    assert (await read_back(pds, f"at://{pds['did']}/app.bsky.feed.post/{record_key('siar-200', story)}")
-            ).text == post.text
+    assert (
+        await read_back(pds, f"at://{pds['did']}/app.bsky.feed.post/{record_key('siar-200', story)}")
+    ).text == post.text
 
 
 async def test_card_without_reachable_image_still_posts(pds: dict[str, str], bsky: BlueskyChannel) -> None:
@@ -328,7 +370,9 @@ async def test_429_5xx_and_lost_answers(pds: dict[str, str], bsky: BlueskyChanne
     reset = int(datetime.now(UTC).timestamp()) + 90
     transport.faults["com.atproto.repo.createRecord"] = [
         (429, {"ratelimit-limit": "5000", "ratelimit-remaining": "0", "ratelimit-reset": str(reset)}, False),
-        (500, {}, False), (502, {}, True)]
+        (500, {}, False),
+        (502, {}, True),
+    ]
     with pytest.raises(RetryLater) as caught:
         await bsky.send(post, idempotency_key="siar-700")
     assert caught.value.after is not None and 80 <= caught.value.after <= 90
@@ -338,5 +382,6 @@ async def test_429_5xx_and_lost_answers(pds: dict[str, str], bsky: BlueskyChanne
         await bsky.send(post, idempotency_key="siar-700")
     with pytest.raises(AlreadyDone):
         await bsky.send(post, idempotency_key="siar-700")
-    assert (await read_back(pds, f"at://{pds['did']}/app.bsky.feed.post/{record_key('siar-700', story)}")
-            ).text == post.text
+    assert (
+        await read_back(pds, f"at://{pds['did']}/app.bsky.feed.post/{record_key('siar-700', story)}")
+    ).text == post.text

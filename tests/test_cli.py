@@ -17,15 +17,24 @@ from tests.conftest import SAMPLE
 from tests.feedserver import FeedServer, Route
 
 ROOT = Path(__file__).parent.parent
-INTL_TITLES = ["Putin Ajak Menlu Azerbaijan dan Armenia Bahas Perdamaian",
-               "Sidang Umum PBB Bahas Krisis Pangan Global", "Uji \"Escape\" Tebal & Tautan"]
+INTL_TITLES = [
+    "Putin Ajak Menlu Azerbaijan dan Armenia Bahas Perdamaian",
+    "Sidang Umum PBB Bahas Krisis Pangan Global",
+    'Uji "Escape" Tebal & Tautan',
+]
 
 
-def siar(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-         timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True,
-                          text=True, cwd=cwd or ROOT, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "160", **(env or {})})
+def siar(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "160", **(env or {})},
+    )
 
 
 @pytest.fixture
@@ -85,12 +94,21 @@ def test_preview_json_shape_and_nothing_stored(example: Path) -> None:
 
 
 def test_preview_of_a_file_with_feed_filters(example: Path) -> None:
-    result = siar("preview", "--config", str(example), "--json", "--feed", "medcom-internasional",
-                  "--file", str(SAMPLE), "--limit", "10")
+    result = siar(
+        "preview",
+        "--config",
+        str(example),
+        "--json",
+        "--feed",
+        "medcom-internasional",
+        "--file",
+        str(SAMPLE),
+        "--limit",
+        "10",
+    )
     titles = [p["story"]["title"] for p in json.loads(result.stdout)]
     assert len(titles) == 3 and not any("Cabai" in t for t in titles)
-    unfiltered = siar("preview", "--config", str(example), "--json", "--file", str(SAMPLE),
-                      "--limit", "10")
+    unfiltered = siar("preview", "--config", str(example), "--json", "--file", str(SAMPLE), "--limit", "10")
     assert len(json.loads(unfiltered.stdout)) == 4
 
 
@@ -101,20 +119,34 @@ def test_status_and_why(example: Path) -> None:
     report = json.loads(status.stdout)
     console = report["channels"]["console"]
     assert {k: console[k] for k in ("pending", "sent", "failed", "uncertain")} == {
-        "pending": 0, "sent": 3, "failed": 0, "uncertain": 0}
+        "pending": 0,
+        "sent": 3,
+        "failed": 0,
+        "uncertain": 0,
+    }
     (feed,) = report["feeds"]
     assert feed["name"] == "medcom-internasional" and feed["failures"] == 0 and feed["last_success"]
     assert report["recent_failures"] == []
 
-    why = siar("why", "--config", str(example), "--json",
-               "https://www.medcom.id/ekonomi/bisnis/Rb7Tq1xZ-harga-cabai-rawit-naik?utm_source=x")
+    why = siar(
+        "why",
+        "--config",
+        str(example),
+        "--json",
+        "https://www.medcom.id/ekonomi/bisnis/Rb7Tq1xZ-harga-cabai-rawit-naik?utm_source=x",
+    )
     (story,) = json.loads(why.stdout)
     (decision,) = story["decisions"]
     assert decision["decision"] == "filtered"
     assert decision["rule"] == "feeds.medcom-internasional.include_categories"
     # another form of the same link (m. host, http, trailing slash) names the same story
-    other_form = siar("why", "--config", str(example), "--json",
-                      "http://m.medcom.id/ekonomi/bisnis/Rb7Tq1xZ-harga-cabai-rawit-naik/")
+    other_form = siar(
+        "why",
+        "--config",
+        str(example),
+        "--json",
+        "http://m.medcom.id/ekonomi/bisnis/Rb7Tq1xZ-harga-cabai-rawit-naik/",
+    )
     assert [s["story"]["id"] for s in json.loads(other_form.stdout)] == [story["story"]["id"]]
     readable = siar("why", "--config", str(example), "medcom-4KZ9mA2b")
     assert "queued" in readable.stdout and "sent" in readable.stdout
@@ -133,8 +165,10 @@ def test_json_logs_and_secrets_never_logged(tmp_path: Path, feed_server: FeedSer
     secret = "tok-123456789-SECRET"
     feed_server.routes[f"/rss?key={secret}"] = Route(status=500)
     config = tmp_path / "c.toml"
-    config.write_text(f'[[feeds]]\nname = "a"\nurl = "{feed_server.url("/rss")}?key=${{SIAR_T}}"\n'
-                      '[channels.console]\ntype = "console"\n')
+    config.write_text(
+        f'[[feeds]]\nname = "a"\nurl = "{feed_server.url("/rss")}?key=${{SIAR_T}}"\n'
+        '[channels.console]\ntype = "console"\n'
+    )
     result = siar("once", "--config", str(config), "--log-format", "json", env={"SIAR_T": secret})
     assert result.returncode == 1
     assert feed_server.hits(f"/rss?key={secret}") == 1  # the real value was used…
@@ -163,8 +197,13 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen[str], seconds: float
 def test_daemon_runs_refuses_a_second_and_stops_on_sigterm(example: Path, tmp_path: Path) -> None:
     log_path = tmp_path / "daemon.log"
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "run", "--config", str(example)],
-                                stdout=subprocess.PIPE, stderr=log_file, text=True, cwd=tmp_path)
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), "run", "--config", str(example)],
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+            cwd=tmp_path,
+        )
         try:
             _wait_for(log_path, "channel console: sent", proc)
             second = siar("run", "--config", str(example), timeout=30)
@@ -183,8 +222,10 @@ def test_daemon_runs_refuses_a_second_and_stops_on_sigterm(example: Path, tmp_pa
 
 
 def test_a_broken_template_fails_check_but_not_the_daemon(example: Path) -> None:
-    example.write_text(example.read_text() + '\n[channels.broken]\ntype = "console"\n'
-                       'template = """{{ title }}\n{% if %}"""\n')
+    example.write_text(
+        example.read_text() + '\n[channels.broken]\ntype = "console"\n'
+        'template = """{{ title }}\n{% if %}"""\n'
+    )
     result = siar("check", "--config", str(example))
     assert result.returncode == 2
     assert "channel 'broken': template error at line 2" in result.stderr
@@ -196,12 +237,15 @@ def test_a_broken_template_fails_check_but_not_the_daemon(example: Path) -> None
 
 def test_console_prints_markup_like_categories_as_text(tmp_path: Path) -> None:
     feed = tmp_path / "f.xml"
-    feed.write_text('<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><item>'
-                    "<title>[bold]Not bold[/]</title><link>https://e.example/1</link>"
-                    "<category>[/]</category></item></channel></rss>")
+    feed.write_text(
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><item>'
+        "<title>[bold]Not bold[/]</title><link>https://e.example/1</link>"
+        "<category>[/]</category></item></channel></rss>"
+    )
     config = tmp_path / "c.toml"
-    config.write_text('[[feeds]]\nname = "a"\nurl = "f.xml"\nfirst_run = "all"\n'
-                      '[channels.console]\ntype = "console"\n')
+    config.write_text(
+        '[[feeds]]\nname = "a"\nurl = "f.xml"\nfirst_run = "all"\n[channels.console]\ntype = "console"\n'
+    )
     result = siar("once", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert "[bold]Not bold[/]" in result.stdout and "console · [/]" in result.stdout

@@ -76,9 +76,9 @@ def test_unknown_channel_type_lists_known_ones(make_config: Callable[[str], Conf
         """)
 
 
-def test_missing_secret_disables_only_that_channel(make_config: Callable[[str], Config],
-                                                   fake_type: None,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_secret_disables_only_that_channel(
+    make_config: Callable[[str], Config], fake_type: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("SIAR_TEST_TOKEN", raising=False)
     config = make_config("""
         [channels.social]
@@ -100,8 +100,9 @@ def test_empty_secret_also_disables(make_config: Callable[[str], Config], fake_t
     assert "channels.social.token" in config.disabled["social"]
 
 
-def test_env_and_file_expansion(make_config: Callable[[str], Config], fake_type: None,
-                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_and_file_expansion(
+    make_config: Callable[[str], Config], fake_type: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     secret = tmp_path / "token.txt"
     secret.write_text("s3cr3t-from-file\n")
     monkeypatch.setenv("SIAR_FEED_HOST", "news.example.org")
@@ -121,8 +122,9 @@ def test_env_and_file_expansion(make_config: Callable[[str], Config], fake_type:
     assert "s3cr3t-from-file" in config.secrets
 
 
-def test_unset_env_outside_channels_is_an_error(make_config: Callable[[str], Config],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unset_env_outside_channels_is_an_error(
+    make_config: Callable[[str], Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("SIAR_NOPE", raising=False)
     with pytest.raises(ConfigError, match=r"store\.url: environment variable SIAR_NOPE is not set"):
         make_config("""
@@ -163,10 +165,19 @@ def test_invalid_toml_is_reported_with_position(make_config: Callable[[str], Con
         """)
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("90s", 90), ("5m", 300), ("2h", 7200), ("1d", 86400), ("1h30m", 5400), ("250ms", 0.25),
-    (15, 15), ("1.5h", 5400),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90),
+        ("5m", 300),
+        ("2h", 7200),
+        ("1d", 86400),
+        ("1h30m", 5400),
+        ("250ms", 0.25),
+        (15, 15),
+        ("1.5h", 5400),
+    ],
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 

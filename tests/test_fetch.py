@@ -99,13 +99,15 @@ async def test_compressed_bodies_are_inflated_under_the_cap(feed_server: FeedSer
     feed_server.routes["/gz"] = Route(body=gzip.compress(feed), headers={"Content-Encoding": "gzip"})
     feed_server.routes["/deflate"] = Route(body=zlib.compress(feed), headers={"Content-Encoding": "deflate"})
     feed_server.routes["/bomb"] = Route(body=bomb, headers={"Content-Encoding": "gzip"})
-    feed_server.routes["/double"] = Route(body=gzip.compress(gzip.compress(feed)),
-                                          headers={"Content-Encoding": "gzip, gzip"})
+    feed_server.routes["/double"] = Route(
+        body=gzip.compress(gzip.compress(feed)), headers={"Content-Encoding": "gzip, gzip"}
+    )
     feed_server.routes["/br"] = Route(body=b"\x0b\x02\x80", headers={"Content-Encoding": "br"})
     fetcher = Fetcher("t", max_bytes=1_000_000)
     try:
-        gz, deflate, bombed, double, br = [await fetcher.fetch(feed_server.url(p))
-                                           for p in ("/gz", "/deflate", "/bomb", "/double", "/br")]
+        gz, deflate, bombed, double, br = [
+            await fetcher.fetch(feed_server.url(p)) for p in ("/gz", "/deflate", "/bomb", "/double", "/br")
+        ]
     finally:
         await fetcher.close()
     assert gz.body == feed and deflate.body == feed

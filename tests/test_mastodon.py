@@ -29,8 +29,9 @@ CONTEXT = ChannelContext(site=Site(name="medcom.id", language="id"), cta=CTA())
 
 
 def sample_story() -> Story:
-    feed = parse_feed(SAMPLE.read_bytes(), "https://www.medcom.id/rss/internasional", {},
-                      CleaningRules(), "medcom")
+    feed = parse_feed(
+        SAMPLE.read_bytes(), "https://www.medcom.id/rss/internasional", {}, CleaningRules(), "medcom"
+    )
     return feed.stories[0]
 
 
@@ -40,12 +41,14 @@ def fake() -> Iterator[FakeMastodon]:
         yield server
 
 
-def channel_for(base: str, token: str = "secret-token", config: Config | None = None,
-                **keys: object) -> MastodonChannel:
+def channel_for(
+    base: str, token: str = "secret-token", config: Config | None = None, **keys: object
+) -> MastodonChannel:
     settings = Settings.model_validate({"type": "mastodon", "instance": base, "access_token": token, **keys})
     # a fresh context each time: instance limits are cached per context
-    context = ChannelContext(site=CONTEXT.site, cta=CONTEXT.cta,
-                             guard_for=lambda feed: guard_for_story(config, feed))
+    context = ChannelContext(
+        site=CONTEXT.site, cta=CONTEXT.cta, guard_for=lambda feed: guard_for_story(config, feed)
+    )
     return create("masto", settings, context)
 
 
@@ -63,7 +66,8 @@ async def channel(fake: FakeMastodon) -> AsyncIterator[MastodonChannel]:
 
 
 async def test_sample_story_posted_with_headers_language_and_hashtags(
-        fake: FakeMastodon, channel: MastodonChannel) -> None:
+    fake: FakeMastodon, channel: MastodonChannel
+) -> None:
     story = sample_story()
     post = channel.render(story)
     receipt = await channel.send(post, idempotency_key="siar-7")
@@ -108,7 +112,8 @@ async def test_instance_limits_are_read_once_and_used_for_rendering(fake: FakeMa
 
 @pytest.mark.parametrize(("v2", "v1", "expected"), [(False, True, 140), (False, False, 500)])
 async def test_instance_limits_fall_back_to_v1_then_defaults(
-        fake: FakeMastodon, v2: bool, v1: bool, expected: int) -> None:
+    fake: FakeMastodon, v2: bool, v1: bool, expected: int
+) -> None:
     fake.max_characters, fake.v2_instance, fake.v1_instance = 140, v2, v1
     ch = channel_for(fake.base)
     await ch.start()
@@ -138,8 +143,13 @@ async def test_spoiler_text_counts_toward_the_limit(fake: FakeMastodon) -> None:
 
 async def test_429_waits_for_the_rate_limit_reset(fake: FakeMastodon, channel: MastodonChannel) -> None:
     reset = (datetime.now(UTC) + timedelta(seconds=120)).isoformat().replace("+00:00", "Z")
-    fake.faults.append(Fault(429, {"X-RateLimit-Limit": "300", "X-RateLimit-Remaining": "0",
-                                   "X-RateLimit-Reset": reset}, {"error": "Too many requests"}))
+    fake.faults.append(
+        Fault(
+            429,
+            {"X-RateLimit-Limit": "300", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset},
+            {"error": "Too many requests"},
+        )
+    )
     with pytest.raises(RetryLater) as caught:
         await channel.send(channel.render(sample_story()), idempotency_key="siar-1")
     assert caught.value.after is not None and 110 <= caught.value.after <= 120
@@ -151,7 +161,8 @@ async def test_429_waits_for_the_rate_limit_reset(fake: FakeMastodon, channel: M
 
 
 async def test_5xx_after_create_then_retry_gives_the_first_status(
-        fake: FakeMastodon, channel: MastodonChannel) -> None:
+    fake: FakeMastodon, channel: MastodonChannel
+) -> None:
     fake.faults.append(Fault(502, {}, {"error": "Bad gateway"}, after_create=True))
     post = channel.render(sample_story())
     with pytest.raises(RetryLater, match="502"):
@@ -161,7 +172,8 @@ async def test_5xx_after_create_then_retry_gives_the_first_status(
 
 
 async def test_ambiguous_failure_older_than_the_idempotency_window_is_uncertain(
-        fake: FakeMastodon, channel: MastodonChannel) -> None:
+    fake: FakeMastodon, channel: MastodonChannel
+) -> None:
     fake.faults.append(Fault(503, {}, {"error": "Unavailable"}))
     post = channel.render(sample_story())
     with pytest.raises(RetryLater):
@@ -196,6 +208,7 @@ def _png() -> bytes:
     import io
 
     from PIL import Image
+
     out = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 30, 30)).save(out, "PNG")
     return out.getvalue()
@@ -277,18 +290,28 @@ async def test_end_to_end_with_mastodon_mock() -> None:
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=400)
 _tags = st.lists(st.text(st.characters(blacklist_categories=("Cs",)), max_size=30), max_size=8)
-_urls = st.builds(lambda host, tld, path: f"https://{host}.{tld}/{path}",
-                  st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=30).filter(
-                      lambda h: not h.startswith("-") and not h.endswith("-")),
-                  st.sampled_from(["com", "id", "co.id", "org", "news"]),
-                  st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_/", max_size=300))
+_urls = st.builds(
+    lambda host, tld, path: f"https://{host}.{tld}/{path}",
+    st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=30).filter(
+        lambda h: not h.startswith("-") and not h.endswith("-")
+    ),
+    st.sampled_from(["com", "id", "co.id", "org", "news"]),
+    st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_/", max_size=300),
+)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(title=_text, lead=_text, tags=_tags, url=_urls, limit=st.integers(100, 1000),
-       url_length=st.integers(5, 40))
-def test_any_story_fits_the_instance_limit(title: str, lead: str, tags: list[str], url: str,
-                                           limit: int, url_length: int) -> None:
+@given(
+    title=_text,
+    lead=_text,
+    tags=_tags,
+    url=_urls,
+    limit=st.integers(100, 1000),
+    url_length=st.integers(5, 40),
+)
+def test_any_story_fits_the_instance_limit(
+    title: str, lead: str, tags: list[str], url: str, limit: int, url_length: int
+) -> None:
     ch = channel_for("https://m.example")
     ch.limits.max_characters, ch.limits.url_length, ch.limits.loaded = limit, url_length, True
     story = Story(uid="1", feed="f", url=url, title=title, lead=lead, tags=tuple(tags))

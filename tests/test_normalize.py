@@ -27,8 +27,10 @@ def test_seed_story_is_clean(sample_bytes: bytes) -> None:
     story = parsed.stories[0]
     assert story.uid == "medcom-4KZ9mA2b"
     assert story.title == "Putin Ajak Menlu Azerbaijan dan Armenia Bahas Perdamaian"
-    assert story.url == ("https://www.medcom.id/internasional/eropa-amerika/"
-                         "4KZ9mA2b-putin-ajak-menlu-azerbaijan-dan-armenia-bahas-perdamaian")
+    assert story.url == (
+        "https://www.medcom.id/internasional/eropa-amerika/"
+        "4KZ9mA2b-putin-ajak-menlu-azerbaijan-dan-armenia-bahas-perdamaian"
+    )
     assert story.lead.startswith("Moskow: Presiden Rusia Vladimir Putin mengundang")
     assert story.lead.endswith("Jumat, 9 Oktober 2020.")
     for boilerplate in ("Baca", "Bagaimana tanggapan", "(FJR)", "<", "&amp;", "Foto: AFP"):
@@ -53,8 +55,10 @@ def test_hostile_markup_becomes_plain_text(sample_bytes: bytes) -> None:
 
 
 def test_full_article_content_is_cleaned_of_every_boilerplate() -> None:
-    html = ("<p>Satu.</p><p>Baca juga: <a href='x'>Lain</a></p><p>BACA: x</p>"
-            "<p>Bagaimana tanggapan anda mengenai artikel ini?</p><p>Dua. (FJR)</p><p>(WAH/FJR)</p>")
+    html = (
+        "<p>Satu.</p><p>Baca juga: <a href='x'>Lain</a></p><p>BACA: x</p>"
+        "<p>Bagaimana tanggapan anda mengenai artikel ini?</p><p>Dua. (FJR)</p><p>(WAH/FJR)</p>"
+    )
     paragraphs, _ = html_paragraphs(html)
     assert clean_lead(paragraphs, RULES) == "Satu. Dua."
 
@@ -71,32 +75,39 @@ def test_long_lead_is_cut_at_a_sentence() -> None:
     assert lead == "Kalimat pertama cukup panjang."
 
 
-@pytest.mark.parametrize(("raw", "canonical"), [
-    ("https://Example.COM:443/a/b?utm_source=rss&id=3&fbclid=x#top", "https://example.com/a/b?id=3"),
-    ("http://example.com:80", "http://example.com/"),
-    ("https://example.com/p?gclid=1&utm_medium=feed", "https://example.com/p"),
-    ("https://example.com:8443/x?b=2&a=1", "https://example.com:8443/x?b=2&a=1"),
-    (" https://example.com/spaced \n", "https://example.com/spaced"),
-])
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [
+        ("https://Example.COM:443/a/b?utm_source=rss&id=3&fbclid=x#top", "https://example.com/a/b?id=3"),
+        ("http://example.com:80", "http://example.com/"),
+        ("https://example.com/p?gclid=1&utm_medium=feed", "https://example.com/p"),
+        ("https://example.com:8443/x?b=2&a=1", "https://example.com:8443/x?b=2&a=1"),
+        (" https://example.com/spaced \n", "https://example.com/spaced"),
+    ],
+)
 def test_canonical_url(raw: str, canonical: str) -> None:
     assert canonical_url(raw) == canonical
 
 
 def test_relative_links_resolve_against_the_feed_url() -> None:
-    body = (b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
-            b"<item><title>A</title><link>/news/a?utm_source=x</link></item></channel></rss>")
+    body = (
+        b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
+        b"<item><title>A</title><link>/news/a?utm_source=x</link></item></channel></rss>"
+    )
     story = parse_feed(body, "https://site.example/rss", {}, RULES, "f").stories[0]
     assert story.url == "https://site.example/news/a"
     assert story.uid == story.url  # no guid: the canonical link is the id
 
 
 def test_atom_and_missing_dates_fall_back_to_first_seen() -> None:
-    body = (b'<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
-            b"<title>t</title><entry><title type='html'>&lt;b&gt;Bold&lt;/b&gt; news</title>"
-            b"<link href='https://a.example/1'/><id>tag:a,1</id>"
-            b"<category term='World, Politics'/><category term='world'/>"
-            b"<summary type='html'>&lt;p&gt;Lead &amp;amp; more&lt;/p&gt;&lt;img src='/i.png'&gt;</summary>"
-            b"</entry></feed>")
+    body = (
+        b'<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
+        b"<title>t</title><entry><title type='html'>&lt;b&gt;Bold&lt;/b&gt; news</title>"
+        b"<link href='https://a.example/1'/><id>tag:a,1</id>"
+        b"<category term='World, Politics'/><category term='world'/>"
+        b"<summary type='html'>&lt;p&gt;Lead &amp;amp; more&lt;/p&gt;&lt;img src='/i.png'&gt;</summary>"
+        b"</entry></feed>"
+    )
     seen = datetime(2024, 1, 1, tzinfo=UTC)
     story = parse_feed(body, "https://a.example/atom", {}, RULES, "f", now=seen).stories[0]
     assert story.title == "Bold news"
@@ -150,10 +161,22 @@ def test_real_news_feeds_yield_usable_stories() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=3000) | st.text(max_size=3000).map(lambda t: (
-    '<?xml version="1.0"?><rss version="2.0"><channel><item><title>' + t
-    + "</title><link>https://e.example/" + t[:20] + "</link><description>" + t
-    + "</description><category>" + t[:30] + "</category></item></channel></rss>").encode("utf-8", "replace")))
+@given(
+    st.binary(max_size=3000)
+    | st.text(max_size=3000).map(
+        lambda t: (
+            '<?xml version="1.0"?><rss version="2.0"><channel><item><title>'
+            + t
+            + "</title><link>https://e.example/"
+            + t[:20]
+            + "</link><description>"
+            + t
+            + "</description><category>"
+            + t[:30]
+            + "</category></item></channel></rss>"
+        ).encode("utf-8", "replace")
+    )
+)
 def test_hostile_bytes_never_raise(body: bytes) -> None:
     parsed = parse_feed(body, "https://e.example/rss", {}, RULES, "f")
     for story in parsed.stories:
@@ -164,12 +187,14 @@ def test_surrogate_references_and_huge_markup_do_not_break_the_feed() -> None:
     import time
 
     hostile = "<a<a\u2039a" * 30000  # quadratic for html.parser without the cap
-    body = ('<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
-            "<item><title>Bad &#xD800; title &#55296;</title><link>https://e.example/1</link>"
-            "<guid>g&#xdfff;1</guid><category>c&#xD800;</category></item>"
-            f"<item><title>{'Panjang ' * 200}</title><link>https://e.example/2</link>"
-            f"<description><![CDATA[{hostile}]]></description></item>"
-            "</channel></rss>").encode()
+    body = (
+        '<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
+        "<item><title>Bad &#xD800; title &#55296;</title><link>https://e.example/1</link>"
+        "<guid>g&#xdfff;1</guid><category>c&#xD800;</category></item>"
+        f"<item><title>{'Panjang ' * 200}</title><link>https://e.example/2</link>"
+        f"<description><![CDATA[{hostile}]]></description></item>"
+        "</channel></rss>"
+    ).encode()
     started = time.process_time()
     parsed = parse_feed(body, "https://e.example/rss", {}, RULES, "f")
     assert time.process_time() - started < 5
@@ -184,20 +209,28 @@ MEDCOM = ["www.medcom.id", "m.medcom.id", "medcom.id"]
 STORY = "https://www.medcom.id/internasional/dunia/Zp3Lk8Wd-sidang"
 
 
-@pytest.mark.parametrize(("url", "identity"), [
-    (STORY, STORY),
-    ("http://www.medcom.id/internasional/dunia/Zp3Lk8Wd-sidang", STORY),
-    ("https://m.medcom.id/internasional/dunia/Zp3Lk8Wd-sidang/", STORY),
-    ("http://M.MEDCOM.ID:80/internasional/dunia/Zp3Lk8Wd-sidang/?utm_source=x#top", STORY),
-    ("https://medcom.id:443/internasional/dunia/Zp3Lk8Wd-sidang", STORY),
-    ("https://www.medcom.id/?p=3", "https://www.medcom.id?p=3"),
-    ("https://www.medcom.id", "https://www.medcom.id"),
-    # not the site's hosts: only scheme, port and the trailing slash are ignored
-    ("http://other.example/internasional/dunia/Zp3Lk8Wd-sidang/",
-     "https://other.example/internasional/dunia/Zp3Lk8Wd-sidang"),
-    ("https://other.example:8443/a", "https://other.example:8443/a"),
-    ("https://www.medcom.id/internasional/dunia/Zp3Lk8Wd-SIDANG", STORY[:-6] + "SIDANG"),  # paths keep case
-])
+@pytest.mark.parametrize(
+    ("url", "identity"),
+    [
+        (STORY, STORY),
+        ("http://www.medcom.id/internasional/dunia/Zp3Lk8Wd-sidang", STORY),
+        ("https://m.medcom.id/internasional/dunia/Zp3Lk8Wd-sidang/", STORY),
+        ("http://M.MEDCOM.ID:80/internasional/dunia/Zp3Lk8Wd-sidang/?utm_source=x#top", STORY),
+        ("https://medcom.id:443/internasional/dunia/Zp3Lk8Wd-sidang", STORY),
+        ("https://www.medcom.id/?p=3", "https://www.medcom.id?p=3"),
+        ("https://www.medcom.id", "https://www.medcom.id"),
+        # not the site's hosts: only scheme, port and the trailing slash are ignored
+        (
+            "http://other.example/internasional/dunia/Zp3Lk8Wd-sidang/",
+            "https://other.example/internasional/dunia/Zp3Lk8Wd-sidang",
+        ),
+        ("https://other.example:8443/a", "https://other.example:8443/a"),
+        (
+            "https://www.medcom.id/internasional/dunia/Zp3Lk8Wd-SIDANG",
+            STORY[:-6] + "SIDANG",
+        ),  # paths keep case
+    ],
+)
 def test_identity_url(url: str, identity: str) -> None:
     assert identity_url(url, MEDCOM) == identity
 
@@ -214,21 +247,41 @@ def test_story_key_is_the_same_for_every_form_of_one_story_and_differs_otherwise
 
 
 def entry_feed(*items: str) -> bytes:
-    return ('<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>t</title>'
-            + "".join(f"<item>{i}</item>" for i in items) + "</channel></rss>").encode()
+    return (
+        '<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>t</title>'
+        + "".join(f"<item>{i}</item>" for i in items)
+        + "</channel></rss>"
+    ).encode()
 
 
-@pytest.mark.parametrize(("url", "usable"), [
-    ("https://e.example/a", True), ("HTTP://e.example", True), ("https:///etc/passwd", False),
-    ("javascript:alert(1)", False), ("data:text/html,x", False), ("/relative", False), ("", False),
-    ("http://[::1", False),
-])
+@pytest.mark.parametrize(
+    ("url", "usable"),
+    [
+        ("https://e.example/a", True),
+        ("HTTP://e.example", True),
+        ("https:///etc/passwd", False),
+        ("javascript:alert(1)", False),
+        ("data:text/html,x", False),
+        ("/relative", False),
+        ("", False),
+        ("http://[::1", False),
+    ],
+)
 def test_is_web_link(url: str, usable: bool) -> None:
     assert is_web_link(url) is usable
 
 
-@pytest.mark.parametrize("link", ["javascript:alert(1)", "JavaScript:alert(1)", "data:text/html,x",
-                                  "vbscript:msgbox(1)", "mailto:a@b.example", "ftp://e.example/a"])
+@pytest.mark.parametrize(
+    "link",
+    [
+        "javascript:alert(1)",
+        "JavaScript:alert(1)",
+        "data:text/html,x",
+        "vbscript:msgbox(1)",
+        "mailto:a@b.example",
+        "ftp://e.example/a",
+    ],
+)
 def test_an_unusable_link_is_dropped(link: str) -> None:
     body = entry_feed(f"<title>Judul</title><link>{link}</link>")
     (story,) = parse_feed(body, "https://e.example/rss", {}, RULES, "f").stories
@@ -237,9 +290,11 @@ def test_an_unusable_link_is_dropped(link: str) -> None:
 
 @pytest.mark.parametrize("src", ["javascript:alert(1)", "data:image/png;base64,AAAA", "vbscript:x"])
 def test_an_image_that_is_not_http_is_dropped(src: str) -> None:
-    body = entry_feed(f"<title>A</title><link>https://e.example/a</link>"
-                      f'<enclosure url="{src}" type="image/jpeg"/>'
-                      f"<description><![CDATA[<img src='{src}'>]]></description>")
+    body = entry_feed(
+        f"<title>A</title><link>https://e.example/a</link>"
+        f'<enclosure url="{src}" type="image/jpeg"/>'
+        f"<description><![CDATA[<img src='{src}'>]]></description>"
+    )
     (story,) = parse_feed(body, "https://e.example/rss", {}, RULES, "f").stories
     assert story.image == ""
 
@@ -257,11 +312,17 @@ def broken(body: bytes) -> bytes:
     return body[:at] + b"\xff" + body[at:]
 
 
-@pytest.mark.parametrize(("name", "headers"), [
-    ("other/rbren__rss-parser/guardian.rss", {}),  # declares encoding="utf-8"
-    ("indonesia/gtrdp__twitter-clustering/tempo.xml", {}),  # no declaration: UTF-8 by default
-    ("indonesia/gtrdp__twitter-clustering/tempo.xml", {"Content-Type": "application/rss+xml; charset=UTF-8"}),
-])
+@pytest.mark.parametrize(
+    ("name", "headers"),
+    [
+        ("other/rbren__rss-parser/guardian.rss", {}),  # declares encoding="utf-8"
+        ("indonesia/gtrdp__twitter-clustering/tempo.xml", {}),  # no declaration: UTF-8 by default
+        (
+            "indonesia/gtrdp__twitter-clustering/tempo.xml",
+            {"Content-Type": "application/rss+xml; charset=UTF-8"},
+        ),
+    ],
+)
 def test_one_invalid_byte_in_a_utf8_feed_garbles_nothing_else(name: str, headers: dict[str, str]) -> None:
     body = news(name)
     whole = parse_feed(body, "https://news.example/feed", headers, RULES, "news").stories
@@ -271,27 +332,33 @@ def test_one_invalid_byte_in_a_utf8_feed_garbles_nothing_else(name: str, headers
     assert any(not s.title.isascii() for s in whole)  # the test means something
 
 
-@pytest.mark.parametrize(("name", "headers"), [
-    ("other/rbren__rss-parser/encoding.rss", {}),  # declares iso-8859-1
-    ("other/rbren__rss-parser/uolNoticias.rss", {}),  # Latin-1 without a declaration
-    ("other/rbren__rss-parser/guardian.rss", {"Content-Type": "text/xml; charset=iso-8859-2"}),
-])
+@pytest.mark.parametrize(
+    ("name", "headers"),
+    [
+        ("other/rbren__rss-parser/encoding.rss", {}),  # declares iso-8859-1
+        ("other/rbren__rss-parser/uolNoticias.rss", {}),  # Latin-1 without a declaration
+        ("other/rbren__rss-parser/guardian.rss", {"Content-Type": "text/xml; charset=iso-8859-2"}),
+    ],
+)
 def test_feeds_in_other_charsets_are_left_to_the_parser(name: str, headers: dict[str, str]) -> None:
     body = broken(news(name))
     assert utf8_body(body, headers) is body
 
 
 def test_latin1_without_declaration_still_reads_right() -> None:
-    stories = parse_feed(news("other/rbren__rss-parser/uolNoticias.rss"), "https://news.example/feed",
-                         {}, RULES, "news").stories
+    stories = parse_feed(
+        news("other/rbren__rss-parser/uolNoticias.rss"), "https://news.example/feed", {}, RULES, "news"
+    ).stories
     assert "simulações de 2º turno" in stories[0].title
 
 
 def test_mojibake_is_repaired_in_title_lead_author_and_tags() -> None:
-    body = entry_feed("<title>Tajam dari Lâ€™Oreal Infallible</title><link>https://e.example/1</link>"
-                      "<author>a@e.example (JosÃ© Sitompul)</author><category>CafÃ©</category>"
-                      "<category>Lâ€™Oreal, kecantikan</category>"
-                      "<description>MÃ¼nchen: â€œSegarâ€\x9d kata dia.</description>")
+    body = entry_feed(
+        "<title>Tajam dari Lâ€™Oreal Infallible</title><link>https://e.example/1</link>"
+        "<author>a@e.example (JosÃ© Sitompul)</author><category>CafÃ©</category>"
+        "<category>Lâ€™Oreal, kecantikan</category>"
+        "<description>MÃ¼nchen: â€œSegarâ€\x9d kata dia.</description>"
+    )
     (story,) = parse_feed(body, "https://e.example/rss", {}, RULES, "f").stories
     assert story.title == "Tajam dari L’Oreal Infallible"
     assert story.lead == "München: “Segar” kata dia."
@@ -300,13 +367,26 @@ def test_mojibake_is_repaired_in_title_lead_author_and_tags() -> None:
 
 
 def test_tempo_titles_have_no_mojibake_left() -> None:
-    stories = parse_feed(news("indonesia/gtrdp__twitter-clustering/tempo.xml"), "https://news.example/feed",
-                         {}, RULES, "news").stories
+    stories = parse_feed(
+        news("indonesia/gtrdp__twitter-clustering/tempo.xml"), "https://news.example/feed", {}, RULES, "news"
+    ).stories
     assert any("L’Oreal" in s.title for s in stories)
     assert not any("â€" in f"{s.title}{s.lead}" for s in stories)
 
 
-@pytest.mark.parametrize("text", ["naïve café", "Jokowi “menegaskan” itu—kata dia", "Côte d’Ivoire",
-                                  "東京 2020 🇮🇩", "Sidang Umum PBB", "¿Qué?", "Façade", "Ñandú", "5 °C ± 2"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "naïve café",
+        "Jokowi “menegaskan” itu—kata dia",
+        "Côte d’Ivoire",
+        "東京 2020 🇮🇩",
+        "Sidang Umum PBB",
+        "¿Qué?",
+        "Façade",
+        "Ñandú",
+        "5 °C ± 2",
+    ],
+)
 def test_legitimate_text_is_not_touched(text: str) -> None:
     assert repair_mojibake(text) == text

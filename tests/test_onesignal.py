@@ -18,9 +18,16 @@ from channels.onesignal import OneSignalChannel, Settings
 
 APP_ID = "5eb5a37e-b458-11e3-ac11-000c2940e62c"
 KEY = "os_v2_app_testkey"
-STORY = Story(uid="1", feed="f", url="https://www.example.com/internasional/1", title="Gencatan senjata",
-              lead="Warga kembali ke rumah.", section="Internasional", tags=("Gaza", "Israel"),
-              image="https://img.example.com/1.jpg")
+STORY = Story(
+    uid="1",
+    feed="f",
+    url="https://www.example.com/internasional/1",
+    title="Gencatan senjata",
+    lead="Warga kembali ke rumah.",
+    section="Internasional",
+    tags=("Gaza", "Israel"),
+    image="https://img.example.com/1.jpg",
+)
 
 
 class FakeOneSignal:
@@ -33,8 +40,14 @@ class FakeOneSignal:
 
     async def handle(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Key {KEY}":
-            return web.json_response({"errors": ["Access denied.  Please include an 'Authorization: ...' "
-                                                 "header with a valid API key"]}, status=403)
+            return web.json_response(
+                {
+                    "errors": [
+                        "Access denied.  Please include an 'Authorization: ...' header with a valid API key"
+                    ]
+                },
+                status=403,
+            )
         body = await request.json()
         self.calls.append(body)
         if self.script:
@@ -81,8 +94,9 @@ async def make_channel(onesignal: tuple[FakeOneSignal, str]) -> AsyncIterator[Ca
         await channel.close()
 
 
-async def test_one_call_per_story_to_segments(onesignal: tuple[FakeOneSignal, str],
-                                              make_channel: Callable[..., Any]) -> None:
+async def test_one_call_per_story_to_segments(
+    onesignal: tuple[FakeOneSignal, str], make_channel: Callable[..., Any]
+) -> None:
     fake, _ = onesignal
     channel = await make_channel()
     post = channel.render(STORY)
@@ -99,8 +113,9 @@ async def test_one_call_per_story_to_segments(onesignal: tuple[FakeOneSignal, st
     assert (await channel.send(post, idempotency_key="siar-8")).remote_id == "n-2"
 
 
-async def test_fresh_store_reusing_an_outbox_id_still_notifies(onesignal: tuple[FakeOneSignal, str],
-                                                               make_channel: Callable[..., Any]) -> None:
+async def test_fresh_store_reusing_an_outbox_id_still_notifies(
+    onesignal: tuple[FakeOneSignal, str], make_channel: Callable[..., Any]
+) -> None:
     """OneSignal remembers keys for 30 days; a new database restarts outbox ids at 1, so the key
     carries the story too: another story on `siar-1` is a new notification, the same one is not."""
     fake, _ = onesignal
@@ -118,28 +133,41 @@ async def test_fresh_store_reusing_an_outbox_id_still_notifies(onesignal: tuple[
     assert keys[0] == keys[3] and len(set(keys)) == 3
 
 
-async def test_topic_tag_targets_by_filters(onesignal: tuple[FakeOneSignal, str],
-                                            make_channel: Callable[..., Any]) -> None:
+async def test_topic_tag_targets_by_filters(
+    onesignal: tuple[FakeOneSignal, str], make_channel: Callable[..., Any]
+) -> None:
     fake, _ = onesignal
     channel = await make_channel(topic_tag="topic")
     await channel.send(channel.render(STORY), idempotency_key="siar-1")
     assert fake.calls[0]["filters"] == [
-        {"field": "tag", "key": "topic", "relation": "=", "value": "internasional"}, {"operator": "OR"},
-        {"field": "tag", "key": "topic", "relation": "=", "value": "gaza"}, {"operator": "OR"},
-        {"field": "tag", "key": "topic", "relation": "=", "value": "israel"}]
+        {"field": "tag", "key": "topic", "relation": "=", "value": "internasional"},
+        {"operator": "OR"},
+        {"field": "tag", "key": "topic", "relation": "=", "value": "gaza"},
+        {"operator": "OR"},
+        {"field": "tag", "key": "topic", "relation": "=", "value": "israel"},
+    ]
     bare = Story(uid="2", feed="f", url="https://www.example.com/2", title="Tanpa rubrik")
     receipt = await channel.send(channel.render(bare), idempotency_key="siar-2")
     assert "no section or tag" in receipt.note and len(fake.calls) == 1
 
 
-@pytest.mark.parametrize(("status", "headers", "data", "kind", "after"), [
-    (429, {"Retry-After": "30"}, {"errors": ["API rate limit exceeded"]}, RetryLater, 30.0),
-    (503, {}, {"errors": ["Service Unavailable"]}, RetryLater, None),
-    (400, {}, {"errors": ["Message Notifications must have English language content"]}, Permanent, None),
-])
-async def test_errors_are_mapped(onesignal: tuple[FakeOneSignal, str], make_channel: Callable[..., Any],
-                                 status: int, headers: dict[str, str], data: dict[str, Any],
-                                 kind: type[Exception], after: float | None) -> None:
+@pytest.mark.parametrize(
+    ("status", "headers", "data", "kind", "after"),
+    [
+        (429, {"Retry-After": "30"}, {"errors": ["API rate limit exceeded"]}, RetryLater, 30.0),
+        (503, {}, {"errors": ["Service Unavailable"]}, RetryLater, None),
+        (400, {}, {"errors": ["Message Notifications must have English language content"]}, Permanent, None),
+    ],
+)
+async def test_errors_are_mapped(
+    onesignal: tuple[FakeOneSignal, str],
+    make_channel: Callable[..., Any],
+    status: int,
+    headers: dict[str, str],
+    data: dict[str, Any],
+    kind: type[Exception],
+    after: float | None,
+) -> None:
     fake, _ = onesignal
     channel = await make_channel()
     fake.script.append((status, headers, data))
@@ -157,8 +185,9 @@ async def test_bad_key_is_permanent_and_not_echoed(make_channel: Callable[..., A
     assert "wrong-secret-value" not in str(info.value)
 
 
-async def test_no_recipients_is_not_an_error(onesignal: tuple[FakeOneSignal, str],
-                                             make_channel: Callable[..., Any]) -> None:
+async def test_no_recipients_is_not_an_error(
+    onesignal: tuple[FakeOneSignal, str], make_channel: Callable[..., Any]
+) -> None:
     fake, _ = onesignal
     channel = await make_channel()
     fake.script.append((200, {}, {"id": "", "errors": ["All included players are not subscribed"]}))
@@ -173,6 +202,7 @@ async def test_unreachable_is_retried(make_channel: Callable[..., Any]) -> None:
 
 
 def test_missing_key_disables_the_channel(make_config: Callable[[str], Config]) -> None:
-    config = make_config(f'[channels.os]\ntype = "onesignal"\napp_id = "{APP_ID}"\n'
-                         'api_key = "${NO_SUCH_ONESIGNAL_KEY}"\n')
+    config = make_config(
+        f'[channels.os]\ntype = "onesignal"\napp_id = "{APP_ID}"\napi_key = "${{NO_SUCH_ONESIGNAL_KEY}}"\n'
+    )
     assert "NO_SUCH_ONESIGNAL_KEY" in config.disabled["os"]

@@ -27,8 +27,9 @@ CONFIG = """
 
 @pytest.fixture
 async def one_story(feed_server: FeedServer, make_config: Callable[[str], Config]):
-    feed_server.routes["/f"] = Route(body=rss([{"title": "Hello", "link": "https://e.example/1",
-                                                "guid": "1"}]))
+    feed_server.routes["/f"] = Route(
+        body=rss([{"title": "Hello", "link": "https://e.example/1", "guid": "1"}])
+    )
     config = make_config(CONFIG.format(url=feed_server.url("/f")))
     channel = FakeChannel()
     clock = Clock()
@@ -123,8 +124,9 @@ async def test_already_done_counts_as_sent(one_story) -> None:
     assert await log(app) == ["queued", "already_sent"]
 
 
-@pytest.mark.parametrize("error", [Uncertain("read timeout after the request left"),
-                                   ValueError("a bug in the channel")])
+@pytest.mark.parametrize(
+    "error", [Uncertain("read timeout after the request left"), ValueError("a bug in the channel")]
+)
 async def test_uncertain_is_never_resent_until_the_operator_says(one_story, error) -> None:
     app, channel, clock = one_story
     channel.script.append(error)
@@ -279,10 +281,12 @@ async def test_shutdown_while_pacing_leaves_no_claimed_row(one_story) -> None:
     assert (await row(app))["status"] == "pending" and channel.attempts == []
 
 
-async def test_one_alert_per_failure_streak(feed_server: FeedServer,
-                                            make_config: Callable[[str], Config]) -> None:
-    feed_server.routes["/f"] = Route(body=rss([{"title": f"S{i}", "link": f"https://e.example/{i}",
-                                                "guid": str(i)} for i in range(4)]))
+async def test_one_alert_per_failure_streak(
+    feed_server: FeedServer, make_config: Callable[[str], Config]
+) -> None:
+    feed_server.routes["/f"] = Route(
+        body=rss([{"title": f"S{i}", "link": f"https://e.example/{i}", "guid": str(i)} for i in range(4)])
+    )
     config = make_config(CONFIG.format(url=feed_server.url("/f")))
     channel = FakeChannel()
     app = build(config, channels={"fake": channel}, clock=Clock())
@@ -294,8 +298,9 @@ async def test_one_alert_per_failure_streak(feed_server: FeedServer,
     app.dispatcher.alert = alert
     await prepare(app)
     await app.poller.poll(config.feeds[0], force=True)
-    channel.script.extend([Permanent("bot was removed"), Permanent("bot was removed"), None,
-                           Permanent("chat not found")])
+    channel.script.extend(
+        [Permanent("bot was removed"), Permanent("bot was removed"), None, Permanent("chat not found")]
+    )
     await app.dispatcher.drain()
     await app.close()
     assert len(channel.sent) == 1

@@ -44,8 +44,13 @@ def seed() -> Story:
 
 def measured(post: Post) -> int:
     """The post's length by the platform's own rule, computed here independently of the channel."""
-    counters = {"x": count_x, "mastodon": count_mastodon, "bluesky": count_graphemes,
-                "telegram": count_telegram, "telegram-subscribers": count_telegram}
+    counters = {
+        "x": count_x,
+        "mastodon": count_mastodon,
+        "bluesky": count_graphemes,
+        "telegram": count_telegram,
+        "telegram-subscribers": count_telegram,
+    }
     return counters.get(post.type, count_graphemes)(post.text)
 
 
@@ -62,8 +67,11 @@ def test_seed_story_renders_right_on_every_platform(shipped: Config) -> None:
             assert measured(post) == post.length.used, name
             # the link is in the text, or (Telegram) on the "Baca selengkapnya" button under it,
             # or (Bluesky) shown short with a facet carrying it
-            assert story.url in post.text or any(b.url == story.url for b in post.buttons) \
-                or any(f.kind == "link" and f.value == story.url for f in post.facets), name
+            assert (
+                story.url in post.text
+                or any(b.url == story.url for b in post.buttons)
+                or any(f.kind == "link" and f.value == story.url for f in post.facets)
+            ), name
             present = [tag for tag in HASHTAGS if tag in post.text]
             assert present == HASHTAGS[: len(present)] and present, name  # in order, as many as fit
         if post.type in ("telegram", "telegram-subscribers"):
@@ -73,9 +81,9 @@ def test_seed_story_renders_right_on_every_platform(shipped: Config) -> None:
             assert any(b.url == story.url for b in post.buttons)
         if post.type == "bluesky":
             raw = post.text.encode()
-            spans = {raw[f.start:f.end].decode(): f for f in post.facets}
+            spans = {raw[f.start : f.end].decode(): f for f in post.facets}
             (link,) = [f for f in post.facets if f.kind == "link"]
-            shown = raw[link.start:link.end].decode()
+            shown = raw[link.start : link.end].decode()
             assert link.value == story.url and shown.startswith("medcom.id/") and shown in post.text
             assert set(HASHTAGS) & set(spans)
         if post.type == "discord":
@@ -95,15 +103,29 @@ def telegram_channels(shipped: Config) -> dict[str, Channel]:
     return {name: channels[name] for name in ("telegram", "pembaca")}
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(title=texts, lead=texts, tags=st.lists(st.text(max_size=40), max_size=10),
-       image=st.sampled_from(["", "https://cdn.example/a.jpg"]))
-def test_any_story_is_valid_telegram_html_within_limits(telegram_channels: dict[str, Channel],
-                                                        title: str, lead: str, tags: list[str],
-                                                        image: str) -> None:
-    story = Story(uid="1", feed="f", url="https://www.medcom.id/internasional/x-1?a=<b>&c=\"d\"",
-                  title=title, lead=lead, tags=tuple(tags), image=image)
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    title=texts,
+    lead=texts,
+    tags=st.lists(st.text(max_size=40), max_size=10),
+    image=st.sampled_from(["", "https://cdn.example/a.jpg"]),
+)
+def test_any_story_is_valid_telegram_html_within_limits(
+    telegram_channels: dict[str, Channel], title: str, lead: str, tags: list[str], image: str
+) -> None:
+    story = Story(
+        uid="1",
+        feed="f",
+        url='https://www.medcom.id/internasional/x-1?a=<b>&c="d"',
+        title=title,
+        lead=lead,
+        tags=tuple(tags),
+        image=image,
+    )
     for name, channel in telegram_channels.items():
         post = channel.render(story)
         plain, entities = parse_html(post.text)  # raises as Telegram would on bad HTML

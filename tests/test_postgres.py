@@ -41,8 +41,14 @@ async def pg_url() -> AsyncIterator[str]:
 
 
 def story(i: int) -> Story:
-    return Story(uid=f"u{i}", feed="f", url=f"https://e.example/{i}", title=f"Story {i}",
-                 published=NOW, tags=("a", "b"))
+    return Story(
+        uid=f"u{i}",
+        feed="f",
+        url=f"https://e.example/{i}",
+        title=f"Story {i}",
+        published=NOW,
+        tags=("a", "b"),
+    )
 
 
 def new(i: int, *decisions: Decision) -> NewStory:
@@ -56,8 +62,9 @@ async def test_store_works_on_postgres(pg_url: str) -> None:
         await store.migrate()  # idempotent
         state = await store.feeds.get("f", "https://e.example/rss")
         state = replace(state, first_run_done=True)
-        ids = await store.stories.record_poll(state, [new(1, Decision("c", "queued")),
-                                              new(2, Decision("c", "filtered", "r"))], NOW)
+        ids = await store.stories.record_poll(
+            state, [new(1, Decision("c", "queued")), new(2, Decision("c", "filtered", "r"))], NOW
+        )
         assert len(ids) == 1
         assert (await store.feeds.get("f", "")).first_run_done
         item = await store.outbox.claim("c", NOW, "w1")
@@ -78,8 +85,7 @@ async def test_two_daemons_share_the_outbox_without_double_sends(pg_url: str) ->
     try:
         await first.migrate()
         state = await first.feeds.get("f", "u")
-        await first.stories.record_poll(state, [new(i, Decision("c", "queued")) for i in range(40)],
-                                NOW)
+        await first.stories.record_poll(state, [new(i, Decision("c", "queued")) for i in range(40)], NOW)
         claimed: list[int] = []
 
         async def worker(store: Store, name: str) -> None:
@@ -94,8 +100,12 @@ async def test_two_daemons_share_the_outbox_without_double_sends(pg_url: str) ->
         await first.stories.record_poll(state, [new(99, Decision("c", "queued"))], NOW)
         assert await first.outbox.claim("c", NOW, "crashing") is not None
         assert await second.outbox.recover_sending(NOW, stale_before=NOW - timedelta(minutes=15)) == 0
-        assert await second.outbox.recover_sending(NOW + timedelta(hours=1),
-                                            stale_before=NOW + timedelta(minutes=30)) == 1
+        assert (
+            await second.outbox.recover_sending(
+                NOW + timedelta(hours=1), stale_before=NOW + timedelta(minutes=30)
+            )
+            == 1
+        )
         assert (await second.reports.counts())["c"]["uncertain"] == 1
     finally:
         await first.close()
@@ -109,7 +119,8 @@ async def test_two_daemons_polling_the_same_feed_store_each_story_once(pg_url: s
         batch = [new(i, Decision("c", "queued")) for i in range(30)]
         results = await asyncio.gather(
             first.stories.record_poll(await first.feeds.get("f", "u"), batch, NOW),
-            second.stories.record_poll(await second.feeds.get("f", "u"), list(reversed(batch)), NOW))
+            second.stories.record_poll(await second.feeds.get("f", "u"), list(reversed(batch)), NOW),
+        )
         assert len(results[0]) + len(results[1]) == 30
         counts = await first.reports.counts()
         assert counts["c"]["pending"] == 30

@@ -14,18 +14,33 @@ from bot.render import PostRenderer, RenderError, format_published, hashtag, has
 from bot.site import CTA, FollowLink, Site
 from bot.types import Story
 
-CONTEXT = ChannelContext(site=Site(), cta=CTA(
-    follow_text="Ikuti media sosial kami", notify_text="Aktifkan notifikasi",
-    follow_links=[FollowLink(label="IG", url="https://instagram.com/x")]))
+CONTEXT = ChannelContext(
+    site=Site(),
+    cta=CTA(
+        follow_text="Ikuti media sosial kami",
+        notify_text="Aktifkan notifikasi",
+        follow_links=[FollowLink(label="IG", url="https://instagram.com/x")],
+    ),
+)
 TEMPLATE = "{{ title }}\n\n{{ lead }}\n\n{{ url }}\n{{ hashtags }}\n\n{{ cta_follow }}"
 
 
-@pytest.mark.parametrize(("tag", "expected"), [
-    ("vladimir putin", "VladimirPutin"), ("rusia", "Rusia"),
-    ("konflik armenia-azerbaijan", "KonflikArmeniaAzerbaijan"), ("東京", "東京"),
-    ("C++ & Rust", "CRust"), ("2020", None), ("  ", None), ("!!!", None), ("COVID-19", "COVID19"),
-    ("Ünïcödé wörds", "ÜnïcödéWörds"), ("G20 summit", "G20Summit"),
-])
+@pytest.mark.parametrize(
+    ("tag", "expected"),
+    [
+        ("vladimir putin", "VladimirPutin"),
+        ("rusia", "Rusia"),
+        ("konflik armenia-azerbaijan", "KonflikArmeniaAzerbaijan"),
+        ("東京", "東京"),
+        ("C++ & Rust", "CRust"),
+        ("2020", None),
+        ("  ", None),
+        ("!!!", None),
+        ("COVID-19", "COVID19"),
+        ("Ünïcödé wörds", "ÜnïcödéWörds"),
+        ("G20 summit", "G20Summit"),
+    ],
+)
 def test_hashtag(tag: str, expected: str | None) -> None:
     assert hashtag(tag) == expected
 
@@ -48,15 +63,19 @@ def test_published_in_site_zone_and_language() -> None:
     assert format_published(when, "Europe/London", "en") == "Friday, 9 October 2020 07:53 BST"
 
 
-def story(title: str = "Judul", lead: str = "Lead.", tags: tuple[str, ...] = (),
-          url: str = "https://e.example/a") -> Story:
+def story(
+    title: str = "Judul", lead: str = "Lead.", tags: tuple[str, ...] = (), url: str = "https://e.example/a"
+) -> Story:
     return Story(uid="1", feed="f", url=url, title=title, lead=lead, tags=tags)
 
 
 def test_fitting_drops_hashtags_then_shortens_lead_then_title() -> None:
     renderer = PostRenderer("t", TEMPLATE, CONTEXT, tag_settings=HashtagSettings(max=5))
-    s = story("Judul berita yang panjang sekali", "Kalimat satu dua tiga empat lima enam tujuh.",
-              ("satu", "dua", "tiga"))
+    s = story(
+        "Judul berita yang panjang sekali",
+        "Kalimat satu dua tiga empat lima enam tujuh.",
+        ("satu", "dua", "tiga"),
+    )
     full, used, _ = renderer.fit(s, Budget("graphemes", 1000, count_graphemes))
     assert "#Satu #Dua #Tiga" in full
     text, used, values = renderer.fit(s, Budget("graphemes", used - 3, count_graphemes))
@@ -78,8 +97,15 @@ def test_template_errors_name_the_channel_and_line() -> None:
         PostRenderer("tg", "{{ title }}\n{{ no_such_thing }}", CONTEXT)
 
 
-@pytest.mark.parametrize("tag", ['{% include "x.j2" %}', '{% import "x.j2" as x %}',
-                                 '{% from "x.j2" import y %}', '{% extends "base.j2" %}'])
+@pytest.mark.parametrize(
+    "tag",
+    [
+        '{% include "x.j2" %}',
+        '{% import "x.j2" as x %}',
+        '{% from "x.j2" import y %}',
+        '{% extends "base.j2" %}',
+    ],
+)
 def test_templates_are_one_text(tag: str) -> None:
     """`{% include %}` once crashed preview with a TypeError while run started: now it is a
     template error naming the channel and line, wherever the template is loaded."""
@@ -100,8 +126,7 @@ def test_a_template_that_cannot_fit_is_an_error_not_a_cut_post() -> None:
 
 def test_html_templates_escape_feed_text() -> None:
     renderer = PostRenderer("tg", "<b>{{ title }}</b> {{ lead }}", CONTEXT, html=True)
-    text, _, _ = renderer.fit(story('<script>"x" & y</script>', "a < b"),
-                              Budget("utf16", 100, count_utf16))
+    text, _, _ = renderer.fit(story('<script>"x" & y</script>', "a < b"), Budget("utf16", 100, count_utf16))
     assert text == "<b>&lt;script&gt;&#34;x&#34; &amp; y&lt;/script&gt;</b> a &lt; b"
 
 
@@ -109,16 +134,26 @@ texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_si
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(title=texts, lead=texts, tags=st.lists(texts, max_size=8),
-       path=st.text("abcdefghijklmnopqrstuvwxyz0123456789-_/", min_size=1, max_size=80),
-       limit=st.integers(min_value=60, max_value=600))
-def test_any_story_fits_any_budget_with_its_url_whole(title: str, lead: str, tags: list[str],
-                                                      path: str, limit: int) -> None:
+@given(
+    title=texts,
+    lead=texts,
+    tags=st.lists(texts, max_size=8),
+    path=st.text("abcdefghijklmnopqrstuvwxyz0123456789-_/", min_size=1, max_size=80),
+    limit=st.integers(min_value=60, max_value=600),
+)
+def test_any_story_fits_any_budget_with_its_url_whole(
+    title: str, lead: str, tags: list[str], path: str, limit: int
+) -> None:
     url = f"https://news.example/{path}"
-    renderer = PostRenderer("t", "{{ title }}\n{{ lead }}\n{{ url }}\n{{ hashtags }}", CONTEXT,
-                            tag_settings=HashtagSettings(max=8))
-    text, used, values = renderer.fit(story(title, lead, tuple(tags), url),
-                                      Budget("graphemes", limit, count_graphemes))
+    renderer = PostRenderer(
+        "t",
+        "{{ title }}\n{{ lead }}\n{{ url }}\n{{ hashtags }}",
+        CONTEXT,
+        tag_settings=HashtagSettings(max=8),
+    )
+    text, used, values = renderer.fit(
+        story(title, lead, tuple(tags), url), Budget("graphemes", limit, count_graphemes)
+    )
     assert used == count_graphemes(text) <= limit
     assert url in text
     for tag in values["hashtag_list"]:

@@ -63,13 +63,15 @@ class Env:
 
 
 @pytest.fixture
-def make_env(make_config: Callable[[str], Config], feed_server: FeedServer,
-             tmp_path: Path) -> Callable[..., object]:
+def make_env(
+    make_config: Callable[[str], Config], feed_server: FeedServer, tmp_path: Path
+) -> Callable[..., object]:
     apps: list[App] = []
 
     async def make(fake: FakeTelegram, chat: str = "@siarnews", timeout: float = 5.0) -> Env:
-        config = make_config(CONFIG.format(token=TOKEN, api=fake.url, feed=feed_server.url("/f"),
-                                           chat=chat, timeout=timeout))
+        config = make_config(
+            CONFIG.format(token=TOKEN, api=fake.url, feed=feed_server.url("/f"), chat=chat, timeout=timeout)
+        )
         clock = Clock()
         app = build(config, clock=clock)
         assert not app.unavailable, app.unavailable
@@ -96,21 +98,31 @@ async def env(fake: FakeTelegram, make_env: Callable[..., object]) -> AsyncItera
 
 
 def story(**changes: object) -> Story:
-    base = {"uid": "1", "feed": "f", "url": "https://www.medcom.id/internasional/1-putin",
-            "title": "Putin & <Erdogan> bertemu", "lead": "Pertemuan <b>penting</b> di Sochi & Ankara.",
-            "tags": ("rusia", "turki"), "section": "Internasional"}
+    base = {
+        "uid": "1",
+        "feed": "f",
+        "url": "https://www.medcom.id/internasional/1-putin",
+        "title": "Putin & <Erdogan> bertemu",
+        "lead": "Pertemuan <b>penting</b> di Sochi & Ankara.",
+        "tags": ("rusia", "turki"),
+        "section": "Internasional",
+    }
     return Story(**{**base, **changes})  # type: ignore[arg-type]
 
 
 # --- the fake itself is strict ------------------------------------------------------------
 
-@pytest.mark.parametrize("html,error", [
-    ("<p>x</p>", 'Unsupported start tag "p"'),
-    ("<b>x", "Can't find end tag"),
-    ("<b><i>x</b></i>", "Unmatched end tag"),
-    ("1 < 2", "Unsupported start tag"),
-    ('<a>x</a>', "needs an href"),
-])
+
+@pytest.mark.parametrize(
+    "html,error",
+    [
+        ("<p>x</p>", 'Unsupported start tag "p"'),
+        ("<b>x", "Can't find end tag"),
+        ("<b><i>x</b></i>", "Unmatched end tag"),
+        ("1 < 2", "Unsupported start tag"),
+        ("<a>x</a>", "needs an href"),
+    ],
+)
 def test_fake_rejects_bad_html(html: str, error: str) -> None:
     with pytest.raises(Exception, match=error):
         parse_html(html)
@@ -119,19 +131,23 @@ def test_fake_rejects_bad_html(html: str, error: str) -> None:
 async def test_fake_enforces_telegram_rules(fake: FakeTelegram) -> None:
     fake.user(1)
     async with httpx.AsyncClient(base_url=f"{fake.url}/bot{TOKEN}") as client:
+
         async def call(method: str, **data: object) -> httpx.Response:
             return await client.post(f"/{method}", json=data)
 
-        assert (await call("sendMessage", chat_id=404, text="x")).json()["description"] == \
-            "Bad Request: chat not found"
+        assert (await call("sendMessage", chat_id=404, text="x")).json()[
+            "description"
+        ] == "Bad Request: chat not found"
         assert (await call("sendMessage", chat_id=1, text="😀" * 2049)).status_code == 400  # 4098 units
         assert (await call("sendMessage", chat_id=1, text="😀" * 2048)).status_code == 200
         throttled = await call("sendMessage", chat_id=1, text="again")
         assert throttled.status_code == 429 and throttled.json()["parameters"]["retry_after"] >= 1
         many = "".join(f"<b>{i}</b>" for i in range(101))
         fake.limits = False
-        assert "too many entities" in (await call("sendMessage", chat_id=1, text=many,
-                                                  parse_mode="HTML")).json()["description"]
+        assert (
+            "too many entities"
+            in (await call("sendMessage", chat_id=1, text=many, parse_mode="HTML")).json()["description"]
+        )
         caption = await call("sendPhoto", chat_id=1, photo="https://x/p.jpg", caption="a" * 1025)
         assert caption.json()["description"] == "Bad Request: message caption is too long"
         bad = await client.post("/sendMessage".replace("", ""), json={"chat_id": 1})
@@ -142,6 +158,7 @@ async def test_fake_enforces_telegram_rules(fake: FakeTelegram) -> None:
 
 # --- render -----------------------------------------------------------------------------------
 
+
 async def test_render_escapes_feed_text_and_adds_buttons(env: Env) -> None:
     post = env.channel.render(story())
     assert post.parse_mode == "HTML"
@@ -150,8 +167,10 @@ async def test_render_escapes_feed_text_and_adds_buttons(env: Env) -> None:
     assert "Pertemuan <b>penting</b> di Sochi & Ankara." in plain and "#Rusia #Turki" in plain
     assert [(b.text, b.url) for b in post.buttons] == [
         ("Baca selengkapnya", "https://www.medcom.id/internasional/1-putin"),
-        ("Instagram", "https://instagram.com/medcom"), ("YouTube", "https://youtube.com/medcom"),
-        ("Aktifkan notifikasi", "https://www.medcom.id/notifikasi")]
+        ("Instagram", "https://instagram.com/medcom"),
+        ("YouTube", "https://youtube.com/medcom"),
+        ("Aktifkan notifikasi", "https://www.medcom.id/notifikasi"),
+    ]
 
 
 async def test_render_fits_telegram_counting(env: Env) -> None:
@@ -169,21 +188,24 @@ async def test_render_fits_telegram_counting(env: Env) -> None:
 
 # --- send through python-telegram-bot ------------------------------------------------------------
 
+
 async def test_text_post_reaches_the_channel(env: Env) -> None:
     receipt = await env.channel.send(env.channel.render(story()), idempotency_key="siar-1")
     (message,) = env.fake.messages(-1001)
     assert receipt.url == f"https://t.me/siarnews/{message['message_id']}"
     assert message["parse_mode"] == "HTML" and message["plain"].startswith("Putin & <Erdogan>")
     keyboard = message["reply_markup"]["inline_keyboard"]
-    assert keyboard[0] == [{"text": "Baca selengkapnya",
-                            "url": "https://www.medcom.id/internasional/1-putin"}]
+    assert keyboard[0] == [
+        {"text": "Baca selengkapnya", "url": "https://www.medcom.id/internasional/1-putin"}
+    ]
     assert [b["text"] for b in keyboard[1]] == ["Instagram", "YouTube"]
     assert message["link_preview_options"]["url"] == "https://www.medcom.id/internasional/1-putin"
 
 
 async def test_photo_post_with_caption(env: Env) -> None:
-    await env.channel.send(env.channel.render(story(image="https://img.example/1.jpg")),
-                           idempotency_key="siar-1")
+    await env.channel.send(
+        env.channel.render(story(image="https://img.example/1.jpg")), idempotency_key="siar-1"
+    )
     (message,) = env.fake.messages(-1001)
     assert message["method"] == "sendPhoto" and message["photo"] == "https://img.example/1.jpg"
     assert message["caption"].startswith("<b>Putin")
@@ -206,14 +228,18 @@ async def test_retry_after_is_exact(env: Env) -> None:
     assert env.fake.messages(-1001) == []
 
 
-@pytest.mark.parametrize("code,description,kind,reason", [
-    (403, "Forbidden: bot is not a member of the channel chat", Permanent, "may not post in @siarnews"),
-    (400, "Bad Request: chat not found", Permanent, "chat @siarnews not found"),
-    (500, "Internal Server Error", RetryLater, "failing"),
-    (502, "Bad Gateway", RetryLater, "failing"),
-])
-async def test_errors_are_mapped(env: Env, code: int, description: str, kind: type[Exception],
-                                 reason: str) -> None:
+@pytest.mark.parametrize(
+    "code,description,kind,reason",
+    [
+        (403, "Forbidden: bot is not a member of the channel chat", Permanent, "may not post in @siarnews"),
+        (400, "Bad Request: chat not found", Permanent, "chat @siarnews not found"),
+        (500, "Internal Server Error", RetryLater, "failing"),
+        (502, "Bad Gateway", RetryLater, "failing"),
+    ],
+)
+async def test_errors_are_mapped(
+    env: Env, code: int, description: str, kind: type[Exception], reason: str
+) -> None:
     env.fake.fail(code, description, method="sendMessage")
     with pytest.raises(kind) as caught:
         await env.channel.send(env.channel.render(story()), idempotency_key="siar-1")
@@ -253,10 +279,21 @@ async def test_migrated_group_is_remembered(fake: FakeTelegram, make_env: Callab
 
 # --- the whole way: feed -> store -> dispatcher -> Telegram ------------------------------------
 
+
 async def test_feed_to_channel_once_and_alerts(env: Env, feed_server: FeedServer) -> None:
-    feed_server.routes["/f"] = Route(body=rss([
-        {"title": "Satu & dua", "link": "https://www.medcom.id/a/1", "guid": "1", "category": "Nasional"},
-        {"title": "Tiga", "link": "https://www.medcom.id/a/2", "guid": "2"}]))
+    feed_server.routes["/f"] = Route(
+        body=rss(
+            [
+                {
+                    "title": "Satu & dua",
+                    "link": "https://www.medcom.id/a/1",
+                    "guid": "1",
+                    "category": "Nasional",
+                },
+                {"title": "Tiga", "link": "https://www.medcom.id/a/2", "guid": "2"},
+            ]
+        )
+    )
     env.fake.fail(403, "Forbidden: bot was kicked from the channel chat", method="sendMessage", count=1)
     await env.app.poller.poll(env.app.config.feeds[0], force=True)
     await env.app.dispatcher.drain()
@@ -270,6 +307,7 @@ async def test_feed_to_channel_once_and_alerts(env: Env, feed_server: FeedServer
 
 
 # --- a lost connection: retried only when nothing can have been sent ----------------------------
+
 
 def ptb_error(cause: Exception) -> Exception:
     """The exception python-telegram-bot's HTTPXRequest raises for an httpx error (chained)."""
@@ -289,15 +327,18 @@ def ptb_error(cause: Exception) -> Exception:
             return wrapped
 
 
-@pytest.mark.parametrize("cause,kind", [
-    (httpx.ConnectError("All connection attempts failed"), RetryLater),
-    (httpx.ConnectTimeout("timed out"), RetryLater),
-    (httpx.PoolTimeout("no connection"), RetryLater),
-    (httpx.RemoteProtocolError("Server disconnected without sending a response."), Uncertain),
-    (httpx.ReadError("Connection reset by peer"), Uncertain),
-    (httpx.WriteError("Broken pipe"), Uncertain),
-    (httpx.ReadTimeout("timed out"), Uncertain),
-])
+@pytest.mark.parametrize(
+    "cause,kind",
+    [
+        (httpx.ConnectError("All connection attempts failed"), RetryLater),
+        (httpx.ConnectTimeout("timed out"), RetryLater),
+        (httpx.PoolTimeout("no connection"), RetryLater),
+        (httpx.RemoteProtocolError("Server disconnected without sending a response."), Uncertain),
+        (httpx.ReadError("Connection reset by peer"), Uncertain),
+        (httpx.WriteError("Broken pipe"), Uncertain),
+        (httpx.ReadTimeout("timed out"), Uncertain),
+    ],
+)
 def test_transport_errors_are_retried_only_before_sending(cause: Exception, kind: type[Exception]) -> None:
     from channels.telegram.errors import telegram_error as classify
 
@@ -349,14 +390,16 @@ async def test_connection_dropped_with_retry_on_timeout_is_retried(env: Env) -> 
     env.channel.settings.retry_on_timeout = True
     env.fake.drop(method="sendPhoto")
     with pytest.raises(RetryLater):
-        await env.channel.send(env.channel.render(story(image="https://img.example/1.jpg")),
-                               idempotency_key="siar-1")
+        await env.channel.send(
+            env.channel.render(story(image="https://img.example/1.jpg")), idempotency_key="siar-1"
+        )
     assert len(env.fake.messages(-1001)) == 1
 
 
 async def test_dropped_post_is_not_resent_by_the_dispatcher(env: Env, feed_server: FeedServer) -> None:
-    feed_server.routes["/f"] = Route(body=rss([{"title": "Satu", "link": "https://www.medcom.id/a/1",
-                                                "guid": "1"}]))
+    feed_server.routes["/f"] = Route(
+        body=rss([{"title": "Satu", "link": "https://www.medcom.id/a/1", "guid": "1"}])
+    )
     env.fake.drop(method="sendMessage")
     env.fake.limits = False  # a resend would not be held back by the 1 message/s per chat
     await env.app.poller.poll(env.app.config.feeds[0], force=True)

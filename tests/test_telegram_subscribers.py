@@ -87,11 +87,11 @@ class Env:
 
 
 @pytest.fixture
-def start_env(make_config: Callable[[str], Config],
-              feed_server: FeedServer) -> Callable[..., Any]:
+def start_env(make_config: Callable[[str], Config], feed_server: FeedServer) -> Callable[..., Any]:
     async def start(fake: FakeTelegram, *, quick_replies: bool = True, top_tags: int = 0) -> Env:
-        config = make_config(CONFIG.format(token=TOKEN, api=fake.url, feed=feed_server.url("/f"),
-                                           top_tags=top_tags))
+        config = make_config(
+            CONFIG.format(token=TOKEN, api=fake.url, feed=feed_server.url("/f"), top_tags=top_tags)
+        )
         clock = Clock()
         app = build(config, clock=clock)
         assert not app.unavailable, app.unavailable
@@ -126,12 +126,19 @@ async def env(fake: FakeTelegram, start_env: Callable[..., Any]) -> AsyncIterato
 
 # --- pure parts ---------------------------------------------------------------------------------
 
+
 def test_topics_toggle_and_match() -> None:
-    stories = [Story(uid=str(i), feed="f", url=f"https://x/{i}", title="t", section="Internasional",
-                     tags=tags) for i, tags in enumerate([("Rusia", "Putin"), ("rusia",), ("Turki",)])]
+    stories = [
+        Story(uid=str(i), feed="f", url=f"https://x/{i}", title="t", section="Internasional", tags=tags)
+        for i, tags in enumerate([("Rusia", "Putin"), ("rusia",), ("Turki",)])
+    ]
     offered = offered_topics(["Internasional", "Olahraga"], stories, top_tags=2)
-    assert offered == [("s:internasional", "Internasional"), ("s:olahraga", "Olahraga"),
-                       ("t:rusia", "#rusia"), ("t:putin", "#Putin")]
+    assert offered == [
+        ("s:internasional", "Internasional"),
+        ("s:olahraga", "Olahraga"),
+        ("t:rusia", "#rusia"),
+        ("t:putin", "#Putin"),
+    ]
     keys = [k for k, _ in offered]
     only_sport = toggle(toggle(toggle(None, "s:internasional", keys), "t:rusia", keys), "t:putin", keys)
     assert only_sport == ("s:olahraga",)
@@ -184,10 +191,17 @@ async def test_pacer_spaces_chats_groups_and_overall() -> None:
 
 # --- readers ------------------------------------------------------------------------------------
 
+
 async def test_subscribe_choose_topic_and_get_only_matching_stories(env: Env) -> None:
     fake = env.fake
-    assert [c["command"] for c in fake.commands["id"]] == ["start", "stop", "topik", "terbaru", "bahasa",
-                                                          "bantuan"]
+    assert [c["command"] for c in fake.commands["id"]] == [
+        "start",
+        "stop",
+        "topik",
+        "terbaru",
+        "bahasa",
+        "bantuan",
+    ]
     assert [c["command"] for c in fake.commands["en"]][2] == "topics"
     assert fake.commands[""] == fake.commands["id"]  # [telegram] language = "id"
     welcome = await env.say(1, "/start")
@@ -197,13 +211,19 @@ async def test_subscribe_choose_topic_and_get_only_matching_stories(env: Env) ->
     await env.publish(A, B)
     assert len(fake.messages(1)) == 3 and len(fake.messages(2)) == 3  # welcome + both stories
     keyboard = await env.say(2, "/topics")
-    buttons = {b["text"]: b["callback_data"] for row in keyboard["reply_markup"]["inline_keyboard"]
-               for b in row}
+    buttons = {
+        b["text"]: b["callback_data"] for row in keyboard["reply_markup"]["inline_keyboard"] for b in row
+    }
     assert "✅ Internasional" in buttons and "✅ Olahraga" in buttons
     query = fake.press(2, keyboard, buttons["✅ Internasional"])
     await fake.wait_for(lambda: query in fake.answered)
-    await fake.wait_for(lambda: any(b["text"] == "▫️ Internasional" for row in
-                                    fake.messages(2)[-1]["reply_markup"]["inline_keyboard"] for b in row))
+    await fake.wait_for(
+        lambda: any(
+            b["text"] == "▫️ Internasional"
+            for row in fake.messages(2)[-1]["reply_markup"]["inline_keyboard"]
+            for b in row
+        )
+    )
     await env.publish(A, B, C, D)
     texts_1, texts_2 = fake.texts(1), fake.texts(2)
     assert sum("Erdogan" in t for t in texts_1) == 1 and sum("Liga" in t for t in texts_1) == 1
@@ -225,8 +245,9 @@ async def test_block_unsubscribes_and_start_resubscribes(env: Env) -> None:
         await asyncio.sleep(0.02)
     assert sub is not None and not sub.active
     await env.publish(A)
-    assert not [c for c in env.fake.calls if c[0] == "sendMessage" and c[1].get("chat_id") == "1"
-                and c[2] == 403]  # not even tried
+    assert not [
+        c for c in env.fake.calls if c[0] == "sendMessage" and c[1].get("chat_id") == "1" and c[2] == 403
+    ]  # not even tried
     env.fake.unblock(1)
     assert "Selamat datang" in (await env.say(1, "/start"))["plain"]
     sub = await env.subscriber(1)
@@ -264,8 +285,9 @@ async def test_group_needs_an_admin_and_leaving_unsubscribes(env: Env) -> None:
 async def test_flood_control_pauses_and_everyone_gets_it_once(env: Env) -> None:
     for user in (1, 2, 900):
         await env.say(user, "/start")
-    env.fake.fail(429, "Too Many Requests: retry after 1", method="sendMessage", chat=2,
-                  parameters={"retry_after": 1})
+    env.fake.fail(
+        429, "Too Many Requests: retry after 1", method="sendMessage", chat=2, parameters={"retry_after": 1}
+    )
     await env.publish(A)
     assert [len(env.fake.messages(u)) for u in (1, 2, 900)] == [2, 2, 2]
 
@@ -290,6 +312,7 @@ async def test_latest_language_help_and_admin_commands(env: Env) -> None:
 
 # --- broadcasts: pacing and crashes ------------------------------------------------------------
 
+
 async def subscribe_many(env: Env, chats: range) -> None:
     store = env.readers.store
     assert store is not None
@@ -298,8 +321,9 @@ async def subscribe_many(env: Env, chats: range) -> None:
         await store.subscribe("readers", chat, "private", "id", "", env.clock())
 
 
-async def test_broadcast_stays_under_telegram_limits(fake: FakeTelegram,
-                                                     start_env: Callable[..., Any]) -> None:
+async def test_broadcast_stays_under_telegram_limits(
+    fake: FakeTelegram, start_env: Callable[..., Any]
+) -> None:
     env: Env = await start_env(fake, quick_replies=False)
     await subscribe_many(env, range(10, 50))
     await env.publish(A)
@@ -308,8 +332,9 @@ async def test_broadcast_stays_under_telegram_limits(fake: FakeTelegram,
     await env.app.close()
 
 
-async def test_restart_mid_broadcast_messages_nobody_twice(fake: FakeTelegram,
-                                                           start_env: Callable[..., Any]) -> None:
+async def test_restart_mid_broadcast_messages_nobody_twice(
+    fake: FakeTelegram, start_env: Callable[..., Any]
+) -> None:
     env: Env = await start_env(fake)
     await subscribe_many(env, range(10, 22))
     env.readers.settings.concurrency = 1  # one request in flight when it stops
@@ -331,8 +356,11 @@ async def test_restart_mid_broadcast_messages_nobody_twice(fake: FakeTelegram,
     (story,) = await again.app.store.stories.find(A["link"])
     rows = {r["channel"]: r for r in await again.app.store.stories.outbox_of(story["id"])}
     assert rows["readers"]["status"] == "sent"
-    decisions = [(d["decision"], d["detail"]) for d in await again.app.store.stories.decisions_of(story["id"])
-                 if d["channel"] == "readers"]
+    decisions = [
+        (d["decision"], d["detail"])
+        for d in await again.app.store.stories.decisions_of(story["id"])
+        if d["channel"] == "readers"
+    ]
     assert [d for d, _ in decisions] == ["queued", "retry", "sent"]
     assert decisions[-1][1] == "sent to 11 of 12 readers; 0 failed, 1 uncertain"
     counts = await again.app.store.fanout.counts(f"siar-{rows['readers']['id']}")
@@ -352,6 +380,7 @@ async def test_hard_crash_leaves_in_flight_chats_alone(env: Env) -> None:
 
 
 # --- the broadcast's own HTTP path (aiohttp, not PTB's Bot): answers mapped like PTB maps them ----
+
 
 async def test_broadcast_message_is_what_ptb_would_send(env: Env) -> None:
     await subscribe_many(env, range(10, 12))
@@ -462,8 +491,9 @@ async def test_group_moved_to_a_subscribed_supergroup_gets_it_once(env: Env) -> 
     assert [len(env.fake.messages(c)) for c in (10, 11, 12, -10070)] == [2, 2, 2, 2]
 
 
-async def test_an_error_in_one_chat_leaves_the_rest_of_the_broadcast_alone(env: Env,
-                                                                          monkeypatch: Any) -> None:
+async def test_an_error_in_one_chat_leaves_the_rest_of_the_broadcast_alone(
+    env: Env, monkeypatch: Any
+) -> None:
     await subscribe_many(env, range(10, 16))
     store = env.readers.store
     assert store is not None
@@ -495,8 +525,9 @@ async def test_long_status_drops_whole_lines_and_stays_valid_html(env: Env) -> N
     error = "HTTP 503: <html> & " + "x" * 100  # escaping makes it longer than it shows
     names = [f"berita-{i:02d} 😀" for i in range(70)]
     for name in names:
-        await env.app.store.feeds.save(FeedState(name, f"https://m.example/{name}", failures=2,
-                                                      last_error=error))
+        await env.app.store.feeds.save(
+            FeedState(name, f"https://m.example/{name}", failures=2, last_error=error)
+        )
     await env.publish(A)  # the queues have rows
     reply = await env.say(900, "/status")
     plain = reply["plain"]

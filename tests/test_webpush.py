@@ -82,9 +82,13 @@ rate_limit = "1000/s"
 QUICK = 'concurrency = 4\nretries = 1\nmax_retry_wait = "5s"'
 WEBPUSH = 'new_subscriptions_per_client = ["1000/min"]'
 SITE = "https://www.example.com"
-WORLD_STORY = {"title": "Gencatan senjata di Gaza", "link": "https://www.example.com/internasional/1",
-               "guid": "1", "category": "Internasional",
-               "description": '<p><img src="https://img.example.com/1.jpg">Warga kembali ke rumah.</p>'}
+WORLD_STORY = {
+    "title": "Gencatan senjata di Gaza",
+    "link": "https://www.example.com/internasional/1",
+    "guid": "1",
+    "category": "Internasional",
+    "description": '<p><img src="https://img.example.com/1.jpg">Warga kembali ke rumah.</p>',
+}
 
 
 @dataclass
@@ -113,15 +117,23 @@ class Env:
         assert self.channel.keys is not None
         return self.channel.keys.public
 
-    async def post(self, path: str, body: Any, origin: str | None = SITE,
-                   raw: bytes | None = None, forwarded_for: str = "") -> tuple[int, dict[str, Any]]:
+    async def post(
+        self,
+        path: str,
+        body: Any,
+        origin: str | None = SITE,
+        raw: bytes | None = None,
+        forwarded_for: str = "",
+    ) -> tuple[int, dict[str, Any]]:
         headers = {"Content-Type": "application/json"}
         if forwarded_for:
             headers["X-Forwarded-For"] = forwarded_for
         if origin:
             headers["Origin"] = origin
-        async with aiohttp.ClientSession() as s, s.post(
-                self.base + path, data=raw if raw is not None else json.dumps(body), headers=headers) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(self.base + path, data=raw if raw is not None else json.dumps(body), headers=headers) as r,
+        ):
             return r.status, await r.json(content_type=None)
 
     async def subscribe(self, topics: list[str] | None = None) -> dict[str, Any]:
@@ -149,16 +161,25 @@ class Env:
 
 
 @pytest.fixture
-async def make_env(tmp_path: Path, feed_server: FeedServer,
-                   make_config: Callable[[str], Config]) -> AsyncIterator[Callable[..., Awaitable[Env]]]:
+async def make_env(
+    tmp_path: Path, feed_server: FeedServer, make_config: Callable[[str], Config]
+) -> AsyncIterator[Callable[..., Awaitable[Env]]]:
     envs: list[Env] = []
     async with FakePushService(tmp_path / "push") as push:
 
-        async def make(channel: str = QUICK, language: str = "id", *, top: str = "",
-                       webpush: str = WEBPUSH) -> Env:
-            config = make_config(CONFIG.format(feed=feed_server.url("/f"), ca=push.cert_file,
-                                               channel=channel, language=language, top=top,
-                                               webpush=webpush))
+        async def make(
+            channel: str = QUICK, language: str = "id", *, top: str = "", webpush: str = WEBPUSH
+        ) -> Env:
+            config = make_config(
+                CONFIG.format(
+                    feed=feed_server.url("/f"),
+                    ca=push.cert_file,
+                    channel=channel,
+                    language=language,
+                    top=top,
+                    webpush=webpush,
+                )
+            )
             if not (tmp_path / "vapid.pem").exists():
                 assert init_command(config, out=io.StringIO()) == 0
             clock = Clock()
@@ -181,6 +202,7 @@ async def env(make_env: Callable[..., Awaitable[Env]]) -> Env:
 
 # --- subscribe endpoint validation -------------------------------------------------------------
 
+
 def valid(env: Env) -> dict[str, Any]:
     return env.push.new_subscription(env.public_key)
 
@@ -188,7 +210,9 @@ def valid(env: Env) -> dict[str, Any]:
 async def test_subscribe_stores_and_unsubscribe_removes(env: Env) -> None:
     sub = valid(env)
     assert await env.post("subscribe", {"subscription": sub, "topics": ["world"]}) == (
-        201, {"ok": True, "topics": ["world"]})
+        201,
+        {"ok": True, "topics": ["world"]},
+    )
     status, _ = await env.post("subscribe", {"subscription": sub, "topics": ["sport"]})
     assert status == 200  # same endpoint: updated, not doubled
     rows = await env.channel.subs.all()  # type: ignore[union-attr]
@@ -199,8 +223,13 @@ async def test_subscribe_stores_and_unsubscribe_removes(env: Env) -> None:
 
 
 async def test_subscribe_refuses_other_origins(env: Env) -> None:
-    for origin in (None, "https://evil.example", "http://www.example.com", "null",
-                   "https://www.example.com.evil.example"):
+    for origin in (
+        None,
+        "https://evil.example",
+        "http://www.example.com",
+        "null",
+        "https://www.example.com.evil.example",
+    ):
         for path in ("subscribe", "unsubscribe", "click"):
             status, body = await env.post(path, {"subscription": valid(env)}, origin=origin)
             assert (status, body["error"]) == (403, "origin not allowed"), (origin, path)
@@ -257,16 +286,21 @@ async def test_subscribe_validates_topics_size_type_and_json(env: Env) -> None:
     big = {"subscription": valid(env), "padding": "x" * 5000}
     status, body = await env.post("subscribe", big)
     assert status == 413 and "larger than 4096" in body["error"]
-    async with aiohttp.ClientSession() as s, s.post(env.base + "subscribe", data=json.dumps(valid(env)),
-                                                    headers={"Origin": SITE,
-                                                             "Content-Type": "text/plain"}) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            env.base + "subscribe",
+            data=json.dumps(valid(env)),
+            headers={"Origin": SITE, "Content-Type": "text/plain"},
+        ) as r,
+    ):
         assert r.status == 415
     assert await env.channel.subs.count() == 0  # type: ignore[union-attr]
 
 
 async def _pieces(data: bytes, size: int) -> AsyncIterator[bytes]:
     for start in range(0, len(data), size):
-        yield data[start:start + size]
+        yield data[start : start + size]
         await asyncio.sleep(0.02)  # each piece arrives on its own
 
 
@@ -311,36 +345,47 @@ async def test_forwarded_for_from_an_untrusted_peer_is_ignored(env: Env) -> None
     server = env.channel.server
     assert server is not None
     server.limiter = ClientLimiter("3/min")
-    answers = [(await env.post("subscribe", {"subscription": valid(env)},
-                               forwarded_for=f"203.0.113.{i}"))[0] for i in range(5)]
+    answers = [
+        (await env.post("subscribe", {"subscription": valid(env)}, forwarded_for=f"203.0.113.{i}"))[0]
+        for i in range(5)
+    ]
     assert answers == [201, 201, 201, 429, 429]
 
 
 async def test_forwarded_for_from_a_trusted_proxy_names_the_right_most_untrusted_hop(
-        make_env: Callable[..., Awaitable[Env]]) -> None:
+    make_env: Callable[..., Awaitable[Env]],
+) -> None:
     env = await make_env(top=TRUSTED_PROXY)
     server = env.channel.server
     assert server is not None
     server.limiter = ClientLimiter("2/min")
     # Hops left of the one our proxy saw are the client's own words: varying them gains nothing.
-    spoofed = [(await env.post("subscribe", {"subscription": valid(env)},
-                               forwarded_for=f"6.6.6.{i}, 198.51.100.7"))[0] for i in range(3)]
+    spoofed = [
+        (await env.post("subscribe", {"subscription": valid(env)}, forwarded_for=f"6.6.6.{i}, 198.51.100.7"))[
+            0
+        ]
+        for i in range(3)
+    ]
     assert spoofed == [201, 201, 429]
     other = await env.post("subscribe", {"subscription": valid(env)}, forwarded_for="198.51.100.8")
     assert other[0] == 201
 
 
 async def test_a_flood_from_one_address_cannot_lock_out_new_readers(
-        make_env: Callable[..., Awaitable[Env]]) -> None:
-    env = await make_env(top=TRUSTED_PROXY, webpush='new_subscriptions_per_client = ["3/h"]\n'
-                         'max_subscriptions = 6\nunconfirmed_after = "1d"')
+    make_env: Callable[..., Awaitable[Env]],
+) -> None:
+    env = await make_env(
+        top=TRUSTED_PROXY,
+        webpush='new_subscriptions_per_client = ["3/h"]\nmax_subscriptions = 6\nunconfirmed_after = "1d"',
+    )
     subs = env.channel.subs
     assert subs is not None
 
     async def subscribe(client: str, topics: list[str]) -> tuple[int, dict[str, Any], dict[str, Any]]:
         sub = valid(env)
-        status, body = await env.post("subscribe", {"subscription": sub, "topics": topics},
-                                      forwarded_for=client)
+        status, body = await env.post(
+            "subscribe", {"subscription": sub, "topics": topics}, forwarded_for=client
+        )
         return status, body, sub
 
     flood = [await subscribe("203.0.113.66", ["sport"]) for _ in range(10)]
@@ -358,13 +403,20 @@ async def test_a_flood_from_one_address_cannot_lock_out_new_readers(
     status, _, late = await subscribe("192.0.2.1", [])
     assert status == 201  # the oldest never-pushed subscription made room
     endpoints = {r["endpoint"] for r in await subs.all()}
-    assert endpoints == {flood[1][2]["endpoint"], flood[2][2]["endpoint"], late["endpoint"],
-                         *(sub["endpoint"] for _, _, sub in readers)}
+    assert endpoints == {
+        flood[1][2]["endpoint"],
+        flood[2][2]["endpoint"],
+        late["endpoint"],
+        *(sub["endpoint"] for _, _, sub in readers),
+    }
 
     # A failing subscription goes first, even if it was pushed to and is younger.
     async with env.app.store.db.write() as conn:
-        await conn.execute(update(subscriptions).where(
-            subscriptions.c.endpoint == readers[2][2]["endpoint"]).values(failures=2))
+        await conn.execute(
+            update(subscriptions)
+            .where(subscriptions.c.endpoint == readers[2][2]["endpoint"])
+            .values(failures=2)
+        )
     status, _, _ = await subscribe("192.0.2.2", [])
     assert status == 201
     assert readers[2][2]["endpoint"] not in {r["endpoint"] for r in await subs.all()}
@@ -398,11 +450,14 @@ def test_client_limiter_refills_and_stays_bounded() -> None:
 
 async def test_cors_preflight_only_for_allowed_origins(env: Env) -> None:
     async with aiohttp.ClientSession() as s:
-        async with s.options(env.base + "subscribe", headers={
-                "Origin": SITE, "Access-Control-Request-Method": "POST"}) as r:
+        async with s.options(
+            env.base + "subscribe", headers={"Origin": SITE, "Access-Control-Request-Method": "POST"}
+        ) as r:
             assert r.status == 204 and r.headers["Access-Control-Allow-Origin"] == SITE
-        async with s.options(env.base + "subscribe", headers={
-                "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}) as r:
+        async with s.options(
+            env.base + "subscribe",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        ) as r:
             assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
 
 
@@ -434,6 +489,7 @@ async def test_page_in_english(make_env: Callable[..., Awaitable[Env]]) -> None:
 
 # --- delivery ----------------------------------------------------------------------------------
 
+
 async def test_story_reaches_only_the_matching_subscription_once(env: Env) -> None:
     world = await env.subscribe(["world"])
     sport = await env.subscribe(["sport"])
@@ -442,9 +498,13 @@ async def test_story_reaches_only_the_matching_subscription_once(env: Env) -> No
     assert env.push.delivered(sport) == []
     (payload,) = env.push.delivered(world)
     assert payload == {
-        "title": "Gencatan senjata di Gaza", "lead": "Warga kembali ke rumah.",
-        "url": WORLD_STORY["link"], "image": "https://img.example.com/1.jpg",
-        "tag": payload["tag"], "icon": "https://www.example.com/icon-192.png"}
+        "title": "Gencatan senjata di Gaza",
+        "lead": "Warga kembali ke rumah.",
+        "url": WORLD_STORY["link"],
+        "image": "https://img.example.com/1.jpg",
+        "tag": payload["tag"],
+        "icon": "https://www.example.com/icon-192.png",
+    }
     (message,) = env.push.messages
     assert message.claims["sub"] == "mailto:redaksi@example.com"
     assert message.claims["aud"] == env.push.origin
@@ -459,10 +519,19 @@ async def test_story_reaches_only_the_matching_subscription_once(env: Env) -> No
 
 async def test_subscription_without_topics_gets_everything(env: Env) -> None:
     everything = await env.subscribe([])
-    await env.publish(WORLD_STORY, {"title": "Skor akhir", "link": "https://www.example.com/sport/2",
-                                    "guid": "2", "category": "Olahraga"})
-    assert sorted(p["title"] for p in env.push.delivered(everything)) == ["Gencatan senjata di Gaza",
-                                                                          "Skor akhir"]
+    await env.publish(
+        WORLD_STORY,
+        {
+            "title": "Skor akhir",
+            "link": "https://www.example.com/sport/2",
+            "guid": "2",
+            "category": "Olahraga",
+        },
+    )
+    assert sorted(p["title"] for p in env.push.delivered(everything)) == [
+        "Gencatan senjata di Gaza",
+        "Skor akhir",
+    ]
 
 
 async def test_expired_subscription_is_removed(env: Env) -> None:
@@ -527,8 +596,9 @@ async def test_wrong_vapid_key_everywhere_is_permanent(env: Env) -> None:
 
 
 async def test_crash_mid_fan_out_resumes_without_pushing_twice(
-        make_env: Callable[..., Awaitable[Env]]) -> None:
-    env = await make_env('concurrency = 1\nbatch_size = 1\nretries = 0')
+    make_env: Callable[..., Awaitable[Env]],
+) -> None:
+    env = await make_env("concurrency = 1\nbatch_size = 1\nretries = 0")
     subs = [await env.subscribe() for _ in range(3)]
     held = env.push.hold(subs[1])
     env.feeds.routes["/f"] = Route(body=rss([WORLD_STORY]))
@@ -544,7 +614,7 @@ async def test_crash_mid_fan_out_resumes_without_pushing_twice(
     await env.stop()  # the outbox row stays `sending`, its second push `sending` too
     held.set()
 
-    again = await make_env('concurrency = 1\nbatch_size = 1\nretries = 0')  # the restart
+    again = await make_env("concurrency = 1\nbatch_size = 1\nretries = 0")  # the restart
     await again.app.dispatcher.drain()
     row = await again.outbox()
     assert row["status"] == "sent"
@@ -557,9 +627,10 @@ async def test_crash_mid_fan_out_resumes_without_pushing_twice(
 
 
 async def test_cancel_mid_batch_leaves_unstarted_pushes_for_the_resume(
-        make_env: Callable[..., Awaitable[Env]]) -> None:
+    make_env: Callable[..., Awaitable[Env]],
+) -> None:
     """A batch claims several rows, but only the push that started may count as in flight."""
-    settings = 'concurrency = 1\nbatch_size = 3\nretries = 0'
+    settings = "concurrency = 1\nbatch_size = 3\nretries = 0"
     env = await make_env(settings)
     subs = [await env.subscribe() for _ in range(4)]  # two batches: three rows, then one
     held = env.push.hold(subs[0])
@@ -588,7 +659,8 @@ async def test_cancel_mid_batch_leaves_unstarted_pushes_for_the_resume(
 
 
 async def test_send_timeout_mid_batch_resumes_the_unstarted_pushes(
-        make_env: Callable[..., Awaitable[Env]]) -> None:
+    make_env: Callable[..., Awaitable[Env]],
+) -> None:
     env = await make_env('concurrency = 1\nbatch_size = 3\nretries = 0\nsend_timeout = "1s"')
     subs = [await env.subscribe() for _ in range(3)]
     held = env.push.hold(subs[0])  # never answers within send_timeout
@@ -610,6 +682,7 @@ async def test_send_timeout_mid_batch_resumes_the_unstarted_pushes(
 
 # --- keys, config, rendering -------------------------------------------------------------------
 
+
 async def test_init_command_writes_a_private_key_file_once(env: Env, tmp_path: Path) -> None:
     key_file = tmp_path / "vapid.pem"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -625,8 +698,9 @@ async def test_init_command_writes_a_private_key_file_once(env: Env, tmp_path: P
     assert new_public != env.public_key and len(new_public) == 87
 
 
-async def test_key_from_environment_and_public_key_check(env: Env, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_key_from_environment_and_public_key_check(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     section = env.config.sections["webpush"]
     raw = section.model_copy(update={"vapid_key_file": "missing.pem"})
     with pytest.raises(Exception, match="siar webpush init"):
@@ -634,8 +708,9 @@ async def test_key_from_environment_and_public_key_check(env: Env, tmp_path: Pat
     pem = (tmp_path / "vapid.pem").read_text()
     from pydantic import SecretStr
 
-    from_env = section.model_copy(update={"vapid_private_key": SecretStr(pem),
-                                          "vapid_key_file": "missing.pem"})
+    from_env = section.model_copy(
+        update={"vapid_private_key": SecretStr(pem), "vapid_key_file": "missing.pem"}
+    )
     assert load_vapid(from_env, tmp_path).public == env.public_key
     wrong = from_env.model_copy(update={"vapid_public_key": "B" + "x" * 86})
     with pytest.raises(Exception, match="does not belong to the private key"):
@@ -653,24 +728,33 @@ def test_config_needs_contact_and_section(make_config: Callable[[str], Config]) 
         make_config('[webpush]\ncontact = "redaksi@example.com"\n')
     config = make_config('[channels.p]\ntype = "webpush"\n')
     assert config.disabled["p"] == "needs a [webpush] section"
-    config = make_config('[webpush]\ncontact = "mailto:a@b.c"\nvapid_private_key = "${NO_SUCH_VAR_X}"\n'
-                         '[channels.p]\ntype = "webpush"\n')
+    config = make_config(
+        '[webpush]\ncontact = "mailto:a@b.c"\nvapid_private_key = "${NO_SUCH_VAR_X}"\n'
+        '[channels.p]\ntype = "webpush"\n'
+    )
     assert "NO_SUCH_VAR_X" in config.disabled["p"]
 
 
 def test_http_settings_precedence(make_config: Callable[[str], Config]) -> None:
     """[http] wins; without it the [webpush] keys supply listen, the root URL and trust."""
     contact = 'contact = "mailto:a@b.c"\n'
-    config = make_config('[webpush]\n' + contact + 'listen = "0.0.0.0:9000"\ntrust_forwarded_for = true\n'
-                         'public_url = "https://www.example.com/siar/push/"\n')
+    config = make_config(
+        "[webpush]\n" + contact + 'listen = "0.0.0.0:9000"\ntrust_forwarded_for = true\n'
+        'public_url = "https://www.example.com/siar/push/"\n'
+    )
     http = http_config(channel_context(config).http, config.sections["webpush"])  # type: ignore[arg-type]
     assert (http.listen, http.public_url, http.trusted_proxies) == (
-        "0.0.0.0:9000", "https://www.example.com/siar/", ["127.0.0.1", "::1"])  # never "anyone"
-    config = make_config('[webpush]\n' + contact + 'public_url = "https://push.example.com/"\n')
+        "0.0.0.0:9000",
+        "https://www.example.com/siar/",
+        ["127.0.0.1", "::1"],
+    )  # never "anyone"
+    config = make_config("[webpush]\n" + contact + 'public_url = "https://push.example.com/"\n')
     http = http_config(channel_context(config).http, config.sections["webpush"])  # type: ignore[arg-type]
     assert (http.listen, http.public_url, http.trusted_proxies) == ("127.0.0.1:8080", "", [])
-    config = make_config('[http]\nlisten = "127.0.0.1:9100"\ntrusted_proxies = ["10.0.0.0/8"]\n'
-                         '[webpush]\n' + contact + 'listen = "0.0.0.0:9000"\ntrust_forwarded_for = false\n')
+    config = make_config(
+        '[http]\nlisten = "127.0.0.1:9100"\ntrusted_proxies = ["10.0.0.0/8"]\n'
+        "[webpush]\n" + contact + 'listen = "0.0.0.0:9000"\ntrust_forwarded_for = false\n'
+    )
     assert http_config(channel_context(config).http, config.sections["webpush"])  # type: ignore[arg-type] is config.http
     assert (config.http.listen, config.http.trusted_proxies) == ("127.0.0.1:9100", ["10.0.0.0/8"])
     with pytest.raises(ConfigError, match=r"config.toml:3: http\.trusted_proxies: .*'10\.0\.0\.0/33' is not"):
@@ -680,8 +764,14 @@ def test_http_settings_precedence(make_config: Callable[[str], Config]) -> None:
 
 
 def test_render_fits_the_push_payload(env: Env) -> None:
-    story = Story(uid="1", feed="f", url="https://www.example.com/a", title="Judul " * 80,
-                  lead="Kalimat panjang sekali. " * 400, image="https://img.example.com/a.jpg")
+    story = Story(
+        uid="1",
+        feed="f",
+        url="https://www.example.com/a",
+        title="Judul " * 80,
+        lead="Kalimat panjang sekali. " * 400,
+        image="https://img.example.com/a.jpg",
+    )
     post = env.channel.render(story)
     assert isinstance(post.payload, WebPushPayload)
     data = payload_bytes(post.text, post.payload)
@@ -691,11 +781,19 @@ def test_render_fits_the_push_payload(env: Env) -> None:
     assert env.channel.render(story).to_dict()["extra"]["tag"] == post.payload.tag  # stable per story
 
 
-@pytest.mark.parametrize(("status", "header", "kind", "after"), [
-    (201, None, "sent", None), (404, None, "gone", None), (410, None, "gone", None),
-    (429, "7", "retry", 7.0), (503, None, "retry", None), (413, None, "failed", None),
-    (400, None, "failed", None), (403, None, "retry", None),
-])
+@pytest.mark.parametrize(
+    ("status", "header", "kind", "after"),
+    [
+        (201, None, "sent", None),
+        (404, None, "gone", None),
+        (410, None, "gone", None),
+        (429, "7", "retry", 7.0),
+        (503, None, "retry", None),
+        (413, None, "failed", None),
+        (400, None, "failed", None),
+        (403, None, "retry", None),
+    ],
+)
 def test_classify(status: int, header: str | None, kind: str, after: float | None) -> None:
     outcome = push_answer(status, header)
     assert (outcome.status, outcome.retry_after) == (kind, after)
@@ -725,8 +823,9 @@ async def test_subscription_store_on_postgres(tmp_path: Path) -> None:
         topics = [Topic(id="world", label="Internasional")]
         made = [push.new_subscription("k") for _ in range(3)]
         for i, sub in enumerate(made):
-            parsed = Subscription(sub["endpoint"], sub["keys"]["p256dh"], sub["keys"]["auth"],
-                                  ("world",) if i else ("sport",))
+            parsed = Subscription(
+                sub["endpoint"], sub["keys"]["p256dh"], sub["keys"]["auth"], ("world",) if i else ("sport",)
+            )
             assert await subs.save(parsed, SITE, 10) is True
         story = Story(uid="1", feed="f", url="https://e.example/1", title="t", section="Internasional")
         assert [wanted_by(story, t, topics) for t in ([], ["world"], ["sport"])] == [True, True, False]
@@ -735,8 +834,9 @@ async def test_subscription_store_on_postgres(tmp_path: Path) -> None:
         targets = await subs.targets(audience)
         assert sorted(targets) == audience
         assert all(t.endpoint.startswith("https://") for t in targets.values())
-        await subs.apply([RecipientOutcome(audience[0], "sent"), RecipientOutcome(audience[1], "gone")],
-                         max_failures=5)
+        await subs.apply(
+            [RecipientOutcome(audience[0], "sent"), RecipientOutcome(audience[1], "gone")], max_failures=5
+        )
         assert await subs.count() == 2  # the gone one is removed
         assert await subs.audience(story, topics) == [audience[0]]
         assert await subs.record_click("s123", "https://e.example/1") is False  # never pushed
@@ -745,8 +845,9 @@ async def test_subscription_store_on_postgres(tmp_path: Path) -> None:
         assert await subs.record_click("s123", "https://e.example/1") is True
         assert await subs.click_counts() == {"s123": 1}
         old = SITE.replace("www", "old")
-        extra = Subscription(push.new_subscription("k")["endpoint"], made[0]["keys"]["p256dh"],
-                             made[0]["keys"]["auth"])
+        extra = Subscription(
+            push.new_subscription("k")["endpoint"], made[0]["keys"]["p256dh"], made[0]["keys"]["auth"]
+        )
         with pytest.raises(InvalidRequest):  # full of live subscriptions (none failing, all fresh)
             await subs.save(extra, old, 2)
         assert await subs.save(extra, old, 2, unconfirmed_after=timedelta(0)) is True  # one made room

@@ -21,8 +21,14 @@ from tests.fake_push import FakePushService
 
 OUTPUT = Path(__file__).parent / "output"
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 860}
 
@@ -49,15 +55,23 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
-    public = b64url(key.public_key().public_bytes(serialization.Encoding.X962,
-                                                  serialization.PublicFormat.UncompressedPoint))
+    public = b64url(
+        key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+    )
     store = Store(f"sqlite:///{tmp_path / 'siar.db'}")
     await store.migrate()
-    section = WebPushSection(listen="127.0.0.1:0", contact="mailto:redaksi@example.com",
-                             push_hosts=["127.0.0.1"], topics=[
-                                 Topic(id="nasional", label="Nasional"),
-                                 Topic(id="internasional", label="Internasional"),
-                                 Topic(id="olahraga", label="Olahraga")])
+    section = WebPushSection(
+        listen="127.0.0.1:0",
+        contact="mailto:redaksi@example.com",
+        push_hosts=["127.0.0.1"],
+        topics=[
+            Topic(id="nasional", label="Nasional"),
+            Topic(id="internasional", label="Internasional"),
+            Topic(id="olahraga", label="Olahraga"),
+        ],
+    )
     subs = SubscriptionStore(store.db)
     server = PushHttpServer(section, subs, public, site_name="medcom.id")
     await server.start()
@@ -72,8 +86,9 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
             await store.close()
 
 
-async def open_page(site: Site, permission: str, viewport: dict[str, int] = PHONE,
-                    init_script: str | None = None) -> Page:
+async def open_page(
+    site: Site, permission: str, viewport: dict[str, int] = PHONE, init_script: str | None = None
+) -> Page:
     context = await site.browser.new_context(viewport=viewport, locale="id-ID")  # type: ignore[arg-type]
     if permission == "granted":
         await context.grant_permissions(["notifications"], origin=site.origin)
@@ -83,9 +98,15 @@ async def open_page(site: Site, permission: str, viewport: dict[str, int] = PHON
     if permission == "denied":  # as if the reader had blocked the site earlier
         target = await (await context.new_cdp_session(page)).send("Target.getTargetInfo")
         cdp = await site.browser.new_browser_cdp_session()
-        await cdp.send("Browser.setPermission", {
-            "permission": {"name": "notifications"}, "setting": "denied", "origin": site.origin,
-            "browserContextId": target["targetInfo"]["browserContextId"]})
+        await cdp.send(
+            "Browser.setPermission",
+            {
+                "permission": {"name": "notifications"},
+                "setting": "denied",
+                "origin": site.origin,
+                "browserContextId": target["targetInfo"]["browserContextId"],
+            },
+        )
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.errors = errors  # type: ignore[attr-defined]
@@ -96,8 +117,13 @@ async def open_page(site: Site, permission: str, viewport: dict[str, int] = PHON
 async def test_granted_page_registers_worker_and_explains_a_failing_push_service(site: Site) -> None:
     page = await open_page(site, "granted")
     await page.wait_for_selector("html[data-sw=registered]", timeout=10_000)
-    assert await page.evaluate("navigator.serviceWorker.getRegistration().then(r => !!r && "
-                               "(r.active || r.installing || r.waiting).scriptURL)") == site.url + "sw.js"
+    assert (
+        await page.evaluate(
+            "navigator.serviceWorker.getRegistration().then(r => !!r && "
+            "(r.active || r.installing || r.waiting).scriptURL)"
+        )
+        == site.url + "sw.js"
+    )
     assert await page.evaluate("Notification.permission") == "granted"
     button = page.locator("#subscribe")
     assert await button.is_visible() and (await button.text_content()) == "Aktifkan notifikasi"
@@ -110,8 +136,10 @@ async def test_granted_page_registers_worker_and_explains_a_failing_push_service
     # Offline there is no push service: the page must end in a clear error, never hang.
     await page.wait_for_selector("body[data-state=error]", timeout=20_000)
     status = await page.locator("#status").text_content()
-    assert status == ("Gagal mengaktifkan notifikasi: layanan push browser tidak dapat dihubungi. "
-                      "Periksa koneksi internet Anda, lalu coba lagi.")
+    assert status == (
+        "Gagal mengaktifkan notifikasi: layanan push browser tidak dapat dihubungi. "
+        "Periksa koneksi internet Anda, lalu coba lagi."
+    )
     assert (await page.locator("#error-detail code").text_content() or "").startswith("AbortError")
     assert await button.is_visible() and await button.is_enabled()
     assert (await button.text_content()) == "Coba lagi"
@@ -125,7 +153,8 @@ async def test_granted_page_registers_worker_and_explains_a_failing_push_service
     await prompt.wait_for(timeout=5_000)
     assert (await prompt.text_content()) == "Aktifkan notifikasi"
     assert "Dapatkan berita terbaru dari kami" in (
-        await page.locator("[data-siar-push] >> css=.text").text_content() or "")
+        await page.locator("[data-siar-push] >> css=.text").text_content() or ""
+    )
     await page.screenshot(path=str(OUTPUT / "webpush-widget-phone.png"))
     await page.locator("[data-siar-push] >> css=button.x").click()
     assert await page.locator("[data-siar-push]").count() == 0
@@ -142,7 +171,8 @@ async def test_denied_page_shows_unblock_steps(site: Site) -> None:
         assert await blocked.is_visible()
         assert "Notifikasi sedang diblokir" in (await blocked.text_content() or "")
         browsers = await page.locator("#blocked details").evaluate_all(
-            "els => els.map(e => [e.dataset.browser, e.open])")
+            "els => els.map(e => [e.dataset.browser, e.open])"
+        )
         assert browsers[0] == ["chrome", True]  # this browser's steps first and open
         assert {b for b, _ in browsers} == {"chrome", "android-chrome", "firefox", "safari-mac", "safari-ios"}
         assert await page.locator("#blocked details[open] li").count() == 3

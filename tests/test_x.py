@@ -36,8 +36,9 @@ SEED_TAGS = "#VladimirPutin #Rusia #KonflikArmeniaAzerbaijan"
 
 
 def sample_stories() -> list[Story]:
-    parsed = parse_feed(SAMPLE.read_bytes(), "https://www.medcom.id/rss/internasional", {},
-                        CleaningRules(), "medcom")
+    parsed = parse_feed(
+        SAMPLE.read_bytes(), "https://www.medcom.id/rss/internasional", {}, CleaningRules(), "medcom"
+    )
     return parsed.stories
 
 
@@ -45,8 +46,9 @@ def seed_story() -> Story:
     return next(s for s in sample_stories() if s.uid == "medcom-4KZ9mA2b")
 
 
-def channel(base: str = "https://api.twitter.com", context: ChannelContext = CONTEXT,
-            **overrides: Any) -> x.XChannel:
+def channel(
+    base: str = "https://api.twitter.com", context: ChannelContext = CONTEXT, **overrides: Any
+) -> x.XChannel:
     values: dict[str, Any] = {"type": "x", **KEYS, "api_base_url": base, "timeout": 3, **overrides}
     return x.create("x", x.Settings.model_validate(values), context)
 
@@ -64,12 +66,13 @@ def post_of(text: str) -> Post:
 
 # --- rendering ---------------------------------------------------------------------------------
 
+
 def test_seed_story_fits_with_link_hashtags_and_cta() -> None:
     story = seed_story()
     post = channel().render(story)
     assert post.text == (
-        "Putin Ajak Menlu Azerbaijan dan Armenia Bahas Perdamaian\n\n"
-        f"{story.url}\n{SEED_TAGS}\n\n{FOLLOW}")
+        f"Putin Ajak Menlu Azerbaijan dan Armenia Bahas Perdamaian\n\n{story.url}\n{SEED_TAGS}\n\n{FOLLOW}"
+    )
     assert post.length.used == count_x(post.text) <= 280 and post.length.limit == 280
     assert post.length.used == 206  # the 112-character link counts 23, as on X
 
@@ -117,14 +120,21 @@ def test_a_custom_short_cta_and_template() -> None:
 urls = st.builds(
     lambda host, path: f"https://{host}.example/{path}",
     st.from_regex(r"[a-z][a-z0-9-]{0,30}", fullmatch=True),
-    st.from_regex(r"[A-Za-z0-9_%./~-]{0,300}", fullmatch=True))
+    st.from_regex(r"[A-Za-z0-9_%./~-]{0,300}", fullmatch=True),
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(title=st.text(max_size=400), lead=st.text(max_size=400), url=urls,
-       tags=st.lists(st.text(max_size=40), max_size=6), follow=st.text(max_size=120))
-def test_any_story_fits_280_with_its_url_whole(title: str, lead: str, url: str, tags: list[str],
-                                                follow: str) -> None:
+@given(
+    title=st.text(max_size=400),
+    lead=st.text(max_size=400),
+    url=urls,
+    tags=st.lists(st.text(max_size=40), max_size=6),
+    follow=st.text(max_size=120),
+)
+def test_any_story_fits_280_with_its_url_whole(
+    title: str, lead: str, url: str, tags: list[str], follow: str
+) -> None:
     context = ChannelContext(site=Site(), cta=CTA(follow_text=follow))
     ch = x.create("x", x.Settings(type="x", hashtags=HashtagSettings(max=6)), context)
     post = ch.render(Story(uid="1", feed="f", url=url, title=title, lead=lead, tags=tuple(tags)))
@@ -133,6 +143,7 @@ def test_any_story_fits_280_with_its_url_whole(title: str, lead: str, url: str, 
 
 
 # --- the wire --------------------------------------------------------------------------------
+
 
 async def test_post_is_signed_and_sent_as_json(fake_x: FakeX) -> None:
     ch = channel(fake_x.base)
@@ -152,8 +163,12 @@ async def test_post_is_signed_and_sent_as_json(fake_x: FakeX) -> None:
     assert abs(int(seen.oauth["oauth_timestamp"]) - time.time()) < 60
     # signed for the URL really requested (the fake verified it; check the check can fail)
     assert seen.oauth["oauth_signature"] != oauth_signature(
-        "POST", "https://api.twitter.com/2/tweets", seen.oauth, KEYS["consumer_secret"],
-        KEYS["access_token_secret"])
+        "POST",
+        "https://api.twitter.com/2/tweets",
+        seen.oauth,
+        KEYS["consumer_secret"],
+        KEYS["access_token_secret"],
+    )
     assert KEYS["consumer_secret"] not in auth and KEYS["access_token_secret"] not in auth
     assert receipt.remote_id and receipt.url == f"https://x.com/i/web/status/{receipt.remote_id}"
 
@@ -188,27 +203,66 @@ async def test_duplicate_content_is_already_done(fake_x: FakeX) -> None:
     assert fake_x.posts == [post.text]
 
 
-@pytest.mark.parametrize(("answer", "kind", "after", "words"), [
-    (Answer(429, {"title": "Too Many Requests", "detail": "Too Many Requests"},
-            {"x-rate-limit-remaining": "0", "x-rate-limit-reset": "{now+120}"}), RetryLater, 121, "429"),
-    (Answer(429, {"title": "Too Many Requests"}, {"retry-after": "30"}), RetryLater, 31, "429"),
-    (Answer(429, {"title": "Too Many Requests"},
-            {"x-rate-limit-remaining": "99", "x-rate-limit-reset": "{now+60}",
-             "x-user-limit-24hour-remaining": "0", "x-user-limit-24hour-reset": "{now+7200}"}),
-     RetryLater, 7201, "429"),
-    (Answer(503, {"title": "Service Unavailable"}), RetryLater, None, "503"),
-    (Answer(500, {}), RetryLater, None, "500"),
-    (Answer(403, {"detail": "You are not permitted to perform this action.", "title": "Forbidden",
-                  "status": 403}), Permanent, None, "not permitted"),
-    (Answer(401, {"title": "Unauthorized", "detail": "Unauthorized", "status": 401}), Permanent, None,
-     "401"),
-    (Answer(400, {"errors": [{"message": "bad"}], "title": "Invalid Request"}), Permanent, None, "400"),
-])
-async def test_platform_errors_map_to_outcomes(fake_x: FakeX, answer: Answer, kind: type, after: float | None,
-                                               words: str) -> None:
+@pytest.mark.parametrize(
+    ("answer", "kind", "after", "words"),
+    [
+        (
+            Answer(
+                429,
+                {"title": "Too Many Requests", "detail": "Too Many Requests"},
+                {"x-rate-limit-remaining": "0", "x-rate-limit-reset": "{now+120}"},
+            ),
+            RetryLater,
+            121,
+            "429",
+        ),
+        (Answer(429, {"title": "Too Many Requests"}, {"retry-after": "30"}), RetryLater, 31, "429"),
+        (
+            Answer(
+                429,
+                {"title": "Too Many Requests"},
+                {
+                    "x-rate-limit-remaining": "99",
+                    "x-rate-limit-reset": "{now+60}",
+                    "x-user-limit-24hour-remaining": "0",
+                    "x-user-limit-24hour-reset": "{now+7200}",
+                },
+            ),
+            RetryLater,
+            7201,
+            "429",
+        ),
+        (Answer(503, {"title": "Service Unavailable"}), RetryLater, None, "503"),
+        (Answer(500, {}), RetryLater, None, "500"),
+        (
+            Answer(
+                403,
+                {
+                    "detail": "You are not permitted to perform this action.",
+                    "title": "Forbidden",
+                    "status": 403,
+                },
+            ),
+            Permanent,
+            None,
+            "not permitted",
+        ),
+        (
+            Answer(401, {"title": "Unauthorized", "detail": "Unauthorized", "status": 401}),
+            Permanent,
+            None,
+            "401",
+        ),
+        (Answer(400, {"errors": [{"message": "bad"}], "title": "Invalid Request"}), Permanent, None, "400"),
+    ],
+)
+async def test_platform_errors_map_to_outcomes(
+    fake_x: FakeX, answer: Answer, kind: type, after: float | None, words: str
+) -> None:
     now = int(time.time())
-    answer.headers = {k: str(now + int(v[5:-1])) if v.startswith("{now+") else v
-                      for k, v in answer.headers.items()}
+    answer.headers = {
+        k: str(now + int(v[5:-1])) if v.startswith("{now+") else v for k, v in answer.headers.items()
+    }
     fake_x.script.append(answer)
     ch = channel(fake_x.base)
     with pytest.raises(kind) as caught:
@@ -229,10 +283,18 @@ def test_rate_limit_wait_table() -> None:
     assert x.rate_limit_wait({"x-rate-limit-reset": "1000100"}, now) == 101
     assert x.rate_limit_wait({"x-rate-limit-reset": "999000"}, now) == 1  # already past: soon
     assert x.rate_limit_wait({"Retry-After": "Thu, 01 Jan 1970 11:46:40 GMT"}, now) == 1
-    assert x.rate_limit_wait({"retry-after": "5", "x-rate-limit-reset": "1000050",
-                              "x-rate-limit-remaining": "0"}, now) == 51
-    assert x.rate_limit_wait({"x-app-limit-24hour-reset": str(now + 10 * 86400),
-                              "x-app-limit-24hour-remaining": "0"}, now) == MAX_RETRY_AFTER  # one cap for all
+    assert (
+        x.rate_limit_wait(
+            {"retry-after": "5", "x-rate-limit-reset": "1000050", "x-rate-limit-remaining": "0"}, now
+        )
+        == 51
+    )
+    assert (
+        x.rate_limit_wait(
+            {"x-app-limit-24hour-reset": str(now + 10 * 86400), "x-app-limit-24hour-remaining": "0"}, now
+        )
+        == MAX_RETRY_AFTER
+    )  # one cap for all
 
 
 async def test_read_timeout_after_sending_is_uncertain(fake_x: FakeX) -> None:
@@ -292,14 +354,23 @@ def x_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def x_app(fake_x: FakeX, feed_server: FeedServer, sample_bytes: bytes,
-          make_config: Callable[[str], Config], x_env: None) -> Callable[..., Any]:
+def x_app(
+    fake_x: FakeX,
+    feed_server: FeedServer,
+    sample_bytes: bytes,
+    make_config: Callable[[str], Config],
+    x_env: None,
+) -> Callable[..., Any]:
     feed_server.routes["/intl"] = Route(body=sample_bytes)
     apps: list[App] = []
 
     async def start(extra: str = "", clock: Clock | None = None) -> tuple[App, Clock]:
-        text = (CONFIG.replace("FEED", feed_server.url("/intl")).replace("BASE", fake_x.base)
-                .replace("FOLLOW", FOLLOW).replace("EXTRA", textwrap.dedent(extra).strip()))
+        text = (
+            CONFIG.replace("FEED", feed_server.url("/intl"))
+            .replace("BASE", fake_x.base)
+            .replace("FOLLOW", FOLLOW)
+            .replace("EXTRA", textwrap.dedent(extra).strip())
+        )
         config = make_config(text)
         clock = clock or Clock()
         app = build(config, clock=clock)
@@ -330,8 +401,9 @@ async def test_sample_feed_end_to_end(x_app: Callable[..., Any], fake_x: FakeX) 
         assert fake_x.posts == [app.channels["x"].render(i["story"]).text for i in items]
         assert len(fake_x.posts) == 4 and fake_x.problems == []
         assert SEED_TAGS in fake_x.posts[-1] and seed_story().url in fake_x.posts[-1]
-        assert all(i["status"] == "sent" and i["remote_id"] and i["decisions"] == ["queued", "sent"]
-                   for i in items)
+        assert all(
+            i["status"] == "sent" and i["remote_id"] and i["decisions"] == ["queued", "sent"] for i in items
+        )
         await app.dispatcher.drain()
         assert len(fake_x.requests) == 4
     finally:
@@ -339,9 +411,13 @@ async def test_sample_feed_end_to_end(x_app: Callable[..., Any], fake_x: FakeX) 
 
 
 async def test_rate_limited_then_sent_after_the_reset(x_app: Callable[..., Any], fake_x: FakeX) -> None:
-    fake_x.script.append(Answer(429, {"title": "Too Many Requests"},
-                                {"x-rate-limit-remaining": "0",
-                                 "x-rate-limit-reset": str(int(time.time()) + 300)}))
+    fake_x.script.append(
+        Answer(
+            429,
+            {"title": "Too Many Requests"},
+            {"x-rate-limit-remaining": "0", "x-rate-limit-reset": str(int(time.time()) + 300)},
+        )
+    )
     app, clock = await x_app()
     try:
         await app.dispatcher.drain()
@@ -376,7 +452,7 @@ async def test_duplicate_counts_as_sent(x_app: Callable[..., Any], fake_x: FakeX
 
 async def test_daily_cap_defers_to_local_midnight(x_app: Callable[..., Any], fake_x: FakeX) -> None:
     # 2020-10-09 07:00 UTC is 14:00 in Jakarta; the next local midnight is 17:00 UTC
-    app, clock = await x_app("daily_cap = 2\non_cap = \"defer\"")
+    app, clock = await x_app('daily_cap = 2\non_cap = "defer"')
     try:
         await app.dispatcher.drain()
         items = await rows(app)
@@ -397,7 +473,7 @@ async def test_daily_cap_defers_to_local_midnight(x_app: Callable[..., Any], fak
 
 
 async def test_daily_cap_skip_records_the_drop(x_app: Callable[..., Any], fake_x: FakeX) -> None:
-    app, _ = await x_app("daily_cap = 3\non_cap = \"skip\"")
+    app, _ = await x_app('daily_cap = 3\non_cap = "skip"')
     try:
         await app.dispatcher.drain()
         items = await rows(app)
@@ -410,7 +486,7 @@ async def test_daily_cap_skip_records_the_drop(x_app: Callable[..., Any], fake_x
 
 
 async def test_daily_cap_counts_only_posts_x_created(x_app: Callable[..., Any], fake_x: FakeX) -> None:
-    app, _ = await x_app("daily_cap = 4\non_cap = \"skip\"")
+    app, _ = await x_app('daily_cap = 4\non_cap = "skip"')
     try:
         seed = next(i for i in await rows(app) if i["story"].uid == "medcom-4KZ9mA2b")
         fake_x.posts.append(app.channels["x"].render(seed["story"]).text)
@@ -425,11 +501,16 @@ async def test_daily_cap_counts_only_posts_x_created(x_app: Callable[..., Any], 
         await app.close()
 
 
-def test_missing_secret_disables_only_this_channel(make_config: Callable[[str], Config],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_secret_disables_only_this_channel(
+    make_config: Callable[[str], Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
     for key in KEYS:
         monkeypatch.setenv(f"X_{key.upper()}", "set")
     monkeypatch.delenv("X_ACCESS_TOKEN_SECRET")
-    config = make_config(CONFIG.replace("FEED", "https://e.example/f").replace("BASE", "https://api.x.com")
-                         .replace("FOLLOW", "f").replace("EXTRA", ""))
+    config = make_config(
+        CONFIG.replace("FEED", "https://e.example/f")
+        .replace("BASE", "https://api.x.com")
+        .replace("FOLLOW", "f")
+        .replace("EXTRA", "")
+    )
     assert "X_ACCESS_TOKEN_SECRET" in config.disabled["x"]

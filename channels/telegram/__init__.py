@@ -40,8 +40,10 @@ def create_reader(name: str, settings: ChannelSettings, context: ChannelContext)
 
 PLUGIN = Plugin(
     "telegram",
-    (ChannelType("telegram", PosterSettings, create_poster),
-     ChannelType("telegram-subscribers", ReaderSettings, create_reader)),
+    (
+        ChannelType("telegram", PosterSettings, create_poster),
+        ChannelType("telegram-subscribers", ReaderSettings, create_reader),
+    ),
     sections={"telegram": TelegramSection},
     migrations=Path(__file__).parent / "migrations",
 )

@@ -28,8 +28,9 @@ def telegram_section(context: ChannelContext) -> TelegramSection:
     """The validated `[telegram]` section; ChannelUnavailable naming the key when it is missing."""
     found = context.section("telegram", TelegramSection)
     if found is None:
-        raise ChannelUnavailable("the Telegram channels need a [telegram] section with the bot token "
-                                 "(telegram.token)")
+        raise ChannelUnavailable(
+            "the Telegram channels need a [telegram] section with the bot token (telegram.token)"
+        )
     return found
 
 
@@ -72,12 +73,21 @@ class TelegramApp:
         s = self.settings
         if s.webhook_url:
             secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
-            await updater.start_webhook(listen=s.webhook_listen, port=s.webhook_port, url_path=s.webhook_path,
-                                        webhook_url=s.webhook_url, secret_token=secret,
-                                        allowed_updates=ALLOWED_UPDATES)
+            await updater.start_webhook(
+                listen=s.webhook_listen,
+                port=s.webhook_port,
+                url_path=s.webhook_path,
+                webhook_url=s.webhook_url,
+                secret_token=secret,
+                allowed_updates=ALLOWED_UPDATES,
+            )
         else:
-            await updater.start_polling(allowed_updates=ALLOWED_UPDATES, poll_interval=0.0,
-                                        timeout=timedelta(seconds=10), error_callback=_polling_error)
+            await updater.start_polling(
+                allowed_updates=ALLOWED_UPDATES,
+                poll_interval=0.0,
+                timeout=timedelta(seconds=10),
+                error_callback=_polling_error,
+            )
         self.receiving = True
 
     async def release(self) -> None:
@@ -117,16 +127,24 @@ def app_for(context: ChannelContext) -> TelegramApp:
     return context.shared.get(key, TelegramApp, lambda: TelegramApp(settings, context))
 
 
-def build_application(settings: TelegramSection,
-                      pacer: ChatPacer) -> Application[Any, Any, Any, Any, Any, Any]:
+def build_application(
+    settings: TelegramSection, pacer: ChatPacer
+) -> Application[Any, Any, Any, Any, Any, Any]:
     """A PTB Application pointed at `api_base_url`, every request paced by `pacer`."""
     timeout = settings.request_timeout
     base = settings.api_base_url.rstrip("/")
-    return (ApplicationBuilder().token(settings.token.get_secret_value())
-            .base_url(f"{base}/bot").base_file_url(f"{base}/file/bot")
-            .connection_pool_size(64).read_timeout(timeout).write_timeout(timeout)
-            .connect_timeout(10.0).pool_timeout(timeout)
-            .get_updates_read_timeout(20.0)
-            .rate_limiter(PacedRequests(pacer))
-            .concurrent_updates(8)
-            .build())
+    return (
+        ApplicationBuilder()
+        .token(settings.token.get_secret_value())
+        .base_url(f"{base}/bot")
+        .base_file_url(f"{base}/file/bot")
+        .connection_pool_size(64)
+        .read_timeout(timeout)
+        .write_timeout(timeout)
+        .connect_timeout(10.0)
+        .pool_timeout(timeout)
+        .get_updates_read_timeout(20.0)
+        .rate_limiter(PacedRequests(pacer))
+        .concurrent_updates(8)
+        .build()
+    )

@@ -30,7 +30,7 @@ def reply_markup(buttons: tuple[Button, ...]) -> Any:
         return None
     rows = [[InlineKeyboardButton(buttons[0].text, url=buttons[0].url)]]
     rest = [InlineKeyboardButton(b.text, url=b.url) for b in buttons[1:]]
-    rows += [rest[i:i + 2] for i in range(0, len(rest), 2)]
+    rows += [rest[i : i + 2] for i in range(0, len(rest), 2)]
     return InlineKeyboardMarkup(rows)
 
 

@@ -46,8 +46,10 @@ class TelegramSection(BaseModel):
                 raise ValueError("webhook_url: Telegram only posts updates to an https:// URL")
             secret = self.webhook_secret.get_secret_value() if self.webhook_secret else ""
             if not secret:
-                raise ValueError("webhook_secret is required with webhook_url: without it anyone who "
-                                 "finds the URL can post forged updates (1-256 characters A-Z a-z 0-9 _ -)")
+                raise ValueError(
+                    "webhook_secret is required with webhook_url: without it anyone who "
+                    "finds the URL can post forged updates (1-256 characters A-Z a-z 0-9 _ -)"
+                )
         return self
 
 

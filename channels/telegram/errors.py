@@ -102,8 +102,9 @@ def telegram_error(exc: BaseException, chat: str | int, *, retry_on_timeout: boo
         after = ptb_retry_after(exc)
         return RetryLater(f"Telegram flood control: retry after {after:g}s", after=after)
     if isinstance(exc, Forbidden):
-        return Permanent(f"the bot may not post in {chat}: {text} (add it to the chat as an admin "
-                         "that can post messages)")
+        return Permanent(
+            f"the bot may not post in {chat}: {text} (add it to the chat as an admin that can post messages)"
+        )
     if isinstance(exc, InvalidToken):
         return Unauthorized("Telegram refused the bot token ([telegram] token)")
     if isinstance(exc, BadRequest):
@@ -118,8 +119,10 @@ def telegram_error(exc: BaseException, chat: str | int, *, retry_on_timeout: boo
         if not request_may_have_left(transport):
             return RetryLater(f"Telegram unreachable ({name}); nothing was sent")
         if retry_on_timeout:
-            return RetryLater(f"connection to Telegram lost after sending ({name}); retrying "
-                              "(retry_on_timeout)")
-        return Uncertain(f"connection to Telegram lost after the request was sent ({name}); the post "
-                         "may or may not be out")
+            return RetryLater(
+                f"connection to Telegram lost after sending ({name}); retrying (retry_on_timeout)"
+            )
+        return Uncertain(
+            f"connection to Telegram lost after the request was sent ({name}); the post may or may not be out"
+        )
     return Permanent(f"unexpected Telegram error: {type(exc).__name__}: {text}")

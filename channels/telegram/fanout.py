@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -84,12 +85,18 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
         self.store = TelegramStore(self.context.database)
         bot = app_for(self.context)
         if bot.reader is not None and bot.reader.name != self.name:
-            raise RuntimeError(f"channel {self.name}: this bot token already runs a reader bot "
-                               f"({bot.reader.name}); one per token")
+            raise RuntimeError(
+                f"channel {self.name}: this bot token already runs a reader bot "
+                f"({bot.reader.name}); one per token"
+            )
         rate = self.settings.messages_per_second
         if rate > 30 and not self.settings.allow_paid_broadcast:
-            log.warning("channel %s: messages_per_second %.0f is over Telegram's 30/s; using 29 "
-                        "(set allow_paid_broadcast for more)", self.name, rate)
+            log.warning(
+                "channel %s: messages_per_second %.0f is over Telegram's 30/s; using 29 "
+                "(set allow_paid_broadcast for more)",
+                self.name,
+                rate,
+            )
             rate = 29.0
         # Catching up after a stall at most ~18% faster than `rate` keeps a margin under
         # Telegram's 30/s for requests that arrive unevenly.
@@ -123,12 +130,16 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
             self._proxy, self._proxy_auth = None, None
         # `connect` covers waiting for a pooled connection and connecting (nothing sent yet);
         # `sock_read` is how long an answer may take once the request is out.
-        timeout = aiohttp.ClientTimeout(total=None, connect=section.request_timeout, sock_connect=10.0,
-                                        sock_read=section.request_timeout)
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=section.request_timeout, sock_connect=10.0, sock_read=section.request_timeout
+        )
         connector = aiohttp.TCPConnector(limit=max(self.settings.concurrency, 8), keepalive_timeout=30)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, cookie_jar=aiohttp.DummyCookieJar(),
-            headers={"User-Agent": self.context.user_agent})
+            connector=connector,
+            timeout=timeout,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": self.context.user_agent},
+        )
 
     async def close(self) -> None:
         if self._session is not None:
@@ -145,16 +156,22 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
 
     def render(self, story: Story) -> Post:
         text, used, _ = self.renderer.fit(story, Budget("utf16", TEXT_LIMIT, count_telegram))
-        return self.post(story, text, Length("utf16", used, TEXT_LIMIT), parse_mode="HTML",
-                         buttons=keyboard_buttons(story, self.context, self.language))
+        return self.post(
+            story,
+            text,
+            Length("utf16", used, TEXT_LIMIT),
+            parse_mode="HTML",
+            buttons=keyboard_buttons(story, self.context, self.language),
+        )
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
         """Broadcast `post` to every matching reader, resuming an interrupted broadcast.
 
         A cancellation (shutdown) propagates: the dispatcher keeps the row pending (this channel
         is resumable) and the ledger says where to resume."""
-        assert self.store is not None and self.bot is not None and self.context.fanout is not None, \
+        assert self.store is not None and self.bot is not None and self.context.fanout is not None, (
             "start() first"
+        )
         store, pacer = self.store, self.bot.pacer
         audience = {s.chat_id: s for s in await store.active_subscribers(self.name) if wants(s, post.story)}
         bodies = self._bodies(post)
@@ -172,55 +189,83 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
             language = sub.language if sub else self.language
             return await self._send_one(chat, bodies.get(language, bodies[self.language]), unsubscribe)
 
-        async def apply(outcomes: list[RecipientOutcome]) -> None:
+        async def apply(outcomes: Sequence[RecipientOutcome]) -> None:
             now = self.now()
             for outcome in outcomes:
                 if outcome.status == "moved" and outcome.moved_to is not None:
                     await store.move_subscriber(self.name, outcome.recipient, outcome.moved_to, now)
-            gone = [(chat, unsubscribe.pop(chat)) for chat in [o.recipient for o in outcomes]
-                    if chat in unsubscribe]
+            gone = [
+                (chat, unsubscribe.pop(chat))
+                for chat in [o.recipient for o in outcomes]
+                if chat in unsubscribe
+            ]
             await store.unsubscribe_many(self.name, gone, now)
 
         per_second = 1 / pacer.gap if pacer.gap else 200
         # A batch is about a second of sends.
-        broadcaster = Broadcaster(self.context.fanout, self.name, self.context.clock,
-                                  concurrency=self.settings.concurrency,
-                                  batch_size=max(self.settings.concurrency, min(200, int(per_second))),
-                                  max_tries=MAX_TRIES)
-        result = await broadcaster.run(idempotency_key, plan, deliver, pace=pace, apply=apply,  # type: ignore[arg-type]
-                                       budget=self.settings.send_timeout * 0.8)
+        broadcaster = Broadcaster(
+            self.context.fanout,
+            self.name,
+            self.context.clock,
+            concurrency=self.settings.concurrency,
+            batch_size=max(self.settings.concurrency, min(200, int(per_second))),
+            max_tries=MAX_TRIES,
+        )
+        result = await broadcaster.run(
+            idempotency_key,
+            plan,
+            deliver,
+            pace=pace,
+            apply=apply,
+            budget=self.settings.send_timeout * 0.8,
+        )
         note = result.summary("readers")
         if result.remaining:
-            raise RetryLater(f"{result.remaining} of {result.planned} readers to do; {note}",
-                             after=result.retry_after, attempt=result.progressed == 0)
+            raise RetryLater(
+                f"{result.remaining} of {result.planned} readers to do; {note}",
+                after=result.retry_after,
+                attempt=result.progressed == 0,
+            )
         return Receipt(remote_id=idempotency_key, note=note)
 
     def _bodies(self, post: Post) -> dict[str, str]:
         """Per language, the form-encoded sendMessage parameters after `chat_id`, encoded as PTB
         encodes them (strings as they are, everything else JSON)."""
         story = post.story
-        preview = LinkPreviewOptions(url=story.url, prefer_large_media=True) if story.url \
+        preview = (
+            LinkPreviewOptions(url=story.url, prefer_large_media=True)
+            if story.url
             else LinkPreviewOptions(is_disabled=True)
+        )
         bodies = {}
         for lang in ("id", "en"):
-            params: dict[str, Any] = {"text": post.text, "parse_mode": "HTML",
-                                      "link_preview_options": preview.to_dict(),
-                                      "disable_notification": self.settings.silent}
+            params: dict[str, Any] = {
+                "text": post.text,
+                "parse_mode": "HTML",
+                "link_preview_options": preview.to_dict(),
+                "disable_notification": self.settings.silent,
+            }
             markup = reply_markup(keyboard_buttons(story, self.context, lang))
             if markup is not None:
                 params["reply_markup"] = markup.to_dict()
             if self.settings.allow_paid_broadcast:
                 params["allow_paid_broadcast"] = True
-            bodies[lang] = urlencode({k: v if isinstance(v, str) else json.dumps(v)
-                                      for k, v in params.items()})
+            bodies[lang] = urlencode(
+                {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
+            )
         return bodies
 
     async def _send_one(self, chat: int, body: str, unsubscribe: dict[int, str]) -> RecipientOutcome:
         """One reader's message, with every Telegram answer turned into the reader's outcome."""
         assert self._session is not None, "start() first"
         try:
-            async with self._session.post(self._send_url, data=f"chat_id={chat}&{body}", headers=FORM,
-                                          proxy=self._proxy, proxy_auth=self._proxy_auth) as response:
+            async with self._session.post(
+                self._send_url,
+                data=f"chat_id={chat}&{body}",
+                headers=FORM,
+                proxy=self._proxy,
+                proxy_auth=self._proxy_auth,
+            ) as response:
                 status, raw = response.status, await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             if not aiohttp_request_may_have_left(exc):  # nothing was sent
@@ -250,8 +295,9 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
         if 200 <= status <= 299:
             result = data.get("result")
             message_id = result.get("message_id") if isinstance(result, dict) else None
-            return RecipientOutcome(chat, "sent", remote_id=str(message_id) if isinstance(message_id, int)
-                                    else None)
+            return RecipientOutcome(
+                chat, "sent", remote_id=str(message_id) if isinstance(message_id, int) else None
+            )
         description = str(data.get("description") or f"HTTP {status}")
         found = data.get("parameters")
         parameters: dict[str, Any] = found if isinstance(found, dict) else {}
@@ -279,4 +325,3 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
 def create(name: str, settings: ChannelSettings, context: ChannelContext) -> SubscriberChannel:
     assert isinstance(settings, ReaderSettings)
     return SubscriberChannel(name, settings, context)
-

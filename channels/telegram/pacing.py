@@ -39,8 +39,14 @@ class ChatPacer:
     window a margin for uneven network delays.
     """
 
-    def __init__(self, per_second: float = 29.0, chat_gap: float = 1.05, group_per_minute: int = 19,
-                 clock: Callable[[], float] = time.monotonic, min_spacing: float = 0.5) -> None:
+    def __init__(
+        self,
+        per_second: float = 29.0,
+        chat_gap: float = 1.05,
+        group_per_minute: int = 19,
+        clock: Callable[[], float] = time.monotonic,
+        min_spacing: float = 0.5,
+    ) -> None:
         self.chat_gap = chat_gap
         self.group_per_minute = group_per_minute
         self.clock = clock

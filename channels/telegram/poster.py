@@ -69,8 +69,12 @@ class TelegramChannel(BaseChannel[PosterSettings]):
             self.store = TelegramStore(self.context.database)
             moved = await self.store.moved_chat(str(self.settings.chat))
             if moved is not None:
-                log.info("channel %s: chat %s moved to %s earlier; using the new id", self.name,
-                         self.settings.chat, moved)
+                log.info(
+                    "channel %s: chat %s moved to %s earlier; using the new id",
+                    self.name,
+                    self.settings.chat,
+                    moved,
+                )
                 self.chat = moved
         bot = app_for(self.context)
         await bot.acquire()
@@ -86,11 +90,18 @@ class TelegramChannel(BaseChannel[PosterSettings]):
         buttons = keyboard_buttons(story, self.context, self.language) if self.settings.buttons else ()
         if story.image and self.settings.photo:
             caption = self._fit(story, CAPTION_LIMIT)
-            return self.post(story, caption[0], Length("utf16", caption[1], CAPTION_LIMIT),
-                             parse_mode="HTML", buttons=buttons, media=(story.image,),
-                             payload=PhotoPost(full[0], full[1]))
-        return self.post(story, full[0], Length("utf16", full[1], TEXT_LIMIT), parse_mode="HTML",
-                         buttons=buttons)
+            return self.post(
+                story,
+                caption[0],
+                Length("utf16", caption[1], CAPTION_LIMIT),
+                parse_mode="HTML",
+                buttons=buttons,
+                media=(story.image,),
+                payload=PhotoPost(full[0], full[1]),
+            )
+        return self.post(
+            story, full[0], Length("utf16", full[1], TEXT_LIMIT), parse_mode="HTML", buttons=buttons
+        )
 
     def _fit(self, story: Story, limit: int) -> tuple[str, int]:
         text, used, _ = self.renderer.fit(story, Budget("utf16", limit, count_telegram))
@@ -107,8 +118,12 @@ class TelegramChannel(BaseChannel[PosterSettings]):
                     except BadRequest as exc:
                         if not photo_refused(exc):
                             raise
-                        log.warning("channel %s: Telegram refused the photo %s (%s); sending text",
-                                    self.name, post.media[0], exc.message)
+                        log.warning(
+                            "channel %s: Telegram refused the photo %s (%s); sending text",
+                            self.name,
+                            post.media[0],
+                            exc.message,
+                        )
                         fallback = post.payload.fallback_text if isinstance(post.payload, PhotoPost) else ""
                         message = await self._send_text(post, fallback or post.text)
                 else:
@@ -124,8 +139,13 @@ class TelegramChannel(BaseChannel[PosterSettings]):
     async def _send_photo(self, post: Post) -> Any:
         assert self.bot is not None
         return await self.bot.app.bot.send_photo(
-            self.chat, post.media[0], caption=post.text, parse_mode="HTML",
-            reply_markup=reply_markup(post.buttons), disable_notification=self.settings.silent)
+            self.chat,
+            post.media[0],
+            caption=post.text,
+            parse_mode="HTML",
+            reply_markup=reply_markup(post.buttons),
+            disable_notification=self.settings.silent,
+        )
 
     async def _send_text(self, post: Post, text: str) -> Any:
         assert self.bot is not None
@@ -133,17 +153,21 @@ class TelegramChannel(BaseChannel[PosterSettings]):
         if self.settings.link_preview and post.story.url:
             preview = LinkPreviewOptions(url=post.story.url, prefer_large_media=True)
         return await self.bot.app.bot.send_message(
-            self.chat, text, parse_mode="HTML", reply_markup=reply_markup(post.buttons),
-            link_preview_options=preview, disable_notification=self.settings.silent)
+            self.chat,
+            text,
+            parse_mode="HTML",
+            reply_markup=reply_markup(post.buttons),
+            link_preview_options=preview,
+            disable_notification=self.settings.silent,
+        )
 
     async def _moved(self, new_chat: int) -> None:
-        log.warning("channel %s: chat %s became supergroup %s; remembering the new id", self.name,
-                    self.chat, new_chat)
+        log.warning(
+            "channel %s: chat %s became supergroup %s; remembering the new id", self.name, self.chat, new_chat
+        )
         if self.store is not None:
             await self.store.remember_move(str(self.settings.chat), new_chat, self.now())
         self.chat = new_chat
-
-
 
 
 def create(name: str, settings: ChannelSettings, context: ChannelContext) -> TelegramChannel:

@@ -89,8 +89,15 @@ class CommandGate:
 class ReaderBot:
     """Handlers of the reader bot of subscriber channel `name`."""
 
-    def __init__(self, name: str, store: TelegramStore, context: ChannelContext, *,
-                 settings: ReaderSettings, section: TelegramSection) -> None:
+    def __init__(
+        self,
+        name: str,
+        store: TelegramStore,
+        context: ChannelContext,
+        *,
+        settings: ReaderSettings,
+        section: TelegramSection,
+    ) -> None:
         self.name = name
         self.store = store
         self.context = context
@@ -105,12 +112,14 @@ class ReaderBot:
 
     def _limited(self, handler: Handler) -> Handler:
         """`handler`, for chats within their command budget."""
+
         async def limited(update: Update, context: Ctx) -> None:
             chat = update.effective_chat
             if chat is None or self.gate.allow(chat.id):
                 await handler(update, context)
             elif self.gate.warn_once(chat.id):
                 self.reply(update, self._text(self._user_lang(update), "too_many"))
+
         return limited
 
     async def close(self) -> None:
@@ -140,8 +149,11 @@ class ReaderBot:
     async def set_commands(self, app: Application[Any, Any, Any, Any, Any, Any]) -> None:
         """Register the command menu: default language, plus Indonesian and English menus."""
         for code, commands in (("", COMMANDS[self.language]), ("id", COMMANDS["id"]), ("en", COMMANDS["en"])):
-            await app.bot.set_my_commands([BotCommand(c, d) for c, d in commands],
-                                          scope=BotCommandScopeDefault(), language_code=code or None)
+            await app.bot.set_my_commands(
+                [BotCommand(c, d) for c, d in commands],
+                scope=BotCommandScopeDefault(),
+                language_code=code or None,
+            )
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -164,8 +176,11 @@ class ReaderBot:
         chat = update.effective_chat
         if chat is None:
             return
-        self._spawn(chat.get_bot().send_message(chat.id, text, parse_mode=ParseMode.HTML,
-                                                reply_markup=markup, link_preview_options=None))
+        self._spawn(
+            chat.get_bot().send_message(
+                chat.id, text, parse_mode=ParseMode.HTML, reply_markup=markup, link_preview_options=None
+            )
+        )
 
     def _spawn(self, work: Awaitable[Any]) -> None:
         async def run() -> None:
@@ -204,7 +219,7 @@ class ReaderBot:
         buttons = [InlineKeyboardButton(link.label, url=link.url) for link in cta.follow_links]
         if cta.notify_url and cta.notify_text:
             buttons.append(InlineKeyboardButton(cta.notify_text[:64], url=cta.notify_url))
-        rows = [buttons[i:i + 2] for i in range(0, len(buttons), 2)]
+        rows = [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
         return InlineKeyboardMarkup(rows) if rows else None
 
     def _text(self, language: str, key: str) -> str:
@@ -218,8 +233,9 @@ class ReaderBot:
         if chat is None:
             return
         name = chat.title or chat.full_name or ""
-        new = await self.store.subscribe(self.name, chat.id, chat.type, self._user_lang(update), name,
-                                         self.clock())
+        new = await self.store.subscribe(
+            self.name, chat.id, chat.type, self._user_lang(update), name, self.clock()
+        )
         language = await self._lang(update)
         key = "welcome" if new else "welcome_back"
         cta = self.context.cta
@@ -243,14 +259,23 @@ class ReaderBot:
         sections = self.sections or sorted({s.section for s in stories if s.section})
         return offered_topics(sections, stories, self.top_tags)
 
-    def _topics_markup(self, sub: Subscriber, offered: list[tuple[str, str]],
-                       language: str) -> InlineKeyboardMarkup:
+    def _topics_markup(
+        self, sub: Subscriber, offered: list[tuple[str, str]], language: str
+    ) -> InlineKeyboardMarkup:
         chosen = set(k for k, _ in offered) if sub.topics is None else set(sub.topics)
-        buttons = [InlineKeyboardButton(("✅ " if key in chosen else "▫️ ") + label[:40],
-                                        callback_data=topic_data(key)) for key, label in offered]
-        rows = [buttons[i:i + 2] for i in range(0, len(buttons), 2)]
-        rows.append([InlineKeyboardButton(self._text(language, "topics_all"), callback_data="tp:all"),
-                     InlineKeyboardButton(self._text(language, "topics_done"), callback_data="tp:done")])
+        buttons = [
+            InlineKeyboardButton(
+                ("✅ " if key in chosen else "▫️ ") + label[:40], callback_data=topic_data(key)
+            )
+            for key, label in offered
+        ]
+        rows = [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
+        rows.append(
+            [
+                InlineKeyboardButton(self._text(language, "topics_all"), callback_data="tp:all"),
+                InlineKeyboardButton(self._text(language, "topics_done"), callback_data="tp:done"),
+            ]
+        )
         return InlineKeyboardMarkup(rows)
 
     async def topics(self, update: Update, context: Ctx) -> None:
@@ -284,8 +309,14 @@ class ReaderBot:
     async def choose_language(self, update: Update, context: Ctx) -> None:
         """/bahasa: two buttons."""
         language = await self._lang(update)
-        markup = InlineKeyboardMarkup([[InlineKeyboardButton("Bahasa Indonesia", callback_data="lang:id"),
-                                        InlineKeyboardButton("English", callback_data="lang:en")]])
+        markup = InlineKeyboardMarkup(
+            [
+                [
+                    InlineKeyboardButton("Bahasa Indonesia", callback_data="lang:id"),
+                    InlineKeyboardButton("English", callback_data="lang:en"),
+                ]
+            ]
+        )
         self.reply(update, self._text(language, "language"), markup)
 
     async def help(self, update: Update, context: Ctx) -> None:
@@ -374,8 +405,12 @@ class ReaderBot:
             return
         zone = ZoneInfo(self.context.site.timezone)
         local = self.clock().astimezone(zone)
-        midnight = (local - timedelta(hours=local.hour, minutes=local.minute, seconds=local.second,
-                                      microseconds=local.microsecond)).astimezone(UTC)
+        midnight = (
+            local
+            - timedelta(
+                hours=local.hour, minutes=local.minute, seconds=local.second, microseconds=local.microsecond
+            )
+        ).astimezone(UTC)
         assert self.context.reports is not None and self.context.fanout is not None
         counts = await self.store.subscriber_counts(self.name)
         posts = await self.context.reports.posts_since(midnight)

@@ -32,14 +32,16 @@ from bot.schema import UTCDateTime
 metadata = MetaData()
 
 chat_moves = Table(
-    "tg_chat_moves", metadata,
+    "tg_chat_moves",
+    metadata,
     Column("old_chat", String(100), primary_key=True),
     Column("new_chat", BigInteger, nullable=False),
     Column("at", UTCDateTime, nullable=False),
 )
 
 subscribers = Table(
-    "tg_subscribers", metadata,
+    "tg_subscribers",
+    metadata,
     Column("bot", String(200), primary_key=True),  # the telegram-subscribers channel name
     Column("chat_id", BigInteger, primary_key=True),
     Column("kind", String(16), nullable=False),  # private, group, supergroup
@@ -53,11 +55,19 @@ subscribers = Table(
 )
 
 # A batch statement (executemany): one subscriber stopped.
-_UNSUBSCRIBE = update(subscribers).where(
-    subscribers.c.bot == bindparam("b_bot"), subscribers.c.chat_id == bindparam("b_chat"),
-    subscribers.c.active.is_(True)).values(
-    active=False, reason=bindparam("b_reason"),
-    updated_at=bindparam("b_now", type_=subscribers.c.updated_at.type))
+_UNSUBSCRIBE = (
+    update(subscribers)
+    .where(
+        subscribers.c.bot == bindparam("b_bot"),
+        subscribers.c.chat_id == bindparam("b_chat"),
+        subscribers.c.active.is_(True),
+    )
+    .values(
+        active=False,
+        reason=bindparam("b_reason"),
+        updated_at=bindparam("b_now", type_=subscribers.c.updated_at.type),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -81,14 +91,16 @@ class TelegramStore:
 
     async def moved_chat(self, chat: str) -> int | None:
         async with self.engine.connect() as conn:
-            new: int | None = (await conn.execute(
-                select(chat_moves.c.new_chat).where(chat_moves.c.old_chat == chat))).scalar()
+            new: int | None = (
+                await conn.execute(select(chat_moves.c.new_chat).where(chat_moves.c.old_chat == chat))
+            ).scalar()
         return new
 
     async def remember_move(self, chat: str, new_chat: int, now: datetime) -> None:
         async with self._write() as conn:
-            done = await conn.execute(update(chat_moves).where(chat_moves.c.old_chat == chat)
-                                      .values(new_chat=new_chat, at=now))
+            done = await conn.execute(
+                update(chat_moves).where(chat_moves.c.old_chat == chat).values(new_chat=new_chat, at=now)
+            )
             if done.rowcount == 0:
                 await conn.execute(insert(chat_moves).values(old_chat=chat, new_chat=new_chat, at=now))
 
@@ -96,75 +108,120 @@ class TelegramStore:
 
     async def subscriber(self, bot: str, chat_id: int) -> Subscriber | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(subscribers).where(
-                subscribers.c.bot == bot, subscribers.c.chat_id == chat_id))).first()
+            row = (
+                await conn.execute(
+                    select(subscribers).where(subscribers.c.bot == bot, subscribers.c.chat_id == chat_id)
+                )
+            ).first()
         return _subscriber(row) if row is not None else None
 
-    async def subscribe(self, bot: str, chat_id: int, kind: str, language: str, name: str,
-                        now: datetime) -> bool:
+    async def subscribe(
+        self, bot: str, chat_id: int, kind: str, language: str, name: str, now: datetime
+    ) -> bool:
         """Make `chat_id` an active subscriber (keeping its topics); True if it was not active."""
         async with self._write() as conn:
-            row = (await conn.execute(select(subscribers.c.active).where(
-                subscribers.c.bot == bot, subscribers.c.chat_id == chat_id))).first()
+            row = (
+                await conn.execute(
+                    select(subscribers.c.active).where(
+                        subscribers.c.bot == bot, subscribers.c.chat_id == chat_id
+                    )
+                )
+            ).first()
             if row is None:
-                await conn.execute(insert(subscribers).values(
-                    bot=bot, chat_id=chat_id, kind=kind, name=name, language=language, topics=None,
-                    active=True, reason=None, subscribed_at=now, updated_at=now))
+                await conn.execute(
+                    insert(subscribers).values(
+                        bot=bot,
+                        chat_id=chat_id,
+                        kind=kind,
+                        name=name,
+                        language=language,
+                        topics=None,
+                        active=True,
+                        reason=None,
+                        subscribed_at=now,
+                        updated_at=now,
+                    )
+                )
                 return True
-            await conn.execute(update(subscribers).where(
-                subscribers.c.bot == bot, subscribers.c.chat_id == chat_id).values(
-                active=True, reason=None, kind=kind, name=name, updated_at=now))
+            await conn.execute(
+                update(subscribers)
+                .where(subscribers.c.bot == bot, subscribers.c.chat_id == chat_id)
+                .values(active=True, reason=None, kind=kind, name=name, updated_at=now)
+            )
             return not row.active
 
     async def unsubscribe(self, bot: str, chat_id: int, reason: str, now: datetime) -> bool:
         """Stop sending to `chat_id`; True if it was active."""
         async with self._write() as conn:
-            done = await conn.execute(update(subscribers).where(
-                subscribers.c.bot == bot, subscribers.c.chat_id == chat_id,
-                subscribers.c.active.is_(True)).values(active=False, reason=reason, updated_at=now))
+            done = await conn.execute(
+                update(subscribers)
+                .where(
+                    subscribers.c.bot == bot, subscribers.c.chat_id == chat_id, subscribers.c.active.is_(True)
+                )
+                .values(active=False, reason=reason, updated_at=now)
+            )
         return bool(done.rowcount)
 
     async def move_subscriber(self, bot: str, old: int, new: int, now: datetime) -> None:
         """Group `old` became supergroup `new`: its row follows it, unless `new` has a row of
         its own already (it subscribed itself): then that row stays as it is and `old` stops."""
         async with self._write() as conn:
-            taken = (await conn.execute(select(func.count()).where(
-                subscribers.c.bot == bot, subscribers.c.chat_id == new))).scalar()
+            taken = (
+                await conn.execute(
+                    select(func.count()).where(subscribers.c.bot == bot, subscribers.c.chat_id == new)
+                )
+            ).scalar()
             if taken:
-                await conn.execute(update(subscribers).where(
-                    subscribers.c.bot == bot, subscribers.c.chat_id == old).values(
-                    active=False, reason=f"moved to {new}", updated_at=now))
+                await conn.execute(
+                    update(subscribers)
+                    .where(subscribers.c.bot == bot, subscribers.c.chat_id == old)
+                    .values(active=False, reason=f"moved to {new}", updated_at=now)
+                )
             else:
-                await conn.execute(update(subscribers).where(
-                    subscribers.c.bot == bot, subscribers.c.chat_id == old).values(
-                    chat_id=new, kind="supergroup", updated_at=now))
+                await conn.execute(
+                    update(subscribers)
+                    .where(subscribers.c.bot == bot, subscribers.c.chat_id == old)
+                    .values(chat_id=new, kind="supergroup", updated_at=now)
+                )
 
     async def set_language(self, bot: str, chat_id: int, language: str, now: datetime) -> None:
         async with self._write() as conn:
-            await conn.execute(update(subscribers).where(
-                subscribers.c.bot == bot, subscribers.c.chat_id == chat_id).values(
-                language=language, updated_at=now))
+            await conn.execute(
+                update(subscribers)
+                .where(subscribers.c.bot == bot, subscribers.c.chat_id == chat_id)
+                .values(language=language, updated_at=now)
+            )
 
     async def set_topics(self, bot: str, chat_id: int, topics: Sequence[str] | None, now: datetime) -> None:
         value = None if topics is None else json.dumps(sorted(set(topics)), ensure_ascii=False)
         async with self._write() as conn:
-            await conn.execute(update(subscribers).where(
-                subscribers.c.bot == bot, subscribers.c.chat_id == chat_id).values(
-                topics=value, updated_at=now))
+            await conn.execute(
+                update(subscribers)
+                .where(subscribers.c.bot == bot, subscribers.c.chat_id == chat_id)
+                .values(topics=value, updated_at=now)
+            )
 
     async def active_subscribers(self, bot: str) -> list[Subscriber]:
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(subscribers).where(
-                subscribers.c.bot == bot, subscribers.c.active.is_(True))
-                .order_by(subscribers.c.subscribed_at, subscribers.c.chat_id))).all()
+            rows = (
+                await conn.execute(
+                    select(subscribers)
+                    .where(subscribers.c.bot == bot, subscribers.c.active.is_(True))
+                    .order_by(subscribers.c.subscribed_at, subscribers.c.chat_id)
+                )
+            ).all()
         return [_subscriber(r) for r in rows]
 
     async def subscriber_counts(self, bot: str) -> dict[str, int]:
         """{"private": n, "group": n, "inactive": n, ...} for /stats."""
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(subscribers.c.kind, subscribers.c.active, func.count())
-                                       .where(subscribers.c.bot == bot)
-                                       .group_by(subscribers.c.kind, subscribers.c.active))).all()
+            rows = (
+                await conn.execute(
+                    select(subscribers.c.kind, subscribers.c.active, func.count())
+                    .where(subscribers.c.bot == bot)
+                    .group_by(subscribers.c.kind, subscribers.c.active)
+                )
+            ).all()
         out: dict[str, int] = {}
         for kind, active, n in rows:
             key = kind if active else "inactive"
@@ -175,12 +232,22 @@ class TelegramStore:
         """Stop sending to each (chat, reason): one statement for a whole broadcast batch."""
         if chats:
             async with self._write() as conn:
-                await conn.execute(_UNSUBSCRIBE, [
-                    {"b_bot": bot, "b_chat": chat_id, "b_reason": reason, "b_now": now}
-                    for chat_id, reason in chats])
+                await conn.execute(
+                    _UNSUBSCRIBE,
+                    [
+                        {"b_bot": bot, "b_chat": chat_id, "b_reason": reason, "b_now": now}
+                        for chat_id, reason in chats
+                    ],
+                )
 
 
 def _subscriber(row: Any) -> Subscriber:
     topics = None if row.topics is None else tuple(json.loads(row.topics))
-    return Subscriber(chat_id=int(row.chat_id), kind=row.kind, language=row.language, topics=topics,
-                      active=bool(row.active), name=row.name or "")
+    return Subscriber(
+        chat_id=int(row.chat_id),
+        kind=row.kind,
+        language=row.language,
+        topics=topics,
+        active=bool(row.active),
+        name=row.name or "",
+    )

@@ -10,8 +10,8 @@ from bot.counting import count_utf16
 TEXTS: dict[str, dict[str, str]] = {
     "id": {
         "welcome": "👋 Selamat datang di <b>{site}</b>!\nAnda akan menerima berita terbaru di sini begitu "
-                   "terbit. Pilih topik dengan /topik, lihat berita terbaru dengan /terbaru, berhenti "
-                   "dengan /stop.",
+        "terbit. Pilih topik dengan /topik, lihat berita terbaru dengan /terbaru, berhenti "
+        "dengan /stop.",
         "welcome_back": "Anda sudah berlangganan {site}. Atur topik dengan /topik.",
         "stopped": "Anda berhenti berlangganan {site}. Kirim /start untuk berlangganan lagi.",
         "not_subscribed": "Anda belum berlangganan. Kirim /start dulu.",
@@ -26,14 +26,14 @@ TEXTS: dict[str, dict[str, str]] = {
         "language": "Pilih bahasa:",
         "language_set": "Bahasa diganti ke Bahasa Indonesia.",
         "help": "Perintah:\n/start — berlangganan\n/stop — berhenti\n/topik — pilih topik\n"
-                "/terbaru — 5 berita terbaru\n/bahasa — ganti bahasa\n/bantuan — bantuan ini",
+        "/terbaru — 5 berita terbaru\n/bahasa — ganti bahasa\n/bantuan — bantuan ini",
         "unknown": "Maaf, saya tidak mengerti. Kirim /bantuan untuk daftar perintah.",
         "follow": "Ikuti kami",
         "too_many": "Terlalu banyak perintah. Coba lagi dalam satu menit.",
     },
     "en": {
         "welcome": "👋 Welcome to <b>{site}</b>!\nYou will get the newest stories here as soon as they are "
-                   "published. Choose topics with /topics, see the latest with /latest, stop with /stop.",
+        "published. Choose topics with /topics, see the latest with /latest, stop with /stop.",
         "welcome_back": "You are already subscribed to {site}. Choose topics with /topics.",
         "stopped": "You have unsubscribed from {site}. Send /start to subscribe again.",
         "not_subscribed": "You are not subscribed yet. Send /start first.",
@@ -48,17 +48,29 @@ TEXTS: dict[str, dict[str, str]] = {
         "language": "Choose a language:",
         "language_set": "Language set to English.",
         "help": "Commands:\n/start — subscribe\n/stop — unsubscribe\n/topics — choose topics\n"
-                "/latest — 5 latest stories\n/language — change language\n/help — this help",
+        "/latest — 5 latest stories\n/language — change language\n/help — this help",
         "unknown": "Sorry, I did not understand. Send /help for the commands.",
         "follow": "Follow us",
         "too_many": "Too many commands. Please try again in a minute.",
     },
 }
 COMMANDS = {
-    "id": [("start", "Berlangganan berita"), ("stop", "Berhenti berlangganan"), ("topik", "Pilih topik"),
-           ("terbaru", "5 berita terbaru"), ("bahasa", "Ganti bahasa"), ("bantuan", "Bantuan")],
-    "en": [("start", "Subscribe to the news"), ("stop", "Unsubscribe"), ("topics", "Choose topics"),
-           ("latest", "5 latest stories"), ("language", "Change language"), ("help", "Help")],
+    "id": [
+        ("start", "Berlangganan berita"),
+        ("stop", "Berhenti berlangganan"),
+        ("topik", "Pilih topik"),
+        ("terbaru", "5 berita terbaru"),
+        ("bahasa", "Ganti bahasa"),
+        ("bantuan", "Bantuan"),
+    ],
+    "en": [
+        ("start", "Subscribe to the news"),
+        ("stop", "Unsubscribe"),
+        ("topics", "Choose topics"),
+        ("latest", "5 latest stories"),
+        ("language", "Change language"),
+        ("help", "Help"),
+    ],
 }
 REPORT_LIMIT = 4000  # UTF-16 units of text in an admin report (Telegram's limit is 4096)
 
@@ -80,10 +92,11 @@ def fit_report(lines: Sequence[tuple[str, bool]], limit: int = REPORT_LIMIT) -> 
         if keep == 0:  # one enormous first line: cut it, at a character
             head = texts[0]
             while count_utf16(head) > limit - note_size:
-                head = head[:len(head) - max(1, (count_utf16(head) - limit + note_size) // 2)]
+                head = head[: len(head) - max(1, (count_utf16(head) - limit + note_size) // 2)]
             return f"{html.escape(head)}\n{html.escape(f'… {len(lines) - 1} more')}"
-    out = [f"<b>{html.escape(text)}</b>" if bold and text else html.escape(text)
-           for text, bold in lines[:keep]]
+    out = [
+        f"<b>{html.escape(text)}</b>" if bold and text else html.escape(text) for text, bold in lines[:keep]
+    ]
     if keep < len(lines):
         out.append(html.escape(f"… {len(lines) - keep} more"))
     return "\n".join(out)

@@ -51,8 +51,11 @@ PLUGIN = Plugin(
     (ChannelType("webpush", Settings, create),),
     sections={"webpush": WebPushSection},
     migrations=Path(__file__).parent / "migrations",
-    commands=(CliCommand("webpush", "browser push set-up (init: create the VAPID key pair)",
-                         _configure_init, _run_init),),
+    commands=(
+        CliCommand(
+            "webpush", "browser push set-up (init: create the VAPID key pair)", _configure_init, _run_init
+        ),
+    ),
 )
 
 __all__ = [

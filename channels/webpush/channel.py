@@ -16,6 +16,7 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from bot.channel import (
     payload_of,
 )
 from bot.counting import Budget, count_graphemes
-from bot.fanout import Broadcaster, RecipientOutcome
+from bot.fanout import Broadcaster, RecipientOutcome, RecipientStatus
 from bot.http_retry import retry_after_seconds
 from bot.kit import BaseChannel
 from bot.paths import resolve_path
@@ -54,6 +55,9 @@ def topic_header(value: str) -> str:
     return b64url(hashlib.sha256(value.encode()).digest())[:32]
 
 
+_FINAL: dict[str, RecipientStatus] = {"sent": "sent", "gone": "gone", "failed": "failed"}
+
+
 @dataclass(frozen=True)
 class PushAnswer:
     """What a push service answered for one subscription."""
@@ -65,9 +69,8 @@ class PushAnswer:
     auth_rejected: bool = False
 
     def outcome(self, subscription_id: int) -> RecipientOutcome:
-        status = self.status if self.status in ("sent", "gone", "failed") else "retry"
-        return RecipientOutcome(subscription_id, status, self.detail,  # type: ignore[arg-type]
-                                retry_after=self.retry_after)
+        status: RecipientStatus = _FINAL.get(self.status, "retry")
+        return RecipientOutcome(subscription_id, status, self.detail, retry_after=self.retry_after)
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,9 @@ class WebPushChannel(BaseChannel[Settings]):
         self.subs = SubscriptionStore(self.context.database, self.context.clock)
         ssl_context = _ssl_context(self.section, self.context.base_dir)
         connector = aiohttp.TCPConnector(limit=self.settings.concurrency, ssl=ssl_context)
-        self._session = aiohttp.ClientSession(connector=connector, headers={
-            "User-Agent": self.context.user_agent})
+        self._session = aiohttp.ClientSession(
+            connector=connector, headers={"User-Agent": self.context.user_agent}
+        )
         await self._start_server()
 
     async def _start_server(self) -> None:
@@ -145,9 +149,14 @@ class WebPushChannel(BaseChannel[Settings]):
             ignored = sorted({"listen", "trust_forwarded_for"} & self.section.model_fields_set)
             if self.context.http is not None and ignored:
                 log.warning("web push: [http] is set, so [webpush] %s is ignored", ", ".join(ignored))
-            server = PushHttpServer(self.section, self.subs, self.keys.public,
-                                    site_name=self.context.site.name,
-                                    notify_text=self.context.cta.notify_text, http=http)
+            server = PushHttpServer(
+                self.section,
+                self.subs,
+                self.keys.public,
+                site_name=self.context.site.name,
+                notify_text=self.context.cta.notify_text,
+                http=http,
+            )
             try:
                 await server.start()
             except (OSError, RuntimeError) as exc:
@@ -182,8 +191,14 @@ class WebPushChannel(BaseChannel[Settings]):
         if unit_count(title) and count_graphemes(title) > self.settings.title_limit:
             title = _shorten_to(title, self.settings.title_limit)
         section = self.section
-        payload = WebPushPayload(title, story.url, story.image, story_tag(story),
-                                 section.icon if section else "", section.badge if section else "")
+        payload = WebPushPayload(
+            title,
+            story.url,
+            story.image,
+            story_tag(story),
+            section.icon if section else "",
+            section.badge if section else "",
+        )
 
         def size(text: str) -> int:
             if count_graphemes(text) > self.settings.body_limit:
@@ -191,9 +206,14 @@ class WebPushChannel(BaseChannel[Settings]):
             return len(payload_bytes(text, payload))
 
         text, used, values = self.renderer.fit(story, Budget("bytes", PAYLOAD_MAX, size))
-        return self.post(story, text, Length("bytes", used, PAYLOAD_MAX),
-                         buttons=(Button(values["read_more"], story.url),) if story.url else (),
-                         media=(story.image,) if story.image else (), payload=payload)
+        return self.post(
+            story,
+            text,
+            Length("bytes", used, PAYLOAD_MAX),
+            buttons=(Button(values["read_more"], story.url),) if story.url else (),
+            media=(story.image,) if story.image else (),
+            payload=payload,
+        )
 
     # sending
 
@@ -212,7 +232,7 @@ class WebPushChannel(BaseChannel[Settings]):
         async def audience() -> list[int]:
             return await subs.audience(post.story, section.topics)
 
-        async def prepare(batch: list[int]) -> None:  # one query per batch, not one per push
+        async def prepare(batch: Sequence[int]) -> None:  # one query per batch, not one per push
             targets.clear()
             targets.update(await subs.targets(batch))
 
@@ -224,25 +244,42 @@ class WebPushChannel(BaseChannel[Settings]):
             answers.append(answer)
             return answer.outcome(subscription_id)
 
-        async def apply(outcomes: list[RecipientOutcome]) -> None:
+        async def apply(outcomes: Sequence[RecipientOutcome]) -> None:
             await subs.apply(outcomes, self.settings.max_failures)
 
-        broadcaster = Broadcaster(self.context.fanout, self.name, self.context.clock,
-                                  concurrency=self.settings.concurrency, batch_size=self.settings.batch_size,
-                                  max_tries=MAX_TRIES, passes=1)
-        result = await broadcaster.run(key, audience, deliver, prepare=prepare, apply=apply,  # type: ignore[arg-type]
-                                       budget=self.settings.send_timeout * 0.8)
+        broadcaster = Broadcaster(
+            self.context.fanout,
+            self.name,
+            self.context.clock,
+            concurrency=self.settings.concurrency,
+            batch_size=self.settings.batch_size,
+            max_tries=MAX_TRIES,
+            passes=1,
+        )
+        result = await broadcaster.run(
+            key,
+            audience,
+            deliver,
+            prepare=prepare,
+            apply=apply,
+            budget=self.settings.send_timeout * 0.8,
+        )
         if result.planned == 0:
             return Receipt(remote_id=key, note="no subscriber wants this story")
         note = result.summary("subscriptions")
         if answers and all(a.auth_rejected for a in answers):
-            raise Permanent(f"every push service rejected our VAPID signature ({answers[0].detail}); "
-                            "check the VAPID key and webpush.contact, then `siar resend`")
+            raise Permanent(
+                f"every push service rejected our VAPID signature ({answers[0].detail}); "
+                "check the VAPID key and webpush.contact, then `siar resend`"
+            )
         if result.remaining:
             retries = [a for a in answers if a.status == "retry"]
             reason = retries[0].detail if retries else "time budget used"
-            raise RetryLater(f"{result.remaining} of {result.planned} pushes to do ({reason}); {note}",
-                             after=result.retry_after, attempt=result.progressed == 0)
+            raise RetryLater(
+                f"{result.remaining} of {result.planned} pushes to do ({reason}); {note}",
+                after=result.retry_after,
+                attempt=result.progressed == 0,
+            )
         log.info("channel %s: %s", self.name, note)
         return Receipt(remote_id=key, note=note)
 
@@ -265,7 +302,7 @@ class WebPushChannel(BaseChannel[Settings]):
                 return outcome
             if outcome.retry_after is not None and outcome.code == 429:
                 self._paused[origin] = time.monotonic() + outcome.retry_after
-            delay = outcome.retry_after if outcome.retry_after is not None else 0.5 * 2 ** attempt
+            delay = outcome.retry_after if outcome.retry_after is not None else 0.5 * 2**attempt
             if attempt == self.settings.retries or delay > self.settings.max_retry_wait:
                 break
             await asyncio.sleep(delay)
@@ -299,9 +336,13 @@ class WebPushChannel(BaseChannel[Settings]):
             "Content-Type": "application/octet-stream",
         }
         try:
-            async with self._session.post(target.endpoint, data=body, headers=headers,
-                                          timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-                                          allow_redirects=False) as response:
+            async with self._session.post(
+                target.endpoint,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+                allow_redirects=False,
+            ) as response:
                 text = (await response.content.read(300)).decode("utf-8", "replace")
                 return push_answer(response.status, response.headers.get("Retry-After"), text)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -333,8 +374,13 @@ def push_answer(status: int, retry_after: str | None, text: str = "") -> PushAns
 
 def payload_bytes(body: str, payload: WebPushPayload) -> bytes:
     """The JSON the service worker receives: title, lead, url, image, tag (+ icon, badge)."""
-    data = {"title": payload.title, "lead": body, "url": payload.url, "image": payload.image,
-            "tag": payload.tag}
+    data = {
+        "title": payload.title,
+        "lead": body,
+        "url": payload.url,
+        "image": payload.image,
+        "tag": payload.tag,
+    }
     if payload.icon:
         data["icon"] = payload.icon
     if payload.badge:
@@ -361,6 +407,8 @@ def create(name: str, settings: ChannelSettings, context: ChannelContext) -> Web
     if section is not None and not section.vapid_private_key.get_secret_value().strip():
         path = key_file_path(section, context.base_dir)
         if not path.exists():  # like a missing secret: wait for it instead of failing every story
-            raise ChannelUnavailable(f"no VAPID key yet ({path}); create it with `siar webpush init` "
-                                     "or set webpush.vapid_private_key")
+            raise ChannelUnavailable(
+                f"no VAPID key yet ({path}); create it with `siar webpush init` "
+                "or set webpush.vapid_private_key"
+            )
     return channel

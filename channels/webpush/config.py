@@ -27,7 +27,6 @@ KNOWN_PUSH_HOSTS = (
 )
 
 
-
 class Topic(BaseModel):
     """A choice offered on the subscribe page; a story matches by its section or one of its tags."""
 
@@ -99,7 +98,7 @@ class WebPushSection(BaseModel):
         for value in values:
             origin = normalize_origin(value)
             if origin is None:
-                raise ValueError(f"{value!r} is not an origin like \"https://www.example.com\"")
+                raise ValueError(f'{value!r} is not an origin like "https://www.example.com"')
             out.append(origin)
         return out
 
@@ -147,15 +146,17 @@ def http_config(explicit: HttpConfig | None, section: WebPushSection | None) -> 
     if section is None:
         return base
     root = section.public_url[: -len("push/")] if section.public_url.endswith("/push/") else ""
-    return base.model_copy(update={
-        "listen": section.listen,
-        "public_url": root,
-        "trusted_proxies": ["127.0.0.1", "::1"] if section.trust_forwarded_for else [],
-    })
+    return base.model_copy(
+        update={
+            "listen": section.listen,
+            "public_url": root,
+            "trusted_proxies": ["127.0.0.1", "::1"] if section.trust_forwarded_for else [],
+        }
+    )
 
 
 def normalize_origin(value: str) -> str | None:
-    """"https://Example.com:443/x" -> "https://example.com"; None when it is not http(s)."""
+    """ "https://Example.com:443/x" -> "https://example.com"; None when it is not http(s)."""
     try:
         parts = urlsplit(value.strip())
         port = parts.port

@@ -62,8 +62,10 @@ def load_vapid(section: WebPushSection, base_dir: Path) -> VapidKeys:
             path = key_file_path(section, base_dir)
             where = str(path)
             if not path.exists():
-                raise VapidKeyError(f"no VAPID key: {path} does not exist; create it with "
-                                "`siar webpush init` or set webpush.vapid_private_key")
+                raise VapidKeyError(
+                    f"no VAPID key: {path} does not exist; create it with "
+                    "`siar webpush init` or set webpush.vapid_private_key"
+                )
             mode = path.stat().st_mode & 0o777
             if mode & 0o077:
                 log.warning("VAPID key file %s is readable by others (mode %o); chmod 600 it", path, mode)
@@ -71,14 +73,18 @@ def load_vapid(section: WebPushSection, base_dir: Path) -> VapidKeys:
     except VapidKeyError:
         raise
     except Exception as exc:  # the message of a key parser may quote the key: do not pass it on
-        raise VapidKeyError(f"the VAPID private key in {where} is not a valid P-256 key "
-                        f"({type(exc).__name__})") from None
-    raw = vapid.public_key.public_bytes(serialization.Encoding.X962,
-                                        serialization.PublicFormat.UncompressedPoint)
+        raise VapidKeyError(
+            f"the VAPID private key in {where} is not a valid P-256 key ({type(exc).__name__})"
+        ) from None
+    raw = vapid.public_key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
     public = b64url(raw)
     if section.vapid_public_key and section.vapid_public_key.rstrip("=") != public:
-        raise VapidKeyError("webpush.vapid_public_key does not belong to the private key; remove it "
-                        "or correct it (browsers subscribed with the wrong key would all fail)")
+        raise VapidKeyError(
+            "webpush.vapid_public_key does not belong to the private key; remove it "
+            "or correct it (browsers subscribed with the wrong key would all fail)"
+        )
     return VapidKeys(vapid, public)
 
 
@@ -95,15 +101,20 @@ def init_command(config: Any, *, force: bool = False, out: TextIO | None = None)
         return 2
     path = key_file_path(section, config.path.parent)
     if section.vapid_private_key.get_secret_value().strip():
-        print("note: webpush.vapid_private_key is set and takes precedence over the key file",
-              file=sys.stderr)
+        print(
+            "note: webpush.vapid_private_key is set and takes precedence over the key file", file=sys.stderr
+        )
     if path.exists() and not force:
-        print(f"{path} exists already; not overwriting it (subscriptions made with its public key "
-              "would stop working). Use --force to replace it.", file=sys.stderr)
+        print(
+            f"{path} exists already; not overwriting it (subscriptions made with its public key "
+            "would stop working). Use --force to replace it.",
+            file=sys.stderr,
+        )
         return 1
     key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
@@ -112,8 +123,11 @@ def init_command(config: Any, *, force: bool = False, out: TextIO | None = None)
         f.write(pem)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
-    public = b64url(key.public_key().public_bytes(serialization.Encoding.X962,
-                                                  serialization.PublicFormat.UncompressedPoint))
+    public = b64url(
+        key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+    )
     print(f"VAPID key pair written to {path} (mode 600).", file=out)
     print(f"public key (applicationServerKey): {public}", file=out)
     return 0

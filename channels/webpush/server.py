@@ -45,14 +45,20 @@ def load_strings(language: str) -> dict[str, Any]:
     return {**data["en"], **data.get(language, {})}
 
 
-
 class PushHttpServer:
     """The subscribe page, service worker, widget and subscription endpoints under /push/: a
     route provider for the shared HTTP server (`attach`), or, through `start`, on the process's
     server for its `[http]` address."""
 
-    def __init__(self, section: WebPushSection, subs: SubscriptionStore, public_key: str,
-                 site_name: str = "", notify_text: str = "", http: HttpConfig | None = None) -> None:
+    def __init__(
+        self,
+        section: WebPushSection,
+        subs: SubscriptionStore,
+        public_key: str,
+        site_name: str = "",
+        notify_text: str = "",
+        http: HttpConfig | None = None,
+    ) -> None:
         self.section = section
         self.subs = subs
         self.public_key = public_key
@@ -149,8 +155,12 @@ class PushHttpServer:
             env = Environment(loader=FileSystemLoader(STATIC), autoescape=select_autoescape(["html"]))
             config_json = json.dumps(self._page_config(), ensure_ascii=False).replace("<", "\\u003c")
             text = env.get_template(name).render(
-                s=self.strings, site_name=self.site_name, topics=self.section.topics,
-                language=self.section.language, config_json=config_json)
+                s=self.strings,
+                site_name=self.site_name,
+                topics=self.section.topics,
+                language=self.section.language,
+                config_json=config_json,
+            )
             self._cache[name] = text.encode()
         return self._cache[name]
 
@@ -161,7 +171,8 @@ class PushHttpServer:
         response = web.Response(body=self._render("page.html"), content_type="text/html", charset="utf-8")
         response.headers["Content-Security-Policy"] = (
             "default-src 'self'; img-src 'self' https: data:; script-src 'self'; style-src 'self'; "
-            "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+            "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+        )
         response.headers["Cache-Control"] = "no-cache"
         return response
 
@@ -173,16 +184,23 @@ class PushHttpServer:
 
     async def _widget(self, request: web.Request) -> web.StreamResponse:
         if "widget.js" not in self._cache:
-            config = {"base": self.public_url, "publicKey": self.public_key,
-                      "text": self.notify_text or self.strings["headline"],
-                      "button": self.strings["button"], "close": self.strings["close"],
-                      "error": self.strings["error_generic"], "done": self.strings["subscribed"]}
+            config = {
+                "base": self.public_url,
+                "publicKey": self.public_key,
+                "text": self.notify_text or self.strings["headline"],
+                "button": self.strings["button"],
+                "close": self.strings["close"],
+                "error": self.strings["error_generic"],
+                "done": self.strings["subscribed"],
+            }
             script = static_file("widget.js").decode()
-            script = script.replace("__SIAR_CONFIG__", json.dumps(config, ensure_ascii=False)
-                                    .replace("<", "\\u003c"))
+            script = script.replace(
+                "__SIAR_CONFIG__", json.dumps(config, ensure_ascii=False).replace("<", "\\u003c")
+            )
             self._cache["widget.js"] = script.encode()
-        response = web.Response(body=self._cache["widget.js"], content_type="text/javascript",
-                                charset="utf-8")
+        response = web.Response(
+            body=self._cache["widget.js"], content_type="text/javascript", charset="utf-8"
+        )
         response.headers["Cache-Control"] = "public, max-age=300"
         response.headers["Access-Control-Allow-Origin"] = "*"
         return response
@@ -190,8 +208,7 @@ class PushHttpServer:
     async def _asset(self, request: web.Request) -> web.StreamResponse:
         name = request.path.rsplit("/", 1)[1]
         types = {"js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}
-        response = web.Response(body=static_file(name),
-                                content_type=types[name.rsplit(".", 1)[1]])
+        response = web.Response(body=static_file(name), content_type=types[name.rsplit(".", 1)[1]])
         response.headers["Cache-Control"] = "public, max-age=300"
         return response
 
@@ -256,17 +273,25 @@ class PushHttpServer:
             origin = normalize_origin(request.headers.get("Origin", "")) or ""
             client = self._client(request)
             new = await self.subs.save(
-                sub, origin, self.section.max_subscriptions, replaces,
+                sub,
+                origin,
+                self.section.max_subscriptions,
+                replaces,
                 admit=lambda: self._admit_new(client),
-                unconfirmed_after=timedelta(seconds=self.section.unconfirmed_after))
+                unconfirmed_after=timedelta(seconds=self.section.unconfirmed_after),
+            )
         except RequestRefused as exc:
             return self._error(request, exc.status, exc.message)
         except InvalidRequest as exc:
             return self._error(request, 400, str(exc))
-        log.info("web push: %s subscription (%s)", "new" if new else "updated",
-                 ", ".join(sub.topics) or "all topics")
-        return self._cors(request, web.json_response({"ok": True, "topics": list(sub.topics)},
-                                                     status=201 if new else 200))
+        log.info(
+            "web push: %s subscription (%s)",
+            "new" if new else "updated",
+            ", ".join(sub.topics) or "all topics",
+        )
+        return self._cors(
+            request, web.json_response({"ok": True, "topics": list(sub.topics)}, status=201 if new else 200)
+        )
 
     async def _unsubscribe(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -274,7 +299,7 @@ class PushHttpServer:
             sub = data.get("subscription", data) if isinstance(data, dict) else None
             endpoint = sub.get("endpoint") if isinstance(sub, dict) else None
             if not isinstance(endpoint, str) or not 0 < len(endpoint) <= 1024:
-                raise InvalidRequest("expected {\"endpoint\": URL}")
+                raise InvalidRequest('expected {"endpoint": URL}')
             removed = await self.subs.remove(endpoint)
         except RequestRefused as exc:
             return self._error(request, exc.status, exc.message)

@@ -42,7 +42,8 @@ from channels.webpush.subscription import InvalidRequest, Subscription, wanted_b
 
 _meta = MetaData()
 subscriptions = Table(
-    "webpush_subscriptions", _meta,
+    "webpush_subscriptions",
+    _meta,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("endpoint_hash", String(64), nullable=False, unique=True),
     Column("endpoint", Text, nullable=False),
@@ -56,7 +57,8 @@ subscriptions = Table(
     Column("failures", Integer, nullable=False),
 )
 clicks = Table(
-    "webpush_clicks", _meta,
+    "webpush_clicks",
+    _meta,
     Column("tag", String(64), primary_key=True),
     Column("url", Text, nullable=False),
     Column("clicks", Integer, nullable=False),
@@ -90,9 +92,16 @@ class SubscriptionStore:
         # The database's write transaction serializes SQLite writers ("database is locked").
         return self.db.write()
 
-    async def save(self, sub: Subscription, origin: str, max_subscriptions: int,
-                   replaces: str | None = None, *, admit: Callable[[], object] | None = None,
-                   unconfirmed_after: timedelta = timedelta(days=3)) -> bool:
+    async def save(
+        self,
+        sub: Subscription,
+        origin: str,
+        max_subscriptions: int,
+        replaces: str | None = None,
+        *,
+        admit: Callable[[], object] | None = None,
+        unconfirmed_after: timedelta = timedelta(days=3),
+    ) -> bool:
         """Insert or update `sub`; True when it is new.
 
         `admit` is called (and may raise to refuse, e.g. a per-client quota) only when a row
@@ -102,21 +111,34 @@ class SubscriptionStore:
         """
         now = self.clock()
         key = endpoint_hash(sub.endpoint)
-        values = {"endpoint": sub.endpoint, "p256dh": sub.p256dh, "auth": sub.auth,
-                  "topics": json.dumps(list(sub.topics)), "origin": origin[:300], "updated_at": now,
-                  "failures": 0}
+        values = {
+            "endpoint": sub.endpoint,
+            "p256dh": sub.p256dh,
+            "auth": sub.auth,
+            "topics": json.dumps(list(sub.topics)),
+            "origin": origin[:300],
+            "updated_at": now,
+            "failures": 0,
+        }
         async with self._write() as conn:
             replaced = False
             if replaces:
-                old = (await conn.execute(select(subscriptions.c.topics).where(
-                    subscriptions.c.endpoint_hash == endpoint_hash(replaces)))).first()
+                old = (
+                    await conn.execute(
+                        select(subscriptions.c.topics).where(
+                            subscriptions.c.endpoint_hash == endpoint_hash(replaces)
+                        )
+                    )
+                ).first()
                 if old is not None and not sub.topics:
                     values["topics"] = old.topics
-                done = await conn.execute(delete(subscriptions).where(
-                    subscriptions.c.endpoint_hash == endpoint_hash(replaces)))
+                done = await conn.execute(
+                    delete(subscriptions).where(subscriptions.c.endpoint_hash == endpoint_hash(replaces))
+                )
                 replaced = bool(done.rowcount)
-            done = await conn.execute(update(subscriptions).where(
-                subscriptions.c.endpoint_hash == key).values(**values))
+            done = await conn.execute(
+                update(subscriptions).where(subscriptions.c.endpoint_hash == key).values(**values)
+            )
             if done.rowcount:
                 return False
             count = (await conn.execute(select(func.count()).select_from(subscriptions))).scalar_one()
@@ -132,10 +154,14 @@ class SubscriptionStore:
         """Delete the one subscription most likely dead (failing, else never pushed to since
         before `unconfirmed_before`, oldest first); False when every one looks alive."""
         c = subscriptions.c
-        victim = (await conn.execute(
-            select(c.id).where(or_(c.failures > 0, and_(c.last_push_at.is_(None),
-                                                         c.created_at < unconfirmed_before)))
-            .order_by(c.failures.desc(), c.created_at, c.id).limit(1))).first()
+        victim = (
+            await conn.execute(
+                select(c.id)
+                .where(or_(c.failures > 0, and_(c.last_push_at.is_(None), c.created_at < unconfirmed_before)))
+                .order_by(c.failures.desc(), c.created_at, c.id)
+                .limit(1)
+            )
+        ).first()
         if victim is None:
             return False
         await conn.execute(delete(subscriptions).where(c.id == victim.id))
@@ -143,8 +169,9 @@ class SubscriptionStore:
 
     async def remove(self, endpoint: str) -> bool:
         async with self._write() as conn:
-            done = await conn.execute(delete(subscriptions).where(
-                subscriptions.c.endpoint_hash == endpoint_hash(endpoint)))
+            done = await conn.execute(
+                delete(subscriptions).where(subscriptions.c.endpoint_hash == endpoint_hash(endpoint))
+            )
         return bool(done.rowcount)
 
     async def count(self) -> int:
@@ -161,15 +188,21 @@ class SubscriptionStore:
         """Make `tag` (a pushed story's notification tag) countable by `record_click`."""
         dialect = sqlite_dialect if self.engine.dialect.name == "sqlite" else postgresql_dialect
         async with self._write() as conn:
-            await conn.execute(dialect.insert(clicks).values(
-                tag=tag, url=url, clicks=0, last_at=self.clock()).on_conflict_do_nothing())
+            await conn.execute(
+                dialect.insert(clicks)
+                .values(tag=tag, url=url, clicks=0, last_at=self.clock())
+                .on_conflict_do_nothing()
+            )
 
     async def record_click(self, tag: str, url: str = "") -> bool:
         """Count a click on `tag`; False (nothing stored) when no pushed story has that tag, so
         that made-up tags cannot grow the table. `url` is ignored: the pushed one is kept."""
         async with self._write() as conn:
-            done = await conn.execute(update(clicks).where(clicks.c.tag == tag).values(
-                clicks=clicks.c.clicks + 1, last_at=self.clock()))
+            done = await conn.execute(
+                update(clicks)
+                .where(clicks.c.tag == tag)
+                .values(clicks=clicks.c.clicks + 1, last_at=self.clock())
+            )
         return bool(done.rowcount)
 
     async def click_counts(self) -> dict[str, int]:
@@ -181,8 +214,11 @@ class SubscriptionStore:
     async def audience(self, story: Story, topics: Sequence[Topic]) -> list[int]:
         """The ids of every subscription that wants `story`, in id order."""
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(subscriptions.c.id, subscriptions.c.topics)
-                                       .order_by(subscriptions.c.id))).all()
+            rows = (
+                await conn.execute(
+                    select(subscriptions.c.id, subscriptions.c.topics).order_by(subscriptions.c.id)
+                )
+            ).all()
         return [r.id for r in rows if wanted_by(story, json.loads(r.topics or "[]"), topics)]
 
     async def targets(self, ids: Sequence[int]) -> dict[int, Target]:
@@ -190,9 +226,14 @@ class SubscriptionStore:
         found: dict[int, Target] = {}
         async with self.engine.connect() as conn:
             for start in range(0, len(ids), 1000):
-                rows = await conn.execute(select(
-                    subscriptions.c.id, subscriptions.c.endpoint, subscriptions.c.p256dh,
-                    subscriptions.c.auth).where(subscriptions.c.id.in_(list(ids[start:start + 1000]))))
+                rows = await conn.execute(
+                    select(
+                        subscriptions.c.id,
+                        subscriptions.c.endpoint,
+                        subscriptions.c.p256dh,
+                        subscriptions.c.auth,
+                    ).where(subscriptions.c.id.in_(list(ids[start : start + 1000])))
+                )
                 found.update({r.id: Target(r.id, r.endpoint, r.p256dh, r.auth) for r in rows})
         return found
 
@@ -207,12 +248,21 @@ class SubscriptionStore:
             return
         async with self._write() as conn:
             if sent:
-                await conn.execute(update(subscriptions).where(subscriptions.c.id.in_(sent)).values(
-                    last_push_at=now, failures=0))
+                await conn.execute(
+                    update(subscriptions)
+                    .where(subscriptions.c.id.in_(sent))
+                    .values(last_push_at=now, failures=0)
+                )
             if failed:
-                await conn.execute(update(subscriptions).where(subscriptions.c.id.in_(failed)).values(
-                    failures=subscriptions.c.failures + 1))
-                await conn.execute(delete(subscriptions).where(
-                    subscriptions.c.id.in_(failed), subscriptions.c.failures >= max_failures))
+                await conn.execute(
+                    update(subscriptions)
+                    .where(subscriptions.c.id.in_(failed))
+                    .values(failures=subscriptions.c.failures + 1)
+                )
+                await conn.execute(
+                    delete(subscriptions).where(
+                        subscriptions.c.id.in_(failed), subscriptions.c.failures >= max_failures
+                    )
+                )
             if gone:
                 await conn.execute(delete(subscriptions).where(subscriptions.c.id.in_(gone)))

@@ -66,8 +66,9 @@ def upgrade() -> None:
         sa.Column("updated_at", UTCDateTime, nullable=False),
         sa.Column("sent_at", UTCDateTime),
         sa.PrimaryKeyConstraint("id", name="pk_outbox"),
-        sa.ForeignKeyConstraint(["story_id"], ["stories.id"], ondelete="CASCADE",
-                                name="fk_outbox_story_id_stories"),
+        sa.ForeignKeyConstraint(
+            ["story_id"], ["stories.id"], ondelete="CASCADE", name="fk_outbox_story_id_stories"
+        ),
         sa.UniqueConstraint("channel", "dedup_key", name="uq_outbox_channel_dedup"),
     )
     op.create_index("ix_outbox_due", "outbox", ["channel", "status", "next_attempt_at"])
@@ -81,8 +82,9 @@ def upgrade() -> None:
         sa.Column("detail", sa.Text),
         sa.Column("at", UTCDateTime, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_decisions"),
-        sa.ForeignKeyConstraint(["story_id"], ["stories.id"], ondelete="CASCADE",
-                                name="fk_decisions_story_id_stories"),
+        sa.ForeignKeyConstraint(
+            ["story_id"], ["stories.id"], ondelete="CASCADE", name="fk_decisions_story_id_stories"
+        ),
     )
     op.create_index("ix_decisions_story_id", "decisions", ["story_id"])
 

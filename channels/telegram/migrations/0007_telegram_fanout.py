@@ -15,11 +15,13 @@ depends_on = "0005_fanout"
 
 
 def upgrade() -> None:
-    op.execute(sa.text("""
+    op.execute(
+        sa.text("""
         INSERT INTO fanout (key, recipient, channel, status, attempts, remote_id, detail, updated_at)
         SELECT key, chat_id, bot, status, attempts, CAST(message_id AS TEXT), detail, updated_at
         FROM tg_deliveries
-    """))
+    """)
+    )
     op.drop_table("tg_deliveries")
 
 

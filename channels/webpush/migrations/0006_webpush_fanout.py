@@ -16,13 +16,15 @@ depends_on = "0005_fanout"
 
 def upgrade() -> None:
     # A delivery's push_key is its outbox row's idempotency key "siar-<id>": the row names the channel.
-    op.execute(sa.text("""
+    op.execute(
+        sa.text("""
         INSERT INTO fanout (key, recipient, channel, status, attempts, remote_id, detail, updated_at)
         SELECT d.push_key, d.subscription_id, o.channel,
                CASE d.status WHEN 'retry' THEN 'pending' ELSE d.status END,
                d.attempts, NULL, d.detail, d.updated_at
         FROM webpush_deliveries d JOIN outbox o ON d.push_key = 'siar-' || CAST(o.id AS TEXT)
-    """))
+    """)
+    )
     op.drop_table("webpush_deliveries")
 
 
