@@ -30,11 +30,13 @@ system-deps:
 
 test: $(VENV)/.installed-dev $(PDS)/node_modules/.siar-installed system-deps
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
 bench: $(VENV)/.installed-dev
