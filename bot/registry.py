@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
+from sqlalchemy import MetaData
 
 from bot.channel import Channel, ChannelContext, ChannelSettings
 
@@ -57,6 +58,7 @@ class Plugin:
     types: tuple[ChannelType, ...]
     sections: Mapping[str, type[BaseModel]] = field(default_factory=dict)
     migrations: Path | None = None
+    metadata: MetaData | None = None  # its tables (what `migrations` must create; tested)
     commands: tuple[CliCommand, ...] = ()
 
 

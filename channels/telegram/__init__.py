@@ -24,6 +24,7 @@ from pathlib import Path
 from bot.channel import Channel, ChannelContext, ChannelSettings
 from bot.registry import ChannelType, Plugin
 from channels.telegram.config import PosterSettings, ReaderSettings, TelegramSection
+from channels.telegram.store import metadata
 
 
 def create_poster(name: str, settings: ChannelSettings, context: ChannelContext) -> Channel:
@@ -46,6 +47,7 @@ PLUGIN = Plugin(
     ),
     sections={"telegram": TelegramSection},
     migrations=Path(__file__).parent / "migrations",
+    metadata=metadata,
 )
 
 __all__ = ["PLUGIN", "PosterSettings", "ReaderSettings", "TelegramSection"]

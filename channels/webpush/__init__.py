@@ -34,6 +34,7 @@ from channels.webpush.config import Settings, Topic, WebPushSection, http_config
 from channels.webpush.keys import b64url, init_command, load_vapid
 from channels.webpush.server import ClientLimiter, PushHttpServer
 from channels.webpush.store import SubscriptionStore
+from channels.webpush.store import metadata as tables
 from channels.webpush.subscription import Subscription, wanted_by
 
 
@@ -51,6 +52,7 @@ PLUGIN = Plugin(
     (ChannelType("webpush", Settings, create),),
     sections={"webpush": WebPushSection},
     migrations=Path(__file__).parent / "migrations",
+    metadata=tables,
     commands=(
         CliCommand(
             "webpush", "browser push set-up (init: create the VAPID key pair)", _configure_init, _run_init

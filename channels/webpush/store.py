@@ -40,10 +40,10 @@ from bot.types import Story
 from channels.webpush.config import Topic
 from channels.webpush.subscription import InvalidRequest, Subscription, wanted_by
 
-_meta = MetaData()
+metadata = MetaData()
 subscriptions = Table(
     "webpush_subscriptions",
-    _meta,
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("endpoint_hash", String(64), nullable=False, unique=True),
     Column("endpoint", Text, nullable=False),
@@ -58,7 +58,7 @@ subscriptions = Table(
 )
 clicks = Table(
     "webpush_clicks",
-    _meta,
+    metadata,
     Column("tag", String(64), primary_key=True),
     Column("url", Text, nullable=False),
     Column("clicks", Integer, nullable=False),
