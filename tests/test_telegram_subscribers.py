@@ -13,6 +13,7 @@ from bot.app import App, build
 from bot.channel import Permanent
 from bot.config import Config
 from bot.daemon import prepare
+from bot.fanout import RecipientOutcome
 from bot.types import Story
 from channels.telegram.fanout import SubscriberChannel
 from channels.telegram.pacing import ChatPacer
@@ -539,3 +540,34 @@ async def test_long_status_drops_whole_lines_and_stays_valid_html(env: Env) -> N
     assert set(shown) <= {f"❌ 2× {name} — {error[:80]}" for name in names}  # ...and no line is cut
     total = len(await env.app.store.feeds.all())  # these and the healthy feed "f"
     assert total == 71 and lines[-1] == f"… {total - len(shown)} more"
+
+
+async def test_a_reader_bot_that_could_not_start_starts_on_the_next_try(
+    fake: FakeTelegram, make_config: Callable[[str], Config], feed_server: FeedServer
+) -> None:
+    """Telegram unreachable at boot: every retry said "this bot token already runs a reader
+    bot" until a restart, and the shared Application's user count leaked."""
+    fake.fail(502, "Bad Gateway", method="getMe", count=1)
+    config = make_config(CONFIG.format(token=TOKEN, api=fake.url, feed=feed_server.url("/f"), top_tags=0))
+    app = build(config, clock=Clock())
+    await app.store.migrate()
+    assert not await app.dispatcher.start_channel("readers")
+    assert await app.dispatcher.start_channel("readers")  # the next try works
+    assert await app.dispatcher.start_channel("tg")  # the channel poster shares the Application
+    readers = app.channels["readers"]
+    assert isinstance(readers, SubscriberChannel) and readers.bot is not None
+    assert readers.bot.users == 2 and readers.bot.reader is readers.reader
+    fake.send_text(1, "/start")
+    assert "Selamat datang" in (await fake.wait_sent(1, 1))[-1]["plain"]
+    await app.close()
+    assert readers.bot is None
+
+
+async def test_stats_counts_this_bots_readers_only(env: Env) -> None:
+    await subscribe_many(env, range(10, 13))
+    await env.publish(A)
+    other = env.app.store.fanout  # another reader bot's broadcast in the same store
+    await other.plan("siar-9999", "other-readers", range(1, 50), env.clock())
+    await other.write("siar-9999", [], [RecipientOutcome(r, "sent") for r in range(1, 50)], env.clock())
+    stats = await env.say(900, "/stats")
+    assert "reader messages: 3" in stats["plain"], stats["plain"]
