@@ -9,12 +9,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from bot import registry
+from bot.admin import Admin
 from bot.channel import Alerts, Channel, ChannelContext, ChannelUnavailable, utc_now
 from bot.config import Config
 from bot.dispatcher import Dispatcher
 from bot.fetch import Fetcher
+from bot.metrics import Metrics, NullMetrics
 from bot.net import guard_for_story
 from bot.pipeline import FeedPoller
 from bot.render import RenderError
@@ -35,6 +38,8 @@ class App:
     clock: Clock
     context: ChannelContext
     unavailable: dict[str, str] = field(default_factory=dict)  # channel -> why it cannot run
+    metrics: Metrics = field(default_factory=NullMetrics)
+    admin: Admin | None = None
 
     async def close(self) -> None:
         for name, channel in self.channels.items():
@@ -120,9 +125,38 @@ def build(
     fetcher = fetcher or Fetcher(
         config.fetch.user_agent, config.fetch.timeout, config.fetch.max_bytes, base_dir=config.path.parent
     )
+    metrics = make_metrics(config)
+    context.metrics = metrics
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    dispatcher = Dispatcher(config, store, channels, clock, worker, context.alerts)
-    targets = {name: channel.settings for name, channel in channels.items()}
+    dispatcher = Dispatcher(config, store, channels, clock, worker, context.alerts, metrics)
+    poller = FeedPoller(
+        config,
+        store,
+        fetcher,
+        clock,
+        targets_of(config, channels, unavailable),
+        context.alerts,
+        unavailable,
+        metrics,
+    )
+    admin = Admin(config, store, clock, channels, dispatcher.wake)
+    context.admin = admin
+    return App(
+        config, store, fetcher, channels, poller, dispatcher, clock, context, unavailable, metrics, admin
+    )
+
+
+def make_metrics(config: Config) -> Metrics:
+    """Prometheus metrics of `config`'s feeds and channels; recording nothing when
+    `[metrics] listen = ""`."""
+    if not config.metrics.listen:
+        return NullMetrics()
+    return Metrics([f.name for f in config.feeds], [n for n, c in config.channels.items() if c.enabled])
+
+
+def targets_of(config: Config, channels: dict[str, Channel], unavailable: dict[str, str]) -> dict[str, Any]:
+    """The channels that get outbox rows: those that run here, and those waiting for a secret
+    (they get `not_running` decisions)."""
+    targets: dict[str, Any] = {name: channel.settings for name, channel in channels.items()}
     targets.update({name: config.channels[name] for name in unavailable if name in config.channels})
-    poller = FeedPoller(config, store, fetcher, clock, targets, context.alerts, unavailable)
-    return App(config, store, fetcher, channels, poller, dispatcher, clock, context, unavailable)
+    return targets

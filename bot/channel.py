@@ -25,11 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from bot.addresses import AddressGuard
 from bot.durations import Duration, parse_rate
 from bot.filters import Filters
+from bot.metrics import Metrics, NullMetrics
 from bot.paths import resolve_path
 from bot.site import CTA, Site
 from bot.types import Post, Receipt, Story
 
 if TYPE_CHECKING:
+    from bot.admin import Admin
     from bot.config import HttpConfig
     from bot.db import Database
     from bot.fanout import FanoutLedger
@@ -211,6 +213,8 @@ class ChannelContext:
     reports: Reports | None = None  # status reports (admin commands)
     sections: Mapping[str, BaseModel] = field(default_factory=dict)  # validated top-level sections
     http: HttpConfig | None = None  # the `[http]` section, when the file has one
+    metrics: Metrics = field(default_factory=NullMetrics)
+    admin: Admin | None = None  # the operator's actions (the bots' admin commands)
     guard_for: Callable[[str], AddressGuard] = _refuse_private  # feed name -> its address guard
     shared: Shared = field(default_factory=Shared)
     redact: Callable[[str], str] = str

@@ -1,4 +1,4 @@
-"""The command line: `siar [run|once|preview|check|status|why|resend] [--config PATH] …`.
+"""The command line: `siar [run|once|preview|check|status|why|resend|pause|resume|reload] …`.
 
 Exit codes: 0 fine, 1 a feed or a delivery failed (once) or nothing found (why), 2 bad
 configuration or usage, 3 another daemon holds the store.
@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from rich.console import Console
 from rich.table import Table
 
+from bot.admin import Admin
 from bot.app import build, migrations
 from bot.channel import utc_now
 from bot.config import Config, ConfigError, load_config
 from bot.daemon import run_daemon, run_once
-from bot.lock import AlreadyRunning
+from bot.lock import AlreadyRunning, running_pid
 from bot.logs import setup_logging
 from bot.preview import check, preview
 from bot.registry import REGISTRY
@@ -62,6 +65,12 @@ def parser() -> argparse.ArgumentParser:
         help="queue an uncertain or failed post again (a broadcast: its uncertain recipients)",
     )
     r.add_argument("outbox_id", type=int)
+    for name, what in (
+        ("pause", "hold a channel's posts (they wait; nothing is dropped)"),
+        ("resume", "let a paused channel's posts go again"),
+    ):
+        sub.add_parser(name, parents=[common], help=what).add_argument("channel")
+    sub.add_parser("reload", parents=[common], help="make the running daemon re-read its config (SIGHUP)")
     for command in REGISTRY.commands():  # e.g. `siar webpush init`, from the channel packages
         command.configure(sub.add_parser(command.name, parents=[common], help=command.help))
     return top
@@ -76,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(path)
     except ConfigError as exc:
         print("configuration error:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        if command == "reload":
+            print("not reloaded: the running daemon keeps its configuration", file=sys.stderr)
         return 2
     setup_logging(
         getattr(args, "log_level", None) or config.daemon.log_level,
@@ -106,6 +117,8 @@ async def _dispatch(command: str, args: argparse.Namespace, config: Config) -> i
     for extra in REGISTRY.commands():
         if extra.name == command:
             return extra.run(config, args)
+    if command == "reload":
+        return reload(config)
     store = Store(config.store.url, config.path.parent)
     try:
         await store.migrate(migrations())
@@ -113,25 +126,28 @@ async def _dispatch(command: str, args: argparse.Namespace, config: Config) -> i
             return await status(config, store, args.json)
         if command == "why":
             return await why(store, args.story, args.json, config.site.hosts)
-        return await resend(store, args.outbox_id)
+        admin = Admin(config, store, utc_now)
+        if command == "pause":
+            done, message = await admin.pause(args.channel, by=f"cli:{getpass.getuser()}")
+        elif command == "resume":
+            done, message = await admin.resume(args.channel)
+        else:
+            done, message = await admin.resend(args.outbox_id)
+        print(message, file=sys.stdout if done else sys.stderr)
+        return 0 if done else 1
     finally:
         await store.close()
 
 
-async def resend(store: Store, outbox_id: int) -> int:
-    """`siar resend ID`: an uncertain or failed post, or a broadcast's uncertain recipients."""
-    row = await store.outbox.row(outbox_id)
-    if await store.resend(outbox_id, utc_now()):
-        what = "its uncertain recipients are" if row and row["status"] == "sent" else "it is"
-        print(f"outbox row {outbox_id} queued again ({what} sent shortly by the running daemon)")
-        return 0
-    state = f"it is {row['status']}" if row else "there is no such row"
-    print(
-        f"outbox row {outbox_id} cannot be resent: {state} (only uncertain or failed posts, and "
-        "broadcasts with uncertain recipients, can be)",
-        file=sys.stderr,
-    )
-    return 1
+def reload(config: Config) -> int:
+    """`siar reload`: SIGHUP to the daemon running this config file (found by its pid file)."""
+    pid = running_pid(config.path)
+    if pid is None:
+        print(f"no running siar daemon uses {config.path} (nothing to reload)", file=sys.stderr)
+        return 1
+    os.kill(pid, signal.SIGHUP)
+    print(f"asked the daemon (pid {pid}) to reload {config.path}; its log says what changed")
+    return 0
 
 
 # --- status and why --------------------------------------------------------------------------

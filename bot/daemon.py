@@ -1,4 +1,4 @@
-"""Running siar: the daemon (`run`) and a single pass (`once`)."""
+"""Running siar: the daemon (`run`: schedule, delivery, metrics, reloads) and a single pass (`once`)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import logging
 import signal
 from datetime import timedelta
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.app import App, migrations
 from bot.config import FeedConfig
-from bot.lock import StoreLock
+from bot.lock import PidFile, StoreLock
+from bot.ops import HEARTBEAT_EVERY, OpsServer, record_feed_states
+from bot.reload import Reloader
 
 log = logging.getLogger("siar")
 
@@ -81,72 +84,128 @@ async def run_once(app: App) -> int:
 
 
 async def run_daemon(app: App, stop: asyncio.Event | None = None) -> int:
-    """Poll on schedule and deliver until SIGTERM/SIGINT (or `stop`); returns the exit code."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handlers = {signal.SIGTERM: stop.set, signal.SIGINT: stop.set, signal.SIGHUP: _hangup}
-    for sig, handler in handlers.items():
+    """Poll on schedule and deliver until SIGTERM/SIGINT (or `stop`); SIGHUP reloads the
+    configuration. Returns the exit code."""
+    return await Daemon(app).run(stop or asyncio.Event())
+
+
+class Daemon:
+    """The running process: the poll schedule, delivery, the metrics listener, reloads."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self.polls: set[asyncio.Task[None]] = set()
+        self.ops = OpsServer(app.config, app.store, app.metrics, app.clock, lambda: self.app.config)
+        self.reloader = Reloader(app, self.schedule, self.unschedule)
+        self._reloading: asyncio.Task[bool] | None = None
+        self.reloaded = asyncio.Event()  # set after each reload attempt (tests wait on it)
+
+    def schedule(self, feed: FeedConfig, *, now: bool = True) -> None:
+        """Poll `feed` every its interval (replacing its job after a reload)."""
+        job = f"feed:{feed.name}"
+        if self.scheduler.get_job(job) is not None:
+            self.scheduler.remove_job(job)
+        self.scheduler.add_job(
+            _poll_job,
+            IntervalTrigger(seconds=feed.interval, jitter=self.app.config.fetch.jitter),
+            args=(self.app, feed, self.polls),
+            id=job,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(30, int(feed.interval)),
+            next_run_time=self.app.clock() if now else None,
+        )
+
+    def unschedule(self, name: str) -> None:
+        if self.scheduler.get_job(f"feed:{name}") is not None:
+            self.scheduler.remove_job(f"feed:{name}")
+
+    def _skipped(self, event: JobExecutionEvent) -> None:
+        """A poll that could not run because the previous one of its feed still ran."""
+        if str(event.job_id).startswith("feed:"):
+            self.app.metrics.poll_skipped(str(event.job_id)[5:])
+
+    def hangup(self) -> None:
+        """SIGHUP: reload the configuration (one reload at a time; never stops the daemon)."""
+        if self._reloading is not None and not self._reloading.done():
+            log.info("reload: one is already in progress; this SIGHUP is folded into it")
+            return
+        log.info("SIGHUP: reloading %s", self.app.config.path)
+        self._reloading = asyncio.create_task(self._reload(), name="reload")
+
+    async def _reload(self) -> bool:
         try:
-            loop.add_signal_handler(sig, handler)
-        except (NotImplementedError, RuntimeError):
-            pass
-    scheduler = AsyncIOScheduler(timezone="UTC")
-    polls: set[asyncio.Task[None]] = set()
-    lock: StoreLock | None = None
-    try:
-        lock = await prepare(app)
-        app.dispatcher.start()
-        for feed in app.config.feeds:
-            scheduler.add_job(
-                _poll_job,
-                IntervalTrigger(seconds=feed.interval, jitter=app.config.fetch.jitter),
-                args=(app, feed, polls),
-                id=f"feed:{feed.name}",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=max(30, int(feed.interval)),
+            return await self.reloader.reload()
+        finally:
+            self.reloaded.set()
+
+    async def run(self, stop: asyncio.Event) -> int:
+        app = self.app
+        loop = asyncio.get_running_loop()
+        handlers = {signal.SIGTERM: stop.set, signal.SIGINT: stop.set, signal.SIGHUP: self.hangup}
+        for sig, handler in handlers.items():
+            try:
+                loop.add_signal_handler(sig, handler)
+            except (NotImplementedError, RuntimeError):
+                pass
+        lock: StoreLock | None = None
+        pid = PidFile(app.config.path)
+        try:
+            lock = await prepare(app)
+            pid.write()
+            await record_feed_states(app.store, app.config, app.metrics)
+            await self.ops.start()
+            app.dispatcher.start()
+            for feed in app.config.feeds:
+                self.schedule(feed)
+            self.scheduler.add_job(
+                self.ops.beat,
+                IntervalTrigger(seconds=HEARTBEAT_EVERY),
+                id="heartbeat",
                 next_run_time=app.clock(),
             )
-        scheduler.start()
-        log.info(
-            "siar running: %d feeds, %d channels (%s)",
-            len(app.config.feeds),
-            len(app.channels),
-            ", ".join(app.channels) or "none",
-        )
-        await stop.wait()
-        log.info("stopping: no new polls; letting in-flight polls and sends finish")
-    finally:
-        if scheduler.running:
-            scheduler.pause()  # no new polls; the running ones get the grace period
-        if polls:
-            _, unfinished = await asyncio.wait(set(polls), timeout=app.config.daemon.shutdown_grace)
+            self.scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
+            self.scheduler.start()
+            log.info(
+                "siar running: %d feeds, %d channels (%s)",
+                len(app.config.feeds),
+                len(app.channels),
+                ", ".join(app.channels) or "none",
+            )
+            await stop.wait()
+            log.info("stopping: no new polls; letting in-flight polls and sends finish")
+        finally:
+            await self._shut_down()
+            pid.remove()
+            if lock:
+                lock.release()
+            for sig in handlers:
+                try:
+                    loop.remove_signal_handler(sig)
+                except (NotImplementedError, RuntimeError):
+                    pass
+        log.info("siar stopped")
+        return 0
+
+    async def _shut_down(self) -> None:
+        app = self.app
+        if self.scheduler.running:
+            self.scheduler.pause()  # no new polls; the running ones get the grace period
+        if self._reloading is not None and not self._reloading.done():
+            await asyncio.wait({self._reloading}, timeout=app.config.daemon.shutdown_grace)
+        if self.polls:
+            _, unfinished = await asyncio.wait(set(self.polls), timeout=app.config.daemon.shutdown_grace)
             for task in unfinished:  # a poll is one transaction: cancelling it loses nothing
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
             if unfinished:
                 log.info("stopping: %d polls did not finish in time and were cancelled", len(unfinished))
-        if scheduler.running:
-            scheduler.shutdown(wait=False)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         await app.dispatcher.stop(app.config.daemon.shutdown_grace)
+        await self.ops.stop()
         await app.close()
-        if lock:
-            lock.release()
-        for sig in handlers:
-            try:
-                loop.remove_signal_handler(sig)
-            except (NotImplementedError, RuntimeError):
-                pass
-    log.info("siar stopped")
-    return 0
-
-
-def _hangup() -> None:
-    # systemd's `Restart=on-failure` treats a SIGHUP death as a clean exit: never die of it.
-    log.warning(
-        "SIGHUP received: reloading the configuration is not available; siar keeps running "
-        "with the configuration it started with (restart it to apply changes)"
-    )
 
 
 async def _poll_job(app: App, feed: FeedConfig, polls: set[asyncio.Task[None]]) -> None:

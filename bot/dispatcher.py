@@ -19,10 +19,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from bot.channel import Channel, ChannelError
+from bot.channel import Channel, ChannelError, Unauthorized
 from bot.config import Config
 from bot.delivery import Attempt, Policy, transition
 from bot.durations import parse_rate
+from bot.metrics import Metrics, NullMetrics
 from bot.outbox import OutboxItem
 from bot.store import Store
 
@@ -30,6 +31,7 @@ log = logging.getLogger("siar.deliver")
 Clock = Callable[[], datetime]
 Alert = Callable[[str, str], Awaitable[None]]  # (channel, message)
 IDLE_CHECK = 30.0  # seconds a worker sleeps at most before looking for due retries again
+PAUSE_CHECK = 5.0  # seconds between reads of the paused channels (`siar pause` from another process)
 
 
 class Pacer:
@@ -40,12 +42,14 @@ class Pacer:
         self.gap = period / count
         self._next = 0.0
 
-    async def ready(self) -> None:
+    async def ready(self) -> float:
         """Wait until the next send is allowed (before a row is claimed, so that a shutdown
-        during the wait never leaves a claimed row behind)."""
-        now = time.monotonic()
-        if self._next > now:
-            await asyncio.sleep(self._next - now)
+        during the wait never leaves a claimed row behind); the seconds it waited."""
+        wait = self._next - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+            return wait
+        return 0.0
 
     def take(self) -> None:
         """Count one send now."""
@@ -71,6 +75,7 @@ class Dispatcher:
         clock: Clock,
         worker_id: str,
         alert: Alert | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -78,18 +83,24 @@ class Dispatcher:
         self.clock = clock
         self.worker_id = worker_id
         self.alert = alert or _log_alert
+        self.metrics = metrics or NullMetrics()
         self.pacers = {n: Pacer(c.settings.rate_limit) for n, c in channels.items()}
         self._wake = {n: asyncio.Event() for n in channels}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
+        self._retiring: set[str] = set()  # channels whose worker finishes its send and stops
         self._stop_event = asyncio.Event()
         self.started: set[str] = set()  # channels whose start() succeeded
         self._start_failures: dict[str, int] = {}
         self._failing: set[str] = set()  # channels alerted for a failure, until their next success
+        self.paused: set[str] = set()
+        self._pauses_read = -1e9
         self.stats = DeliveryStats()
 
     def wake(self, channels: set[str] | frozenset[str] | None = None) -> None:
         """Tell the workers of `channels` (default all) that new rows may be due."""
+        if channels is None or channels & self.paused:
+            self._pauses_read = -1e9  # a resume: look again now
         for name in channels if channels is not None else self._wake:
             if name in self._wake:
                 self._wake[name].set()
@@ -97,7 +108,41 @@ class Dispatcher:
     def start(self) -> None:
         """Start one worker task per channel."""
         for name in self.channels:
-            self._tasks[name] = asyncio.create_task(self._worker(name), name=f"deliver:{name}")
+            self._spawn(name)
+
+    def _spawn(self, name: str) -> None:
+        self._tasks[name] = asyncio.create_task(self._worker(name), name=f"deliver:{name}")
+
+    def add_channel(self, name: str, channel: Channel, *, run: bool = True) -> None:
+        """A channel added while running (a reload): its worker starts it and takes its rows."""
+        self.channels[name] = channel
+        self.pacers[name] = Pacer(channel.settings.rate_limit)
+        self._wake[name] = asyncio.Event()
+        self._retiring.discard(name)
+        if run:
+            self._spawn(name)
+
+    async def remove_channel(self, name: str, grace: float) -> Channel | None:
+        """Stop `name`'s worker: a send in progress finishes (on the old settings) within
+        `grace`, else it is abandoned like at shutdown. Returns the channel (the caller closes
+        it); its posts stay in the outbox."""
+        channel = self.channels.get(name)
+        task = self._tasks.pop(name, None)
+        self._retiring.add(name)
+        if name in self._wake:
+            self._wake[name].set()
+        if task is not None:
+            _, pending = await asyncio.wait({task}, timeout=grace)
+            for late in pending:
+                late.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        for table in (self.channels, self.pacers, self._wake):
+            table.pop(name, None)
+        self.started.discard(name)
+        self._failing.discard(name)
+        self._start_failures.pop(name, None)
+        self._retiring.discard(name)
+        return channel
 
     async def stop(self, grace: float) -> None:
         """Stop taking rows; give in-flight sends `grace` seconds, then abandon them as uncertain."""
@@ -113,20 +158,36 @@ class Dispatcher:
 
     async def drain(self) -> DeliveryStats:
         """Deliver every row due now on every channel, then return (for `siar once`)."""
+        await self._read_pauses(force=True)
         await asyncio.gather(*(self._drain_channel(n) for n in self.channels))
         return self.stats
 
     async def _drain_channel(self, name: str) -> None:
+        if name in self.paused:
+            log.info("channel %s is paused; its posts wait", name)
+            return
         if not await self._ensure_started(name, retry=False):
             self.stats.problems.append(f"{name}: cannot start; its posts stay pending")
             self.stats.retry += 1
             return
         while not self._stopping:
-            await self.pacers[name].ready()
+            await self._paced(name)
             item = await self.store.outbox.claim(name, self.clock(), self.worker_id)
             if item is None:
                 return
             await self._deliver(name, item)
+
+    async def _paced(self, name: str) -> None:
+        waited = await self.pacers[name].ready()
+        if waited:
+            self.metrics.rate_limit_wait(name, waited)
+
+    async def _read_pauses(self, *, force: bool = False) -> None:
+        """The paused channels, read again every few seconds (another process may pause one)."""
+        now = time.monotonic()
+        if force or now - self._pauses_read >= PAUSE_CHECK:
+            self._pauses_read = now
+            self.paused = set(await self.store.outbox.paused())
 
     async def start_channel(self, name: str) -> bool:
         """Try once to start channel `name`; on failure log and alert (once per failure streak)."""
@@ -136,18 +197,25 @@ class Dispatcher:
             await self.channels[name].start()
         except Exception as exc:
             self._start_failures[name] = self._start_failures.get(name, 0) + 1
+            self.metrics.channel_up(name, False)
+            if isinstance(exc, Unauthorized):
+                self.metrics.channel_auth_failed(name)
             log.error("channel %s: cannot start (%s); its posts wait", name, exc, exc_info=True)
             if self._start_failures[name] == 1:
                 await self.alert(name, f"cannot start: {exc}; posts wait until it can")
             return False
         self._start_failures.pop(name, None)
         self.started.add(name)
+        self.metrics.channel_up(name, True)
         log.info("channel %s (%s) ready", name, self.channels[name].type)
         return True
 
+    def _running(self, name: str) -> bool:
+        return not self._stopping and name not in self._retiring
+
     async def _ensure_started(self, name: str, *, retry: bool = True) -> bool:
         """True once the channel runs; in the daemon (`retry`), waits with backoff between tries."""
-        while not self._stopping:
+        while self._running(name):
             if await self.start_channel(name):
                 return True
             if not retry:
@@ -165,31 +233,41 @@ class Dispatcher:
     async def _worker(self, name: str) -> None:
         wake = self._wake[name]
         failures = 0
-        while not self._stopping:
+        while self._running(name):
             try:
                 if not await self._ensure_started(name):
                     continue
-                await self.pacers[name].ready()
+                await self._read_pauses()
+                if name in self.paused:
+                    await self._idle(wake, PAUSE_CHECK)
+                    continue
+                await self._paced(name)
+                if not self._running(name):
+                    break
                 item = await self.store.outbox.claim(name, self.clock(), self.worker_id)
                 if item is not None:
                     await self._deliver(name, item)
                     failures = 0
                     continue
-                wake.clear()
-                timeout = IDLE_CHECK
                 due = await self.store.outbox.next_due(name)
+                timeout = IDLE_CHECK
                 if due is not None:
                     timeout = min(IDLE_CHECK, max(0.05, (due - self.clock()).total_seconds()))
-                try:
-                    await asyncio.wait_for(wake.wait(), timeout)
-                except TimeoutError:
-                    pass
+                await self._idle(wake, timeout)
                 failures = 0
             except Exception:  # the store is unreachable, say: this worker must not die of it
                 failures += 1
                 delay = min(60.0, 2.0**failures)
                 log.exception("channel %s: delivery loop error; retrying in %.0fs", name, delay)
                 await self._sleep(delay)
+
+    @staticmethod
+    async def _idle(wake: asyncio.Event, timeout: float) -> None:
+        wake.clear()
+        try:
+            await asyncio.wait_for(wake.wait(), timeout)
+        except TimeoutError:
+            pass
 
     async def _deliver(self, name: str, item: OutboxItem) -> None:
         """Render, send and record one claimed row; whatever happens, the row leaves `sending`
@@ -212,6 +290,7 @@ class Dispatcher:
             await self._apply(name, item, Attempt("window_expired"))
             return
         self.pacers[name].take()
+        began = time.monotonic()
         try:
             async with asyncio.timeout(channel.settings.send_timeout) as deadline:
                 receipt = await channel.send(post, idempotency_key=item.key)
@@ -234,7 +313,7 @@ class Dispatcher:
                 item.story.url,
                 f" as {receipt.url or receipt.remote_id}" if receipt.url or receipt.remote_id else "",
             )
-        await self._apply(name, item, attempt)
+        await self._apply(name, item, attempt, time.monotonic() - began)
 
     def policy(self, name: str) -> Policy:
         channel, daemon = self.channels[name], self.config.daemon
@@ -247,8 +326,16 @@ class Dispatcher:
             retry_max=daemon.retry_max,
         )
 
-    async def _apply(self, name: str, item: OutboxItem, attempt: Attempt) -> None:
+    async def _apply(self, name: str, item: OutboxItem, attempt: Attempt, seconds: float = 0.0) -> None:
         """Record `attempt`'s transition (see bot.delivery), count it and alert when due."""
+        self.metrics.send(
+            name,
+            _RESULTS.get(attempt.kind, attempt.kind),
+            seconds,
+            item.first_seen_at if attempt.kind == "sent" else None,
+        )
+        if attempt.auth:  # the platform refused our credentials (cleared by the next success)
+            self.metrics.channel_auth_failed(name)
         step = transition(
             attempt,
             item_id=item.id,
@@ -281,6 +368,21 @@ class Dispatcher:
             name,
             f"{message} (further failures of this channel are logged, not alerted, until a post succeeds)",
         )
+
+
+# Attempt kinds -> the metric's `result` word (see bot.metrics).
+_RESULTS = {
+    "sent": "sent",
+    "already": "already_sent",
+    "retry": "retry",
+    "permanent": "failed",
+    "render_error": "failed",
+    "uncertain": "uncertain",
+    "error": "uncertain",
+    "window_expired": "uncertain",
+    "timeout": "uncertain",
+    "cancelled": "uncertain",
+}
 
 
 async def _log_alert(channel: str, message: str) -> None:

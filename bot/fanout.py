@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -29,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.channel import Permanent
 from bot.db import Database
+from bot.metrics import Metrics, NullMetrics
 from bot.schema import fanout
 
 log = logging.getLogger("siar.fanout")
@@ -332,6 +334,7 @@ class Broadcaster:
     batch_size: int = 200
     max_tries: int = 4
     passes: int = 3  # rounds over recipients that asked to be retried, before the outbox retries
+    metrics: Metrics = field(default_factory=NullMetrics)
 
     async def run(
         self,
@@ -447,6 +450,8 @@ class Broadcaster:
                             )
                 finally:
                     await self._apply(apply, results)
+                    for status, n in Counter(o.status for o in results if o.status != "moved").items():
+                        self.metrics.fanout(self.channel, status, n)
                 done += sum(1 for o in results if o.status in DONE)
                 retries += [o for o in results if o.status in ("retry", "moved")]
         finally:

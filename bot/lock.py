@@ -1,9 +1,12 @@
-"""One daemon per SQLite store: an exclusive lock file beside the database."""
+"""One daemon per SQLite store (an exclusive lock file beside the database), and the pid file
+`siar reload` finds the running daemon by."""
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import tempfile
 from pathlib import Path
 from typing import IO
 
@@ -43,3 +46,52 @@ class StoreLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
+
+
+def pid_path(config_path: Path) -> Path:
+    """Where the daemon of `config_path` writes its pid: one file per config file, in the
+    user's runtime folder (or the temp folder), so `siar reload --config X` finds the daemon
+    that runs X whatever its store (SQLite or PostgreSQL)."""
+    digest = hashlib.sha256(str(config_path.resolve()).encode()).hexdigest()[:16]
+    folder = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    return folder / f"siar-{digest}.pid"
+
+
+class PidFile:
+    """The running daemon's pid, for `siar reload`; written at start, removed at stop."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.path = pid_path(config_path)
+        self.config_path = config_path
+
+    def write(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{os.getpid()}\n{self.config_path.resolve()}\n")
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        try:
+            if self.path.read_text().split("\n", 1)[0] == str(os.getpid()):
+                self.path.unlink()
+        except OSError:
+            pass
+
+
+def running_pid(config_path: Path) -> int | None:
+    """The pid of the live daemon running `config_path`, or None (no pid file, a stale one, or
+    a pid now used by another program)."""
+    try:
+        pid_text, config_text, *_ = [*pid_path(config_path).read_text().split("\n"), ""]
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if config_text != str(config_path.resolve()):
+        return None
+    try:
+        os.kill(pid, 0)
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ProcessLookupError):
+        return None
+    return pid if ("siar" in command or "main.py" in command) else None

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.db import Database
-from bot.schema import decisions, outbox, stories
+from bot.schema import channel_pauses, decisions, outbox, stories
 from bot.types import Story
 
 STATUSES = ("pending", "sending", "sent", "failed", "uncertain")
@@ -281,6 +281,31 @@ class Outbox:
         async with self.db.read() as conn:
             found = (await conn.execute(select(outbox).where(outbox.c.id == item_id))).first()
         return found._asdict() if found is not None else None
+
+    async def pause(self, channel: str, by: str, now: datetime) -> bool:
+        """Hold `channel`'s posts (they wait, nothing is dropped); False if already paused."""
+        async with self.db.write() as conn:
+            found = (
+                await conn.execute(
+                    select(channel_pauses.c.channel).where(channel_pauses.c.channel == channel)
+                )
+            ).first()
+            if found is not None:
+                return False
+            await conn.execute(insert(channel_pauses).values(channel=channel, paused_at=now, paused_by=by))
+        return True
+
+    async def resume(self, channel: str) -> bool:
+        """Let `channel`'s posts go again; False if it was not paused."""
+        async with self.db.write() as conn:
+            done = await conn.execute(delete(channel_pauses).where(channel_pauses.c.channel == channel))
+        return bool(done.rowcount)
+
+    async def paused(self) -> dict[str, dict[str, Any]]:
+        """{channel: {"paused_at", "paused_by"}} of the paused channels."""
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(channel_pauses))).all()
+        return {r.channel: {"paused_at": r.paused_at, "paused_by": r.paused_by} for r in rows}
 
     async def sent_since(self, channel: str, since: datetime, *, confirmed: bool = False) -> int:
         """Posts of `channel` sent since `since`; `confirmed`: only those the platform gave an

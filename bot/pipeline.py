@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ from bot.config import Config, FeedConfig
 from bot.enrich import enrich
 from bot.feedstate import FeedState
 from bot.fetch import Fetcher, FetchResult
+from bot.metrics import Metrics, NullMetrics
 from bot.normalize import ParsedFeed, parse_feed_async, story_key
 from bot.routing import decide_poll
 from bot.store import Store
@@ -32,6 +34,12 @@ from bot.types import Story
 log = logging.getLogger("siar.poll")
 ALERT_AFTER = 5  # consecutive failures of a feed before the admins are alerted (once)
 Clock = Callable[[], datetime]
+
+
+@dataclass
+class _Timing:
+    fetch: float | None = None
+    parse: float | None = None
 
 
 @dataclass(frozen=True)
@@ -58,8 +66,10 @@ class FeedPoller:
         targets: Mapping[str, ChannelSettings],
         alert: Callable[[str, str], Awaitable[None]] | None = None,
         unavailable: Mapping[str, str] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.alert = alert
+        self.metrics = metrics or NullMetrics()
         self.unavailable = unavailable or {}  # configured channels that do not run here, and why
         self.config = config
         self.targets = targets  # the channels that run here; only they get outbox rows
@@ -70,6 +80,12 @@ class FeedPoller:
 
     async def poll(self, feed: FeedConfig, *, force: bool = False) -> PollResult:
         """Poll `feed` once (unless it is backing off and not `force`d)."""
+        timing = _Timing()
+        result = await self._poll(feed, force, timing)
+        self.metrics.poll(feed.name, result.outcome, timing.fetch, timing.parse, result.new_stories)
+        return result
+
+    async def _poll(self, feed: FeedConfig, force: bool, timing: _Timing) -> PollResult:
         now = self.clock()
         try:
             state = self._with_unsaved(await self.store.feeds.get(feed.name, feed.url))
@@ -92,8 +108,10 @@ class FeedPoller:
         if not force and state.next_poll_at and state.next_poll_at > now and state.failures:
             return PollResult(feed.name, "backoff", error=state.last_error or "")
         try:
+            began = time.perf_counter()
             result = await self.fetcher.fetch(feed.url, state.etag, state.last_modified, feed.timeout)
-            return await self._after_fetch(feed, fetched(state, result, now), result, now)
+            timing.fetch = time.perf_counter() - began
+            return await self._after_fetch(feed, fetched(state, result, now), result, now, timing)
         except Exception as exc:  # a bug or a store outage must not kill the scheduler job
             log.exception("feed %s: poll failed", feed.name)
             return await self._failed(feed, state, now, f"internal error: {exc!r}", None)
@@ -107,7 +125,7 @@ class FeedPoller:
         return unsaved
 
     async def _after_fetch(
-        self, feed: FeedConfig, state: FeedState, result: FetchResult, now: datetime
+        self, feed: FeedConfig, state: FeedState, result: FetchResult, now: datetime, timing: _Timing
     ) -> PollResult:
         if result.permanent_redirect and result.permanent_redirect != state.redirect_url:
             log.warning(
@@ -130,9 +148,11 @@ class FeedPoller:
             await self._save(state)
             return PollResult(feed.name, "not_modified" if result.not_modified else "unchanged")
         assert result.body is not None
+        began = time.perf_counter()
         parsed = await parse_feed_async(
             result.body, result.url, result.headers, self.config.cleaning, feed.name, feed.section
         )
+        timing.parse = time.perf_counter() - began
         if not parsed.stories and parsed.bozo:
             return await self._failed(feed, state, now, f"not a readable feed: {parsed.bozo}", None)
         if parsed.bozo:

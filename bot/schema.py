@@ -143,3 +143,13 @@ fanout = Table(
     Index("ix_fanout_key_status", "key", "status", "recipient"),
     Index("ix_fanout_channel_status", "channel", "status", "updated_at"),
 )
+
+# Channels an operator paused (`siar pause`, the bot's /pause): their posts wait, nothing is
+# dropped; a row per paused channel, removed on resume.
+channel_pauses = Table(
+    "channel_pauses",
+    metadata,
+    Column("channel", String(200), primary_key=True),
+    Column("paused_at", UTCDateTime, nullable=False),
+    Column("paused_by", String(200), nullable=False),
+)

@@ -102,19 +102,17 @@ class HttpServer:
             self.config.max_connections_per_address,
         )
         self.prefixes: list[str] = []
-        self._routes: list[web.AbstractRouteDef] = []
+        self._routes: dict[str, list[web.AbstractRouteDef]] = {}
         self._runner: web.AppRunner | None = None
         self._pool: ConnectionPool | None = None
+        self._stale = False  # routes changed while running: the next start() rebuilds
 
     def add_routes(self, routes: Iterable[web.AbstractRouteDef], *, prefix: str) -> None:
         """Add a component's routes, every one at `prefix` ("/push") or below it.
 
-        ValueError when the prefix is taken or a route lies outside it; RuntimeError once the
-        server runs (aiohttp freezes its router at start)."""
-        if self._runner is not None:
-            raise RuntimeError(
-                f"http {self.name}: routes under {prefix} must be added before the server starts"
-            )
+        ValueError when the prefix is taken or a route lies outside it. Added to a running
+        server, they are served after its next `start()` (which then rebuilds the app on the
+        same address: aiohttp freezes a router once it runs)."""
         if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", prefix):
             raise ValueError(f'route prefix {prefix!r}: expected a path like "/push"')
         taken = [
@@ -130,7 +128,14 @@ class HttpServer:
             if path != prefix and not path.startswith(prefix + "/"):
                 raise ValueError(f"http {self.name}: route {path!r} is not under its prefix {prefix}")
         self.prefixes.append(prefix)
-        self._routes += routes
+        self._routes[prefix] = routes
+        self._stale = self._runner is not None
+
+    def remove_routes(self, prefix: str) -> None:
+        """Stop serving `prefix` (after the next `start()`); nothing when it is not mounted."""
+        if self._routes.pop(prefix, None) is not None:
+            self.prefixes.remove(prefix)
+            self._stale = self._runner is not None
 
     @property
     def started(self) -> bool:
@@ -173,11 +178,17 @@ class HttpServer:
         return client_address(request, self.trusted_proxies)
 
     async def start(self) -> None:
-        """Listen; OSError (e.g. the address is in use) leaves nothing running."""
-        if self._runner is not None:
+        """Listen (or, when the routes changed since, serve the new ones on the same address);
+        OSError (e.g. the address is in use) leaves nothing running."""
+        if self._runner is not None and not self._stale:
             return
+        if self._runner is not None:  # same port, even when the first start chose one
+            self._requested_port = self.port
+            await self.stop()
+        self._stale = False
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._middleware])
-        app.router.add_routes(self._routes)
+        for routes in self._routes.values():
+            app.router.add_routes(routes)
         runner = web.AppRunner(
             app,
             access_log=None,

@@ -717,6 +717,13 @@ class FakeTelegram:
                 raise ApiError(400, "Bad Request: BOT_COMMAND_INVALID")
             if not 1 <= len(str(command.get("description", ""))) <= 256:
                 raise ApiError(400, "Bad Request: BOT_COMMAND_DESCRIPTION_INVALID")
+        scope = params.get("scope") or {"type": "default"}
+        if isinstance(scope, str):
+            scope = json.loads(scope)
+        if scope.get("type") == "chat":  # a chat's own menu (Telegram: the chat must exist)
+            self._chat({"chat_id": scope.get("chat_id")})
+            self.commands[f"chat:{scope.get('chat_id')}"] = commands
+            return True
         self.commands[str(params.get("language_code") or "")] = commands
         return True
 

@@ -571,3 +571,53 @@ async def test_stats_counts_this_bots_readers_only(env: Env) -> None:
     await other.write("siar-9999", [], [RecipientOutcome(r, "sent") for r in range(1, 50)], env.clock())
     stats = await env.say(900, "/stats")
     assert "reader messages: 3" in stats["plain"], stats["plain"]
+
+
+async def test_admin_pause_and_resume_hold_a_channels_posts_without_dropping_them(env: Env) -> None:
+    await env.say(1, "/start")
+    paused = await env.say(900, "/pause tg")
+    assert "channel tg paused" in paused["plain"]
+    assert "already paused" in (await env.say(900, "/jeda tg"))["plain"]  # the Indonesian name
+    await env.publish(A)
+    assert env.fake.messages(-1001) == [] and len(env.fake.messages(1)) == 2  # readers still get it
+    counts = (await env.app.store.reports.counts())["tg"]
+    assert counts["pending"] == 1  # held, not dropped
+    resumed = await env.say(900, "/resume tg")
+    assert "resumed; 1 posts waiting" in resumed["plain"]
+    await env.app.dispatcher.drain()
+    assert len(env.fake.messages(-1001)) == 1
+    assert "no channel is named 'nope'" in (await env.say(900, "/pause nope"))["plain"]
+
+
+async def test_admin_why_feeds_resend_and_test(env: Env) -> None:
+    await env.publish(A)
+    why = await env.say(900, f"/why {A['link']}")
+    assert A["title"] in why["plain"] and "tg: sent" in why["plain"]
+    feeds = await env.say(900, "/feeds")
+    assert "✅ f" in feeds["plain"]
+    (story,) = await env.app.store.stories.find(A["link"])
+    row = next(r for r in await env.app.store.stories.outbox_of(story["id"]) if r["channel"] == "tg")
+    refused = await env.say(900, f"/resend {row['id']}")
+    assert "cannot be resent: it is sent" in refused["plain"]
+    before = len(env.fake.messages(900))
+    env.fake.send_text(900, "/test")
+    previews = await env.fake.wait_sent(900, before + 2)  # one message per channel
+    texts = [m["plain"] for m in previews[before:]]
+    assert any(t.startswith("tg (telegram)") and A["title"] in t for t in texts)
+    assert any(t.startswith("readers (telegram-subscribers)") for t in texts)
+
+
+async def test_admin_commands_are_invisible_to_readers(env: Env) -> None:
+    for command in ("/pause tg", "/feeds", "/test", "/why x", "/resend 1"):
+        assert "tidak mengerti" in (await env.say(1, command))["plain"]  # user 1 speaks Indonesian
+    assert [c["command"] for c in env.fake.commands["chat:900"]][-8:] == [
+        "status",
+        "stats",
+        "umpan",
+        "jeda",
+        "lanjut",
+        "kirimulang",
+        "mengapa",
+        "uji",
+    ]
+    assert "chat:1" not in env.fake.commands

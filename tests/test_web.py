@@ -356,8 +356,19 @@ async def test_routes_stay_under_their_prefix_and_come_before_start() -> None:
     await server.start()
     try:
         assert server.external_url("/push/") == "https://www.example.com/siar/push/"
-        with pytest.raises(RuntimeError, match="before the server starts"):
-            server.add_routes([web.get("/cards/1", handler)], prefix="/cards")
+        port = server.port
+        server.add_routes([web.get("/cards/1", handler)], prefix="/cards")  # e.g. on a reload
+        await server.start()  # serves them, on the same address
+        assert server.port == port
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"http://127.0.0.1:{port}/cards/1") as answer:
+                assert answer.status == 200
+            server.remove_routes("/cards")
+            await server.start()
+            async with client.get(f"http://127.0.0.1:{port}/cards/1") as answer:
+                assert answer.status == 404
+            async with client.get(f"http://127.0.0.1:{port}/push/x") as answer:
+                assert answer.status == 200
     finally:
         await server.stop()
 

@@ -173,7 +173,9 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
             "start() first"
         )
         store, pacer = self.store, self.bot.pacer
-        audience = {s.chat_id: s for s in await store.active_subscribers(self.name) if wants(s, post.story)}
+        active = await store.active_subscribers(self.name)
+        self.context.metrics.subscribers(self.name, len(active))
+        audience = {s.chat_id: s for s in active if wants(s, post.story)}
         bodies = self._bodies(post)
         unsubscribe: dict[int, str] = {}
 
@@ -210,6 +212,7 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
             concurrency=self.settings.concurrency,
             batch_size=max(self.settings.concurrency, min(200, int(per_second))),
             max_tries=MAX_TRIES,
+            metrics=self.context.metrics,
         )
         result = await broadcaster.run(
             idempotency_key,

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 from telegram import (
     BotCommand,
+    BotCommandScopeChat,
     BotCommandScopeDefault,
     Chat,
     InlineKeyboardButton,
@@ -43,10 +44,12 @@ from telegram.ext import (
     filters,
 )
 
+from bot.admin import Admin
 from bot.channel import ChannelContext
+from bot.counting import telegram_text
 from channels.telegram.config import ReaderSettings, TelegramSection
 from channels.telegram.store import Subscriber, TelegramStore
-from channels.telegram.texts import COMMANDS, TEXTS, fit_report
+from channels.telegram.texts import ADMIN_COMMANDS, COMMANDS, TEXTS, fit_report
 from channels.telegram.topics import offered_topics, toggle, topic_data
 
 log = logging.getLogger("siar.telegram.bot")
@@ -141,6 +144,12 @@ class ReaderBot:
         app.add_handler(CommandHandler(["bantuan", "help"], gate(self.help)))
         app.add_handler(CommandHandler("status", gate(self.status)))
         app.add_handler(CommandHandler("stats", gate(self.stats)))
+        app.add_handler(CommandHandler(["pause", "jeda"], gate(self.pause)))
+        app.add_handler(CommandHandler(["resume", "lanjut"], gate(self.resume)))
+        app.add_handler(CommandHandler(["resend", "kirimulang"], gate(self.resend)))
+        app.add_handler(CommandHandler(["why", "mengapa"], gate(self.why)))
+        app.add_handler(CommandHandler(["feeds", "umpan"], gate(self.feeds)))
+        app.add_handler(CommandHandler(["test", "uji"], gate(self.test)))
         app.add_handler(CallbackQueryHandler(gate(self.button)))
         app.add_handler(ChatMemberHandler(self.member_changed, ChatMemberHandler.MY_CHAT_MEMBER))
         app.add_handler(MessageHandler(filters.ChatType.PRIVATE, gate(self.unknown)))
@@ -154,6 +163,13 @@ class ReaderBot:
                 scope=BotCommandScopeDefault(),
                 language_code=code or None,
             )
+        # Admins see their commands in their own chat's menu; nobody else does.
+        menu = [BotCommand(c, d) for c, d in (*COMMANDS[self.language], *ADMIN_COMMANDS[self.language])]
+        for admin in sorted(self.admins):
+            try:
+                await app.bot.set_my_commands(menu, scope=BotCommandScopeChat(admin))
+            except TelegramError as exc:  # an admin who never talked to the bot: no chat yet
+                log.info("reader bot: no admin menu for %s (%s)", admin, exc)
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -388,6 +404,96 @@ class ReaderBot:
     def _is_admin(self, update: Update) -> bool:
         user = update.effective_user
         return user is not None and user.id in self.admins
+
+    async def _admin_only(self, update: Update, context: Ctx) -> Admin | None:
+        """The admin service for an admin; for anyone else the bot acts as if it did not know
+        the command (admin commands stay invisible)."""
+        if not self._is_admin(update) or self.context.admin is None:
+            await self.unknown(update, context)
+            return None
+        return self.context.admin
+
+    def _tell(self, update: Update, lines: list[str], bold_first: bool = True) -> None:
+        self.reply(update, fit_report([(line, bold_first and i == 0) for i, line in enumerate(lines)]))
+
+    async def pause(self, update: Update, context: Ctx) -> None:
+        """/pause CHANNEL (admins): the channel's posts wait until /resume."""
+        admin = await self._admin_only(update, context)
+        if admin is None:
+            return
+        if len(context.args or []) != 1:
+            self._tell(update, ["/pause CHANNEL", f"channels: {', '.join(sorted(admin.config.channels))}"])
+            return
+        user = update.effective_user
+        _, message = await admin.pause((context.args or [""])[0], by=f"telegram:{user.id if user else '?'}")
+        self._tell(update, [message], bold_first=False)
+
+    async def resume(self, update: Update, context: Ctx) -> None:
+        """/resume CHANNEL (admins)."""
+        admin = await self._admin_only(update, context)
+        if admin is None:
+            return
+        if len(context.args or []) != 1:
+            paused = await admin.paused()
+            self._tell(update, ["/resume CHANNEL", f"paused: {', '.join(sorted(paused)) or 'none'}"])
+            return
+        _, message = await admin.resume((context.args or [""])[0])
+        self._tell(update, [message], bold_first=False)
+
+    async def resend(self, update: Update, context: Ctx) -> None:
+        """/resend ID (admins): an uncertain or failed post (its number from /status) again."""
+        admin = await self._admin_only(update, context)
+        if admin is None:
+            return
+        args = context.args or []
+        if len(args) != 1 or not args[0].isdigit():
+            self._tell(update, ["/resend ID", "ID: the number of a failed or uncertain post (/status)"])
+            return
+        _, message = await admin.resend(int(args[0]))
+        self._tell(update, [message], bold_first=False)
+
+    async def why(self, update: Update, context: Ctx) -> None:
+        """/why URL (admins): the decision log of a story."""
+        admin = await self._admin_only(update, context)
+        if admin is None:
+            return
+        args = context.args or []
+        if len(args) != 1:
+            self._tell(update, ["/why URL", "URL: the story's link, its feed id or its number"])
+            return
+        lines = admin.why_lines(await admin.why(args[0]))
+        self._tell(update, lines or [f"no story matches {args[0]}"], bold_first=bool(lines))
+
+    async def feeds(self, update: Update, context: Ctx) -> None:
+        """/feeds (admins): each feed's state and last error."""
+        admin = await self._admin_only(update, context)
+        if admin is None:
+            return
+        lines = ["Feeds"]
+        for feed in sorted(await admin.feeds(), key=lambda f: (not f["failures"], f["name"])):
+            mark = "✅" if not feed["failures"] else f"❌ {feed['failures']}×"
+            error = f" — {str(feed['last_error'])[:120]}" if feed["last_error"] else ""
+            last = feed["last_success"] or "never"
+            lines.append(f"{mark} {feed['name']} (last success {last}){error}")
+        self._tell(update, lines)
+
+    async def test(self, update: Update, context: Ctx) -> None:
+        """/test (admins): the newest story as every channel would post it (nothing is posted)."""
+        admin = await self._admin_only(update, context)
+        if admin is None:
+            return
+        previews = await admin.previews()
+        if not previews:
+            self._tell(update, ["No stories yet."], bold_first=False)
+        for preview in previews:
+            head = f"{preview.channel} ({preview.type})"
+            if preview.post is None:
+                self._tell(update, [head, f"cannot render: {preview.error}"])
+                continue
+            post = preview.post
+            text = post.text if post.parse_mode != "HTML" else telegram_text(post.text)
+            length = f"{post.length.used}/{post.length.limit} {post.length.unit}"
+            self._tell(update, [head, length, "", *text.splitlines()])
 
     async def status(self, update: Update, context: Ctx) -> None:
         """/status (admins): feeds, queues and recent failures."""

@@ -72,6 +72,28 @@ COMMANDS = {
         ("help", "Help"),
     ],
 }
+ADMIN_COMMANDS = {
+    "id": [
+        ("status", "Status antrean dan umpan"),
+        ("stats", "Pelanggan dan kiriman hari ini"),
+        ("umpan", "Keadaan setiap umpan"),
+        ("jeda", "Tahan kiriman satu kanal: /jeda KANAL"),
+        ("lanjut", "Lanjutkan kanal: /lanjut KANAL"),
+        ("kirimulang", "Kirim ulang kiriman: /kirimulang ID"),
+        ("mengapa", "Riwayat keputusan berita: /mengapa URL"),
+        ("uji", "Pratinjau berita terbaru di setiap kanal"),
+    ],
+    "en": [
+        ("status", "Queues and feeds"),
+        ("stats", "Subscribers and today's posts"),
+        ("feeds", "Each feed's state"),
+        ("pause", "Hold a channel's posts: /pause CHANNEL"),
+        ("resume", "Resume a channel: /resume CHANNEL"),
+        ("resend", "Send a post again: /resend ID"),
+        ("why", "A story's decisions: /why URL"),
+        ("test", "Preview the newest story on every channel"),
+    ],
+}
 REPORT_LIMIT = 4000  # UTF-16 units of text in an admin report (Telegram's limit is 4096)
 
 

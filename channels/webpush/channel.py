@@ -255,6 +255,7 @@ class WebPushChannel(BaseChannel[Settings]):
             batch_size=self.settings.batch_size,
             max_tries=MAX_TRIES,
             passes=1,
+            metrics=self.context.metrics,
         )
         result = await broadcaster.run(
             key,
@@ -264,6 +265,7 @@ class WebPushChannel(BaseChannel[Settings]):
             apply=apply,
             budget=self.settings.send_timeout * 0.8,
         )
+        self.context.metrics.subscribers(self.name, await subs.count())
         if result.planned == 0:
             return Receipt(remote_id=key, note="no subscriber wants this story")
         note = result.summary("subscriptions")
