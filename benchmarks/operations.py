@@ -21,18 +21,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from bot.app import build  # noqa: E402
-from bot.config import load_config  # noqa: E402
-from bot.daemon import Daemon, prepare  # noqa: E402
-from tests.fakes import FakeChannel  # noqa: E402
-from tests.feedserver import rss  # noqa: E402
+from bot.app import build
+from bot.config import load_config
+from bot.daemon import Daemon, prepare
+from tests.fakes import FakeChannel
+from tests.feedserver import rss
 
 
 def write_feeds(folder: Path, feeds: int, items: int, round_: int) -> None:
     for f in range(feeds):
-        entries = [{"title": f"Feed {f} story {round_}-{i}", "link": f"https://e.example/{f}/{round_}/{i}",
-                    "guid": f"{f}-{round_}-{i}", "description": "<p>" + "Kalimat berita. " * 30 + "</p>"}
-                   for i in range(items)]
+        entries = [
+            {
+                "title": f"Feed {f} story {round_}-{i}",
+                "link": f"https://e.example/{f}/{round_}/{i}",
+                "guid": f"{f}-{round_}-{i}",
+                "description": "<p>" + "Kalimat berita. " * 30 + "</p>",
+            }
+            for i in range(items)
+        ]
         (folder / f"f{f}.xml").write_bytes(rss(entries))
 
 
@@ -105,12 +111,16 @@ async def main() -> None:
     for metrics in (False, True):
         polls = [p / n * 1000 for p, _, n, _ in results[metrics]]
         sends = [s / max(1, k) * 1000 for _, s, _, k in results[metrics]]
-        print(f"{'metrics on' if metrics else 'metrics off':12} {statistics.median(polls):12.2f} "
-              f"{statistics.median(sends):12.3f}")
+        print(
+            f"{'metrics on' if metrics else 'metrics off':12} {statistics.median(polls):12.2f} "
+            f"{statistics.median(sends):12.3f}"
+        )
     with tempfile.TemporaryDirectory() as folder:
         same, changed = await reload_time(Path(folder), args.feeds)
-    print(f"reload with {args.feeds} feeds: {same * 1000:.0f} ms unchanged, "
-          f"{changed * 1000:.0f} ms with a tenth of the feeds and one channel changed")
+    print(
+        f"reload with {args.feeds} feeds: {same * 1000:.0f} ms unchanged, "
+        f"{changed * 1000:.0f} ms with a tenth of the feeds and one channel changed"
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -27,8 +27,9 @@ from bot.durations import Duration, parse_rate
 from bot.filters import Filters
 from bot.metrics import Metrics, NullMetrics
 from bot.paths import resolve_path
+from bot.schedule import DigestSettings, QuietHours
 from bot.site import CTA, Site
-from bot.types import Post, Receipt, Story
+from bot.types import Digest, Post, Published, Receipt, Story
 
 if TYPE_CHECKING:
     from bot.admin import Admin
@@ -117,6 +118,13 @@ class ChannelSettings(Filters):
     # or resumed later on a resumable channel.
     send_timeout: Duration = 600.0
     timeout: Duration = 20.0  # per platform request ("15s", "1m"); each platform sets its default
+    # A story corrected after it was posted: edit the post where the platform can, or leave it.
+    on_correction: Literal["edit", "ignore"] = "edit"
+    # Quiet hours in [site] timezone ("22:00-06:00"): posts then go silently, wait, or join the
+    # next digest; breaking news is never held or silenced.
+    quiet_hours: QuietHours | None = None
+    quiet: Literal["silent", "hold", "digest"] = "silent"
+    digest: DigestSettings | None = None
 
     # Names of keys holding secrets: a missing one disables the channel instead of failing.
     secret_keys: ClassVar[tuple[str, ...]] = ()
@@ -265,6 +273,21 @@ class Channel(Protocol):
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
         """Deliver `post`; raise a ChannelError subclass on failure."""
+
+    # Editorial actions. A platform that cannot edit or delete says so (`can_edit` /
+    # `can_delete` False): corrections and retractions then record why nothing was done there.
+    can_edit: bool
+    can_delete: bool
+
+    async def edit(self, post: Post, published: Published, *, idempotency_key: str) -> Receipt:
+        """Make the published post read like `post` (a corrected story); AlreadyDone when it
+        already does."""
+
+    async def delete(self, published: Published, *, idempotency_key: str) -> Receipt:
+        """Remove the published post; AlreadyDone when it is gone already."""
+
+    def render_digest(self, digest: Digest) -> Post:
+        """One roundup post of `digest`'s stories, within the platform's limits (pure)."""
 
 
 def payload_of(post: Post, kind: type[T]) -> T:

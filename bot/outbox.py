@@ -9,8 +9,9 @@ transition is logged in the decision log in the same transaction.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -19,9 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.db import Database
 from bot.schema import channel_pauses, decisions, outbox, stories
-from bot.types import Story
+from bot.types import Published, Story
 
-STATUSES = ("pending", "sending", "sent", "failed", "uncertain")
+STATUSES = ("pending", "sending", "sent", "failed", "uncertain", "cancelled")
+ACTIONS = ("post", "edit", "delete", "collect", "digest")
 # last_error of a row whose send was cut short by a shutdown on a resumable channel
 INTERRUPTED = "interrupted mid-send by a shutdown; it resumes"
 
@@ -39,6 +41,11 @@ class OutboxItem:
     last_error: str | None = None
     first_attempt_at: datetime | None = None
     first_seen_at: datetime | None = None  # when siar first saw the story (latency metrics)
+    action: str = "post"
+    priority: int = 0
+    args: dict[str, Any] = field(default_factory=dict)
+    target: Published | None = None  # edit/delete: the post as published
+    target_status: str | None = None  # edit/delete: where the post row stands
 
     @property
     def key(self) -> str:
@@ -71,11 +78,15 @@ class Outbox:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def claim(self, channel: str, now: datetime, worker: str) -> OutboxItem | None:
-        """The oldest due pending row of `channel`, now marked `sending`; None if nothing is due."""
+    async def claim(
+        self, channel: str, now: datetime, worker: str, *, min_priority: int = 0
+    ) -> OutboxItem | None:
+        """The due pending row of `channel` to send next, now marked `sending`; None if nothing
+        is due. Breaking news first, then oldest due in publication order (so a channel's
+        timeline reads oldest to newest); stories collected for a digest never go alone.
+        `min_priority`: only rows at least that urgent (quiet hours that hold posts)."""
         async with self.db.write() as conn:
             for _ in range(5):
-                # Due rows in publication order, so a channel's timeline reads oldest to newest.
                 row = (
                     await conn.execute(
                         select(outbox.c.id, outbox.c.attempts)
@@ -84,8 +95,15 @@ class Outbox:
                             outbox.c.channel == channel,
                             outbox.c.status == "pending",
                             outbox.c.next_attempt_at <= now,
+                            outbox.c.action != "collect",
+                            outbox.c.priority >= min_priority,
                         )
-                        .order_by(outbox.c.next_attempt_at, stories.c.published_at, outbox.c.id)
+                        .order_by(
+                            outbox.c.priority.desc(),
+                            outbox.c.next_attempt_at,
+                            stories.c.published_at,
+                            outbox.c.id,
+                        )
                         .limit(1)
                     )
                 ).first()
@@ -332,6 +350,10 @@ async def _item(conn: AsyncConnection, item_id: int) -> OutboxItem:
                 outbox.c.attempts,
                 outbox.c.last_error,
                 outbox.c.first_attempt_at,
+                outbox.c.action,
+                outbox.c.priority,
+                outbox.c.args,
+                outbox.c.target_id,
                 stories.c.data,
                 stories.c.first_seen_at,
             )
@@ -339,6 +361,19 @@ async def _item(conn: AsyncConnection, item_id: int) -> OutboxItem:
             .where(outbox.c.id == item_id)
         )
     ).one()
+    target, target_status = None, None
+    if row.target_id is not None:  # an edit or a deletion: the post it refers to
+        found = (
+            await conn.execute(
+                select(outbox.c.remote_id, outbox.c.remote_url, outbox.c.sent_at, outbox.c.status).where(
+                    outbox.c.id == row.target_id
+                )
+            )
+        ).first()
+        if found is not None:
+            target_status = found.status
+            if found.status == "sent":
+                target = Published(found.remote_id or "", found.remote_url or "", found.sent_at)
     return OutboxItem(
         id=row.id,
         story_id=row.story_id,
@@ -349,6 +384,11 @@ async def _item(conn: AsyncConnection, item_id: int) -> OutboxItem:
         last_error=row.last_error,
         first_attempt_at=row.first_attempt_at,
         first_seen_at=row.first_seen_at,
+        action=row.action,
+        priority=row.priority,
+        args=json.loads(row.args) if row.args else {},
+        target=target,
+        target_status=target_status,
     )
 
 

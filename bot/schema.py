@@ -83,6 +83,10 @@ stories = Table(
     Column("published_at", UTCDateTime),
     Column("first_seen_at", UTCDateTime, nullable=False),
     Column("data", Text, nullable=False),  # the Story as JSON
+    # What a post shows of it (title, lead, image, link): a change is a correction.
+    Column("fingerprint", String(64)),
+    Column("retracted_at", UTCDateTime),  # never posted again; its posts deleted where possible
+    Column("retract_reason", Text),
     UniqueConstraint("feed", "uid", name="uq_stories_feed_uid"),
 )
 
@@ -93,8 +97,16 @@ outbox = Table(
     Column("story_id", Integer, ForeignKey("stories.id", ondelete="CASCADE"), nullable=False),
     Column("channel", String(200), nullable=False),
     Column("dedup_key", String(64), nullable=False),
-    # pending -> sending -> sent | failed | uncertain
+    # pending -> sending -> sent | failed | uncertain; cancelled (retracted before it went out,
+    # or folded into a digest)
     Column("status", String(16), nullable=False),
+    # post; edit / delete (of the post row `target_id`: a correction, a retraction); collect (a
+    # story waiting for the channel's next digest, never sent alone); digest (a roundup of the
+    # stories in `args`)
+    Column("action", String(16), nullable=False, server_default="post"),
+    Column("target_id", Integer),
+    Column("priority", Integer, nullable=False, server_default="0"),  # breaking news first
+    Column("args", Text),  # JSON, by action (a digest's story ids and title)
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UTCDateTime, nullable=False),
     Column("claimed_at", UTCDateTime),

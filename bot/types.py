@@ -29,6 +29,7 @@ class Story:
     image: str = ""
     image_alt: str = ""  # the image's caption, for alt text
     language: str = ""
+    breaking: str = ""  # the label of the `[[priority]]` rule it matched ("🔴 BREAKING"), or ""
 
     def to_json(self) -> str:
         """The story as a JSON document (for the store)."""
@@ -71,6 +72,25 @@ class Length:
     limit: int
 
 
+@dataclass(frozen=True)
+class Published:
+    """A post as the platform has it: what a later edit or deletion refers to."""
+
+    remote_id: str
+    url: str = ""
+    posted_at: datetime | None = None  # when the platform accepted it (Telegram: 48 h to delete)
+
+
+@dataclass(frozen=True)
+class Digest:
+    """A roundup of the stories since the last one (newest first, at most the channel's max)."""
+
+    title: str
+    stories: tuple[Story, ...]
+    more: int = 0  # stories left out beyond the max
+    at: datetime | None = None
+
+
 class PostPayload(Protocol):
     """What a channel's render hands its own send besides text, buttons and media (an embed, a
     link card, a fallback text): each channel has its own frozen dataclass."""
@@ -103,6 +123,7 @@ class Post:
     media: tuple[str, ...] = ()
     facets: tuple[Facet, ...] = ()
     payload: PostPayload | None = None  # the channel's own typed extras
+    digest: Digest | None = None  # set when the post is a roundup of several stories
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape `preview --json` prints."""

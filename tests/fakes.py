@@ -10,7 +10,7 @@ from bot.channel import ChannelContext, ChannelSettings
 from bot.counting import Budget, count_graphemes
 from bot.registry import ChannelType, Plugin
 from bot.render import PostRenderer
-from bot.types import Length, Post, Receipt, Story
+from bot.types import Digest, Length, Post, Published, Receipt, Story
 
 
 class Settings(ChannelSettings):
@@ -35,6 +35,10 @@ class FakeChannel:
         self.type = "fake"
         self.resumable = False
         self.resume_window: float | None = None
+        self.can_edit = True
+        self.can_delete = True
+        self.edited: list[tuple[Post, Published]] = []
+        self.deleted: list[Published] = []
         self.settings = settings or Settings(type="fake")
         self.sent: list[Post] = []
         self.attempts: list[str] = []  # idempotency keys, one per send call
@@ -72,6 +76,35 @@ class FakeChannel:
                 raise outcome
         self.sent.append(post)
         return Receipt(remote_id=f"remote-{len(self.sent)}", url=f"https://fake/{len(self.sent)}")
+
+    async def edit(self, post: Post, published: Published, *, idempotency_key: str) -> Receipt:
+        self.attempts.append(idempotency_key)
+        if self.script:
+            outcome = self.script.popleft()
+            if outcome is not None:
+                raise outcome
+        self.edited.append((post, published))
+        return Receipt(remote_id=published.remote_id, note="edited")
+
+    async def delete(self, published: Published, *, idempotency_key: str) -> Receipt:
+        self.attempts.append(idempotency_key)
+        if self.script:
+            outcome = self.script.popleft()
+            if outcome is not None:
+                raise outcome
+        self.deleted.append(published)
+        return Receipt(remote_id=published.remote_id, note="deleted")
+
+    def render_digest(self, digest: Digest) -> Post:
+        text = "\n".join([digest.title, *(f"- {s.title}" for s in digest.stories)])
+        return Post(
+            channel=self.name,
+            type=self.type,
+            story=digest.stories[0],
+            text=text,
+            length=Length("graphemes", count_graphemes(text), 4000),
+            digest=digest,
+        )
 
 
 def create(name: str, settings: ChannelSettings, context: ChannelContext) -> FakeChannel:

@@ -178,7 +178,9 @@ async def test_status_counts(one_story) -> None:
     channel.script.append(Permanent("nope"))
     await app.dispatcher.drain()
     counts = await app.store.reports.counts()
-    assert counts == {"fake": {"pending": 0, "sending": 0, "sent": 0, "failed": 1, "uncertain": 0}}
+    assert counts == {
+        "fake": {"pending": 0, "sending": 0, "sent": 0, "failed": 1, "uncertain": 0, "cancelled": 0}
+    }
     (problem,) = await app.store.reports.recent_problems()
     assert problem["last_error"] == "nope" and problem["url"] == "https://e.example/1"
 
