@@ -20,6 +20,7 @@ from bot.app import build, migrations
 from bot.channel import utc_now
 from bot.config import Config, ConfigError, load_config
 from bot.daemon import run_daemon, run_once
+from bot.feeds_command import FEEDS_COMMAND
 from bot.lock import AlreadyRunning
 from bot.logs import setup_logging
 from bot.preview import check, preview
@@ -62,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
         help="queue an uncertain or failed post again (a broadcast: its uncertain recipients)",
     )
     r.add_argument("outbox_id", type=int)
-    for command in REGISTRY.commands():  # e.g. `siar webpush init`, from the channel packages
+    for command in (FEEDS_COMMAND, *REGISTRY.commands()):  # `siar webpush init` from its package
         command.configure(sub.add_parser(command.name, parents=[common], help=command.help))
     return top
 
@@ -103,7 +104,7 @@ async def _dispatch(command: str, args: argparse.Namespace, config: Config) -> i
         return check(config)
     if command == "preview":
         return await preview(config, args)
-    for extra in REGISTRY.commands():
+    for extra in (FEEDS_COMMAND, *REGISTRY.commands()):
         if extra.name == command:
             return extra.run(config, args)
     store = Store(config.store.url, config.path.parent)
