@@ -1,4 +1,4 @@
-"""The command line: `siar [run|once|preview|check|status|why|resend|pause|resume|reload] …`.
+"""The command line: `siar [run|once|preview|check|status|why|resend|pause|resume|reload|feeds] …`.
 
 Exit codes: 0 fine, 1 a feed or a delivery failed (once) or nothing found (why), 2 bad
 configuration or usage, 3 another daemon holds the store.
@@ -23,6 +23,7 @@ from bot.app import build, migrations
 from bot.channel import utc_now
 from bot.config import Config, ConfigError, load_config
 from bot.daemon import run_daemon, run_once
+from bot.feeds_command import FEEDS_COMMAND
 from bot.lock import AlreadyRunning, running_pid
 from bot.logs import setup_logging
 from bot.preview import check, preview
@@ -71,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
     ):
         sub.add_parser(name, parents=[common], help=what).add_argument("channel")
     sub.add_parser("reload", parents=[common], help="make the running daemon re-read its config (SIGHUP)")
-    for command in REGISTRY.commands():  # e.g. `siar webpush init`, from the channel packages
+    for command in (FEEDS_COMMAND, *REGISTRY.commands()):  # `siar webpush init` from its package
         command.configure(sub.add_parser(command.name, parents=[common], help=command.help))
     return top
 
@@ -114,7 +115,7 @@ async def _dispatch(command: str, args: argparse.Namespace, config: Config) -> i
         return check(config)
     if command == "preview":
         return await preview(config, args)
-    for extra in REGISTRY.commands():
+    for extra in (FEEDS_COMMAND, *REGISTRY.commands()):
         if extra.name == command:
             return extra.run(config, args)
     if command == "reload":
