@@ -13,6 +13,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.app import App, migrations
 from bot.config import FeedConfig
+from bot.leases import FeedLeases, Heartbeat
 from bot.lock import PidFile, StoreLock
 from bot.ops import HEARTBEAT_EVERY, OpsServer, record_feed_states
 from bot.reload import Reloader
@@ -30,7 +31,7 @@ async def prepare(app: App) -> StoreLock | None:
         await app.store.migrate(migrations())
         now = app.clock()
         # With SQLite only this process sends; on PostgreSQL other daemons may be mid-send.
-        stale = None if app.store.is_sqlite else now - timedelta(minutes=15)
+        stale = None if app.store.is_sqlite else now - timedelta(seconds=app.config.cluster.takeover_after)
         resumable = {n: c.resume_window for n, c in app.channels.items() if c.resumable}
         recovered = await app.store.outbox.recover_sending(now, stale, resumable)
         if recovered:
@@ -99,6 +100,11 @@ class Daemon:
         self.ops = OpsServer(app.config, app.store, app.metrics, app.clock, lambda: self.app.config)
         self.reloader = Reloader(app, self.schedule, self.unschedule)
         self._reloading: asyncio.Task[bool] | None = None
+        cluster, worker = app.config.cluster, app.dispatcher.worker_id
+        self.leases = FeedLeases(app.store.db, worker, cluster.lease_intervals)
+        self.heartbeat = Heartbeat(
+            app.store.db, app.store.outbox, worker, cluster.takeover_after, self._resumable
+        )
         self.reloaded = asyncio.Event()  # set after each reload attempt (tests wait on it)
 
     def schedule(self, feed: FeedConfig, *, now: bool = True) -> None:
@@ -109,13 +115,19 @@ class Daemon:
         self.scheduler.add_job(
             _poll_job,
             IntervalTrigger(seconds=feed.interval, jitter=self.app.config.fetch.jitter),
-            args=(self.app, feed, self.polls),
+            args=(self.app, feed, self.polls, self.leases),
             id=job,
             max_instances=1,
             coalesce=True,
             misfire_grace_time=max(30, int(feed.interval)),
             next_run_time=self.app.clock() if now else None,
         )
+
+    async def _beat(self) -> None:
+        await self.heartbeat.beat(self.app.clock())
+
+    def _resumable(self) -> dict[str, float | None]:
+        return {n: c.resume_window for n, c in self.app.channels.items() if c.resumable}
 
     def unschedule(self, name: str) -> None:
         if self.scheduler.get_job(f"feed:{name}") is not None:
@@ -165,6 +177,13 @@ class Daemon:
                 id="heartbeat",
                 next_run_time=app.clock(),
             )
+            if not app.store.is_sqlite:  # other daemons share the store
+                self.scheduler.add_job(
+                    self._beat,
+                    IntervalTrigger(seconds=app.config.cluster.heartbeat),
+                    id="cluster:heartbeat",
+                    next_run_time=app.clock(),
+                )
             self.scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
             self.scheduler.start()
             log.info(
@@ -204,15 +223,23 @@ class Daemon:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         await app.dispatcher.stop(app.config.daemon.shutdown_grace)
+        try:  # the others take our feeds over one interval after our last poll
+            await self.leases.release({f.name: f.interval for f in app.config.feeds})
+        except Exception:
+            log.exception("cannot release this daemon's feed leases; they expire on their own")
         await self.ops.stop()
         await app.close()
 
 
-async def _poll_job(app: App, feed: FeedConfig, polls: set[asyncio.Task[None]]) -> None:
+async def _poll_job(
+    app: App, feed: FeedConfig, polls: set[asyncio.Task[None]], leases: FeedLeases | None = None
+) -> None:
     task = asyncio.current_task()
     if task is not None:
         polls.add(task)
     try:
+        if leases is not None and not await _leased(leases, feed, app):
+            return  # another daemon polls this feed in this interval
         result = await app.poller.poll(feed)
         if result.channels:
             app.dispatcher.wake(result.channels)
@@ -223,3 +250,12 @@ async def _poll_job(app: App, feed: FeedConfig, polls: set[asyncio.Task[None]]) 
     finally:
         if task is not None:
             polls.discard(task)
+
+
+async def _leased(leases: FeedLeases, feed: FeedConfig, app: App) -> bool:
+    """Whether this daemon holds `feed`'s lease now (a store error: not this time)."""
+    try:
+        return await leases.take(feed.name, feed.interval, app.clock())
+    except Exception:
+        log.exception("feed %s: cannot take its lease; skipping this poll", feed.name)
+        return False

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -164,4 +165,25 @@ channel_pauses = Table(
     Column("channel", String(200), primary_key=True),
     Column("paused_at", UTCDateTime, nullable=False),
     Column("paused_by", String(200), nullable=False),
+)
+
+# Several daemons on one PostgreSQL (bot.leases): who polls each feed. A daemon polls a feed only
+# while it holds the feed's lease; a lease whose holder stops renewing it expires and is taken.
+feed_leases = Table(
+    "feed_leases",
+    metadata,
+    Column("feed", String(200), primary_key=True),
+    Column("holder", String(100), nullable=False),  # the daemon: host:pid
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("polled_at", UTCDateTime),  # the holder's last poll
+)
+
+# Rate budgets shared by the daemons of one platform account (bot.budgets): one row per bucket
+# (a bot token, a chat, a channel's rate_limit), `tat` the next free slot in seconds since the
+# epoch on the database's clock (the generic cell rate algorithm: one atomic UPDATE per send).
+rate_budgets = Table(
+    "rate_budgets",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("tat", Float, nullable=False),
 )

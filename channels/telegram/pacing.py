@@ -6,6 +6,10 @@ broadcasts), one message per chat per `chat_gap`, `group_per_minute` per group. 
 plugs it into python-telegram-bot as its `BaseRateLimiter`, so every PTB call that sends to a
 chat waits its turn; the broadcast's own aiohttp sends wait on the same pacer. A RetryAfter
 from Telegram pauses everything for the time it asks.
+
+With `shared` (several daemons on one PostgreSQL, one bot token) each message also reserves its
+slot in the token's buckets in the database (`bot.budgets`): the chat's, the group's and the
+bot's, so that the daemons together keep the limits, and a RetryAfter holds them all.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 from telegram.error import RetryAfter
 from telegram.ext import BaseRateLimiter
 
+from bot.budgets import RateBudgets
 from channels.telegram.errors import ptb_retry_after
 
 # Methods that put a message in a chat: Telegram's flood limits count these.
@@ -46,7 +51,11 @@ class ChatPacer:
         group_per_minute: int = 19,
         clock: Callable[[], float] = time.monotonic,
         min_spacing: float = 0.5,
+        shared: RateBudgets | None = None,
+        key: str = "telegram",
     ) -> None:
+        self.shared, self.key = shared, key  # key: the token's buckets (its hash, not the token)
+        self._holds: set[asyncio.Task[None]] = set()
         self.chat_gap = chat_gap
         self.group_per_minute = group_per_minute
         self.clock = clock
@@ -65,6 +74,10 @@ class ChatPacer:
 
     def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self.clock() + seconds)
+        if self.shared is not None:  # the other daemons of this token hold too
+            task = asyncio.get_running_loop().create_task(self.shared.hold(self.key, seconds))
+            self._holds.add(task)
+            task.add_done_callback(self._holds.discard)
 
     def chat_ready_at(self, chat: int, group: bool) -> float:
         at = self._last.get(chat, -1e9) + self.chat_gap
@@ -105,7 +118,21 @@ class ChatPacer:
                         break
                     await asyncio.sleep(wait)
                 self._released.append(now)
+        if self.shared is not None:
+            delay = await self.shared.reserve(self.buckets(chat, group))
+            if delay > 0:
+                await asyncio.sleep(delay)
         self.record(chat, group)
+
+    def buckets(self, chat: int, group: bool) -> list[tuple[str, float]]:
+        """The shared buckets a message to `chat` takes a slot in: its chat's first, the bot's
+        last (so a wait for the chat never crowds the bot's overall budget)."""
+        found = [(f"{self.key}:chat:{chat}", self.chat_gap)]
+        if group:
+            found.append((f"{self.key}:group:{chat}", 60.0 / self.group_per_minute))
+        if self.gap:
+            found.append((self.key, self.gap))
+        return found
 
     def record(self, chat: int, group: bool = False) -> None:
         now = self.clock()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -20,11 +20,13 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    delete,
     func,
     insert,
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
 from bot.db import Database
 from bot.schema import UTCDateTime
@@ -52,6 +54,16 @@ subscribers = Table(
     Column("reason", Text),  # why it is inactive: stopped, blocked, removed
     Column("subscribed_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Updates already taken by a daemon of this bot (webhook mode behind several daemons: Telegram
+# or a proxy may deliver one update twice, to different daemons); pruned after a day.
+seen_updates = Table(
+    "tg_seen_updates",
+    metadata,
+    Column("bot", String(40), primary_key=True),  # the token's hash (never the token)
+    Column("update_id", BigInteger, primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
 )
 
 # A batch statement (executemany): one subscriber stopped.
@@ -200,6 +212,19 @@ class TelegramStore:
                 .where(subscribers.c.bot == bot, subscribers.c.chat_id == chat_id)
                 .values(topics=value, updated_at=now)
             )
+
+    async def first_sight(self, bot: str, update_id: int, now: datetime) -> bool:
+        """True the first time any daemon of token `bot` sees update `update_id`."""
+        try:
+            async with self._write() as conn:
+                await conn.execute(insert(seen_updates).values(bot=bot, update_id=update_id, at=now))
+                if update_id % 1000 == 0:  # now and then, forget the day-old ones
+                    await conn.execute(
+                        delete(seen_updates).where(seen_updates.c.at < now - timedelta(days=1))
+                    )
+        except IntegrityError:
+            return False
+        return True
 
     async def active_subscribers(self, bot: str) -> list[Subscriber]:
         async with self.engine.connect() as conn:

@@ -1,0 +1,81 @@
+"""Rate budgets shared by every daemon on one PostgreSQL: a platform's limits are per account
+(a bot token, an X app), not per process.
+
+Each bucket is one row of `rate_budgets` holding `tat`, the next free slot in seconds on the
+DATABASE's clock (so hosts' clocks never matter): the generic cell rate algorithm. Reserving a
+slot is one atomic upsert — `tat = greatest(tat, now) + gap`, returning the slot — and the
+caller sleeps until its slot. Buckets reserved together (a chat's and the bot's) are taken in the
+order given, each slot no earlier than the previous one's, so a message delayed by its chat
+never crowds the bot's overall budget. Slots are never closer than `gap`: at most
+`1 + window / gap` sends in any window. A reserved slot that goes unused is simply lost (a
+little slower, never faster).
+
+On SQLite (one daemon) nobody shares: the in-process pacers are the whole budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from bot.db import Database
+from bot.schema import rate_budgets
+
+Bucket = tuple[str, float]  # (key, gap in seconds between two sends)
+SharedPace = Callable[[float], Awaitable[float]]  # gap -> seconds to wait for our slot
+_NOW = func.extract("epoch", func.clock_timestamp())
+
+
+class RateBudgets:
+    """Reservations in the shared buckets of one PostgreSQL database."""
+
+    def __init__(self, db: Database) -> None:
+        if db.is_sqlite:
+            raise ValueError("shared rate budgets need PostgreSQL (on SQLite one daemon paces itself)")
+        self.db = db
+
+    async def reserve(self, buckets: Sequence[Bucket]) -> float:
+        """Reserve the next slot in each of `buckets`, in order; the seconds to wait (≥ 0)
+        before the send they were reserved for may go."""
+        async with self.db.write() as conn:
+            now = float((await conn.execute(select(_NOW))).scalar_one())
+            at = now
+            for key, gap in buckets:
+                statement = pg_insert(rate_budgets).values(key=key, tat=at + gap)
+                upsert = statement.on_conflict_do_update(
+                    index_elements=[rate_budgets.c.key],
+                    set_={"tat": func.greatest(rate_budgets.c.tat, at) + gap},
+                ).returning(rate_budgets.c.tat)
+                tat = float((await conn.execute(upsert)).scalar_one())
+                at = tat - gap
+        return max(0.0, at - now)
+
+    async def hold(self, key: str, seconds: float) -> None:
+        """Nobody sends on `key` for `seconds` (the platform said "retry after")."""
+        async with self.db.write() as conn:
+            statement = pg_insert(rate_budgets).values(key=key, tat=_NOW + seconds)
+            await conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[rate_budgets.c.key],
+                    set_={"tat": func.greatest(rate_budgets.c.tat, statement.excluded.tat)},
+                )
+            )
+
+    async def prune(self, idle: float = 3600.0) -> int:
+        """Forget buckets unused for `idle` seconds (one per chat adds up)."""
+        async with self.db.write() as conn:
+            done = await conn.execute(delete(rate_budgets).where(rate_budgets.c.tat < _NOW - idle))
+        return int(done.rowcount or 0)
+
+    def pace(self, key: str, due: Callable[[], Awaitable[bool]] | None = None) -> SharedPace:
+        """A shared pace for one bucket: reserves a slot `gap` after the last one (when `due()`
+        says there is something to send; otherwise reserves nothing and waits 0)."""
+
+        async def wait(gap: float) -> float:
+            if due is not None and not await due():
+                return 0.0
+            return await self.reserve([(key, gap)])
+
+        return wait
