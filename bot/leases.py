@@ -25,11 +25,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from bot.budgets import RateBudgets
 from bot.db import Database
 from bot.outbox import Outbox
 from bot.schema import feed_leases, outbox
 
 log = logging.getLogger("siar.cluster")
+PRUNE_EVERY = 360  # beats between prunings of idle rate buckets (an hour at 10 s)
 
 
 class FeedLeases:
@@ -112,6 +114,7 @@ class Heartbeat:
         self.worker = worker
         self.takeover_after = takeover_after
         self.resumable = resumable  # channel -> resume window, read at each beat (reloads)
+        self._beats = 0
 
     async def refresh(self, now: datetime) -> int:
         """Stamp `claimed_at` on this daemon's `sending` rows; how many it has in flight."""
@@ -146,5 +149,8 @@ class Heartbeat:
         try:
             await self.refresh(now)
             await self.take_over(now)
+            self._beats += 1
+            if not self.db.is_sqlite and self._beats % PRUNE_EVERY == 0:
+                await RateBudgets(self.db).prune()
         except Exception:
             log.exception("cluster heartbeat failed; trying again at the next one")

@@ -15,6 +15,7 @@ bot's, so that the daemons together keep the limits, and a RetryAfter holds them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Coroutine
@@ -27,6 +28,10 @@ from bot.budgets import RateBudgets
 from channels.telegram.errors import ptb_retry_after
 
 # Methods that put a message in a chat: Telegram's flood limits count these.
+# The daemons' shared slots are spaced this much wider than `per_second` asks: a daemon that
+# wakes a few ms late for its slot must not make a 31st message in Telegram's one-second window.
+SHARED_MARGIN = 1.03
+SHARED_LATE = 0.02  # seconds late for a shared slot before it is given up for a new one
 PACED_PREFIXES = ("send", "copyMessage", "forwardMessage", "editMessage")
 
 
@@ -100,7 +105,12 @@ class ChatPacer:
             if ready <= now:
                 break
             await asyncio.sleep(ready - now)
-        if self.gap:
+        if self.shared is not None:
+            # One reservation at a time per daemon (the bot's bucket is one row: a queue of
+            # waiting transactions would only make everyone late for their slots).
+            async with self._lock if self.gap else contextlib.nullcontext():
+                await self._shared_slot(chat, group)
+        elif self.gap:
             # One waiter at a time, spaced from the previous actual release: a stalled event loop
             # then delays messages instead of releasing several waiters in a burst. At most
             # `per_second` releases in any sliding second, never two closer than `min_spacing` gaps.
@@ -118,11 +128,20 @@ class ChatPacer:
                         break
                     await asyncio.sleep(wait)
                 self._released.append(now)
-        if self.shared is not None:
+        self.record(chat, group)
+
+    async def _shared_slot(self, chat: int, group: bool) -> None:
+        """Wait for a slot reserved in the shared buckets. A daemon that wakes too late for its
+        slot (a busy event loop) would crowd the next daemon's message into the same window:
+        it gives the slot up and takes a new one instead."""
+        assert self.shared is not None
+        while True:
             delay = await self.shared.reserve(self.buckets(chat, group))
+            slot = self.clock() + delay
             if delay > 0:
                 await asyncio.sleep(delay)
-        self.record(chat, group)
+            if self.clock() - slot <= SHARED_LATE:
+                return
 
     def buckets(self, chat: int, group: bool) -> list[tuple[str, float]]:
         """The shared buckets a message to `chat` takes a slot in: its chat's first, the bot's
@@ -131,7 +150,7 @@ class ChatPacer:
         if group:
             found.append((f"{self.key}:group:{chat}", 60.0 / self.group_per_minute))
         if self.gap:
-            found.append((self.key, self.gap))
+            found.append((self.key, self.gap * SHARED_MARGIN))
         return found
 
     def record(self, chat: int, group: bool = False) -> None:
