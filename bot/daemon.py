@@ -227,6 +227,7 @@ class Daemon:
             await self.leases.release({f.name: f.interval for f in app.config.feeds})
         except Exception:
             log.exception("cannot release this daemon's feed leases; they expire on their own")
+        await self.heartbeat.close()
         await self.ops.stop()
         await app.close()
 

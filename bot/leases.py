@@ -22,16 +22,25 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import bindparam, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bot.budgets import RateBudgets
 from bot.db import Database
 from bot.outbox import Outbox
-from bot.schema import feed_leases, outbox
+from bot.schema import UTCDateTime, feed_leases, outbox
 
 log = logging.getLogger("siar.cluster")
 PRUNE_EVERY = 360  # beats between prunings of idle rate buckets (an hour at 10 s)
+
+
+# One statement, prepared once (building it per poll cost more CPU than the poll's own queries).
+_TAKE = text(
+    "INSERT INTO feed_leases (feed, holder, expires_at, polled_at) VALUES (:feed, :holder, :expires, :now) "
+    "ON CONFLICT (feed) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at, "
+    "polled_at = EXCLUDED.polled_at "
+    "WHERE feed_leases.expires_at <= :now OR feed_leases.holder = :holder RETURNING holder"
+).bindparams(bindparam("expires", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime()))
 
 
 class FeedLeases:
@@ -48,20 +57,12 @@ class FeedLeases:
         if self.db.is_sqlite:
             return True
         expires = now + timedelta(seconds=interval * self.lease_intervals)
-        statement = pg_insert(feed_leases).values(
-            feed=feed, holder=self.holder, expires_at=expires, polled_at=now
-        )
-        upsert = statement.on_conflict_do_update(
-            index_elements=[feed_leases.c.feed],
-            set_={
-                "holder": statement.excluded.holder,
-                "expires_at": statement.excluded.expires_at,
-                "polled_at": statement.excluded.polled_at,
-            },
-            where=or_(feed_leases.c.expires_at <= now, feed_leases.c.holder == self.holder),
-        ).returning(feed_leases.c.holder)
         async with self.db.write() as conn:
-            taken = (await conn.execute(upsert)).first()
+            taken = (
+                await conn.execute(
+                    _TAKE, {"feed": feed, "holder": self.holder, "expires": expires, "now": now}
+                )
+            ).first()
         return taken is not None
 
     async def release(self, intervals: Mapping[str, float]) -> int:
@@ -115,12 +116,17 @@ class Heartbeat:
         self.takeover_after = takeover_after
         self.resumable = resumable  # channel -> resume window, read at each beat (reloads)
         self._beats = 0
+        # Our own connection for the refresh: a pool drained by 200 polls must not make a live
+        # daemon look dead.
+        self._engine: AsyncEngine | None = None
 
     async def refresh(self, now: datetime) -> int:
         """Stamp `claimed_at` on this daemon's `sending` rows; how many it has in flight."""
         if self.db.is_sqlite:
             return 0
-        async with self.db.write() as conn:
+        if self._engine is None:
+            self._engine = create_async_engine(self.db.url, pool_size=1, max_overflow=0, pool_pre_ping=True)
+        async with self._engine.begin() as conn:
             done = await conn.execute(
                 update(outbox)
                 .where(outbox.c.status == "sending", outbox.c.claimed_by == self.worker)
@@ -143,6 +149,10 @@ class Heartbeat:
                 self.takeover_after,
             )
         return taken
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
 
     async def beat(self, now: datetime) -> None:
         """Refresh ours, then take over the dead's (never raises: the next beat tries again)."""

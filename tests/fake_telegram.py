@@ -240,6 +240,8 @@ class FakeTelegram:
         self.drops: list[Failure] = []  # calls to carry out, then hang up on without an answer
         self.dropped = 0
         self.rejected_429 = 0
+        self.conflicts = 0  # getUpdates calls made while another one was waiting
+        self._polling = 0
         self.webhook_url = ""
         self.send_times: list[float] = []  # monotonic arrival time of each accepted message
         self._updates: list[dict[str, Any]] = []
@@ -695,6 +697,20 @@ class FakeTelegram:
     async def _m_getUpdates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         if self.webhook_url:
             raise ApiError(409, "Conflict: can't use getUpdates method while webhook is active")
+        if self._polling:  # Telegram allows one getUpdates consumer per token
+            self.conflicts += 1
+            raise ApiError(
+                409,
+                "Conflict: terminated by other getUpdates request; make sure that only one bot "
+                "instance is running",
+            )
+        self._polling += 1
+        try:
+            return await self._updates_for(params)
+        finally:
+            self._polling -= 1
+
+    async def _updates_for(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         offset = int(params.get("offset") or 0)
         limit = int(params.get("limit") or 100)
         timeout = min(float(params.get("timeout") or 0), 2.0)

@@ -121,6 +121,7 @@ async def test_a_long_send_is_kept_while_its_daemon_beats_and_taken_over_when_it
         assert await beat_a.refresh(at - timedelta(seconds=30)) == 1
         assert await beat_b.take_over(at) == 0
     assert (await b.outbox.row(long.id) or {})["status"] == "sending"
+    await beat_a.close()
     last_beat = NOW + timedelta(minutes=10, seconds=-30)
     assert await beat_b.take_over(last_beat + timedelta(seconds=59)) == 0  # not dead yet
     assert await beat_b.take_over(last_beat + timedelta(seconds=61)) == 1
