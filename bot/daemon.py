@@ -256,7 +256,14 @@ async def _poll_job(
 async def _leased(leases: FeedLeases, feed: FeedConfig, app: App) -> bool:
     """Whether this daemon holds `feed`'s lease now (a store error: not this time)."""
     try:
-        return await leases.take(feed.name, feed.interval, app.clock())
+        if await leases.take(feed.name, feed.interval, app.clock()):
+            return True
+        # Ours, but our last poll started late: wait for its interval rather than poll twice in one.
+        early = await leases.early(feed.name, feed.interval, app.clock())
+        if 0 < early <= feed.interval / 2:
+            await asyncio.sleep(early)
+            return await leases.take(feed.name, feed.interval, app.clock())
+        return False
     except Exception:
         log.exception("feed %s: cannot take its lease; skipping this poll", feed.name)
         return False

@@ -39,8 +39,16 @@ _TAKE = text(
     "INSERT INTO feed_leases (feed, holder, expires_at, polled_at) VALUES (:feed, :holder, :expires, :now) "
     "ON CONFLICT (feed) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at, "
     "polled_at = EXCLUDED.polled_at "
-    "WHERE feed_leases.expires_at <= :now OR feed_leases.holder = :holder RETURNING holder"
-).bindparams(bindparam("expires", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime()))
+    "WHERE feed_leases.expires_at <= :now "
+    "OR (feed_leases.holder = :holder AND feed_leases.polled_at <= :due) RETURNING holder"
+).bindparams(
+    bindparam("expires", type_=UTCDateTime()),
+    bindparam("now", type_=UTCDateTime()),
+    bindparam("due", type_=UTCDateTime()),
+)
+
+
+CLOCK_SLACK = 0.05  # seconds: the database's timestamps round; an on-time poll is never "early"
 
 
 class FeedLeases:
@@ -50,20 +58,38 @@ class FeedLeases:
         self.db = db
         self.holder = holder
         self.lease_intervals = lease_intervals
+        self._mine: set[str] = set()  # feeds whose lease this daemon took last
 
     async def take(self, feed: str, interval: float, now: datetime) -> bool:
-        """True when this daemon may poll `feed` now: the lease was free, expired or ours, and
-        is now ours until `lease_intervals` intervals from `now`. One statement, atomic."""
+        """True when this daemon may poll `feed` now: the lease was free or expired, or is ours
+        and our last poll was at least `interval` ago; it is now ours until `lease_intervals`
+        intervals from `now`. One statement, atomic."""
         if self.db.is_sqlite:
             return True
         expires = now + timedelta(seconds=interval * self.lease_intervals)
+        due = now - timedelta(seconds=interval - CLOCK_SLACK)
         async with self.db.write() as conn:
-            taken = (
+            values = {"feed": feed, "holder": self.holder, "expires": expires, "now": now, "due": due}
+            taken = (await conn.execute(_TAKE, values)).first()
+        if taken is not None:
+            self._mine.add(feed)
+        return taken is not None
+
+    async def early(self, feed: str, interval: float, now: datetime) -> float:
+        """Seconds until this daemon, holding `feed`'s lease, may poll it again (a poll that
+        started late must not make the next one come early); 0 when the lease is not ours."""
+        if self.db.is_sqlite or feed not in self._mine:
+            return 0.0
+        async with self.db.read() as conn:
+            row = (
                 await conn.execute(
-                    _TAKE, {"feed": feed, "holder": self.holder, "expires": expires, "now": now}
+                    select(feed_leases.c.holder, feed_leases.c.polled_at).where(feed_leases.c.feed == feed)
                 )
             ).first()
-        return taken is not None
+        if row is None or row.holder != self.holder or row.polled_at is None:
+            self._mine.discard(feed)
+            return 0.0
+        return max(0.0, float((row.polled_at - now).total_seconds()) + interval)
 
     async def release(self, intervals: Mapping[str, float]) -> int:
         """At a clean shutdown: our leases end one interval after our last poll of each feed

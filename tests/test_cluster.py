@@ -78,6 +78,16 @@ async def test_one_poll_per_interval_and_a_dead_holder_is_replaced(daemons: list
     assert min(gaps) >= interval - max(phases)  # never two polls closer than that
 
 
+async def test_a_late_poll_never_makes_the_next_one_come_early(daemons: list[Store]) -> None:
+    lease = FeedLeases(daemons[0].db, "a")
+    assert await lease.take("f", 60, NOW)
+    assert await lease.take("f", 60, NOW + timedelta(seconds=62))  # the event loop was busy
+    assert not await lease.take("f", 60, NOW + timedelta(seconds=120))  # 58 s after: too soon
+    assert await lease.early("f", 60, NOW + timedelta(seconds=120)) == pytest.approx(2.0)
+    assert await lease.take("f", 60, NOW + timedelta(seconds=122))
+    assert await FeedLeases(daemons[1].db, "b").early("f", 60, NOW) == 0.0  # not b's
+
+
 async def test_a_clean_stop_hands_leases_over_one_interval_after_the_last_poll(daemons: list[Store]) -> None:
     first, second = FeedLeases(daemons[0].db, "a"), FeedLeases(daemons[1].db, "b")
     assert await first.take("f", 60, NOW)

@@ -1,7 +1,7 @@
 """Three `siar run` processes on one PostgreSQL database, one of them SIGKILLed mid-way.
 
 200 local feeds (tests/feedserver.py) polled every 10 s; every story goes to a Discord-like
-webhook (tests/fake_discord.py), the stories of 8 feeds also to 50 Telegram readers through the
+webhook (tests/fake_discord.py), the stories of 8 feeds also to 40 Telegram readers through the
 reader bot (tests/fake_telegram.py, Telegram's limits enforced: 429 over 30/s, 1/s per chat).
 Stories are added twice while the daemons run, the second time right after the kill. Checked:
 every story reaches Discord and every reader exactly once (or is uncertain, listed, no more
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parent.parent
 FEEDS = 200
 TG_FEEDS = 8  # feeds whose stories also go to the Telegram readers
-READERS = 50
+READERS = 40
 INTERVAL = 10.0
 CONCURRENCY = 8  # the reader broadcast's requests in flight
 
@@ -189,12 +189,14 @@ async def run_and_check(
 ) -> None:
     async def settled(stories_per_feed: int) -> bool:
         found = await rows(
-            url, "SELECT channel, count(*) AS n FROM outbox WHERE status IN ('sent','uncertain','failed') GROUP BY channel"
+            url,
+            "SELECT channel, count(*) AS n FROM outbox WHERE status IN ('sent','uncertain','failed') GROUP BY channel",
         )
         done = {r["channel"]: r["n"] for r in found}
-        return done.get("discord", 0) == FEEDS * stories_per_feed and done.get(
-            "readers", 0
-        ) == TG_FEEDS * stories_per_feed
+        return (
+            done.get("discord", 0) == FEEDS * stories_per_feed
+            and done.get("readers", 0) == TG_FEEDS * stories_per_feed
+        )
 
     # Round 1: the first polls post every feed's first story.
     await until(lambda: settled(1), "the first stories everywhere", 120, daemons)
@@ -202,7 +204,9 @@ async def run_and_check(
     publish(feeds, 2)
 
     async def broadcasting() -> list[asyncpg.Record]:
-        return await rows(url, "SELECT claimed_by FROM outbox WHERE channel = 'readers' AND status = 'sending'")
+        return await rows(
+            url, "SELECT claimed_by FROM outbox WHERE channel = 'readers' AND status = 'sending'"
+        )
 
     await until(lambda: _nonempty(broadcasting()), "a reader broadcast under way", 60, daemons)
     await asyncio.sleep(1.0)  # mid-broadcast
@@ -230,7 +234,9 @@ async def run_and_check(
     failed = await rows(url, "SELECT id, channel, last_error FROM outbox WHERE status = 'failed'")
     assert not failed, failed
     posted = Counter(
-        m for body in discord.messages for m in set(re.findall(r"https://e\.example/f\d{3}/\d", json.dumps(body)))
+        m
+        for body in discord.messages
+        for m in set(re.findall(r"https://e\.example/f\d{3}/\d", json.dumps(body)))
     )
     expected = {f"https://e.example/{feed_name(i)}/{k}" for i in range(FEEDS) for k in range(3)}
     uncertain_discord = {r["url"] for r in uncertain_rows if r["channel"] == "discord"}
@@ -260,7 +266,7 @@ async def run_and_check(
     for path, at in feeds.arrivals:
         by_feed[path[1:-4]].append(at)
     gaps = [b - a for times in by_feed.values() for a, b in itertools.pairwise(sorted(times))]
-    assert min(gaps) >= INTERVAL - 0.5, sorted(gaps)[:5]
+    assert min(gaps) >= INTERVAL - 0.1, sorted(gaps)[:5]
     taken_over = [
         min(t for t in by_feed[f] if t > killed_at) - killed_at for f in victims_feeds if f in by_feed
     ]
