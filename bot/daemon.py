@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import signal
 from datetime import timedelta
@@ -112,16 +113,27 @@ class Daemon:
         job = f"feed:{feed.name}"
         if self.scheduler.get_job(job) is not None:
             self.scheduler.remove_job(job)
+        start = self.app.clock() + timedelta(seconds=self._phase(feed))
         self.scheduler.add_job(
             _poll_job,
-            IntervalTrigger(seconds=feed.interval, jitter=self.app.config.fetch.jitter),
+            IntervalTrigger(seconds=feed.interval, jitter=self.app.config.fetch.jitter, start_date=start),
             args=(self.app, feed, self.polls, self.leases),
             id=job,
             max_instances=1,
             coalesce=True,
             misfire_grace_time=max(30, int(feed.interval)),
-            next_run_time=self.app.clock() if now else None,
+            next_run_time=start if now else None,
         )
+
+    def _phase(self, feed: FeedConfig) -> float:
+        """Several daemons (PostgreSQL): each feed's polls at a phase of its own, the same in
+        every daemon, spread over its interval (at most a minute), so that hundreds of feeds
+        are not all polled in the same second; the daemons then contend for a feed's lease at
+        the same moment, and a takeover keeps the feed's rhythm."""
+        if self.app.store.is_sqlite:
+            return 0.0
+        digest = hashlib.sha256(feed.name.encode()).digest()
+        return int.from_bytes(digest[:4], "big") / 2**32 * min(feed.interval, 60.0)
 
     async def _beat(self) -> None:
         await self.heartbeat.beat(self.app.clock())
