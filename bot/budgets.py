@@ -15,9 +15,10 @@ On SQLite (one daemon) nobody shares: the in-process pacers are the whole budget
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 
-from sqlalchemy import Float, bindparam, delete, func, text
+from sqlalchemy import Float, TextClause, bindparam, delete, func, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from bot.db import Database
@@ -26,12 +27,24 @@ from bot.schema import rate_budgets
 Bucket = tuple[str, float]  # (key, gap in seconds between two sends)
 SharedPace = Callable[[float], Awaitable[float]]  # gap -> seconds to wait for our slot
 _NOW = func.extract("epoch", func.clock_timestamp())
-# Prepared once: one send, one or three of these (statement building is not free at 1,000/s).
-_NOW_SQL = text("SELECT extract(epoch FROM clock_timestamp())")
-_RESERVE = text(
-    "INSERT INTO rate_budgets (key, tat) VALUES (:key, :at + :gap) "
-    "ON CONFLICT (key) DO UPDATE SET tat = greatest(rate_budgets.tat, :at) + :gap RETURNING tat"
-).bindparams(bindparam("at", type_=Float()), bindparam("gap", type_=Float()))
+
+
+@functools.cache
+def _reserve_sql(n: int) -> TextClause:
+    """The statement that reserves slots in `n` chained buckets (:k0/:g0 … key and gap): each
+    bucket's slot is no earlier than the previous one's; it returns how long to wait."""
+    parts = ["n AS (SELECT extract(epoch FROM clock_timestamp()) AS t)"]
+    source = "SELECT :k0, n.t + :g0 FROM n"
+    for i in range(n):
+        parts.append(
+            f"b{i} AS (INSERT INTO rate_budgets (key, tat) {source} ON CONFLICT (key) DO UPDATE "
+            f"SET tat = greatest(rate_budgets.tat, EXCLUDED.tat - :g{i}) + :g{i} "
+            f"RETURNING tat - :g{i} AS slot)"
+        )
+        source = f"SELECT :k{i + 1}, b{i}.slot + :g{i + 1} FROM b{i}"
+    return text(f"WITH {', '.join(parts)} SELECT b{n - 1}.slot - n.t FROM b{n - 1}, n").bindparams(
+        *(bindparam(f"g{i}", type_=Float()) for i in range(n))
+    )
 
 
 class RateBudgets:
@@ -41,17 +54,20 @@ class RateBudgets:
         if db.is_sqlite:
             raise ValueError("shared rate budgets need PostgreSQL (on SQLite one daemon paces itself)")
         self.db = db
+        self._auto = db.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def reserve(self, buckets: Sequence[Bucket]) -> float:
         """Reserve the next slot in each of `buckets`, in order; the seconds to wait (≥ 0)
-        before the send they were reserved for may go."""
-        async with self.db.write() as conn:
-            now = float((await conn.execute(_NOW_SQL)).scalar_one())
-            at = now
-            for key, gap in buckets:
-                tat = float((await conn.execute(_RESERVE, {"key": key, "at": at, "gap": gap})).scalar_one())
-                at = tat - gap
-        return max(0.0, at - now)
+        before the send they were reserved for may go. One statement, its own transaction: a
+        bucket's row is locked only while the server runs it, never across a round trip."""
+        if not buckets:
+            return 0.0
+        values: dict[str, object] = {}
+        for i, (key, gap) in enumerate(buckets):
+            values[f"k{i}"], values[f"g{i}"] = key, float(gap)
+        async with self._auto.connect() as conn:
+            wait = (await conn.execute(_reserve_sql(len(buckets)), values)).scalar_one()
+        return max(0.0, float(wait))
 
     async def hold(self, key: str, seconds: float) -> None:
         """Nobody sends on `key` for `seconds` (the platform said "retry after")."""

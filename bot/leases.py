@@ -59,6 +59,7 @@ class FeedLeases:
         self.holder = holder
         self.lease_intervals = lease_intervals
         self._mine: set[str] = set()  # feeds whose lease this daemon took last
+        self._auto = db.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def take(self, feed: str, interval: float, now: datetime) -> bool:
         """True when this daemon may poll `feed` now: the lease was free or expired, or is ours
@@ -68,8 +69,8 @@ class FeedLeases:
             return True
         expires = now + timedelta(seconds=interval * self.lease_intervals)
         due = now - timedelta(seconds=interval - CLOCK_SLACK)
-        async with self.db.write() as conn:
-            values = {"feed": feed, "holder": self.holder, "expires": expires, "now": now, "due": due}
+        values = {"feed": feed, "holder": self.holder, "expires": expires, "now": now, "due": due}
+        async with self._auto.connect() as conn:  # one statement, its own transaction
             taken = (await conn.execute(_TAKE, values)).first()
         if taken is not None:
             self._mine.add(feed)
