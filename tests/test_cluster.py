@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -354,3 +355,77 @@ async def test_an_update_handed_to_two_daemons_is_handled_once(daemons: list[Sto
     assert sum(seen) == 1
     assert await stores[1].first_sight("abc", 1002, NOW)
     assert await stores[2].first_sight("other-bot", 1001, NOW)
+
+
+async def test_webhook_behind_two_daemons_handles_each_update_once(daemons: list[Store]) -> None:
+    """Two daemons with the same webhook configuration, each serving its own route (a proxy
+    in front of them); an update posted to both (Telegram retrying a slow answer, delivered to
+    the other daemon) is handled by one of them."""
+    import socket
+
+    import aiohttp
+    from telegram.ext import CommandHandler
+
+    from bot.channel import ChannelContext
+    from bot.site import CTA, Site
+    from channels.telegram.app import TelegramApp
+    from channels.telegram.config import TelegramSection
+    from tests.fake_telegram import TOKEN, FakeTelegram
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    handled: list[tuple[int, int]] = []
+    async with FakeTelegram() as fake:
+        apps, ports = [], [free_port(), free_port()]
+        for i, port in enumerate(ports):
+            section = TelegramSection(
+                token=TOKEN,
+                api_base_url=fake.url,
+                webhook_url="https://news.example/telegram",
+                webhook_secret="s3cret-for-tests",
+                webhook_port=port,
+            )
+            context = ChannelContext(site=Site(), cta=CTA(), database=daemons[i].db)
+            app = TelegramApp(section, context)
+
+            async def start(update: Any, _: Any, daemon: int = i) -> None:
+                handled.append((daemon, update.update_id))
+
+            app.app.add_handler(CommandHandler("start", start))
+            await app.acquire()
+            await app.receive_updates()
+            apps.append(app)
+        assert fake.webhook_url == "https://news.example/telegram"
+        fake.user(42)
+        update = {
+            "update_id": 5001,
+            "message": {
+                "message_id": 1,
+                "date": 1700000000,
+                "chat": {"id": 42, "type": "private", "first_name": "U"},
+                "from": {"id": 42, "is_bot": False, "first_name": "U"},
+                "text": "/start",
+                "entities": [{"type": "bot_command", "offset": 0, "length": 6}],
+            },
+        }
+        try:
+            async with aiohttp.ClientSession() as http:
+                for port in [*ports, ports[0]]:
+                    async with http.post(
+                        f"http://127.0.0.1:{port}/telegram",
+                        json=update,
+                        headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret-for-tests"},
+                    ) as answer:
+                        assert answer.status == 200
+                async with http.post(
+                    f"http://127.0.0.1:{ports[1]}/telegram", json={**update, "update_id": 5002}
+                ) as forged:  # no secret: refused
+                    assert forged.status == 403
+            await asyncio.sleep(1.0)
+        finally:
+            for app in apps:
+                await app.release()
+    assert [u for _, u in handled] == [5001], handled

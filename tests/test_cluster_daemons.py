@@ -1,6 +1,6 @@
 """Three `siar run` processes on one PostgreSQL database, one of them SIGKILLed mid-way.
 
-200 local feeds (tests/feedserver.py) polled every 10 s; every story goes to a Discord-like
+200 local feeds (tests/feedserver.py) polled every 15 s; every story goes to a Discord-like
 webhook (tests/fake_discord.py), the stories of 8 feeds also to 40 Telegram readers through the
 reader bot (tests/fake_telegram.py, Telegram's limits enforced: 429 over 30/s, 1/s per chat).
 Stories are added twice while the daemons run, the second time right after the kill. Checked:
@@ -42,7 +42,7 @@ ROOT = Path(__file__).parent.parent
 FEEDS = 200
 TG_FEEDS = 8  # feeds whose stories also go to the Telegram readers
 READERS = 40
-INTERVAL = 10.0
+INTERVAL = 15.0
 CONCURRENCY = 8  # the reader broadcast's requests in flight
 
 
@@ -187,19 +187,25 @@ async def run_and_check(
     daemons: list[Daemon],
     began: float,
 ) -> None:
+    progress: list[str] = []
+
     async def settled(stories_per_feed: int) -> bool:
         found = await rows(
             url,
             "SELECT channel, count(*) AS n FROM outbox WHERE status IN ('sent','uncertain','failed') GROUP BY channel",
         )
         done = {r["channel"]: r["n"] for r in found}
+        progress.append(f"{time.monotonic() - began:.0f}s {done}")
         return (
             done.get("discord", 0) == FEEDS * stories_per_feed
             and done.get("readers", 0) == TG_FEEDS * stories_per_feed
         )
 
     # Round 1: the first polls post every feed's first story.
-    await until(lambda: settled(1), "the first stories everywhere", 120, daemons)
+    try:
+        await until(lambda: settled(1), "the first stories everywhere", 180, daemons)
+    finally:
+        print("\n".join(progress[::20]))
     print(f"\nround 1 settled after {time.monotonic() - began:.0f}s")
     publish(feeds, 2)
 
@@ -221,7 +227,7 @@ async def run_and_check(
     telegram.user(9999, "Late")
     telegram.send_text(9999, "/start")
 
-    await until(lambda: settled(3), "every story everywhere after the kill", 150, daemons)
+    await until(lambda: settled(3), "every story everywhere after the kill", 180, daemons)
     await until(lambda: _true(bool(telegram.messages(9999))), "the bot answering after the kill", 30, daemons)
     elapsed = time.monotonic() - began
 
