@@ -106,10 +106,7 @@ class ChatPacer:
                 break
             await asyncio.sleep(ready - now)
         if self.shared is not None:
-            # One reservation at a time per daemon (the bot's bucket is one row: a queue of
-            # waiting transactions would only make everyone late for their slots).
-            async with self._lock if self.gap else contextlib.nullcontext():
-                await self._shared_slot(chat, group)
+            await self._shared_slot(chat, group)
         elif self.gap:
             # One waiter at a time, spaced from the previous actual release: a stalled event loop
             # then delays messages instead of releasing several waiters in a burst. At most
@@ -136,7 +133,11 @@ class ChatPacer:
         it gives the slot up and takes a new one instead."""
         assert self.shared is not None
         while True:
-            delay = await self.shared.reserve(self.buckets(chat, group))
+            # One reservation at a time per daemon (the bot's bucket is one row: a queue of
+            # waiting transactions would only make everyone late for their slots); the waits
+            # for the slots overlap.
+            async with self._lock if self.gap else contextlib.nullcontext():
+                delay = await self.shared.reserve(self.buckets(chat, group))
             slot = self.clock() + delay
             if delay > 0:
                 await asyncio.sleep(delay)
