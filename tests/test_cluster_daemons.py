@@ -192,7 +192,8 @@ async def run_and_check(
     async def settled(stories_per_feed: int) -> bool:
         found = await rows(
             url,
-            "SELECT channel, count(*) AS n FROM outbox WHERE status IN ('sent','uncertain','failed') GROUP BY channel",
+            "SELECT channel, count(*) AS n FROM outbox "
+            "WHERE status IN ('sent', 'uncertain', 'failed') GROUP BY channel",
         )
         done = {r["channel"]: r["n"] for r in found}
         progress.append(f"{time.monotonic() - began:.0f}s {done}")
