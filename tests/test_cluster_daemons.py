@@ -276,7 +276,13 @@ async def run_and_check(
     for path, at in feeds.arrivals:
         by_feed[path[1:-4]].append(at)
     gaps = [b - a for times in by_feed.values() for a, b in itertools.pairwise(sorted(times))]
-    assert min(gaps) >= INTERVAL - 0.5, sorted(gaps)[:5]
+    # Without leases the three daemons poll each feed at the same phase: gaps near 0. With them
+    # one daemon polls it per interval; what is left is this (busy) machine's scheduling delay
+    # between taking the lease and the request arriving.
+    gaps.sort()
+    assert gaps[0] >= INTERVAL / 2, gaps[:5]
+    rounds = (max(a for _, a in feeds.arrivals) - min(a for _, a in feeds.arrivals)) / INTERVAL
+    assert max(len(t) for t in by_feed.values()) <= rounds + 1
     taken_over = [
         min(t for t in by_feed[f] if t > killed_at) - killed_at for f in victims_feeds if f in by_feed
     ]
@@ -291,7 +297,9 @@ async def run_and_check(
     span = telegram.send_times[-1] - telegram.send_times[0]
     print(
         f"\ncluster: 3 daemons, {FEEDS} feeds every {INTERVAL:g}s, one SIGKILLed; {elapsed:.0f}s in all\n"
-        f"  polls: {len(feeds.arrivals)}, shortest gap between two polls of a feed {min(gaps):.2f}s; "
+        f"  polls: {len(feeds.arrivals)} in {rounds:.1f} intervals, most of one feed "
+        f"{max(len(t) for t in by_feed.values())}; gaps between two polls of a feed: shortest "
+        f"{gaps[0]:.1f}s, 1% {gaps[len(gaps) // 100]:.1f}s, median {gaps[len(gaps) // 2]:.1f}s; "
         f"the dead daemon's {len(victims_feeds)} feeds polled again {min(taken_over):.1f}–"
         f"{max(taken_over):.1f}s after the kill\n"
         f"  discord: {sum(posted.values())} posts of {len(expected)} stories, 0 twice, "
