@@ -276,11 +276,12 @@ async def run_and_check(
     for path, at in feeds.arrivals:
         by_feed[path[1:-4]].append(at)
     gaps = [b - a for times in by_feed.values() for a, b in itertools.pairwise(sorted(times))]
-    # Without leases the three daemons poll each feed at the same phase: gaps near 0. With them
-    # one daemon polls it per interval; what is left is this (busy) machine's scheduling delay
-    # between taking the lease and the request arriving.
+    # Without leases the three daemons poll each feed at the same phase: gaps near 0, three
+    # times the polls. With them one daemon polls it per interval (the lease is taken at most
+    # once per interval); what is left is the delay between taking the lease and the request
+    # arriving, seconds on this shared 2-core machine at a load of 15-20.
     gaps.sort()
-    assert gaps[0] >= INTERVAL / 2, gaps[:5]
+    assert gaps[0] >= INTERVAL / 3, gaps[:5]
     rounds = (max(a for _, a in feeds.arrivals) - min(a for _, a in feeds.arrivals)) / INTERVAL
     assert max(len(t) for t in by_feed.values()) <= rounds + 1
     taken_over = [
