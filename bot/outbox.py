@@ -131,11 +131,48 @@ class Outbox:
             due: datetime | None = (
                 await conn.execute(
                     select(func.min(outbox.c.next_attempt_at)).where(
-                        outbox.c.channel == channel, outbox.c.status == "pending"
+                        outbox.c.channel == channel,
+                        outbox.c.status == "pending",
+                        outbox.c.action != "collect",  # they wait for a digest, never alone
                     )
                 )
             ).scalar()
         return due
+
+    async def fold_into_digest(self, channel: str, now: datetime) -> int:
+        """Quiet hours with `quiet = "digest"`: `channel`'s pending posts (not breaking news)
+        wait for its next digest instead (action `collect`); how many were folded."""
+        condition = and_(
+            outbox.c.channel == channel,
+            outbox.c.status == "pending",
+            outbox.c.action == "post",
+            outbox.c.priority < 1,
+            outbox.c.attempts == 0,
+        )
+        async with self.db.write() as conn:
+            rows = (await conn.execute(select(outbox.c.id, outbox.c.story_id).where(condition))).all()
+            if not rows:
+                return 0
+            await conn.execute(
+                update(outbox)
+                .where(outbox.c.id.in_([r.id for r in rows]), outbox.c.status == "pending")
+                .values(action="collect", updated_at=now)
+            )
+            await log_decisions(
+                conn,
+                [
+                    {
+                        "story_id": r.story_id,
+                        "channel": channel,
+                        "decision": "held",
+                        "rule": f"channels.{channel}.quiet",
+                        "detail": "quiet hours: it joins the next digest",
+                        "at": now,
+                    }
+                    for r in rows
+                ],
+            )
+        return len(rows)
 
     async def finish(self, item_id: int, outcome: Finish, now: datetime) -> None:
         """Move a `sending` row to `outcome` and log the decision, in one transaction."""

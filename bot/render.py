@@ -250,6 +250,7 @@ class PostRenderer:
         language = site.language
         return {
             "title": story.title,
+            "breaking": story.breaking,  # the [[priority]] rule's label, or ""
             "lead": story.lead,
             "url": story.url,
             "hashtags": " ".join(tags),
