@@ -10,7 +10,7 @@ deadlock nor store a story twice.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,8 @@ from bot.db import Database
 from bot.feedstate import FeedState, save_state
 from bot.normalize import link_key
 from bot.outbox import log_decisions
+from bot.retractions import Capability, retract
+from bot.retractions import Plan as RetractionPlan
 from bot.schema import decisions, outbox, stories
 from bot.types import Decision, Story
 
@@ -208,6 +210,15 @@ class Stories:
         async with self.db.read() as conn:
             rows = (await conn.execute(select(stories).where(or_(*conditions)).order_by(stories.c.id))).all()
         return [r._asdict() for r in rows]
+
+    async def retract(
+        self, story_id: int, capabilities: Mapping[str, Capability], *, reason: str, by: str, now: datetime
+    ) -> RetractionPlan:
+        """Retract story `story_id` in one transaction (bot.retractions); what was done."""
+        async with self.db.write() as conn:
+            return await retract(
+                conn, story_id, capabilities, reason=reason, by=by, now=now, insert_ignore=self._insert_ignore
+            )
 
     async def by_ids(self, ids: Sequence[int]) -> dict[int, Story]:
         """{id: story as it reads now} of `ids`, retracted stories left out."""
