@@ -130,23 +130,28 @@ async def _dispatch(command: str, args: argparse.Namespace, config: Config) -> i
     store = Store(config.store.url, config.path.parent)
     try:
         await store.migrate(migrations())
-        if command == "status":
-            return await status(config, store, args.json)
-        if command == "why":
-            return await why(store, args.story, args.json, config.site.hosts)
-        if command == "retract":
-            return await retract(config, store, args.story, args.reason)
-        admin = Admin(config, store, utc_now)
-        if command == "pause":
-            done, message = await admin.pause(args.channel, by=f"cli:{getpass.getuser()}")
-        elif command == "resume":
-            done, message = await admin.resume(args.channel)
-        else:
-            done, message = await admin.resend(args.outbox_id)
-        print(message, file=sys.stdout if done else sys.stderr)
-        return 0 if done else 1
+        return await _store_command(command, args, config, store)
     finally:
         await store.close()
+
+
+async def _store_command(command: str, args: argparse.Namespace, config: Config, store: Store) -> int:
+    """The commands that read or write the store (beside a running daemon, or without one)."""
+    if command == "status":
+        return await status(config, store, args.json)
+    if command == "why":
+        return await why(store, args.story, args.json, config.site.hosts)
+    if command == "retract":
+        return await retract(config, store, args.story, args.reason)
+    admin = Admin(config, store, utc_now)
+    if command == "pause":
+        done, message = await admin.pause(args.channel, by=f"cli:{getpass.getuser()}")
+    elif command == "resume":
+        done, message = await admin.resume(args.channel)
+    else:
+        done, message = await admin.resend(args.outbox_id)
+    print(message, file=sys.stdout if done else sys.stderr)
+    return 0 if done else 1
 
 
 async def retract(config: Config, store: Store, ref: str, reason: str) -> int:
