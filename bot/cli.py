@@ -54,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="read stories from this feed file instead of fetching")
     p.add_argument("--limit", type=int, default=3, help="newest N stories (default 3)")
     p.add_argument("--json", action="store_true", help="print one JSON array")
+    p.add_argument("--breaking", action="store_true", help="render the stories as breaking news")
+    p.add_argument("--digest", action="store_true", help="show each channel's digest of the stories")
     sub.add_parser("check", parents=[common], help="validate the config and show what would run")
     s = sub.add_parser("status", parents=[common], help="feeds, queues and recent failures")
     s.add_argument("--json", action="store_true")
