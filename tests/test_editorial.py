@@ -30,6 +30,7 @@ from bot.schema import outbox
 from bot.types import Digest, Length, Published, Story
 from tests.fakes import Clock, FakeChannel, Settings
 from tests.feedserver import FeedServer, Route, rss
+from tests.test_postgres import pg_url as pg_url  # the fixture: a fresh PostgreSQL database
 
 NIGHT = datetime(2020, 10, 9, 23, 0, tzinfo=UTC)  # site timezone UTC in these tests
 
@@ -104,11 +105,16 @@ async def env_factory(
     made: list[App] = []
 
     async def make(
-        extra: str = "", channels: tuple[str, ...] = ("fake",), start: datetime | None = None
+        extra: str = "",
+        channels: tuple[str, ...] = ("fake",),
+        start: datetime | None = None,
+        store: str = "",
     ) -> Env:
         tables = "".join(
             f'[channels.{n}]\ntype = "fake"\n' for n in channels if f"[channels.{n}]" not in extra
         )
+        if store:  # another database than the temporary SQLite file
+            tables = f'[store]\nurl = "{store}"\n\n' + tables
         config = make_config(CONFIG.format(url=feed_server.url("/f"), extra=tables + extra))
         clock = Clock(start or datetime(2020, 10, 9, 20, 0, tzinfo=UTC))
         fakes = {n: FakeChannel(n, config.channels[n]) for n in config.channels}
@@ -713,3 +719,34 @@ def test_post_to_dict_shows_the_digest() -> None:
     shown = post.to_dict()["digest"]
     assert shown["title"] == "Pagi" and shown["more"] == 4 and shown["stories"][0]["title"] == "One"
     assert fake.render(story).to_dict()["digest"] is None
+
+
+async def test_corrections_retractions_and_digests_on_postgres(
+    env_factory: Callable[..., Any], pg_url: str
+) -> None:
+    env = await env_factory(
+        '[channels.daily]\ntype = "fake"\ndigest = { every = "1h", only = true }\n',
+        channels=("fake", "daily"),
+        start=datetime(2020, 10, 9, 18, 10, tzinfo=UTC),
+        store=pg_url,
+    )
+    assert not env.app.store.is_sqlite
+    env.publish(item(1, "Before"), item(2))
+    await env.poll()
+    await env.app.dispatcher.drain()
+    env.publish(item(1, "After"), item(2))
+    await env.poll()
+    await env.poll()  # the same correction again: one edit
+    assert len(await env.rows(action="edit")) == 1
+    await env.app.dispatcher.drain()
+    assert [p.story.title for p, _ in env.channels["fake"].edited] == ["After"]
+    await admin_of(env).retract("https://e.example/2", by="test")
+    await admin_of(env).retract("https://e.example/2", by="test")
+    assert len(await env.rows(action="delete")) == 1
+    env.clock.now = datetime(2020, 10, 9, 19, 0, tzinfo=UTC)
+    results = await asyncio.gather(digest_planner(env.app).tick(), digest_planner(env.app).tick())
+    assert sorted(len(r) for r in results) == [0, 1]
+    await env.app.dispatcher.drain()
+    assert [p.remote_id for p in env.channels["fake"].deleted] == ["remote-2"]
+    (digest,) = env.channels["daily"].digests
+    assert digest.digest is not None and [s.title for s in digest.digest.stories] == ["After"]
