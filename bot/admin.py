@@ -84,6 +84,11 @@ class Admin:
 
     async def resend(self, outbox_id: int) -> tuple[bool, str]:
         row = await self.store.outbox.row(outbox_id)
+        if row is not None and row["action"] == "post":
+            found = await self.store.stories.find(str(row["story_id"]))
+            story = next((s for s in found if s["id"] == row["story_id"]), None)
+            if story is not None and story["retracted_at"] is not None:
+                return False, f"outbox row {outbox_id} cannot be resent: its story was retracted"
         if not await self.store.resend(outbox_id, self.clock()):
             state = f"it is {row['status']}" if row else "there is no such row"
             return False, (

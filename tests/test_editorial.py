@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select, update
 
 from bot.app import App, build, channel_context
-from bot.channel import Permanent, RetryLater
+from bot.channel import Permanent, RetryLater, Uncertain
 from bot.config import Config, ConfigError
 from bot.corrections import NOISE_LIMIT, Change, Post, changes, fingerprint, plan
 from bot.daemon import digest_planner, prepare
@@ -454,6 +454,22 @@ async def test_a_retracted_story_is_never_posted_again(env_factory: Callable[...
     found = await env.app.store.stories.find("another-id")
     (decision,) = [d for d in await env.app.store.stories.decisions_of(found[0]["id"]) if d["channel"]]
     assert decision["decision"] == "retracted" and "retracted at" in decision["detail"]
+
+
+async def test_a_retracted_story_cannot_be_resent(env_factory: Callable[..., Any]) -> None:
+    env = await env_factory()
+    env.publish(item(1))
+    await env.poll()
+    env.channels["fake"].script.append(Uncertain("no answer"))
+    await env.app.dispatcher.drain()
+    (row,) = await env.rows()
+    done, report = await admin_of(env).retract("https://e.example/1", by="test")
+    assert done
+    assert "  fake: outbox row 1 is uncertain (it may be out): check the platform by hand" in report
+    refused, message = await admin_of(env).resend(row["id"])
+    assert not refused and "its story was retracted" in message
+    await env.app.dispatcher.drain()
+    assert env.channels["fake"].sent == []
 
 
 async def test_retract_where_the_platform_cannot_delete(env_factory: Callable[..., Any]) -> None:
