@@ -368,7 +368,12 @@ class Outbox:
         query = (
             select(func.count())
             .select_from(outbox)
-            .where(outbox.c.channel == channel, outbox.c.status == "sent", outbox.c.sent_at >= since)
+            .where(
+                outbox.c.channel == channel,
+                outbox.c.status == "sent",
+                outbox.c.sent_at >= since,
+                outbox.c.action.in_(("post", "digest")),  # posts made, not edits or deletions
+            )
         )
         if confirmed:
             query = query.where(outbox.c.remote_id.is_not(None))

@@ -254,7 +254,12 @@ class Stories:
         query = (
             select(stories.c.data)
             .join(outbox, outbox.c.story_id == stories.c.id)
-            .where(outbox.c.channel == channel, outbox.c.status == "sent")
+            .where(
+                outbox.c.channel == channel,
+                outbox.c.status == "sent",
+                outbox.c.action == "post",  # not its edits, deletions or digests
+                stories.c.retracted_at.is_(None),
+            )
             .order_by(outbox.c.sent_at.desc(), outbox.c.id.desc())
             .limit(limit)
         )
@@ -262,9 +267,10 @@ class Stories:
             return [Story.from_json(r[0]) for r in (await conn.execute(query)).all()]
 
     async def latest(self, limit: int = 5, feeds: Sequence[str] | None = None) -> list[Story]:
-        """The newest stored stories (for previews and bots)."""
+        """The newest stored stories (for previews and bots), retracted ones left out."""
         query = (
             select(stories.c.data)
+            .where(stories.c.retracted_at.is_(None))
             .order_by(stories.c.first_seen_at.desc(), stories.c.published_at.desc())
             .limit(limit)
         )

@@ -766,3 +766,21 @@ async def test_corrections_retractions_and_digests_on_postgres(
     assert [p.remote_id for p in env.channels["fake"].deleted] == ["remote-2"]
     (digest,) = env.channels["daily"].digests
     assert digest.digest is not None and [s.title for s in digest.digest.stories] == ["After"]
+
+
+async def test_edits_deletions_and_retracted_stories_are_not_posts(env_factory: Callable[..., Any]) -> None:
+    env = await env_factory()
+    env.publish(item(1, "A"), item(2))
+    await env.poll()
+    await env.app.dispatcher.drain()
+    env.publish(item(1, "B"), item(2))
+    await env.poll()
+    await admin_of(env).retract("https://e.example/2", by="test")
+    await env.app.dispatcher.drain()
+    assert len(env.channels["fake"].edited) == 1 and len(env.channels["fake"].deleted) == 1
+    stories = env.app.store.stories
+    assert [s.title for s in await stories.latest_posted("fake")] == ["B"]  # once, and not story 2
+    assert [s.title for s in await stories.latest()] == ["B"]
+    since = env.clock.now - timedelta(days=1)
+    assert await env.app.store.outbox.sent_since("fake", since) == 2  # the two posts only
+    assert await env.app.store.reports.posts_since(since) == {"fake": 2}
