@@ -26,7 +26,7 @@ from bot.render import PostRenderer
 from bot.retractions import Capability, Row
 from bot.retractions import plan as retraction_plan
 from bot.schedule import DigestSettings
-from bot.schema import outbox
+from bot.schema import outbox, stories
 from bot.types import Digest, Length, Published, Story
 from tests.fakes import Clock, FakeChannel, Settings
 from tests.feedserver import FeedServer, Route, rss
@@ -248,6 +248,16 @@ async def test_a_corrected_story_edits_the_sent_post_once(env_factory: Callable[
     env.server.routes["/f"] = Route(body=env.server.routes["/f"].body, etag=False)
     await env.poll()
     assert len(await env.rows(action="edit")) == 1
+    # a second daemon that saw the feed before this one's update: the same edit, not another
+    old = await env.story(1)
+    async with env.app.store.db.write() as conn:
+        await conn.execute(
+            update(stories).where(stories.c.id == old["id"]).values(entry_hash="stale", fingerprint="stale")
+        )
+    env.server.routes["/f"] = Route(body=rss([item(1, "Gempa M6 di Aceh")], title="Another body"))
+    await env.poll()
+    assert len(await env.rows(action="edit")) == 1
+    await env.app.dispatcher.drain()
     assert len(fake.edited) == 1
     stored = await env.story(1)
     assert stored["title"] == "Gempa M6 di Aceh" and stored["fingerprint"] == fingerprint(edited.story)
