@@ -32,6 +32,8 @@ from bot.health import FeedHealth, HealthEndpoints, Heartbeat
 from bot.metrics import NullMetrics
 from channels.webpush.config import WebPushSection
 
+pytestmark = pytest.mark.e2e  # hadolint and fresh installs
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 CONTAINER_CONFIG = ROOT / "examples" / "container" / "config.toml"
