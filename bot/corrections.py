@@ -160,6 +160,7 @@ class CorrectionBatch:
     settings: Mapping[str, Any]  # channel settings by name
     can_edit: Mapping[str, bool]  # the running channels
     hosts: Sequence[str] = ()
+    edited: set[str] = field(default_factory=set)  # channels given edit rows (to wake their workers)
 
     async def write(self, conn: AsyncConnection, now: datetime, insert_ignore: InsertIgnore) -> list[int]:
         """Find the changed entries, update their stories, queue the edits and log the
@@ -264,6 +265,14 @@ class CorrectionBatch:
             ]
         created: list[int] = []
         if wanted:
-            created = [r.id for r in await conn.execute(insert_ignore(outbox).returning(outbox.c.id), wanted)]
+            inserted = await conn.execute(
+                insert_ignore(outbox).returning(outbox.c.id, outbox.c.channel, outbox.c.story_id), wanted
+            )
+            made = {(r.story_id, r.channel): r.id for r in inserted}
+            created = sorted(made.values())
+            self.edited.update(channel for _, channel in made)
+            for row in log_rows:  # the same edit queued before (another daemon's poll): say so
+                if row["decision"] == "edit_queued" and (row["story_id"], row["channel"]) not in made:
+                    row["detail"] = "its edit is queued already"
         await log_decisions(conn, log_rows)
         return created

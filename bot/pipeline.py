@@ -190,7 +190,9 @@ class FeedPoller:
         corrections = editorial.corrections(feed.name, parsed)
         created = await self.store.stories.record_poll(state, items, now, corrections)  # state saved too
         self._unsaved.pop(feed.name, None)
-        queued = {d.channel for i in items for d in i.decisions if d.queues and d.channel}
+        queued = {
+            d.channel for i in items for d in i.decisions if d.queues and d.channel
+        } | corrections.edited
         if new:
             log.info(
                 "feed %s: %d new stories, %d posts queued%s",

@@ -229,7 +229,8 @@ async def test_a_corrected_story_edits_the_sent_post_once(env_factory: Callable[
     assert post["status"] == "sent"
     env.clock.advance(600)
     env.publish(item(1, "Gempa M6 di Aceh"))
-    await env.poll()
+    result = await env.app.poller.poll(env.config.feeds[0], force=True)
+    assert result.channels == {"fake"}  # its worker is woken for the edit
     (edit,) = await env.rows(action="edit")
     assert (edit["target_id"], edit["priority"], edit["status"]) == (post["id"], 1, "pending")
     assert (None, "corrected", "changed: title") in await env.decisions(1)
@@ -257,6 +258,7 @@ async def test_a_corrected_story_edits_the_sent_post_once(env_factory: Callable[
     env.server.routes["/f"] = Route(body=rss([item(1, "Gempa M6 di Aceh")], title="Another body"))
     await env.poll()
     assert len(await env.rows(action="edit")) == 1
+    assert ("fake", "edit_queued", "its edit is queued already") in await env.decisions(1)
     await env.app.dispatcher.drain()
     assert len(fake.edited) == 1
     stored = await env.story(1)
