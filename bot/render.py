@@ -250,7 +250,6 @@ class PostRenderer:
         language = site.language
         return {
             "title": story.title,
-            "breaking": story.breaking,  # the [[priority]] rule's label, or ""
             "lead": story.lead,
             "url": story.url,
             "hashtags": " ".join(tags),
@@ -268,6 +267,7 @@ class PostRenderer:
             "notify_url": cta.notify_url,
             "read_more": cta.read_more_text or READ_MORE.get(language, READ_MORE["en"]),
             "language": language,
+            "breaking": story.breaking,
         }
 
     def render(self, values: dict[str, Any]) -> str:
