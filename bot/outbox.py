@@ -223,7 +223,8 @@ class Outbox:
         Rows of `resumable` channels (sending twice is harmless there) go back to `pending`
         instead, unless the channel's window (seconds the platform remembers an idempotency
         key; None = forever) has passed since the send began — then they are `uncertain` too,
-        as are interrupted rows that waited longer than that. With `stale_before`, only claims
+        as are interrupted rows that waited longer than that. Edits and deletions always go
+        back to `pending` (doing one twice changes nothing). With `stale_before`, only claims
         older than that are touched (other daemons may be sending right now).
         """
         resumable = resumable or {}
@@ -231,7 +232,13 @@ class Outbox:
         if stale_before is not None:
             condition = and_(condition, outbox.c.claimed_at < stale_before)
         async with self.db.write() as conn:
-            columns = (outbox.c.id, outbox.c.story_id, outbox.c.channel, outbox.c.first_attempt_at)
+            columns = (
+                outbox.c.id,
+                outbox.c.story_id,
+                outbox.c.channel,
+                outbox.c.first_attempt_at,
+                outbox.c.action,
+            )
             rows = list((await conn.execute(select(*columns).where(condition))).all())
             windowed = [name for name, window in resumable.items() if window is not None]
             if windowed:  # interrupted at shutdown, then down for longer than the platform remembers
@@ -253,7 +260,9 @@ class Outbox:
             resumed = [
                 r
                 for r in rows
-                if r.channel in resumable and not _expired(r.first_attempt_at, resumable[r.channel], now)
+                # editing or deleting again is harmless: the platform answers "already so"
+                if r.action in ("edit", "delete")
+                or (r.channel in resumable and not _expired(r.first_attempt_at, resumable[r.channel], now))
             ]
             uncertain = [r for r in rows if r not in resumed]
             reason = "the daemon stopped while this post was being sent; it may or may not be out"

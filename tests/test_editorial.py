@@ -352,6 +352,22 @@ async def test_an_edit_whose_post_is_not_out_is_cancelled(env_factory: Callable[
     assert env.channels["fake"].edited == []
 
 
+async def test_an_edit_cut_short_by_a_crash_is_done_again(env_factory: Callable[..., Any]) -> None:
+    env = await env_factory()
+    env.publish(item(1, "A"), item(2))
+    await env.poll()
+    await env.app.dispatcher.drain()
+    env.publish(item(1, "B"), item(2, "Story 2 new"))
+    await env.poll()
+    async with env.app.store.db.write() as conn:  # a crash mid-request: the edits left `sending`
+        await conn.execute(update(outbox).where(outbox.c.action == "edit").values(status="sending"))
+    assert await env.app.store.outbox.recover_sending(env.clock.now) == 2
+    statuses = {(r["action"], r["status"]) for r in await env.rows()}
+    assert statuses == {("post", "sent"), ("edit", "pending")}  # a post would be uncertain
+    await env.app.dispatcher.drain()
+    assert sorted(p.story.title for p, _ in env.channels["fake"].edited) == ["B", "Story 2 new"]
+
+
 def _story(title: str = "t", **fields: Any) -> Story:
     return Story(uid="u", feed="f", url="https://e.example/u", title=title, **fields)
 
