@@ -175,10 +175,21 @@ def parse_feed(
 
 
 def entry_hash(entry: Any) -> str:
-    """sha256 hex of a feed entry's raw content as parsed: equal hashes mean nothing of the
-    entry changed, so only entries whose hash changed are normalized again (corrections)."""
-    text = json.dumps(entry, sort_keys=True, default=str, ensure_ascii=False)
+    """sha256 hex of a feed entry's raw content as parsed (but the address it came from):
+    equal hashes mean nothing of the entry changed, so only entries whose hash changed are
+    normalized again (corrections)."""
+    text = json.dumps(_without_base(entry), sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _without_base(value: Any) -> Any:
+    """`value` without feedparser's `base` keys (the URL the feed was fetched from: a moved
+    feed is not a changed entry)."""
+    if isinstance(value, dict):
+        return {k: _without_base(v) for k, v in value.items() if k != "base"}
+    if isinstance(value, list | tuple) and not hasattr(value, "tm_year"):
+        return [_without_base(v) for v in value]
+    return value
 
 
 async def parse_feed_async(

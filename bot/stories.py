@@ -82,6 +82,21 @@ class Stories:
                 found.update(r[0] for r in rows)
         return found
 
+    async def known_hashes(self, feed: str, uids: Sequence[str]) -> dict[str, str | None]:
+        """{uid: the stored raw hash of its entry (None: stored before hashes)} of the `uids`
+        feed `feed` has already delivered: an entry whose hash is unchanged need not be
+        normalized again (bot.corrections)."""
+        found: dict[str, str | None] = {}
+        async with self.db.read() as conn:
+            for start in range(0, len(uids), CHUNK):
+                rows = await conn.execute(
+                    select(stories.c.uid, stories.c.entry_hash).where(
+                        stories.c.feed == feed, stories.c.uid.in_(list(uids[start : start + CHUNK]))
+                    )
+                )
+                found.update((r.uid, r.entry_hash) for r in rows)
+        return found
+
     async def record_poll(
         self,
         state: FeedState,

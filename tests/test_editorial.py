@@ -22,6 +22,7 @@ from bot.delivery import Attempt, Policy, transition
 from bot.digests import due_slot
 from bot.editorial import DEFAULT_LABEL, PriorityRule, breaking_label
 from bot.kit import BaseChannel
+from bot.normalize import parse_feed
 from bot.render import PostRenderer
 from bot.retractions import Capability, Row
 from bot.retractions import plan as retraction_plan
@@ -279,6 +280,18 @@ async def test_feed_noise_is_not_a_correction(env_factory: Callable[..., Any]) -
     assert after["fingerprint"] == before["fingerprint"]
     assert await env.rows(action="edit") == []
     assert not any(d == "corrected" for _, d, _ in await env.decisions(1))
+
+
+async def test_known_hashes_name_the_entries_to_normalize_again(env_factory: Callable[..., Any]) -> None:
+    env = await env_factory()
+    env.publish(item(1), item(2))
+    await env.poll()
+    stored = await env.app.store.stories.known_hashes("f", ["g1", "g2", "g9"])
+    parsed = parse_feed(
+        rss([item(1), item(2, "Changed")]), "https://e.example/f", {}, env.config.cleaning, "f"
+    )
+    assert set(stored) == {"g1", "g2"}
+    assert stored["g1"] == parsed.hashes["g1"] and stored["g2"] != parsed.hashes["g2"]
 
 
 async def test_pending_posts_go_out_corrected(env_factory: Callable[..., Any]) -> None:
