@@ -7,6 +7,11 @@ exponential backoff (until `max_attempts`, then `failed`); Permanent -> `failed`
 `send_timeout`, or a shutdown mid-send -> `uncertain` (never resent automatically, so nothing is
 ever posted twice). On a resumable channel (sending twice is harmless) a timeout or a shutdown
 mid-send leaves the row `pending` instead, unless the platform's idempotency window has passed.
+
+A row's action says what to do: `post` a story, `edit` or `delete` the post of another row
+(a correction, a retraction; nothing to do when that post never went out), or send a `digest`
+(`render_digest` of its stories). Quiet hours that hold posts or fold them into a digest let
+only priority rows (breaking news, edits, deletions) through.
 """
 
 from __future__ import annotations
@@ -479,8 +484,11 @@ def _not_sent(item: OutboxItem) -> Attempt:
     status = item.target_status
     if status in ("pending", "sending"):
         return Attempt("retry", f"the post to {item.action} is still {status}", after=60.0, counts=False)
-    what = f"is {status}" if status else "is not in the outbox"
-    return Attempt("moot", f"nothing to {item.action}: the post {what}, it never went out")
+    if status == "uncertain":
+        why = "the post is uncertain (it may be out): check the platform by hand"
+    else:
+        why = f"the post is {status}, it never went out" if status else "the post is not in the outbox"
+    return Attempt("moot", f"nothing to {item.action}: {why}")
 
 
 async def _log_alert(channel: str, message: str) -> None:
