@@ -194,23 +194,30 @@ class CorrectionBatch:
         return await self._edits(conn, corrected, noisy, now, insert_ignore)
 
     async def _known(self, conn: AsyncConnection) -> dict[str, Known]:
+        """The stored stories of the feed's entries whose raw hash changed (only those are
+        read in full: an unchanged feed costs one narrow query)."""
         uids = [s.uid for s in self.stories if s.uid in self.hashes]
-        found: dict[str, Known] = {}
+        stale: dict[int, tuple[str, str | None, str | None]] = {}
         for start in range(0, len(uids), 500):
             rows = await conn.execute(
-                select(
-                    stories.c.id,
-                    stories.c.uid,
-                    stories.c.entry_hash,
-                    stories.c.fingerprint,
-                    stories.c.data,
-                    stories.c.retracted_at,
-                ).where(stories.c.feed == self.feed, stories.c.uid.in_(uids[start : start + 500]))
+                select(stories.c.id, stories.c.uid, stories.c.entry_hash, stories.c.fingerprint).where(
+                    stories.c.feed == self.feed,
+                    stories.c.uid.in_(uids[start : start + 500]),
+                    stories.c.retracted_at.is_(None),  # never looked at again
+                )
             )
             for r in rows:
-                found[r.uid] = Known(
-                    r.id, r.entry_hash, r.fingerprint, Story.from_json(r.data), r.retracted_at is not None
-                )
+                if r.entry_hash != self.hashes[r.uid]:
+                    stale[r.id] = (r.uid, r.entry_hash, r.fingerprint)
+        found: dict[str, Known] = {}
+        ids = list(stale)
+        for start in range(0, len(ids), 500):
+            rows = await conn.execute(
+                select(stories.c.id, stories.c.data).where(stories.c.id.in_(ids[start : start + 500]))
+            )
+            for r in rows:
+                uid, raw, shown = stale[r.id]
+                found[uid] = Known(r.id, raw, shown, Story.from_json(r.data))
         return found
 
     async def _edits(
