@@ -825,3 +825,18 @@ async def test_edits_deletions_and_retracted_stories_are_not_posts(env_factory: 
     since = env.clock.now - timedelta(days=1)
     assert await env.app.store.outbox.sent_since("fake", since) == 2  # the two posts only
     assert await env.app.store.reports.posts_since(since) == {"fake": 2}
+
+
+async def test_once_sends_a_digest_that_is_due(
+    feed_server: FeedServer, make_config: Callable[[str], Config], fake_type: None
+) -> None:
+    from bot.daemon import run_once
+
+    feed_server.routes["/f"] = Route(body=rss([item(1), item(2)]))
+    config = make_config(CONFIG.format(url=feed_server.url("/f"), extra=DIGEST_ONLY))
+    fake = FakeChannel("fake", config.channels["fake"])
+    clock = Clock(datetime(2020, 10, 9, 19, 0, tzinfo=UTC))  # the 19:00 slot
+    assert await run_once(build(config, channels={"fake": fake}, clock=clock)) == 0
+    (digest,) = fake.digests
+    assert digest.digest is not None and [s.title for s in digest.digest.stories] == ["Story 2", "Story 1"]
+    assert fake.sent == [digest]
