@@ -93,11 +93,53 @@ def check(config: Config) -> int:
                 state = f"[red]template error: {exc}[/]"
         table.add_row(name, settings.type, state, ", ".join(settings.feeds or ["all"]))
     console.print(table)
+    _print_editorial(console, config)
     if problems:
         print("configuration error:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
     console.print("[green]configuration is valid[/]")
     return 0
+
+
+def editorial_rows(config: Config) -> list[tuple[str, str, str, str]]:
+    """(channel, corrections, quiet hours, digest) of the channels with editorial settings."""
+    rows: list[tuple[str, str, str, str]] = []
+    for name, settings in config.channels.items():
+        quiet = ""
+        if settings.quiet_hours is not None:
+            start, end = settings.quiet_hours
+            quiet = f"{start:%H:%M}-{end:%H:%M} {settings.quiet}"
+        digest = ""
+        if settings.digest is not None:
+            when = (
+                ", ".join(f"{t:%H:%M}" for t in settings.digest.at)
+                or f"every {int(settings.digest.every or 0)}s"
+            )
+            digest = f"{when}, max {settings.digest.max}" + (", digest only" if settings.digest.only else "")
+        if quiet or digest or settings.on_correction != "edit":
+            rows.append((name, settings.on_correction, quiet or "-", digest or "-"))
+    return rows
+
+
+def _print_editorial(console: Console, config: Config) -> None:
+    rows = editorial_rows(config)
+    if rows:
+        table = Table("channel", "on_correction", "quiet hours", "digest", title="Editorial")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    for i, rule in enumerate(config.priority):
+        keys = ", ".join(
+            f"{key} {value}"
+            for key, value in (
+                ("feeds", rule.feeds),
+                ("sections", rule.sections),
+                ("tags", rule.tags),
+                ("title", rule.title_pattern.source if rule.title_pattern else None),
+            )
+            if value
+        )
+        console.print(f"breaking news rule {i + 1}: {keys} -> {rule.label!r}", highlight=False, markup=False)
 
 
 @dataclass(frozen=True)

@@ -840,3 +840,27 @@ async def test_once_sends_a_digest_that_is_due(
     (digest,) = fake.digests
     assert digest.digest is not None and [s.title for s in digest.digest.stories] == ["Story 2", "Story 1"]
     assert fake.sent == [digest]
+
+
+def test_check_shows_the_editorial_settings(
+    make_config: Callable[[str], Config],
+    fake_type: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bot.preview import check, editorial_rows
+
+    monkeypatch.setenv("COLUMNS", "200")  # rich tables: one line per row
+    config = make_config(
+        '[[feeds]]\nname = "f"\nurl = "f.xml"\n\n'
+        '[channels.c]\ntype = "fake"\nquiet_hours = "22:00-06:00"\nquiet = "hold"\n'
+        'digest = { at = ["07:00"], max = 5, only = true }\n\n'
+        '[channels.plain]\ntype = "fake"\n\n'
+        '[[priority]]\ntitle_pattern = "^BREAKING:"\n'
+    )
+    assert editorial_rows(config) == [("c", "edit", "22:00-06:00 hold", "07:00, max 5, digest only")]
+    assert check(config) == 0
+    out = capsys.readouterr().out
+    assert "22:00-06:00 hold" in out and "07:00, max 5, digest only" in out
+    assert "plain" not in out.split("Editorial")[1]  # no editorial settings, not listed
+    assert "breaking news rule 1: title ^BREAKING: -> '🔴 BREAKING'" in out
