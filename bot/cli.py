@@ -163,7 +163,8 @@ async def retract(config: Config, store: Store, ref: str, reason: str) -> int:
     admin = Admin(config, store, utc_now, channels)
     done, lines = await admin.retract(ref, reason=reason, by=f"cli:{getpass.getuser()}")
     print("\n".join(lines), file=sys.stdout if done else sys.stderr)
-    if done and running_pid(config.path) is None:
+    queued = any("deletion queued" in line for line in lines)  # this run queued one
+    if queued and running_pid(config.path) is None:
         print("no daemon is running: the deletions go out when `siar run` (or `siar once`) starts")
     return 0 if done else 1
 
