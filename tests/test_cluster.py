@@ -364,6 +364,7 @@ async def test_webhook_behind_two_daemons_handles_each_update_once(daemons: list
     import socket
 
     import aiohttp
+    from pydantic import SecretStr
     from telegram.ext import CommandHandler
 
     from bot.channel import ChannelContext
@@ -382,10 +383,10 @@ async def test_webhook_behind_two_daemons_handles_each_update_once(daemons: list
         apps, ports = [], [free_port(), free_port()]
         for i, port in enumerate(ports):
             section = TelegramSection(
-                token=TOKEN,
+                token=SecretStr(TOKEN),
                 api_base_url=fake.url,
                 webhook_url="https://news.example/telegram",
-                webhook_secret="s3cret-for-tests",
+                webhook_secret=SecretStr("s3cret-for-tests"),
                 webhook_port=port,
             )
             context = ChannelContext(site=Site(), cta=CTA(), database=daemons[i].db)
