@@ -32,9 +32,10 @@ import pytest
 
 from bot.store import Store
 from channels.telegram.store import TelegramStore
+from tests import feedfiles
 from tests.fake_discord import FakeDiscord
 from tests.fake_telegram import TOKEN, FakeTelegram
-from tests.feedserver import FeedServer, Route, rss
+from tests.feedserver import rss
 from tests.test_postgres import PG
 
 pytestmark = pytest.mark.slow
@@ -72,7 +73,40 @@ def items(feed: str, n: int) -> list[dict[str, str]]:
     ]
 
 
-def config(url: str, feeds: FeedServer, discord: FakeDiscord, telegram: FakeTelegram) -> str:
+class FeedProcess:
+    """tests/feedfiles.py in a process of its own: request times untouched by this one's load."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir()
+        self.folder = folder
+        (folder / "arrivals.log").touch()
+        port_file = folder.parent / "feeds.port"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.feedfiles", str(folder), str(port_file)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        deadline = time.monotonic() + 30
+        while not port_file.exists() or not port_file.read_text():
+            assert time.monotonic() < deadline and self.process.poll() is None, (
+                "the feed server did not start"
+            )
+            time.sleep(0.05)
+        self.port = int(port_file.read_text())
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    @property
+    def arrivals(self) -> list[tuple[str, float]]:
+        return feedfiles.arrivals(self.folder)
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def config(url: str, feeds: FeedProcess, discord: FakeDiscord, telegram: FakeTelegram) -> str:
     text = f"""
 [store]
 url = "{url}"
@@ -145,11 +179,11 @@ async def until(check, what: str, timeout: float, daemons: list[Daemon]) -> None
 
 async def test_three_daemons_one_killed_exactly_once_everywhere(database: str, tmp_path: Path) -> None:
     began = time.monotonic()
-    with FeedServer() as feeds, FakeDiscord() as discord:
+    feeds = FeedProcess(tmp_path / "feeds")
+    with FakeDiscord() as discord:
         discord.remaining = 10**9
         async with FakeTelegram(auto_users=True) as telegram:
-            for i in range(FEEDS):
-                feeds.routes[f"/{feed_name(i)}.xml"] = Route(body=rss(items(feed_name(i), 1)))
+            publish(feeds, 1)
             store = Store(database)
             try:  # the schema and the readers, before any daemon runs
                 await store.migrate()
@@ -172,16 +206,17 @@ async def test_three_daemons_one_killed_exactly_once_everywhere(database: str, t
                     except subprocess.TimeoutExpired:
                         d.process.kill()
                     d.err.close()
+                feeds.close()
 
 
-def publish(feeds: FeedServer, n: int) -> None:
+def publish(feeds: FeedProcess, n: int) -> None:
     for i in range(FEEDS):
-        feeds.routes[f"/{feed_name(i)}.xml"] = Route(body=rss(items(feed_name(i), n)))
+        feedfiles.publish(feeds.folder, f"{feed_name(i)}.xml", rss(items(feed_name(i), n)))
 
 
 async def run_and_check(
     url: str,
-    feeds: FeedServer,
+    feeds: FeedProcess,
     discord: FakeDiscord,
     telegram: FakeTelegram,
     daemons: list[Daemon],
@@ -273,7 +308,8 @@ async def run_and_check(
 
     # --- no feed polled twice in one interval; the dead daemon's feeds taken over ---
     by_feed: dict[str, list[float]] = defaultdict(list)
-    for path, at in feeds.arrivals:
+    arrived = feeds.arrivals
+    for path, at in arrived:
         by_feed[path[1:-4]].append(at)
     gaps = [b - a for times in by_feed.values() for a, b in itertools.pairwise(sorted(times))]
     # Without leases the three daemons poll each feed at the same phase: gaps near 0, three
@@ -282,7 +318,7 @@ async def run_and_check(
     # arriving, seconds on this shared 2-core machine at a load of 15-20.
     gaps.sort()
     assert gaps[0] >= INTERVAL / 3, gaps[:5]
-    rounds = (max(a for _, a in feeds.arrivals) - min(a for _, a in feeds.arrivals)) / INTERVAL
+    rounds = (max(a for _, a in arrived) - min(a for _, a in arrived)) / INTERVAL
     assert max(len(t) for t in by_feed.values()) <= rounds + 1
     taken_over = [
         min(t for t in by_feed[f] if t > killed_at) - killed_at for f in victims_feeds if f in by_feed
@@ -298,7 +334,7 @@ async def run_and_check(
     span = telegram.send_times[-1] - telegram.send_times[0]
     print(
         f"\ncluster: 3 daemons, {FEEDS} feeds every {INTERVAL:g}s, one SIGKILLed; {elapsed:.0f}s in all\n"
-        f"  polls: {len(feeds.arrivals)} in {rounds:.1f} intervals, most of one feed "
+        f"  polls: {len(arrived)} in {rounds:.1f} intervals, most of one feed "
         f"{max(len(t) for t in by_feed.values())}; gaps between two polls of a feed: shortest "
         f"{gaps[0]:.1f}s, 1% {gaps[len(gaps) // 100]:.1f}s, median {gaps[len(gaps) // 2]:.1f}s; "
         f"the dead daemon's {len(victims_feeds)} feeds polled again {min(taken_over):.1f}–"
