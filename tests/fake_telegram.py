@@ -233,6 +233,7 @@ class FakeTelegram:
         self.chats: dict[int, Chat] = {}
         self.sent: list[dict[str, Any]] = []  # every accepted message, in order
         self.calls: list[tuple[str, dict[str, Any], int]] = []  # (method, params, HTTP status)
+        self.call_times: list[float] = []  # monotonic time each of `calls` was answered
         self.commands: dict[str, list[dict[str, str]]] = {}  # language ("" default) -> commands
         self.answered: dict[str, dict[str, Any]] = {}  # callback query id -> answer
         self.photo_errors: dict[str, str] = {}  # photo URL -> Bad Request description
@@ -481,6 +482,7 @@ class FakeTelegram:
             if exc.parameters:
                 body["parameters"] = exc.parameters
         self.calls.append((method, params, status))
+        self.call_times.append(time.monotonic())
         async with self._changed:
             self._changed.notify_all()
         return web.json_response(body, status=status)
@@ -517,6 +519,7 @@ class FakeTelegram:
         """Close the connection without an answer (the call was carried out)."""
         self.dropped += 1
         self.calls.append((method, params, 0))
+        self.call_times.append(time.monotonic())
         async with self._changed:
             self._changed.notify_all()
         assert request.transport is not None

@@ -328,7 +328,8 @@ async def run_and_check(
     assert all(r["holder"] != holder for r in leases_after)
 
     # --- Telegram's limits, for the three daemons together ---
-    assert telegram.rejected_429 == 0
+    flooded = [(m, p.get("chat_id"), round(at - began, 1)) for m, p, st, at in _timed(telegram) if st == 429]
+    assert telegram.rejected_429 == 0, flooded
     assert telegram.max_in_window(1.0) <= 30
     assert telegram.conflicts == 0  # one getUpdates reader at a time
     span = telegram.send_times[-1] - telegram.send_times[0]
@@ -354,3 +355,8 @@ async def _nonempty(found: asyncio.Future[list[asyncpg.Record]] | object) -> boo
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def _timed(telegram: FakeTelegram) -> list[tuple[str, dict[str, object], int, float]]:
+    """The fake's calls with the time each was answered (for a 429's report)."""
+    return [(m, p, st, at) for (m, p, st), at in zip(telegram.calls, telegram.call_times, strict=False)]

@@ -31,6 +31,7 @@ from channels.telegram.errors import ptb_retry_after
 # The daemons' shared slots are spaced this much wider than `per_second` asks: a daemon that
 # wakes a few ms late for its slot must not make a 31st message in Telegram's one-second window.
 SHARED_MARGIN = 1.03
+SHARED_CHAT_MARGIN = 0.25  # seconds added to a chat's gap: two daemons' messages to one reader
 SHARED_LATE = 0.02  # seconds late for a shared slot before it is given up for a new one
 PACED_PREFIXES = ("send", "copyMessage", "forwardMessage", "editMessage")
 
@@ -147,7 +148,7 @@ class ChatPacer:
     def buckets(self, chat: int, group: bool) -> list[tuple[str, float]]:
         """The shared buckets a message to `chat` takes a slot in: its chat's first, the bot's
         last (so a wait for the chat never crowds the bot's overall budget)."""
-        found = [(f"{self.key}:chat:{chat}", self.chat_gap)]
+        found = [(f"{self.key}:chat:{chat}", self.chat_gap + SHARED_CHAT_MARGIN)]
         if group:
             found.append((f"{self.key}:group:{chat}", 60.0 / self.group_per_minute))
         if self.gap:
