@@ -323,7 +323,9 @@ async def run_and_check(
     taken_over = [
         min(t for t in by_feed[f] if t > killed_at) - killed_at for f in victims_feeds if f in by_feed
     ]
-    assert victims_feeds and all(t <= 2 * INTERVAL + 3 for t in taken_over), taken_over
+    # The lease expires two intervals after the dead daemon's last poll; the next daemon whose
+    # schedule fires after that takes it: within three intervals (and this machine's delays).
+    assert victims_feeds and all(t <= 3 * INTERVAL + 10 for t in taken_over), taken_over
     leases_after = await rows(url, "SELECT feed, holder FROM feed_leases")
     assert all(r["holder"] != holder for r in leases_after)
 
