@@ -42,9 +42,11 @@ def _reserve_sql(n: int) -> TextClause:
             f"RETURNING tat - :g{i} AS slot)"
         )
         source = f"SELECT :k{i + 1}, b{i}.slot + :g{i + 1} FROM b{i}"
-    return text(f"WITH {', '.join(parts)} SELECT b{n - 1}.slot - n.t FROM b{n - 1}, n").bindparams(
-        *(bindparam(f"g{i}", type_=Float()) for i in range(n))
-    )
+    # The wait is measured once the rows were locked (clock_timestamp() in the outer SELECT
+    # runs after the upserts): a reservation that queued behind others knows it is late.
+    return text(
+        f"WITH {', '.join(parts)} SELECT b{n - 1}.slot - extract(epoch FROM clock_timestamp()) FROM b{n - 1}"
+    ).bindparams(*(bindparam(f"g{i}", type_=Float()) for i in range(n)))
 
 
 class RateBudgets:
@@ -57,9 +59,10 @@ class RateBudgets:
         self._auto = db.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def reserve(self, buckets: Sequence[Bucket]) -> float:
-        """Reserve the next slot in each of `buckets`, in order; the seconds to wait (≥ 0)
-        before the send they were reserved for may go. One statement, its own transaction: a
-        bucket's row is locked only while the server runs it, never across a round trip."""
+        """Reserve the next slot in each of `buckets`, in order; the seconds to wait before the
+        send they were reserved for may go (negative: the slot has passed already). One
+        statement, its own transaction: a bucket's row is locked only while the server runs it,
+        never across a round trip."""
         if not buckets:
             return 0.0
         values: dict[str, object] = {}
@@ -67,7 +70,7 @@ class RateBudgets:
             values[f"k{i}"], values[f"g{i}"] = key, float(gap)
         async with self._auto.connect() as conn:
             wait = (await conn.execute(_reserve_sql(len(buckets)), values)).scalar_one()
-        return max(0.0, float(wait))
+        return float(wait)
 
     async def hold(self, key: str, seconds: float) -> None:
         """Nobody sends on `key` for `seconds` (the platform said "retry after")."""
@@ -93,6 +96,6 @@ class RateBudgets:
         async def wait(gap: float) -> float:
             if due is not None and not await due():
                 return 0.0
-            return await self.reserve([(key, gap)])
+            return max(0.0, await self.reserve([(key, gap)]))
 
         return wait

@@ -142,7 +142,7 @@ class ChatPacer:
             slot = self.clock() + delay
             if delay > 0:
                 await asyncio.sleep(delay)
-            if self.clock() - slot <= SHARED_LATE:
+            if self.clock() - slot <= SHARED_LATE:  # a slot that passed while queued is late too
                 return
 
     def buckets(self, chat: int, group: bool) -> list[tuple[str, float]]:
