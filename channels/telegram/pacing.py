@@ -30,7 +30,7 @@ from channels.telegram.errors import ptb_retry_after
 # Methods that put a message in a chat: Telegram's flood limits count these.
 # The daemons' shared slots are spaced this much wider than `per_second` asks: a daemon that
 # wakes a few ms late for its slot must not make a 31st message in Telegram's one-second window.
-SHARED_MARGIN = 1.10
+SHARED_MARGIN = 1.03
 SHARED_CHAT_MARGIN = 0.25  # seconds added to a chat's gap: two daemons' messages to one reader
 SHARED_LATE = 0.02  # seconds late for a shared slot before it is given up for a new one
 PACED_PREFIXES = ("send", "copyMessage", "forwardMessage", "editMessage")
