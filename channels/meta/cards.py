@@ -34,6 +34,14 @@ MAX_PHOTO_BYTES = 30 * 1024 * 1024  # bot/cards refuses larger photos anyway
 PhotoFetcher = Callable[[Story], Awaitable[bytes | None]]
 
 
+def card_alt_text(story: Story, limit: int) -> str:
+    """A card's alt text: the headline written on it, then what the photo shows."""
+    text = story.title
+    if story.image and story.image_alt and story.image_alt != story.title:
+        text = f"{text}. {story.image_alt}" if text else story.image_alt
+    return text[:limit]
+
+
 class CardStore:
     """The cards of one folder and the public URL they are served at."""
 

@@ -21,7 +21,7 @@ from bot.counting import Budget
 from bot.registry import ChannelType
 from bot.render import defuse_mentions
 from bot.types import Length, Payload, Post, Receipt, Story
-from channels.meta.cards import CardStore
+from channels.meta.cards import CardStore, card_alt_text
 from channels.meta.publishing import PublishingChannel, card_store
 from channels.meta.settings import PublishingSettings
 
@@ -133,7 +133,7 @@ class InstagramChannel(PublishingChannel[Settings]):
             story, title=defuse_mentions(story.title), lead=defuse_mentions(story.lead)
         )
         text, used, _ = self.renderer.fit(shown, self.budget, overrides={"url": self.link_text()})
-        alt = (story.image_alt or story.title)[:ALT_TEXT_LIMIT]
+        alt = card_alt_text(story, ALT_TEXT_LIMIT)
         card = self.store.url(story, self.settings.card_size)
         return self.post(
             story,

@@ -19,7 +19,7 @@ from bot.counting import Budget, count_threads
 from bot.registry import ChannelType
 from bot.render import defuse_mentions, hashtags
 from bot.types import Length, Payload, Post, Receipt, Story
-from channels.meta.cards import CardStore
+from channels.meta.cards import CardStore, card_alt_text
 from channels.meta.publishing import PublishingChannel, card_store
 from channels.meta.settings import PublishingSettings
 
@@ -135,7 +135,7 @@ class ThreadsChannel(PublishingChannel[Settings]):
             attachment,
             self.topic(story),
             card,
-            (story.image_alt or story.title)[:ALT_TEXT_LIMIT] if card else "",
+            card_alt_text(story, ALT_TEXT_LIMIT) if card else "",
         )
         return self.post(
             story,
