@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
@@ -34,6 +34,7 @@ from tests.fake_graph import (
     FakeGraph,
 )
 
+C = TypeVar("C", bound=Any)
 FOLLOW = "Ikuti media sosial medcom.id dan dapatkan berbagai keuntungan"
 FAST = {"poll_interval": 0.01, "poll_timeout": 2, "timeout": 5}
 
@@ -84,6 +85,10 @@ class World:
             http=self.http,
             guard_for=lambda feed: AddressGuard(allow_private=True),
         )
+
+    async def start(self, channel: C) -> C:
+        await channel.start()
+        return channel
 
     def facebook(self, **keys: Any) -> facebook.FacebookChannel:
         values = {

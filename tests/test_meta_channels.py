@@ -49,7 +49,7 @@ async def test_facebook_page_post_with_message_and_link(w: World) -> None:
     (arrived,) = w.meta.page.posts
     assert (arrived.message, arrived.link) == (post.text, story.url)
     assert receipt.remote_id == arrived.id and receipt.url == f"https://www.facebook.com/{arrived.id}"
-    token_seen = [r for r in w.meta.requests if r.endpoint == "POST feed"][0]
+    token_seen = next(r for r in w.meta.requests if r.endpoint == "POST feed")
     assert "access_token" not in token_seen.params  # the token travels in the header only
 
 

@@ -81,7 +81,11 @@ class MetaChannel(BaseChannel[S]):
             self._http = self.http_client(keepalive=False)
             s = self.settings
             self._graph = GraphClient(
-                self._http, s.api_base_url, s.graph_version, s.access_token.get_secret_value()
+                self._http,
+                s.api_base_url,
+                s.graph_version,
+                s.access_token.get_secret_value(),
+                clock=lambda: self.now().timestamp(),
             )
         return self._graph
 

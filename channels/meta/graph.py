@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,29 +62,30 @@ class Usage:
 
     percent: float
     regain_seconds: float
-    at: float  # monotonic time of the reading
+    at: float  # the meter's clock at the reading (seconds)
 
 
 class UsageMeter:
     """The latest usage reading of one token's calls (app, Page and business use-case limits)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.latest: Usage | None = None
 
-    def read(self, headers: httpx.Headers, now: float | None = None) -> Usage | None:
+    def read(self, headers: httpx.Headers) -> Usage | None:
         """Take the usage headers of one answer; None when it carries none."""
         found = usage_of(headers)
         if found is None:
             return None
         percent, regain = found
-        self.latest = Usage(percent, regain, time.monotonic() if now is None else now)
+        self.latest = Usage(percent, regain, self.clock())
         return self.latest
 
-    def pause(self, now: float | None = None) -> float:
+    def pause(self) -> float:
         """Seconds to wait before the next post, by the latest reading (0: go)."""
         if self.latest is None:
             return 0.0
-        now = time.monotonic() if now is None else now
+        now = self.clock()
         wanted = usage_pause(self.latest.percent, self.latest.regain_seconds)
         return max(0.0, wanted - (now - self.latest.at))
 
@@ -95,10 +97,10 @@ SLOW_AT, STOP_AT = 75.0, 90.0
 
 def usage_pause(percent: float, regain_seconds: float) -> float:
     """How long to wait after a reading of `percent` (the highest of all usage figures)."""
-    if percent >= 100.0:
-        return max(regain_seconds, 600.0)
+    if percent >= 100.0:  # throttled: Meta says when access returns
+        return regain_seconds or 600.0
     if percent >= STOP_AT:
-        return max(regain_seconds, 300.0)
+        return regain_seconds or 300.0
     if percent >= SLOW_AT:
         return 60.0
     return 0.0
@@ -148,11 +150,18 @@ def _json_header(value: str | None) -> Any:
 class GraphClient:
     """Calls on one Graph host with one token."""
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str, version: str, token: str) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        version: str,
+        token: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.http = http
         self.base = f"{base_url.rstrip('/')}/{version}"
         self.token = token
-        self.usage = UsageMeter()
+        self.usage = UsageMeter(clock)
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
