@@ -171,6 +171,7 @@ async def preview(config: Config, args: argparse.Namespace) -> int:
                 posts.extend(render_all(channel, wanted))
     finally:
         await fetcher.close()
+    await prepare_media(channels, posts)
     failures = [p for p in posts if isinstance(p, RenderFailure)]
     for failure in failures:
         print(
@@ -183,6 +184,24 @@ async def preview(config: Config, args: argparse.Namespace) -> int:
     else:
         _print_posts(posts)
     return 1 if failed or failures else 0
+
+
+async def prepare_media(channels: dict[str, Channel], posts: list[Post | RenderFailure]) -> None:
+    """Make the files posts' media refer to (share cards) where a channel makes its own
+    (`prepare_media(post) -> paths`), so editors can look at them; their paths go to stderr."""
+    for post in posts:
+        if isinstance(post, RenderFailure) or not post.media:
+            continue
+        make = getattr(channels.get(post.channel), "prepare_media", None)
+        if make is None:
+            continue
+        try:
+            for path in await make(post):
+                print(f"channel {post.channel}: {path}", file=sys.stderr)
+        except Exception as exc:  # a card that cannot be made never hides the posts
+            print(
+                f"channel {post.channel}: cannot make the media of {post.story.url}: {exc}", file=sys.stderr
+            )
 
 
 def _print_posts(posts: list[Post | RenderFailure]) -> None:
