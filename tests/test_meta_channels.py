@@ -13,6 +13,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from bot.channel import ChannelUnavailable
+from bot.config import HttpConfig
 from bot.counting import count_threads
 from bot.types import Story
 from channels.meta import facebook, instagram, threads
@@ -135,9 +136,7 @@ def test_caption_keeps_the_cta_and_stays_within_instagram_rules(tmp_path: Path) 
     assert post.text.endswith("Baca selengkapnya: link di bio") and FOLLOW in post.text
 
 
-def world_http():  # type: ignore[no-untyped-def]
-    from bot.config import HttpConfig
-
+def world_http() -> HttpConfig:
     return HttpConfig(public_url="https://news.example.com/siar/")
 
 
