@@ -104,3 +104,23 @@ async def test_old_cards_are_pruned(w: World) -> None:
     old = time.time() - 8 * 86400
     os.utime(path, (old, old))
     assert channel.store.prune() == 1 and not path.exists()
+
+
+async def test_channels_share_the_card_route_until_the_last_one_closes(w: World) -> None:
+    first = await w.start(w.instagram(cards_dir="cards-a"))
+    second = await w.start(w.threads(media="card", cards_dir="cards-b"))
+    story = dataclasses.replace(seed_story(), image="")
+    posts = [first.render(story), second.render(dataclasses.replace(story, uid="other"))]
+    await first.prepare_media(posts[0])
+    await second.prepare_media(posts[1])
+    async with httpx.AsyncClient() as client:
+        assert [(await client.get(p.media[0])).status_code for p in posts] == [200, 200]
+        await first.close()
+        assert (await client.get(posts[1].media[0])).status_code == 200
+        await second.close()
+        with pytest.raises(httpx.ConnectError):  # the last user gave the server back
+            await client.get(posts[1].media[0])
+    replacement = await w.start(w.instagram(cards_dir="cards-a"))  # e.g. after a reload
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(posts[0].media[0])).status_code == 200
+    await replacement.close()

@@ -103,16 +103,13 @@ class CardStore:
 
 
 class CardRoutes:
-    """`GET /cards/<name>.jpg` on the shared HTTP server, from every folder a channel added."""
+    """`GET /cards/<name>.jpg` on one HTTP server, from every folder a channel added. One per
+    server (not per app), so that a reload's new channels and the old ones share it."""
 
-    def __init__(self) -> None:
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
         self.folders: list[Path] = []
-        self.server: HttpServer | None = None
         self.users = 0
-
-    def add_folder(self, folder: Path) -> None:
-        if folder not in self.folders:
-            self.folders.append(folder)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get(PREFIX + "/{name}", self.serve)]
@@ -130,27 +127,38 @@ class CardRoutes:
                     )
         raise web.HTTPNotFound()
 
-    async def start(self, http: HttpConfig | None) -> HttpServer:
-        """Serve /cards/ on the process's server for `[http] listen` (started if needed)."""
-        if self.server is None:
-            server = shared_server(http or HttpConfig())
-            try:
-                if PREFIX not in server.prefixes:
-                    server.add_routes(self.routes(), prefix=PREFIX)
-                await server.start()
-            except BaseException:
-                server.remove_routes(PREFIX)
-                await release_server(server)
-                raise
-            self.server = server
-            log.info("share cards served at %s", server.external_url(PREFIX + "/"))
-        self.users += 1
-        return self.server
 
-    async def stop(self) -> None:
-        """One channel fewer; the last one takes the route down and gives the server back."""
-        self.users = max(0, self.users - 1)
-        if self.users == 0 and self.server is not None:
-            server, self.server = self.server, None
-            server.remove_routes(PREFIX)
+_BY_SERVER: dict[HttpServer, CardRoutes] = {}
+
+
+async def serve_cards(http: HttpConfig | None, folder: Path) -> CardRoutes:
+    """Serve `folder` at /cards/ on the process's server for `[http] listen` (started if
+    needed). Give it back with `stop_serving`."""
+    server = shared_server(http or HttpConfig())
+    routes = _BY_SERVER.get(server)
+    try:
+        if routes is None:
+            routes = CardRoutes(server)
+            server.add_routes(routes.routes(), prefix=PREFIX)
+            _BY_SERVER[server] = routes
+        if folder not in routes.folders:
+            routes.folders.append(folder)
+        routes.users += 1
+        await server.start()
+    except BaseException:
+        if routes is not None:
+            await stop_serving(routes)
+        else:
             await release_server(server)
+        raise
+    log.info("share cards served at %s", server.external_url(PREFIX + "/"))
+    return routes
+
+
+async def stop_serving(routes: CardRoutes) -> None:
+    """One channel fewer; the last one takes /cards/ down and gives the server back."""
+    routes.users -= 1
+    if routes.users <= 0 and _BY_SERVER.get(routes.server) is routes:
+        del _BY_SERVER[routes.server]
+        routes.server.remove_routes(PREFIX)
+    await release_server(routes.server)

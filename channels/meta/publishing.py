@@ -26,7 +26,7 @@ from bot.http_retry import request_may_have_left
 from bot.images import fetch_image
 from bot.types import Post, Receipt, Story
 from channels.meta.base import MetaChannel, graph_time
-from channels.meta.cards import MAX_PHOTO_BYTES, CardRoutes, CardStore
+from channels.meta.cards import MAX_PHOTO_BYTES, CardRoutes, CardStore, serve_cards, stop_serving
 from channels.meta.errors import PUBLISHING_LIMIT, is_not_ready
 from channels.meta.graph import GraphFailure, clip
 from channels.meta.settings import DAY, PublishingSettings
@@ -73,16 +73,13 @@ class PublishingChannel(MetaChannel[P]):
 
     async def start(self) -> None:
         if self.cards is not None and self._routes is None:
-            routes = self.context.shared.get("meta-card-routes", CardRoutes, CardRoutes)
-            routes.add_folder(self.cards.folder)
-            await routes.start(self.context.http)
-            self._routes = routes
+            self._routes = await serve_cards(self.context.http, self.cards.folder)
         await super().start()
 
     async def close(self) -> None:
         routes, self._routes = self._routes, None
         if routes is not None:
-            await routes.stop()
+            await stop_serving(routes)
         await super().close()
 
     async def prepare_media(self, post: Post) -> list[Path]:
