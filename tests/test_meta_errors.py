@@ -102,7 +102,7 @@ async def test_refused_token_is_alerted_once_and_the_channel_waits(w: World) -> 
     assert PAGE_TOKEN not in message
 
 
-async def test_expired_token_fails_start_with_one_alert(w: World) -> None:
+async def test_expired_token_fails_start_saying_how_to_renew(w: World) -> None:
     w.meta.add_token(
         "THshort",
         host="threads",
@@ -113,9 +113,12 @@ async def test_expired_token_fails_start_with_one_alert(w: World) -> None:
     channel = w.threads(access_token="THshort")
     w.meta.advance(3601)
     for _ in range(2):
-        with pytest.raises(Unauthorized, match="expired"):
+        with pytest.raises(Unauthorized, match="token expired.*th_refresh_token"):
             await channel.start()
-    assert len(w.alerts) == 1 and "refresh_access_token" in w.alerts[0][1]
+    assert w.alerts == []  # the dispatcher alerts once for a channel that cannot start
+    with pytest.raises(RetryLater, match="waiting for a new access token"):  # posts wait
+        await channel.send(channel.render(story(w)), idempotency_key="1")
+    assert count(w, "POST threads") == 0
 
 
 async def test_token_expiring_within_7_days_is_alerted_once_with_how_to_renew(w: World) -> None:

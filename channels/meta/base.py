@@ -90,10 +90,11 @@ class MetaChannel(BaseChannel[S]):
         return self._graph
 
     async def start(self) -> None:
-        """Check the token (Unauthorized when it is refused or lacks a permission)."""
-        problem = await self.check_token()
+        """Check the token: Unauthorized (saying how to renew it) when it is refused or lacks a
+        permission; the dispatcher alerts once and retries the start while posts wait."""
+        problem = await self.check_token(alert=False)
         if problem is not None:
-            raise TokenRefused(problem)
+            raise TokenRefused(f"{problem}: {self.RENEW_HELP}")
         if self._watch is None:
             self._watch = asyncio.create_task(self._watch_token(), name=f"{self.name}-token-watch")
 
@@ -117,22 +118,23 @@ class MetaChannel(BaseChannel[S]):
 
     # --- the token -----------------------------------------------------------------------------
 
-    async def check_token(self) -> str | None:
+    async def check_token(self, *, alert: bool = True) -> str | None:
         """Read the token's state (`GET /debug_token`): the problem (refused, missing permission)
-        or None. Alerts the admins once per problem, and once `token_warning` before expiry."""
+        or None. Alerts the admins once per problem (unless `alert` is False: the caller
+        reports it), and once `token_warning` before expiry."""
         self._token_checked_at = self.now()
         try:
             data = await self.read_token()
         except GraphFailure as failure:
             error = classify(failure, self.PLATFORM, "the token check")
             if isinstance(error, TokenRefused):
-                return await self._token_refused(error.reason)
+                return await self._token_refused(error.reason, alert=alert)
             log.warning("channel %s: cannot check the token (%s)", self.name, failure.describe())
             return self._token_problem
         except httpx.HTTPError as exc:
             log.warning("channel %s: cannot check the token (%s)", self.name, type(exc).__name__)
             return self._token_problem
-        return await self._judge_token(data)
+        return await self._judge_token(data, alert=alert)
 
     async def read_token(self) -> dict[str, Any]:
         """`debug_token`'s `data` for this channel's token."""
@@ -148,12 +150,12 @@ class MetaChannel(BaseChannel[S]):
         data = answer.get("data")
         return data if isinstance(data, dict) else {}
 
-    async def _judge_token(self, data: dict[str, Any]) -> str | None:
+    async def _judge_token(self, data: dict[str, Any], *, alert: bool = True) -> str | None:
         if data.get("is_valid") is False:
             error = data.get("error") if isinstance(data.get("error"), dict) else {}
             message = str(error.get("message", "")) if isinstance(error, dict) else ""
             return await self._token_refused(
-                f"{self.PLATFORM}: the access token is not valid: {clip(message)}"
+                f"{self.PLATFORM}: the access token is not valid: {clip(message)}", alert=alert
             )
         scopes = data.get("scopes")
         if isinstance(scopes, list) and scopes:
@@ -161,7 +163,8 @@ class MetaChannel(BaseChannel[S]):
             if missing:
                 return await self._token_refused(
                     f"{self.PLATFORM}: the access token lacks the permission {', '.join(missing)}; "
-                    "grant it to the app and make a new token"
+                    "grant it to the app and make a new token",
+                    alert=alert,
                 )
         self._token_problem = None
         expires = data.get("expires_at")
@@ -193,12 +196,12 @@ class MetaChannel(BaseChannel[S]):
             f"the {self.PLATFORM} access token expires on {when} (in {days} days): {self.RENEW_HELP}",
         )
 
-    async def _token_refused(self, reason: str) -> str:
+    async def _token_refused(self, reason: str, *, alert: bool = True) -> str:
         """Remember the refusal (posts wait), alert once per reason."""
         self._token_problem = reason
         self._token_recheck_at = self.now() + timedelta(seconds=TOKEN_RECHECK)
         key = f"token:{reason}"
-        if key not in self._alerted:
+        if alert and key not in self._alerted:
             self._alerted.add(key)
             await self.context.alert(
                 self.name, f"{reason}; its posts wait until it is fixed: {self.RENEW_HELP}"
