@@ -366,3 +366,14 @@ async def test_lost_publish_with_unreadable_container_is_uncertain(w: World) -> 
     with pytest.raises(Uncertain):
         await channel.send(channel.render(story(w)), idempotency_key="1")
     assert len(w.meta.instagram.published) == 1 and count(w, "POST media_publish") == 1
+
+
+async def test_wrong_app_token_is_alerted_once_and_the_token_checks_itself(w: World) -> None:
+    channel = await w.start(w.facebook(app_token=f"{APP_ID}|wrong-secret"))
+    await channel.check_token()
+    assert len(w.alerts) == 1 and "app_token was refused" in w.alerts[0][1]
+    assert "wrong-secret" not in w.alerts[0][1]
+    (checked,) = [r for r in w.meta.requests if r.endpoint == "GET debug_token" and r.status == 200][:1]
+    assert checked.token == PAGE_TOKEN
+    await channel.send(channel.render(story(w)), idempotency_key="1")
+    assert len(w.meta.page.posts) == 1

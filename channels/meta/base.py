@@ -31,6 +31,7 @@ from channels.meta.errors import (
     TokenRefused,
     classify,
     is_rate_limit,
+    is_token_error,
 )
 from channels.meta.graph import GraphClient, GraphFailure, clip
 from channels.meta.settings import MetaSettings
@@ -141,11 +142,26 @@ class MetaChannel(BaseChannel[S]):
         token = self.settings.access_token.get_secret_value()
         app = self.settings.app_token.get_secret_value()
         graph = self.graph
+        answer: dict[str, Any] | None = None
         if app:
-            answer = await GraphClient(
-                graph.http, self.settings.api_base_url, self.settings.graph_version, app
-            ).get("debug_token", {"input_token": token})
-        else:
+            s = self.settings
+            try:
+                answer = await GraphClient(graph.http, s.api_base_url, s.graph_version, app).get(
+                    "debug_token", {"input_token": token}
+                )
+            except GraphFailure as failure:
+                if not is_token_error(failure):
+                    raise
+                # The app token is wrong, not necessarily the channel's: say so, check with it.
+                key = "app_token"
+                if key not in self._alerted:
+                    self._alerted.add(key)
+                    await self.context.alert(
+                        self.name,
+                        f"app_token was refused by {self.PLATFORM} ({failure.describe()}); "
+                        'it must be "APP_ID|APP_SECRET" of the app the token belongs to',
+                    )
+        if answer is None:
             answer = await graph.get("debug_token", {"input_token": token})
         data = answer.get("data")
         return data if isinstance(data, dict) else {}
