@@ -113,7 +113,7 @@ async def test_expired_token_fails_start_saying_how_to_renew(w: World) -> None:
     channel = w.threads(access_token="THshort")
     w.meta.advance(3601)
     for _ in range(2):
-        with pytest.raises(Unauthorized, match="token expired.*th_refresh_token"):
+        with pytest.raises(Unauthorized, match=r"token expired.*th_refresh_token"):
             await channel.start()
     assert w.alerts == []  # the dispatcher alerts once for a channel that cannot start
     with pytest.raises(RetryLater, match="waiting for a new access token"):  # posts wait
