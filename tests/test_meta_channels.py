@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from bot.channel import ChannelUnavailable
+from bot.channel import AlreadyDone, ChannelUnavailable, Permanent
 from bot.config import HttpConfig
 from bot.counting import count_threads
-from bot.types import Story
+from bot.types import Published, Story
 from channels.meta import facebook, instagram, threads
 from tests.fake_graph import IG_USER_ID, PAGE_ID, THREADS_USER_ID, ContainerPlan
 from tests.fake_graph_rules import ig_caption_problem, threads_length, threads_links
@@ -227,3 +227,51 @@ def test_settings_refuse_bad_versions_urls_and_card_sizes() -> None:
         instagram.Settings.model_validate({"type": "instagram", "account_id": 1, "card_size": [1440, 600]})
     ig = instagram.Settings.model_validate({"type": "instagram", "account_id": 1, "login": "instagram"})
     assert ig.api_base_url == "https://graph.instagram.com"
+
+
+# --- corrections and retractions -------------------------------------------------------------
+
+
+async def test_facebook_edits_the_message_of_a_corrected_story(w: World) -> None:
+    channel = await w.start(w.facebook())
+    story = seed_story()
+    receipt = await channel.send(channel.render(story), idempotency_key="1")
+    published = Published(receipt.remote_id, receipt.url)
+    corrected = channel.render(dataclasses.replace(story, title=story.title + " (ralat)"))
+    assert channel.can_edit
+    edited = await channel.edit(corrected, published, idempotency_key="2")
+    (post,) = w.meta.page.posts
+    assert post.message == corrected.text and edited.remote_id == post.id
+    with pytest.raises(AlreadyDone):
+        await channel.edit(corrected, published, idempotency_key="3")
+    await channel.delete(published, idempotency_key="4")
+    assert post.deleted
+    with pytest.raises(AlreadyDone):
+        await channel.delete(published, idempotency_key="5")
+    with pytest.raises(Permanent, match="gone"):
+        await channel.edit(corrected, published, idempotency_key="6")
+
+
+@pytest.mark.parametrize("platform", ["instagram", "threads"])
+async def test_instagram_and_threads_delete_but_cannot_edit(w: World, platform: str) -> None:
+    channel = await w.start(w.instagram() if platform == "instagram" else w.threads())
+    account = w.meta.instagram if platform == "instagram" else w.meta.threads
+    receipt = await channel.send(channel.render(story_with_photo(w)), idempotency_key="1")
+    assert channel.can_delete and not channel.can_edit
+    await channel.delete(Published(receipt.remote_id, receipt.url), idempotency_key="2")
+    assert account.published[0].deleted
+    with pytest.raises(AlreadyDone):
+        await channel.delete(Published(receipt.remote_id, receipt.url), idempotency_key="3")
+
+
+async def test_threads_delete_without_the_permission_names_it(w: World) -> None:
+    w.meta.add_token(
+        "THnodelete",
+        host="threads",
+        user_id=THREADS_USER_ID,
+        scopes={"threads_basic", "threads_content_publish"},
+    )
+    channel = await w.start(w.threads(access_token="THnodelete"))
+    receipt = await channel.send(channel.render(seed_story()), idempotency_key="1")
+    with pytest.raises(Permanent, match="threads_delete"):
+        await channel.delete(Published(receipt.remote_id), idempotency_key="2")

@@ -23,13 +23,22 @@ from typing import Any, ClassVar, NoReturn, TypeVar
 
 import httpx
 
-from bot.channel import ChannelContext, Permanent, RetryLater, Unauthorized, Uncertain
+from bot.channel import (
+    AlreadyDone,
+    ChannelContext,
+    Permanent,
+    RetryLater,
+    Unauthorized,
+    Uncertain,
+)
 from bot.http_retry import request_may_have_left
 from bot.kit import BaseChannel
+from bot.types import Published, Receipt
 from channels.meta.errors import (
     BLOCKED,
     TokenRefused,
     classify,
+    is_missing,
     is_rate_limit,
     is_token_error,
 )
@@ -60,6 +69,7 @@ class MetaChannel(BaseChannel[S]):
     # The permissions the token must have (any one group of alternatives: see `scope_groups`).
     SCOPES: ClassVar[tuple[tuple[str, ...], ...]] = ()
     RENEW_HELP: ClassVar[str] = "make a new token (see docs/platforms/meta-channels.md)"
+    DELETE_SCOPES: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, settings: S, context: ChannelContext) -> None:
         super().__init__(name, settings, context)
@@ -353,6 +363,25 @@ class MetaChannel(BaseChannel[S]):
             ) from None
         except Permanent as exc:
             raise Uncertain(f"{why}, and looking the post up failed ({exc.reason})") from None
+
+    # --- retractions -------------------------------------------------------------------------
+
+    async def delete(self, published: Published, *, idempotency_key: str) -> Receipt:
+        """Remove the post (`DELETE /{id}`); AlreadyDone when Meta no longer has it. Safe to
+        repeat, so a lost answer is simply retried."""
+        await self.ready()
+        remote = published.remote_id
+        if not remote:
+            raise Permanent(f"the {self.PLATFORM} post's id was not recorded; remove it by hand")
+        try:
+            await self.graph.delete(remote)
+        except GraphFailure as failure:
+            if is_missing(failure):
+                raise AlreadyDone(f"the {self.PLATFORM} post {remote} is gone already") from None
+            await self.refused(failure, "deleting the post", needs=self.DELETE_SCOPES)
+        except httpx.HTTPError as exc:
+            raise RetryLater(f"network error while deleting the post: {type(exc).__name__}") from None
+        return Receipt(remote_id=remote, url=published.url, note="deleted")
 
     def since(self, moment: datetime, slack: float = 120.0) -> str:
         """A `since` parameter a little before `moment` (the clocks of Meta and ours differ)."""

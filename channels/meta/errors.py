@@ -56,6 +56,11 @@ def is_token_error(failure: GraphFailure) -> bool:
     return failure.code in TOKEN_CODES
 
 
+def is_missing(failure: GraphFailure) -> bool:
+    """Code 100 subcode 33: the object does not exist (or cannot be seen)."""
+    return failure.code == 100 and failure.subcode == 33
+
+
 def is_rate_limit(failure: GraphFailure) -> bool:
     return failure.code in RATE_LIMIT_CODES or failure.code in BUC_CODES
 

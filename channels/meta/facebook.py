@@ -11,14 +11,17 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from pydantic import field_validator
 
-from bot.channel import ChannelContext, ChannelSettings, payload_of
+from bot.channel import AlreadyDone, ChannelContext, ChannelSettings, Permanent, RetryLater, payload_of
 from bot.counting import Budget
 from bot.registry import ChannelType
 from bot.render import defuse_mentions
-from bot.types import Length, Payload, Post, Receipt, Story
+from bot.types import Length, Payload, Post, Published, Receipt, Story
 from channels.meta.base import MetaChannel
+from channels.meta.errors import is_missing
+from channels.meta.graph import GraphFailure
 from channels.meta.settings import MetaSettings, graph_id
 
 # Title, lead, hashtags and the call to action; the link goes as `link` (Facebook's preview).
@@ -68,6 +71,9 @@ class FacebookChannel(MetaChannel[Settings]):
     DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
     SCOPES = (POST_SCOPES,)
     RENEW_HELP = RENEW_HELP
+    CAN_EDIT = True
+    CAN_DELETE = True
+    DELETE_SCOPES = POST_SCOPES
 
     def __init__(self, name: str, settings: Settings, context: ChannelContext) -> None:
         super().__init__(name, settings, context)
@@ -104,6 +110,33 @@ class FacebookChannel(MetaChannel[Settings]):
         if not post_id:
             return Receipt(note="Facebook accepted the post but answered without its id")
         return Receipt(remote_id=post_id, url=post_url(post_id))
+
+    async def edit(self, post: Post, published: Published, *, idempotency_key: str) -> Receipt:
+        """Make the Page post's message read like `post` (its link cannot change). Setting a
+        message twice is harmless, so a lost answer is retried."""
+        await self.ready()
+        remote = published.remote_id
+        if not remote:
+            raise Permanent("the Facebook post's id was not recorded; edit it by hand")
+
+        async def read() -> dict[str, Any]:
+            return await self.graph.get(remote, {"fields": "message"})
+
+        async def write() -> dict[str, Any]:
+            return await self.graph.post(remote, {"message": post.text})
+
+        try:
+            current = await read()
+        except GraphFailure as failure:
+            if is_missing(failure):
+                raise Permanent(f"the Facebook post {remote} is gone; nothing to edit") from None
+            await self.refused(failure, "reading the post", needs=POST_SCOPES)
+        except httpx.HTTPError as exc:
+            raise RetryLater(f"network error while reading the post: {type(exc).__name__}") from None
+        if current.get("message") == post.text:
+            raise AlreadyDone("the Page post already reads like this")
+        await self.call("editing the post", write, needs=POST_SCOPES)
+        return Receipt(remote_id=remote, url=published.url or post_url(remote), note="edited")
 
     async def find_post(self, message: str, started: Any) -> Receipt | None:
         """The Page post with exactly `message` created since `started` (newest first), or None."""

@@ -176,6 +176,10 @@ class GraphClient:
         response = await self.http.post(f"{self.base}/{path.lstrip('/')}", data=data, headers=self._headers())
         return self._answer(response)
 
+    async def delete(self, path: str) -> dict[str, Any]:
+        response = await self.http.delete(f"{self.base}/{path.lstrip('/')}", headers=self._headers())
+        return self._answer(response)
+
     def _answer(self, response: httpx.Response) -> dict[str, Any]:
         reading = self.usage.read(response.headers)
         try:

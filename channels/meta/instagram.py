@@ -107,6 +107,8 @@ class InstagramChannel(PublishingChannel[Settings]):
     DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
     RENEW_HELP = RENEW_HELP
     SCOPES: ClassVar[tuple[tuple[str, ...], ...]] = (FACEBOOK_LOGIN, INSTAGRAM_LOGIN)
+    CAN_DELETE = True  # (captions cannot be edited through the API)
+    DELETE_SCOPES = FACEBOOK_LOGIN
     CREATE_EDGE = "media"
     PUBLISH_EDGE = "media_publish"
     LIMIT_EDGE = "content_publishing_limit"

@@ -87,6 +87,8 @@ class ThreadsChannel(PublishingChannel[Settings]):
     DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
     RENEW_HELP = RENEW_HELP
     SCOPES = (THREADS_SCOPES,)
+    CAN_DELETE = True  # (posts cannot be edited through the API)
+    DELETE_SCOPES = ("threads_basic", "threads_delete")
     CREATE_EDGE = "threads"
     PUBLISH_EDGE = "threads_publish"
     LIMIT_EDGE = "threads_publishing_limit"
