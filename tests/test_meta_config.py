@@ -132,3 +132,14 @@ async def test_seed_story_through_every_new_channel(tmp_path: Path, env: None) -
         caption = w.meta.instagram.published[0].text
         assert caption.startswith(story.title) and caption.endswith("link di bio")
         assert "#VladimirPutin" in w.meta.page.posts[0].message
+
+
+def test_a_changed_cards_section_recreates_the_channels_on_reload(tmp_path: Path, env: None) -> None:
+    from bot.reload import plan
+
+    text = uncommented(free_port())
+    old = load(tmp_path, text)
+    new = load(tmp_path, text.replace('background = "#0d2140"', 'background = "#202020"'))
+    assert old.sections["cards"] != new.sections["cards"]
+    assert {"facebook", "instagram", "threads"} <= set(plan(old, new).channels_changed)
+    assert plan(old, load(tmp_path, text)).channels_changed == []
