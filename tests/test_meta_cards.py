@@ -8,6 +8,7 @@ import dataclasses
 import io
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -63,9 +64,9 @@ CASES = {
 
 
 @pytest.fixture
-async def w(tmp_path: Path) -> World:
+async def w(tmp_path: Path) -> AsyncIterator[World]:
     async with world(tmp_path, ig_quota=100) as w:
-        yield w  # type: ignore[misc]
+        yield w
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -25,9 +26,9 @@ SEED_TAGS = ["#VladimirPutin", "#Rusia", "#KonflikArmeniaAzerbaijan"]
 
 
 @pytest.fixture
-async def w(tmp_path: Path) -> World:
+async def w(tmp_path: Path) -> AsyncIterator[World]:
     async with world(tmp_path) as w:
-        yield w  # type: ignore[misc]
+        yield w
 
 
 def story_with_photo(w: World) -> Story:
@@ -173,7 +174,9 @@ async def test_threads_card_post(w: World) -> None:
 def test_threads_text_has_at_most_five_links_and_500_characters(tmp_path: Path) -> None:
     w = World(None, tmp_path, world_http())  # type: ignore[arg-type]
     channel = threads.create(
-        "th", threads.Settings(type="threads", account_id="1", access_token="t"), w.context()
+        "th",
+        threads.Settings.model_validate({"type": "threads", "account_id": "1", "access_token": "t"}),
+        w.context(),
     )  # type: ignore[arg-type]
     domains = " ".join(f"site{i}.com" for i in range(9))
     story = dataclasses.replace(seed_story(), title=f"Links {domains}", lead=f"{domains} " + "🇮🇩" * 200)

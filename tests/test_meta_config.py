@@ -33,17 +33,24 @@ FEED = """<?xml version="1.0" encoding="UTF-8"?>
 
 
 def uncommented(port: int, base: dict[str, str] | None = None) -> str:
-    """config.toml with its Meta examples switched on ([http] on `port`; API bases from `base`)."""
+    """config.toml with its [cards] and Meta examples switched on, [http] on `port` of
+    127.0.0.1, and the API bases from `base`."""
     text = (ROOT / "config.toml").read_text(encoding="utf-8")
     head, found, block = text.partition(META_BLOCK)
     assert found, "config.toml lost its Meta examples"
     block = re.sub(r"(?m)^# (?=\[|[a-z_]+ = )", "", block)
-    block = block.replace('listen = "127.0.0.1:8080"', f'listen = "127.0.0.1:{port}"')
-    block = block.replace("https://www.medcom.id/siar/", f"http://127.0.0.1:{port}/")
-    block = block.replace('logo = "logo-white.png"', 'logo = ""')
+    cards = re.search(r"(?m)^# \[cards\]\n(?:# [a-z_]+ = .*\n)+", head)
+    assert cards, "config.toml lost its [cards] example"
+    head = head.replace(cards.group(0), re.sub(r"(?m)^# ", "", cards.group(0)))
+    text = head + found + block
+    text = text.replace('logo = "logo-white.png"', 'logo = ""')
+    text = re.sub(r'(?m)^listen = "127\.0\.0\.1:8080"', f'listen = "127.0.0.1:{port}"', text)
+    text = re.sub(
+        r'(?m)^public_url = "https://www\.medcom\.id/"', f'public_url = "http://127.0.0.1:{port}/"', text
+    )
     for kind, url in (base or {}).items():
-        block = block.replace(f'type = "{kind}"\n', f'type = "{kind}"\napi_base_url = "{url}"\n')
-    return head + found + block
+        text = text.replace(f'type = "{kind}"\n', f'type = "{kind}"\napi_base_url = "{url}"\n')
+    return text
 
 
 @pytest.fixture

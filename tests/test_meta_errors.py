@@ -5,6 +5,7 @@ the publishing limits, and lost answers — looked up, never resent blindly."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,9 @@ DAY = 86400
 
 
 @pytest.fixture
-async def w(tmp_path: Path) -> World:
+async def w(tmp_path: Path) -> AsyncIterator[World]:
     async with world(tmp_path, ig_quota=2, threads_quota=2) as w:
-        yield w  # type: ignore[misc]
+        yield w
 
 
 def story(w: World, n: int = 0) -> Story:
@@ -266,6 +267,7 @@ async def test_publishing_limit_defers_until_the_oldest_post_leaves_the_window(
         await channel.send(channel.render(story(w, 3)), idempotency_key="3")
     assert caught.value.attempt is False
     assert caught.value.after == pytest.approx(DAY - 2 * 3600 + 60, abs=5)
+    assert caught.value.after is not None
     w.meta.advance(caught.value.after)
     await channel.send(channel.render(story(w, 3)), idempotency_key="3")
 

@@ -68,7 +68,7 @@ pieces = st.sampled_from(
     ]
 )
 texts = st.lists(
-    st.one_of(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30), pieces),
+    st.one_of(st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=30), pieces),
     max_size=120,
 ).map("".join)
 
