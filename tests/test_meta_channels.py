@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from bot.channel import AlreadyDone, ChannelUnavailable, Permanent
 from bot.config import HttpConfig
 from bot.counting import count_threads
-from bot.types import Published, Story
+from bot.types import Digest, Published, Story
 from channels.meta import facebook, instagram, threads
 from tests.fake_graph import IG_USER_ID, PAGE_ID, THREADS_USER_ID, ContainerPlan
 from tests.fake_graph_rules import ig_caption_problem, threads_length, threads_links
@@ -278,3 +278,26 @@ async def test_threads_delete_without_the_permission_names_it(w: World) -> None:
     receipt = await channel.send(channel.render(seed_story()), idempotency_key="1")
     with pytest.raises(Permanent, match="threads_delete"):
         await channel.delete(Published(receipt.remote_id), idempotency_key="2")
+
+
+# --- digests ---------------------------------------------------------------------------------
+
+
+async def test_a_digest_goes_to_every_meta_channel_within_its_rules(w: World) -> None:
+    base = seed_story()
+    stories = tuple(
+        dataclasses.replace(base, uid=f"d{i}", title=f"Berita nomor {i} hari ini", url=f"{base.url}-{i}")
+        for i in range(8)
+    )
+    digest = Digest("Ringkasan pagi", stories, more=2)
+    for channel in (await w.start(w.facebook()), await w.start(w.instagram()), await w.start(w.threads())):
+        post = channel.render_digest(digest)
+        await channel.send(post, idempotency_key=f"digest-{channel.type}")
+    (page_post,) = w.meta.page.posts
+    assert "Berita nomor 7" in page_post.message and page_post.link == ""
+    (media,) = w.meta.instagram.published
+    assert ig_caption_problem(media.text, 2200, 30, 20) is None and "https://" not in media.text
+    assert media.container.params["image_url"].startswith(w.http.public_url + "cards/")
+    (thread,) = w.meta.threads.published
+    assert threads_length(thread.text) <= 500 and threads_links(thread.text) <= 5
+    assert thread.text.startswith("Ringkasan pagi")

@@ -18,7 +18,7 @@ from bot.channel import AlreadyDone, ChannelContext, ChannelSettings, Permanent,
 from bot.counting import Budget
 from bot.registry import ChannelType
 from bot.render import defuse_mentions
-from bot.types import Length, Payload, Post, Published, Receipt, Story
+from bot.types import Digest, Length, Payload, Post, Published, Receipt, Story
 from channels.meta.base import MetaChannel
 from channels.meta.errors import is_missing
 from channels.meta.graph import GraphFailure
@@ -87,6 +87,13 @@ class FacebookChannel(MetaChannel[Settings]):
         return self.post(
             story, text, Length(self.budget.unit, used, self.budget.limit), payload=FacebookPayload(story.url)
         )
+
+    def digest_budget(self) -> Budget:
+        return self.budget
+
+    def render_digest(self, digest: Digest) -> Post:
+        """The roundup as one Page post (its links in the text; no link preview)."""
+        return dataclasses.replace(super().render_digest(digest), payload=FacebookPayload())
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
         payload = payload_of(post, FacebookPayload)

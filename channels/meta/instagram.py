@@ -20,7 +20,7 @@ from bot.channel import ChannelContext, ChannelSettings, Permanent, RetryLater, 
 from bot.counting import Budget
 from bot.registry import ChannelType
 from bot.render import defuse_mentions
-from bot.types import Length, Payload, Post, Receipt, Story
+from bot.types import Digest, Length, Payload, Post, Receipt, Story
 from channels.meta.cards import CardStore, card_alt_text
 from channels.meta.publishing import PublishingChannel, card_store
 from channels.meta.settings import PublishingSettings
@@ -104,6 +104,11 @@ class InstagramChannel(PublishingChannel[Settings]):
 
     TYPE = "instagram"
     PLATFORM = "Instagram"
+    # Captions do not link: a roundup lists the headlines only.
+    DIGEST_TEMPLATE = (
+        "{{ digest_title }}\n\n{% for item in items %}• {{ item.title }}\n{% endfor %}"
+        "{% if more %}… +{{ more }}{% endif %}"
+    )
     DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
     RENEW_HELP = RENEW_HELP
     SCOPES: ClassVar[tuple[tuple[str, ...], ...]] = (FACEBOOK_LOGIN, INSTAGRAM_LOGIN)
@@ -128,6 +133,16 @@ class InstagramChannel(PublishingChannel[Settings]):
         if self.settings.link_text is not None:
             return self.settings.link_text
         return LINK_TEXT.get(self.context.site.language, LINK_TEXT["en"])
+
+    def digest_budget(self) -> Budget:
+        return self.budget
+
+    def render_digest(self, digest: Digest) -> Post:
+        """The roundup's headlines as the caption of the newest story's card."""
+        post = super().render_digest(digest)
+        card = self.store.url(post.story, self.settings.card_size)
+        payload = InstagramPayload(card, card_alt_text(post.story, ALT_TEXT_LIMIT))
+        return dataclasses.replace(post, media=(card,), payload=payload)
 
     def render(self, story: Story) -> Post:
         # Feed text must not @tag accounts (they would be notified, and 20 is the limit).

@@ -18,7 +18,7 @@ from bot.channel import ChannelContext, ChannelSettings, Permanent, RetryLater, 
 from bot.counting import Budget, count_threads
 from bot.registry import ChannelType
 from bot.render import defuse_mentions, hashtags
-from bot.types import Length, Payload, Post, Receipt, Story
+from bot.types import Digest, Length, Payload, Post, Receipt, Story
 from channels.meta.cards import CardStore, card_alt_text
 from channels.meta.publishing import PublishingChannel, card_store
 from channels.meta.settings import PublishingSettings
@@ -111,6 +111,17 @@ class ThreadsChannel(PublishingChannel[Settings]):
             return count_threads(text)
 
         return Budget("threads", TEXT_LIMIT, count)
+
+    def digest_budget(self) -> Budget:
+        return self.budget("")
+
+    def render_digest(self, digest: Digest) -> Post:
+        """The roundup as a text post (at most 5 links: fewer stories when needed)."""
+        post = super().render_digest(digest)
+        used = count_threads(post.text)
+        return dataclasses.replace(
+            post, length=Length("threads", used, TEXT_LIMIT), payload=ThreadsPayload("TEXT")
+        )
 
     def topic(self, story: Story) -> str:
         wanted = self.settings.topic_tag
