@@ -16,6 +16,7 @@ from bot.config import FeedConfig
 from bot.lock import PidFile, StoreLock
 from bot.ops import HEARTBEAT_EVERY, OpsServer, record_feed_states
 from bot.reload import Reloader
+from bot.websub import WebSub
 
 log = logging.getLogger("siar")
 
@@ -98,6 +99,9 @@ class Daemon:
         self.polls: set[asyncio.Task[None]] = set()
         self.ops = OpsServer(app.config, app.store, app.metrics, app.clock, lambda: self.app.config)
         self.reloader = Reloader(app, self.schedule, self.unschedule)
+        self.websub = WebSub(app.config, app.store.db, app.clock, self._poll_now, self.retime)
+        app.poller.observers.append(self.websub)
+        self.reloader.followers.append(self.websub.reloaded)
         self._reloading: asyncio.Task[bool] | None = None
         self.reloaded = asyncio.Event()  # set after each reload attempt (tests wait on it)
 
@@ -108,7 +112,7 @@ class Daemon:
             self.scheduler.remove_job(job)
         self.scheduler.add_job(
             _poll_job,
-            IntervalTrigger(seconds=feed.interval, jitter=self.app.config.fetch.jitter),
+            IntervalTrigger(seconds=self.websub.interval(feed), jitter=self.app.config.fetch.jitter),
             args=(self.app, feed, self.polls),
             id=job,
             max_instances=1,
@@ -116,6 +120,16 @@ class Daemon:
             misfire_grace_time=max(30, int(feed.interval)),
             next_run_time=self.app.clock() if now else None,
         )
+
+    def retime(self, feed: FeedConfig) -> None:
+        """Poll `feed` at its current rate (WebSub's safety net, or its interval) from now on."""
+        job = self.scheduler.get_job(f"feed:{feed.name}")
+        if job is not None:
+            interval = self.websub.interval(feed)
+            job.reschedule(IntervalTrigger(seconds=interval, jitter=self.app.config.fetch.jitter))
+
+    async def _poll_now(self, feed: FeedConfig) -> None:
+        await _poll_job(self.app, feed, self.polls)
 
     def unschedule(self, name: str) -> None:
         if self.scheduler.get_job(f"feed:{name}") is not None:
@@ -156,6 +170,7 @@ class Daemon:
             pid.write()
             await record_feed_states(app.store, app.config, app.metrics)
             await self.ops.start()
+            await self.websub.start()
             app.dispatcher.start()
             for feed in app.config.feeds:
                 self.schedule(feed)
@@ -203,6 +218,7 @@ class Daemon:
                 log.info("stopping: %d polls did not finish in time and were cancelled", len(unfinished))
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        await self.websub.stop()
         await app.dispatcher.stop(app.config.daemon.shutdown_grace)
         await self.ops.stop()
         await app.close()
