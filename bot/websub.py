@@ -47,6 +47,8 @@ MISS_GRACE = 120.0  # a notification this recent may still be on its way to the 
 Clock = Callable[[], datetime]
 # Set inside a poll that a verified notification started: such a poll is not the safety net.
 _NOTIFIED: contextvars.ContextVar[bool] = contextvars.ContextVar("websub_notified", default=False)
+# Set by a poll's fetch when the subscription was already trusted then (each poll is a task).
+_TRUSTED_FETCH: contextvars.ContextVar[bool] = contextvars.ContextVar("websub_trusted", default=False)
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,9 @@ class WebSub:
 
     def fetched(self, feed: FeedConfig, result: FetchResult) -> None:
         """A poll fetched `feed` (pipeline observer): subscribe, move or renew as it advertises."""
+        sub = self.subs.get(feed.name)
+        # Only a poll that fetched while the hub was trusted can find it silent (`polled`).
+        _TRUSTED_FETCH.set(sub is not None and sub.state == "subscribed")
         if result.body is None or result.error or not feed.websub:
             return
         try:
@@ -230,13 +235,15 @@ class WebSub:
                 return
         elif self._waiting(feed.name):
             return
-        self._spawn(self._subscribe(feed, found, topic, sub), feed.name)
+        self._spawn(self._subscribe(feed, found, topic), feed.name)
 
     def polled(self, feed: FeedConfig, new_stories: int) -> None:
         """A poll of `feed` ended (pipeline observer): a safety-net poll that finds stories the
         hub never announced means the hub is not delivering."""
         sub = self.subs.get(feed.name)
-        if _NOTIFIED.get() or not new_stories or sub is None or sub.state != "subscribed":
+        trusted = _TRUSTED_FETCH.get()
+        _TRUSTED_FETCH.set(False)
+        if _NOTIFIED.get() or not new_stories or not trusted or sub is None or sub.state != "subscribed":
             return
         now = self.clock()
         if sub.notified_at is not None and now - sub.notified_at < timedelta(seconds=MISS_GRACE):
@@ -251,7 +258,7 @@ class WebSub:
         )
         self._set(replace(sub, state="silent", last_error="the hub did not announce new stories"))
         self.retime(feed)
-        self._spawn(self._subscribe(feed, Discovery((sub.hub,), sub.topic), sub.topic, sub), feed.name)
+        self._spawn(self._subscribe(feed, Discovery((sub.hub,), sub.topic), sub.topic), feed.name)
 
     async def reloaded(self, changes: Any, new: Config) -> None:
         """Reloader follower: unsubscribe feeds that were removed, turned off or moved."""
@@ -309,13 +316,14 @@ class WebSub:
                 expires_at=now + timedelta(seconds=lease),
                 last_error=None,
             )
-            await self._save(sub)
+            self._set(sub)
             self._failures.pop(sub.feed, None)
             feed = self._feed(sub.feed)
             if fresh and feed is not None:
                 log.info("feed %s: subscribed at %s (lease %ds)", sub.feed, sub.hub, lease)
                 self.retime(feed)
                 self._trigger(feed)  # what appeared between discovery and now
+            await self.store.save(sub)
         else:
             return web.Response(status=404, text="not pending")
         return web.Response(status=200, body=challenge.encode(), content_type="application/octet-stream")
@@ -377,10 +385,9 @@ class WebSub:
 
     # --- requests to the hub ------------------------------------------------------------------
 
-    async def _subscribe(
-        self, feed: FeedConfig, found: Discovery, topic: str, old: Subscription | None
-    ) -> None:
+    async def _subscribe(self, feed: FeedConfig, found: Discovery, topic: str) -> None:
         now = self.clock()
+        old = self.subs.get(feed.name)  # as it is now, not as it was when this was asked for
         if old is not None and old.hub != found.hub and old.state != "unsubscribing":
             await self._unsubscribe(old, self._guard(feed))
         renewing = (
@@ -489,12 +496,12 @@ class WebSub:
                     self._spawn(self._save(self.subs[name]))
                     self._back_to_polling(name)
                 elif now >= renew_at(sub.expires_at, sub.lease_seconds) and not self._recent(sub, now):
-                    self._spawn(self._subscribe(feed, Discovery((sub.hub,), sub.topic), sub.topic, sub), name)
+                    self._spawn(self._subscribe(feed, Discovery((sub.hub,), sub.topic), sub.topic), name)
             elif sub.state == "pending" and sub.requested_at:
                 if now - sub.requested_at > timedelta(seconds=self.pending_timeout):
-                    self._spawn(self._subscribe(feed, Discovery((sub.hub,), sub.topic), sub.topic, sub), name)
+                    self._spawn(self._subscribe(feed, Discovery((sub.hub,), sub.topic), sub.topic), name)
             elif sub.state in ("expired", "failed") and not self._waiting(name):
-                self._spawn(self._subscribe(feed, Discovery((sub.hub,), sub.topic), sub.topic, sub), name)
+                self._spawn(self._subscribe(feed, Discovery((sub.hub,), sub.topic), sub.topic), name)
 
     def _recent(self, sub: Subscription, now: datetime) -> bool:
         """A renewal was asked for lately (the hub has yet to verify it)."""

@@ -53,7 +53,7 @@ def link_header_links(value: str, base: str) -> list[tuple[str, set[str]]]:
         for param in _PARAM.finditer(match.group(2)):
             if param.group(1).lower() == "rel":
                 rels |= {r.lower() for r in (param.group(2) or param.group(3) or "").split()}
-        links.append((urljoin(base, match.group(1).strip()), rels))
+        links.append((_absolute(base, match.group(1).strip()), rels))
     return links
 
 
@@ -74,7 +74,7 @@ def element_links(body: bytes, base: str) -> list[tuple[str, set[str]]]:
         if href and rel:
             url = html.unescape(href.decode("utf-8", "replace")).strip()
             rels = {r.lower() for r in html.unescape(rel.decode("utf-8", "replace")).split()}
-            links.append((urljoin(base, url), rels))
+            links.append((_absolute(base, url), rels))
     return links
 
 
@@ -90,6 +90,14 @@ def discover(headers: Mapping[str, str], body: bytes | None, url: str) -> Discov
             selves = [u for u, rels in links if "self" in rels and _web(u)]
             return Discovery(hubs, selves[0] if selves else "")
     return Discovery()
+
+
+def _absolute(base: str, url: str) -> str:
+    """`url` resolved against `base`; "" when either is malformed (never raises)."""
+    try:
+        return urljoin(base, url)
+    except ValueError:
+        return ""
 
 
 def _web(url: str) -> bool:
