@@ -264,6 +264,7 @@ class WebSub:
         """Reloader follower: unsubscribe feeds that were removed, turned off or moved."""
         old = {f.name: f for f in self.config.feeds}
         self.config = new
+        self.retry_at.clear()  # a reload is the operator's word: ask denying or failing hubs again
         if not self.active:
             return
         feeds = {f.name: f for f in new.feeds}
