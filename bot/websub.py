@@ -89,6 +89,13 @@ class Subscriptions:
             rows = (await conn.execute(select(table))).all()
         return [Subscription(**r._asdict()) for r in rows]
 
+    async def get(self, *, feed: str | None = None, callback_id: str | None = None) -> Subscription | None:
+        """The row of `feed`, or the one with `callback_id` (another daemon's, on PostgreSQL)."""
+        column, value = (table.c.feed, feed) if feed is not None else (table.c.callback_id, callback_id)
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(table).where(column == value))).first()
+        return Subscription(**row._asdict()) if row is not None else None
+
     async def save(self, sub: Subscription) -> None:
         values = {k: getattr(sub, k) for k in _COLUMNS}
         async with self.db.write() as conn:
@@ -285,7 +292,7 @@ class WebSub:
     async def _verify(self, request: web.Request) -> web.StreamResponse:
         """§5.2/§5.3: the hub confirms (subscribe, unsubscribe) or denies; echo the challenge
         only for what siar asked for."""
-        sub = self._sub_of(request)
+        sub = await self._sub_of(request)
         query = request.query
         mode, topic = query.get("hub.mode", ""), query.get("hub.topic", "")
         if sub is None or topic != sub.topic:
@@ -332,7 +339,7 @@ class WebSub:
     async def _notified(self, request: web.Request) -> web.StreamResponse:
         """§7: a content distribution request. Acknowledged with 2xx whatever its signature
         (§7.1.2 allows it, and a forger learns nothing); only a verified one polls the feed."""
-        sub = self._sub_of(request)
+        sub = await self._sub_of(request)
         if sub is None or sub.state == "unsubscribing":
             return web.Response(status=410, text="no such subscription")  # §7: the hub may drop it
         body = await request.read()
@@ -353,10 +360,20 @@ class WebSub:
         self._spawn(self._save(self.subs[sub.feed]))
         return web.Response(status=202, text="")
 
-    def _sub_of(self, request: web.Request) -> Subscription | None:
-        name = self.by_id.get(request.match_info.get("id", ""))
+    async def _sub_of(self, request: web.Request) -> Subscription | None:
+        """The subscription a callback belongs to: this daemon's, or (daemons sharing PostgreSQL
+        behind one public_url) one another daemon made, read from the store."""
+        callback_id = request.match_info.get("id", "")
+        name = self.by_id.get(callback_id)
         sub = self.subs.get(name) if name else None
-        return sub if sub is not None and sub.callback_id == request.match_info.get("id") else None
+        if sub is not None and sub.callback_id == callback_id:
+            return sub
+        if not 16 <= len(callback_id) <= 64:
+            return None
+        stored = await self.store.get(callback_id=callback_id)
+        if stored is not None and stored.state != "unsubscribing":
+            self._set(stored)
+        return stored
 
     # --- polls --------------------------------------------------------------------------------
 
@@ -389,6 +406,15 @@ class WebSub:
     async def _subscribe(self, feed: FeedConfig, found: Discovery, topic: str) -> None:
         now = self.clock()
         old = self.subs.get(feed.name)  # as it is now, not as it was when this was asked for
+        if old is None:  # another daemon sharing the store may have subscribed it already
+            stored = await self.store.get(feed=feed.name)
+            wanted = (found.hub, topic, feed.url)
+            if stored is not None and (stored.hub, stored.topic, stored.feed_url) == wanted:
+                if stored.state in ("pending", "subscribed", "silent"):
+                    self._set(stored)
+                    self.retime(feed)
+                    return
+                old = stored
         if old is not None and old.hub != found.hub and old.state != "unsubscribing":
             await self._unsubscribe(old, self._guard(feed))
         renewing = (

@@ -20,10 +20,12 @@ import pytest
 from sqlalchemy import select
 
 from bot.app import build
-from bot.config import Config, load_config
+from bot.config import Config, HttpConfig, load_config
 from bot.daemon import Daemon
 from bot.schema import websub_subscriptions
-from bot.websub_protocol import discover, element_links, renew_at, sign, signature_problem
+from bot.web import HttpServer
+from bot.websub import WebSub
+from bot.websub_protocol import Discovery, discover, element_links, renew_at, sign, signature_problem
 from tests.fakes import FakeChannel
 from tests.feedserver import FeedServer, Route
 from tests.websub_hub import Hub
@@ -444,3 +446,39 @@ def test_the_config_keys_and_their_limits(make_config: Callable[[str], Config]) 
     assert config.feeds[0].websub is True and config.feeds[0].websub_poll_interval == 900.0
     with pytest.raises(Exception, match="websub_poll_interval"):
         make_config('[[feeds]]\nname = "a"\nurl = "https://x.example/rss"\nwebsub_poll_interval = "2s"\n')
+
+
+async def test_daemons_sharing_the_store_share_one_subscription(world: World) -> None:
+    """On PostgreSQL several daemons share the store behind one public_url: a callback may
+    reach a daemon that did not subscribe, and a second daemon must not subscribe again."""
+    world.serve("a", [1])
+    await world.start(world.write_config(["a"]))
+    await world.subscribed("a")
+    assert world.daemon is not None
+    app = world.daemon.app
+    polled: list[str] = []
+
+    async def poll(feed: Any) -> None:
+        polled.append(feed.name)
+
+    other = WebSub(app.config, app.store.db, app.clock, poll, lambda feed: None)
+    feed = app.config.feed("a")
+    requests = len(world.hub.requests)
+    await other._subscribe(feed, Discovery((world.hub.url,), world.topic("a")), world.topic("a"))
+    assert len(world.hub.requests) == requests  # adopted the stored subscription
+    assert other.subs["a"].callback_id == world.websub.subs["a"].callback_id
+    fresh = WebSub(app.config, app.store.db, app.clock, poll, lambda feed: None)  # knows nothing yet
+    server = HttpServer(HttpConfig(listen="127.0.0.1:0"))
+    server.add_routes(fresh.routes(), prefix="/websub")
+    await server.start()
+    try:
+        path = "websub/" + world.websub.subs["a"].callback_id
+        body = world.serve("a", [1, 2])
+        assert await post(server.url + path, body, {"X-Hub-Signature": sign("wrong", body)}) == 202
+        await asyncio.sleep(0.1)
+        assert polled == []  # the forged one polled nothing
+        signed = {"X-Hub-Signature": sign(other.subs["a"].secret, body)}
+        assert await post(server.url + path, body, signed) == 202
+        await until(lambda: polled == ["a"], "the other daemon polled a")
+    finally:
+        await server.stop()
