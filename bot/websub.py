@@ -171,6 +171,13 @@ class WebSub:
             if PREFIX not in server.prefixes:
                 server.add_routes(self.routes(), prefix=PREFIX)
             await server.start()
+        except OSError as exc:  # polling goes on without it
+            await release_server(server)
+            self.active = False
+            log.error(
+                "WebSub is off: cannot listen on %s (%s); polling as usual", self.config.http.listen, exc
+            )
+            return
         except BaseException:
             await release_server(server)
             raise
@@ -313,10 +320,10 @@ class WebSub:
             self._forget(sub)
             await self.store.delete(sub.feed, sub.callback_id)
             log.info("feed %s: unsubscribed from %s", sub.feed, sub.hub)
-        elif mode == "subscribe" and sub.state in ("pending", "subscribed", "silent", "expired"):
+        elif mode == "subscribe" and sub.state in ("pending", "subscribed", "silent", "expired", "failed"):
             lease = _lease(query.get("hub.lease_seconds"))
             now = self.clock()
-            fresh = sub.state in ("pending", "expired")
+            fresh = sub.state in ("pending", "expired", "failed")
             sub = replace(
                 sub,
                 state="silent" if sub.state == "silent" else "subscribed",

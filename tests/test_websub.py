@@ -482,3 +482,17 @@ async def test_daemons_sharing_the_store_share_one_subscription(world: World) ->
         await until(lambda: polled == ["a"], "the other daemon polled a")
     finally:
         await server.stop()
+
+
+async def test_when_the_callback_address_is_taken_websub_is_off_and_polling_goes_on(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.serve("a", [1])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", world.port))
+        taken.listen()
+        await world.start(world.write_config(["a"]))
+        await until(lambda: world.feeds.hits("/a.xml") >= 1, "first poll")
+        await asyncio.sleep(0.2)
+    assert any("WebSub is off: cannot listen" in r.getMessage() for r in caplog.records)
+    assert world.hub.requests == [] and world.interval("a") == 10.0
