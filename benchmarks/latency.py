@@ -26,6 +26,7 @@ import tempfile
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -53,6 +54,29 @@ class Recorder(FakeChannel):
         self.sent_at.setdefault(post.story.title, time.monotonic())
         self.arrived.set()
         return await super().send(post, idempotency_key=idempotency_key)
+
+    async def all_posted(self, count: int) -> None:
+        while True:
+            self.arrived.clear()
+            if len(self.sent_at) >= count:
+                return
+            await self.arrived.wait()
+
+
+def time_fetches(daemon: Daemon) -> dict[str, list[float]]:
+    """Wraps the daemon's fetcher: seconds per fetch, by group."""
+    fetches: dict[str, list[float]] = {"poll": [], "websub": []}
+    fetch = daemon.app.fetcher.fetch
+
+    async def timed_fetch(url: str, *args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return await fetch(url, *args, **kwargs)
+        finally:
+            fetches["websub" if "/websub-" in url else "poll"].append(time.perf_counter() - began)
+
+    daemon.app.fetcher.fetch = timed_fetch  # type: ignore[method-assign]
+    return fetches
 
 
 def shipped() -> tuple[float, float]:
@@ -123,6 +147,7 @@ async def run(feeds: int, changes: int, duration: float, seed: int) -> None:
         path.write_text(text, encoding="utf-8")
         recorder = Recorder()
         daemon = Daemon(build(load_config(path), channels={"recorder": recorder}))
+        fetches = time_fetches(daemon)
         stop = asyncio.Event()
         task = asyncio.create_task(daemon.run(stop))
         try:
@@ -148,16 +173,8 @@ async def run(feeds: int, changes: int, duration: float, seed: int) -> None:
                 changed_at[f"{name} story {story}"] = time.monotonic()
                 if name.startswith("websub"):
                     await hub.publish(server.url(f"/{name}.xml"), body)
-
-            async def all_posted() -> None:
-                while True:
-                    recorder.arrived.clear()
-                    if len(recorder.sent_at) >= len(changed_at):
-                        return
-                    await recorder.arrived.wait()
-
             try:  # the last polled change waits up to one interval (+ jitter)
-                await asyncio.wait_for(all_posted(), interval + jitter + 30)
+                await asyncio.wait_for(recorder.all_posted(len(changed_at)), interval + jitter + 30)
             except TimeoutError:
                 pass
         finally:
@@ -168,6 +185,9 @@ async def run(feeds: int, changes: int, duration: float, seed: int) -> None:
             titles = [t for t in changed_at if t.startswith(group)]
             latencies = [recorder.sent_at[t] - changed_at[t] for t in titles if t in recorder.sent_at]
             print(summary(group, latencies, len(titles) - len(latencies)))
+        # What a notification's re-fetch of the feed costs (the alternative: parse the hub's body).
+        median = statistics.median(fetches["websub"]) * 1000 if fetches["websub"] else 0.0
+        print(f"fetch of a WebSub feed (the re-fetch after a notification): median {median:.1f} ms")
 
 
 def main() -> None:
