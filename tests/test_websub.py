@@ -287,7 +287,8 @@ async def test_every_signature_method_the_recommendation_names_is_accepted(world
     for story, method in enumerate(("sha1", "sha384", "sha512"), start=2):
         world.hub.method = method
         await world.add_story("a", story)
-        await until(lambda s=story: f"Story {s}" in world.sent_titles(), f"story {story} ({method})")
+        title = f"Story {story}"
+        await until(lambda: title in world.sent_titles(), f"{title} ({method})")  # noqa: B023
 
 
 async def test_a_hub_that_denies_sends_the_feed_back_to_its_interval_at_once(world: World) -> None:
