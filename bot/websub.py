@@ -575,6 +575,9 @@ class WebSub:
         self.by_id.pop(sub.callback_id, None)
         if self.subs.get(sub.feed, sub).callback_id == sub.callback_id:
             self.subs.pop(sub.feed, None)
+            feed = self._feed(sub.feed)
+            if feed is not None:  # still configured: back to its own interval
+                self.retime(feed)
 
     def _feed(self, name: str) -> FeedConfig | None:
         for feed in self.config.feeds:

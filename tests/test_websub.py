@@ -497,3 +497,28 @@ async def test_when_the_callback_address_is_taken_websub_is_off_and_polling_goes
         await asyncio.sleep(0.2)
     assert any("WebSub is off: cannot listen" in r.getMessage() for r in caplog.records)
     assert world.hub.requests == [] and world.interval("a") == 10.0
+
+
+async def test_a_link_header_alone_is_enough_and_a_feed_that_drops_its_hub_is_unsubscribed(
+    world: World,
+) -> None:
+    topic = world.feeds.url("/canonical/a.xml")  # rel=self differs from the URL polled
+    plain = feed_xml([1], "", "").replace(
+        b'<atom:link rel="hub" href=""/><atom:link rel="self" href=""/>', b""
+    )
+    link = f'<{world.hub.url}>; rel="hub", <{topic}>; rel="self"'
+    world.feeds.routes["/a.xml"] = Route(body=plain, headers={"Link": link})
+    world.ids["a"] = [1]
+    await world.start(world.write_config(["a"]))
+    await world.subscribed("a")
+    assert world.hub.requests[0]["hub.topic"] == topic and world.websub.subs["a"].topic == topic
+    body = plain.replace(b"<item>", b"<item><title>Story 2</title><guid>g2</guid></item><item>", 1)
+    world.feeds.routes["/a.xml"] = Route(body=body, headers={"Link": link})
+    assert await world.hub.publish(topic, body) == [202]
+    await until(lambda: world.sent_titles() == ["Story 2"], "story 2 posted")
+    # The publisher stops advertising the hub: siar leaves it and polls as usual.
+    world.feeds.routes["/a.xml"] = Route(body=body.replace(b"<title>T</title>", b"<title>T2</title>"))
+    assert world.daemon is not None
+    await world.daemon._poll_now(world.daemon.app.config.feed("a"))
+    await until(lambda: "a" not in world.websub.subs, "unsubscribed")
+    assert world.hub.requests[-1]["hub.mode"] == "unsubscribe" and world.interval("a") == 10.0
