@@ -522,3 +522,19 @@ async def test_a_link_header_alone_is_enough_and_a_feed_that_drops_its_hub_is_un
     await world.daemon._poll_now(world.daemon.app.config.feed("a"))
     await until(lambda: "a" not in world.websub.subs, "unsubscribed")
     assert world.hub.requests[-1]["hub.mode"] == "unsubscribe" and world.interval("a") == 10.0
+
+
+async def test_a_burst_of_notifications_polls_at_most_twice_and_loses_nothing(world: World) -> None:
+    world.serve("a", [1])
+    await world.start(world.write_config(["a"]))
+    await world.subscribed("a")
+    hits = world.feeds.hits("/a.xml")
+    body = world.serve("a", [1, 2])
+    secret = world.websub.subs["a"].secret
+    statuses = await asyncio.gather(
+        *(post(world.callback("a"), body, {"X-Hub-Signature": sign(secret, body)}) for _ in range(20))
+    )
+    assert statuses == [202] * 20
+    await until(lambda: world.sent_titles() == ["Story 2"], "story 2 posted once")
+    await until(lambda: "a" not in world.websub._polling, "polls ended")
+    assert 1 <= world.feeds.hits("/a.xml") - hits <= 2  # one poll, and one more if some came during it
