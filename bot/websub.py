@@ -164,8 +164,7 @@ class WebSub:
         if not self.active:
             return
         for sub in await self.store.all():
-            self.subs[sub.feed] = sub
-            self.by_id[sub.callback_id] = sub.feed
+            self._set(sub)
         server = shared_server(self.config.http)
         try:
             if PREFIX not in server.prefixes:
