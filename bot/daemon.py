@@ -129,7 +129,8 @@ class Daemon:
             job.reschedule(IntervalTrigger(seconds=interval, jitter=self.app.config.fetch.jitter))
 
     async def _poll_now(self, feed: FeedConfig) -> None:
-        await _poll_job(self.app, feed, self.polls)
+        # The hub says the feed changed: worth a fetch even while a failure streak backs off.
+        await _poll_job(self.app, feed, self.polls, force=True)
 
     def unschedule(self, name: str) -> None:
         if self.scheduler.get_job(f"feed:{name}") is not None:
@@ -224,12 +225,14 @@ class Daemon:
         await app.close()
 
 
-async def _poll_job(app: App, feed: FeedConfig, polls: set[asyncio.Task[None]]) -> None:
+async def _poll_job(
+    app: App, feed: FeedConfig, polls: set[asyncio.Task[None]], *, force: bool = False
+) -> None:
     task = asyncio.current_task()
     if task is not None:
         polls.add(task)
     try:
-        result = await app.poller.poll(feed)
+        result = await app.poller.poll(feed, force=force)
         if result.channels:
             app.dispatcher.wake(result.channels)
     except asyncio.CancelledError:

@@ -538,3 +538,16 @@ async def test_a_burst_of_notifications_polls_at_most_twice_and_loses_nothing(wo
     await until(lambda: world.sent_titles() == ["Story 2"], "story 2 posted once")
     await until(lambda: "a" not in world.websub._polling, "polls ended")
     assert 1 <= world.feeds.hits("/a.xml") - hits <= 2  # one poll, and one more if some came during it
+
+
+async def test_a_notification_polls_a_feed_even_while_its_failures_back_off(world: World) -> None:
+    world.serve("a", [1])
+    await world.start(world.write_config(["a"]))
+    await world.subscribed("a")
+    assert world.daemon is not None
+    app = world.daemon.app
+    world.feeds.routes["/a.xml"] = Route(status=500, body=b"down")
+    assert (await app.poller.poll(app.config.feed("a"))).failed  # a scheduled poll: backs off now
+    assert (await app.poller.poll(app.config.feed("a"))).outcome == "backoff"
+    await world.add_story("a", 2)  # the site is back and pings its hub
+    await until(lambda: world.sent_titles() == ["Story 2"], "posted despite the back-off")
