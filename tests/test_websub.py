@@ -12,6 +12,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,13 @@ from bot.app import build
 from bot.config import Config, HttpConfig, load_config
 from bot.daemon import Daemon
 from bot.schema import websub_subscriptions
+from bot.store import Store
 from bot.web import HttpServer
-from bot.websub import WebSub
+from bot.websub import Subscription, Subscriptions, WebSub
 from bot.websub_protocol import Discovery, discover, element_links, renew_at, sign, signature_problem
 from tests.fakes import FakeChannel
 from tests.feedserver import FeedServer, Route
+from tests.test_postgres import pg_url  # noqa: F401  (the fixture)
 from tests.websub_hub import Hub
 
 # --- the pure parts ------------------------------------------------------------------------------
@@ -551,3 +554,42 @@ async def test_a_notification_polls_a_feed_even_while_its_failures_back_off(worl
     assert (await app.poller.poll(app.config.feed("a"))).outcome == "backoff"
     await world.add_story("a", 2)  # the site is back and pings its hub
     await until(lambda: world.sent_titles() == ["Story 2"], "posted despite the back-off")
+
+
+async def test_subscriptions_are_stored_on_sqlite(tmp_path: Path) -> None:
+    await stored_round_trip(f"sqlite:///{tmp_path / 'siar.db'}", tmp_path)
+
+
+async def test_subscriptions_are_stored_on_postgresql(pg_url: str, tmp_path: Path) -> None:  # noqa: F811
+    await stored_round_trip(pg_url, tmp_path)
+
+
+async def stored_round_trip(url: str, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    store = Store(url, tmp_path)
+    try:
+        await store.migrate([])
+        subs = Subscriptions(store.db)
+        at = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
+        sub = Subscription(
+            "f",
+            "https://e.example/rss",
+            "https://hub.example/",
+            "https://e.example/rss",
+            "c" * 32,
+            "s" * 43,
+            "pending",
+            requested_at=at,
+        )
+        await subs.save(sub)
+        await subs.save(replace(sub, state="subscribed", lease_seconds=864000, expires_at=at, notified_at=at))
+        stored = await subs.get(callback_id="c" * 32)
+        assert stored == replace(sub, state="subscribed", lease_seconds=864000, expires_at=at, notified_at=at)
+        assert await subs.get(feed="f") == stored and await subs.all() == [stored]
+        await subs.delete("f", "other")  # another subscription's id deletes nothing
+        assert await subs.all() == [stored]
+        await subs.delete("f", "c" * 32)
+        assert await subs.all() == []
+    finally:
+        await store.close()
