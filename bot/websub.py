@@ -311,6 +311,7 @@ class WebSub:
             self._set(replace(sub, state="denied", last_error=f"denied: {reason}"))
             self.retry_at[sub.feed] = self.clock() + timedelta(days=1)
             self._back_to_polling(sub.feed)
+            await self.store.save(self.subs[sub.feed])
             return web.Response(status=200, text="")
         challenge = query.get("hub.challenge", "")
         if not valid_challenge(challenge):

@@ -302,6 +302,10 @@ async def test_a_hub_that_denies_sends_the_feed_back_to_its_interval_at_once(wor
     hits = world.feeds.hits("/a.xml")
     assert await world.hub.deny(world.topic("a"), world.callback("a")) == 200
     assert world.state("a") == "denied" and world.interval("a") == 10.0
+    assert world.daemon is not None
+    async with world.daemon.app.store.db.read() as conn:
+        row = (await conn.execute(select(websub_subscriptions))).one()
+    assert row.state == "denied" and row.last_error == "denied: not allowed"
     await until(lambda: world.feeds.hits("/a.xml") > hits, "a catch-up poll after the denial")
     assert world.hub.active(world.topic("a")) == []
 
