@@ -487,14 +487,19 @@ class WebSub:
                 resolver=self.resolver,
             )
         try:
-            response = await client.post(hub, data=form)
+            async with client.stream("POST", hub, data=form) as response:
+                if 200 <= response.status_code < 300:
+                    return None
+                head = b""  # the hub's explanation (§5.1.2), never more than a few KB of it
+                async for chunk in response.aiter_bytes():
+                    head += chunk
+                    if len(head) >= 4096:
+                        break
         except httpx.HTTPError as exc:
             return f"cannot reach the hub {hub}: {exc}"
         except (httpx.InvalidURL, ValueError) as exc:
             return f"cannot reach the hub {hub}: invalid URL ({type(exc).__name__})"
-        if 200 <= response.status_code < 300:
-            return None
-        detail = " ".join(response.text.split())[:200]
+        detail = " ".join(head.decode("utf-8", "replace").split())[:200]
         return f"the hub {hub} answered HTTP {response.status_code}" + (f": {detail}" if detail else "")
 
     # --- leases -------------------------------------------------------------------------------
