@@ -597,3 +597,23 @@ async def stored_round_trip(url: str, tmp_path: Path) -> None:
         assert await subs.all() == []
     finally:
         await store.close()
+
+
+async def test_the_challenge_is_echoed_with_a_safe_media_type_and_nosniff(world: World) -> None:
+    """§8.2: the intent verification response must not be a reflected-XSS vector."""
+    world.serve("a", [1])
+    await world.start(world.write_config(["a"]))
+    await world.subscribed("a")
+    query = {
+        "hub.mode": "subscribe",
+        "hub.topic": world.topic("a"),
+        "hub.challenge": "abc-123_X=",
+        "hub.lease_seconds": "600",
+    }
+    async with aiohttp.ClientSession() as session, session.get(world.callback("a"), params=query) as r:
+        assert r.status == 200 and await r.text() == "abc-123_X="
+        assert r.headers["Content-Type"] == "application/octet-stream"
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert world.websub.subs["a"].lease_seconds == 600  # a hub's re-verification renews the lease
+    too_long = {**query, "hub.challenge": "a" * 201}
+    assert (await get(world.callback("a"), too_long))[0] == 400
