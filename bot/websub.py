@@ -10,10 +10,10 @@ so nothing the hub says ever becomes a story). While subscribed, the feed is sti
 `websub_poll_interval` as a safety net; a hub that denies, lets the lease lapse or stays silent
 while that poll finds new stories sends the feed back to its normal `interval`.
 
-Subscriptions live in the `websub_subscriptions` table, so a restart keeps them; leases are
-renewed before they end; a feed removed by a reload (or no longer advertising a hub) is
-unsubscribed. Hub URLs come from feeds, so every request to a hub goes through the feed's address
-guard (bot/net.py).
+Subscriptions live in the `websub_subscriptions` table (bot/websub_store.py), so a restart keeps
+them; leases are renewed before they end; a feed removed by a reload (or no longer advertising a
+hub) is unsubscribed. Hub URLs come from feeds, so every request to a hub goes through the feed's
+address guard (bot/net.py).
 """
 
 from __future__ import annotations
@@ -23,22 +23,21 @@ import contextvars
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 from aiohttp import web
-from sqlalchemy import delete, insert, select, update
 
 from bot.addresses import AddressGuard
 from bot.config import Config, FeedConfig
 from bot.db import Database
 from bot.fetch import FetchResult
 from bot.net import Resolver, guard_for_feed, http_client
-from bot.schema import websub_subscriptions as table
 from bot.web import HttpServer, release_server, shared_server
 from bot.websub_protocol import Discovery, discover, renew_at, signature_problem, valid_challenge
+from bot.websub_store import Subscription, Subscriptions
 
 log = logging.getLogger("siar.websub")
 PREFIX = "/websub"
@@ -49,63 +48,6 @@ Clock = Callable[[], datetime]
 _NOTIFIED: contextvars.ContextVar[bool] = contextvars.ContextVar("websub_notified", default=False)
 # Set by a poll's fetch when the subscription was already trusted then (each poll is a task).
 _TRUSTED_FETCH: contextvars.ContextVar[bool] = contextvars.ContextVar("websub_trusted", default=False)
-
-
-@dataclass(frozen=True)
-class Subscription:
-    """One feed's subscription, as stored.
-
-    state: pending (asked, hub not yet verified) -> subscribed (verified, notifications trusted)
-    | denied | failed (the hub refused the request); subscribed -> silent (the safety net found
-    stories the hub did not announce: normal polling until it delivers again) | expired (lease
-    not renewed in time); any -> unsubscribing (the row goes once the hub confirms).
-    """
-
-    feed: str
-    feed_url: str
-    hub: str
-    topic: str
-    callback_id: str
-    secret: str
-    state: str = "pending"
-    lease_seconds: int | None = None
-    requested_at: datetime | None = None
-    expires_at: datetime | None = None
-    notified_at: datetime | None = None
-    last_error: str | None = None
-
-
-_COLUMNS = tuple(f.name for f in fields(Subscription))
-
-
-class Subscriptions:
-    """The `websub_subscriptions` table."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    async def all(self) -> list[Subscription]:
-        async with self.db.read() as conn:
-            rows = (await conn.execute(select(table))).all()
-        return [Subscription(**r._asdict()) for r in rows]
-
-    async def get(self, *, feed: str | None = None, callback_id: str | None = None) -> Subscription | None:
-        """The row of `feed`, or the one with `callback_id` (another daemon's, on PostgreSQL)."""
-        column, value = (table.c.feed, feed) if feed is not None else (table.c.callback_id, callback_id)
-        async with self.db.read() as conn:
-            row = (await conn.execute(select(table).where(column == value))).first()
-        return Subscription(**row._asdict()) if row is not None else None
-
-    async def save(self, sub: Subscription) -> None:
-        values = {k: getattr(sub, k) for k in _COLUMNS}
-        async with self.db.write() as conn:
-            done = await conn.execute(update(table).where(table.c.feed == sub.feed).values(**values))
-            if done.rowcount == 0:
-                await conn.execute(insert(table).values(**values))
-
-    async def delete(self, feed: str, callback_id: str) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(delete(table).where(table.c.feed == feed, table.c.callback_id == callback_id))
 
 
 class WebSub:

@@ -26,8 +26,9 @@ from bot.daemon import Daemon
 from bot.schema import websub_subscriptions
 from bot.store import Store
 from bot.web import HttpServer
-from bot.websub import Subscription, Subscriptions, WebSub
+from bot.websub import WebSub
 from bot.websub_protocol import Discovery, discover, element_links, renew_at, sign, signature_problem
+from bot.websub_store import Subscription, Subscriptions
 from tests.fakes import FakeChannel
 from tests.feedserver import FeedServer, Route
 from tests.test_postgres import pg_url  # noqa: F401  (the fixture)
