@@ -48,7 +48,7 @@ class PollObserver(Protocol):
 
     def fetched(self, feed: FeedConfig, result: FetchResult) -> None: ...
 
-    def polled(self, feed: FeedConfig, new_stories: int) -> None: ...
+    def polled(self, feed: FeedConfig, result: PollResult) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class FeedPoller:
         result = await self._poll(feed, force, timing)
         self.metrics.poll(feed.name, result.outcome, timing.fetch, timing.parse, result.new_stories)
         for observer in self.observers:
-            observer.polled(feed, result.new_stories)
+            observer.polled(feed, result)
         return result
 
     async def _poll(self, feed: FeedConfig, force: bool, timing: _Timing) -> PollResult:

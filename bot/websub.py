@@ -35,6 +35,7 @@ from bot.config import Config, FeedConfig
 from bot.db import Database
 from bot.fetch import FetchResult
 from bot.net import Resolver, guard_for_feed, http_client
+from bot.pipeline import PollResult
 from bot.web import HttpServer, release_server, shared_server
 from bot.websub_protocol import Discovery, discover, renew_at, signature_problem, valid_challenge
 from bot.websub_store import Subscription, Subscriptions
@@ -88,6 +89,7 @@ class WebSub:
         self._ticker: asyncio.Task[None] | None = None
         self._said_off = False
         self._warned_at: dict[str, datetime] = {}
+        self._failing: set[str] = set()  # feeds whose last poll failed: polled at their own rate
 
     # --- what the daemon calls ----------------------------------------------------------------
 
@@ -97,7 +99,13 @@ class WebSub:
     def interval(self, feed: FeedConfig) -> float:
         """How often to poll `feed`: the safety-net rate while a trusted subscription holds."""
         sub = self.subs.get(feed.name)
-        if self.enabled(feed) and sub is not None and sub.state == "subscribed" and sub.feed_url == feed.url:
+        if (
+            self.enabled(feed)
+            and sub is not None
+            and sub.state == "subscribed"
+            and sub.feed_url == feed.url
+            and feed.name not in self._failing
+        ):
             return max(feed.interval, feed.websub_poll_interval)
         return feed.interval
 
@@ -192,12 +200,22 @@ class WebSub:
             return
         self._spawn(self._subscribe(feed, found, topic), feed.name)
 
-    def polled(self, feed: FeedConfig, new_stories: int) -> None:
-        """A poll of `feed` ended (pipeline observer): a safety-net poll that finds stories the
-        hub never announced means the hub is not delivering."""
-        sub = self.subs.get(feed.name)
+    def polled(self, feed: FeedConfig, result: PollResult) -> None:
+        """A poll of `feed` ended (pipeline observer). A feed whose polls fail is polled at its
+        own rate (with the poller's back-off) until one succeeds: a notification whose poll
+        failed must not wait for the safety net. A safety-net poll that finds stories the hub
+        never announced means the hub is not delivering."""
         trusted = _TRUSTED_FETCH.get()
         _TRUSTED_FETCH.set(False)
+        failing = result.outcome in ("error", "backoff")
+        if failing != (feed.name in self._failing):
+            if failing:
+                self._failing.add(feed.name)
+            else:
+                self._failing.discard(feed.name)
+            self.retime(feed)
+        sub = self.subs.get(feed.name)
+        new_stories = result.new_stories
         if _NOTIFIED.get() or not new_stories or not trusted or sub is None or sub.state != "subscribed":
             return
         now = self.clock()

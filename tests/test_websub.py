@@ -556,9 +556,11 @@ async def test_a_notification_polls_a_feed_even_while_its_failures_back_off(worl
     app = world.daemon.app
     world.feeds.routes["/a.xml"] = Route(status=500, body=b"down")
     assert (await app.poller.poll(app.config.feed("a"))).failed  # a scheduled poll: backs off now
+    assert world.interval("a") == 10.0  # a failing feed is polled at its own rate (and back-off)
     assert (await app.poller.poll(app.config.feed("a"))).outcome == "backoff"
     await world.add_story("a", 2)  # the site is back and pings its hub
     await until(lambda: world.sent_titles() == ["Story 2"], "posted despite the back-off")
+    await until(lambda: world.interval("a") == 900.0, "the safety-net rate once a poll succeeded")
 
 
 async def test_subscriptions_are_stored_on_sqlite(tmp_path: Path) -> None:
