@@ -1,7 +1,7 @@
 """WebSub subscriptions (bot/websub.py): one row per feed, kept across restarts.
 
 Revision ID: 0014_websub
-Revises: 0011_editorial
+Revises: 0013_corrections
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 from bot.schema import UTCDateTime
 
 revision = "0014_websub"
-down_revision = "0011_editorial"
+down_revision = "0013_corrections"
 branch_labels = None
 depends_on = None
 
