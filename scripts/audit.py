@@ -33,7 +33,8 @@ def verdict(returncode: int, stdout: str, stderr: str) -> tuple[int, str]:
         if returncode != 0 and UNREACHABLE.search(stderr):
             return (
                 0,
-                f"pip-audit: NOTICE: the vulnerability service is unreachable ({last}); dependencies NOT audited",
+                f"pip-audit: NOTICE: the vulnerability service is unreachable ({last}); "
+                "dependencies NOT audited",
             )
         return 1, f"pip-audit failed (exit {returncode}): {last}"
     deps = report.get("dependencies", [])
