@@ -138,6 +138,7 @@ def test_sigterm_with_polls_in_flight_is_one_info_line_and_no_traceback(
     finally:
         daemon.close()
     records = daemon.records()
+    print(f"\nSIGTERM with {SLOW_FEEDS} polls in flight: exit {code} after {took:.1f} s")
     assert code == 0, daemon.log()[-3000:]
     assert took < 15, f"stopping took {took:.1f} s with shutdown_grace = 1s"
     assert not [r for r in records if "exception" in r], [r for r in records if "exception" in r][:2]
