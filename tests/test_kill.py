@@ -368,7 +368,7 @@ async def siar_status(world: World) -> dict[str, Any]:
 
 
 async def test_random_sigkills_lose_and_repeat_nothing(tmp_path: Path) -> None:
-    async with asyncio.timeout(1200):  # ~4 min on an idle 2-core machine, 9 at load 9
+    async with asyncio.timeout(1200):  # measured: 9 min 19 s on the shared machine at load 9
         await _kill_test(tmp_path)
 
 
