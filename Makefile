@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config.toml
 
-.PHONY: run test lint audit bench clean system-deps
+.PHONY: run test unit e2e test-deps lint audit bench clean system-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +33,21 @@ system-deps:
 audit: $(VENV)/.installed-dev
 	$(PY) scripts/audit.py
 
-test: $(VENV)/.installed-dev $(PDS)/node_modules/.siar-installed system-deps audit
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
-	$(PY) -m mypy
-	$(PY) -m pytest -q
+# `make test` = lint + the fast unit set + the end-to-end set (real processes, the Bluesky PDS,
+# Chromium, several daemons, kill tests), with one coverage report over both.
+COV := --cov=bot --cov=channels --cov-report=
+test-deps: $(VENV)/.installed-dev $(PDS)/node_modules/.siar-installed system-deps
+
+test: test-deps lint audit
+	$(PY) -m pytest -q -m unit $(COV)
+	$(PY) -m pytest -q -m "e2e or slow" $(COV) --cov-append
+	$(PY) -m coverage report --skip-covered --sort=cover | tail -25
+
+unit: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m unit
+
+e2e: test-deps
+	$(PY) -m pytest -q -m "e2e or slow"
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .
