@@ -18,6 +18,7 @@ import pytest
 
 from tests.feedserver import FeedServer, Route, rss
 
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 ROOT = Path(__file__).parent.parent
 SLOW_FEEDS = 16
 CONFIG = """

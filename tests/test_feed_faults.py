@@ -491,6 +491,8 @@ async def test_items_that_drop_out_and_come_back_are_not_posted_again(
     assert flicker == [f"Item {i}" for i in range(4)], flicker
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
 def test_siar_status_prints_the_reasons_readably(tmp_path: Path, feed_server: FeedServer) -> None:
     """The same through the command line: a daemon-less `siar once`, then `siar status`."""
     feed_server.routes["/good"] = Route(body=rss(GOOD))

@@ -35,6 +35,7 @@ from bot.config import load_config
 from bot.schema import fanout, outbox, stories
 from bot.store import Store
 from channels.telegram.store import subscribers
+from channels.webpush.config import WebPushSection
 from channels.webpush.keys import init_command, load_vapid
 from channels.webpush.store import endpoint_hash, subscriptions
 from tests.fake_discord import FakeDiscord
@@ -42,7 +43,7 @@ from tests.fake_push import FakePushService
 from tests.fake_telegram import TOKEN, FakeTelegram
 from tests.feedserver import FeedServer, Route, rss
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1300)]
 
 ROOT = Path(__file__).parent.parent
 KILLS = int(os.environ.get("SIAR_KILLS", "30"))
@@ -165,6 +166,7 @@ class World:
         config = load_config(self.config)
         assert init_command(config, out=io.StringIO()) == 0
         section = config.sections["webpush"]
+        assert isinstance(section, WebPushSection)
         keys = load_vapid(section, self.tmp)
         store = Store(f"sqlite:///{self.db}", self.tmp)
         await store.migrate(migrations())
@@ -378,7 +380,7 @@ async def _kill_test(tmp_path: Path) -> None:
         async with FakeTelegram(limits=False) as telegram, FakePushService(tmp_path / "push") as push:
             world = World(tmp_path, feeds, telegram, push)
             for server in (feeds.httpd, world.discord.httpd):  # a killed client resets its connection
-                server.handle_error = lambda request, address: None  # type: ignore[method-assign]
+                server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
             with world.discord:
                 world.write_config()
                 await world.seed()

@@ -51,6 +51,8 @@ from tests.fakes import Clock
 from tests.feedserver import FeedServer, Route, rss
 from tests.test_onesignal import APP_ID, KEY, FakeOneSignal
 
+# 49 cases of a few seconds each (timeouts, retries): about 2.5 minutes together.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 FAULTS = ("e429", "e5xx", "timeout", "reset", "e401", "e403", "badjson")
 CHANNELS = ("x", "mastodon", "bluesky", "discord", "telegram", "webpush", "onesignal")
 HANG = 4.0  # seconds the proxy holds a request for `timeout`; every channel here waits 1.5 s
@@ -148,7 +150,11 @@ class FaultProxy:
         return web.Response(status=status, headers=headers, body=data)
 
 
-GATEWAY = (503, {}, b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>")
+GATEWAY: tuple[int, dict[str, str], Any] = (
+    503,
+    {},
+    b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>",
+)
 
 
 # --- a minimal Bluesky PDS: the XRPC calls the channel makes -------------------------------------
@@ -264,7 +270,8 @@ async def platform(name: str, stack: AsyncExitStack, sync: ExitStack, tmp: Path)
         return await stack.enter_async_context(FaultProxy(upstream, re.compile(send), answers))
 
     if name == "x":
-        fake_x = sync.enter_context(ProxiedX())
+        fake_x = ProxiedX()
+        sync.enter_context(fake_x)
         p = await proxy(
             fake_x.upstream,
             r"^POST /2/tweets$",
