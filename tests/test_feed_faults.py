@@ -339,7 +339,8 @@ async def test_each_fault_is_a_reason_in_status_with_backoff_and_the_others_carr
 
     # the good feed was not held up by the slow ones for longer than their own time bound
     assert results["good"].outcome == "new" and sorted(world.posted()) == [g["title"] for g in GOOD]
-    assert took < 10, f"one poll round took {took:.1f} s with a 1 s fetch timeout"
+    # the trickling body alone would take minutes; every fetch is bounded by 2 x the 1 s timeout
+    assert took < 30, f"one poll round took {took:.1f} s with a 1 s fetch timeout"
     assert status["good"]["failures"] == 0 and status["good"]["last_error"] is None
     table = []
     for fault in faults:
@@ -353,7 +354,8 @@ async def test_each_fault_is_a_reason_in_status_with_backoff_and_the_others_carr
         next_poll = dt.datetime.fromisoformat(feed["next_poll"])
         wait = (next_poll - world.clock.now).total_seconds() + INTERVAL + 1
         expected = max(2 * INTERVAL, fault.retry_after or 0)
-        assert expected - 5 <= wait <= expected + 5, (fault.name, wait, expected)
+        # (a Retry-After date is read when the answer comes: a busy machine may take a while)
+        assert expected - 60 <= wait <= expected + 5, (fault.name, wait, expected)
         assert again[fault.name].outcome == "backoff", (fault.name, again[fault.name])
         assert hits_again[fault.name] == hits[fault.name], f"{fault.name} was fetched while backing off"
     print("\n" + "\n".join(table))
