@@ -94,6 +94,7 @@ def test_missing_tokens_disable_only_those_channels(tmp_path: Path, monkeypatch:
     assert check(config) == 0
 
 
+@pytest.mark.e2e  # a siar subprocess
 def test_preview_json_shows_the_card_url_and_writes_the_cards(tmp_path: Path, env: None) -> None:
     port = free_port()
     (tmp_path / "config.toml").write_text(uncommented(port), encoding="utf-8")
