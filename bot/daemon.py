@@ -19,6 +19,7 @@ from bot.leases import FeedLeases, Heartbeat
 from bot.lock import PidFile, StoreLock
 from bot.ops import HEARTBEAT_EVERY, OpsServer, record_feed_states
 from bot.reload import Reloader
+from bot.websub import WebSub
 
 log = logging.getLogger("siar")
 
@@ -109,6 +110,11 @@ class Daemon:
         self.polls: set[asyncio.Task[None]] = set()
         self.ops = OpsServer(app.config, app.store, app.metrics, app.clock, lambda: self.app.config)
         self.reloader = Reloader(app, self.schedule, self.unschedule)
+        self.websub = WebSub(app.config, app.store.db, app.clock, self._poll_now, self.retime)
+        # One WebSub per app, even when a Daemon is made again for the same app (tests, restarts).
+        app.poller.observers = [o for o in app.poller.observers if not isinstance(o, WebSub)]
+        app.poller.observers.append(self.websub)
+        self.reloader.followers.append(self.websub.reloaded)
         self.digests = digest_planner(app)
         self._reloading: asyncio.Task[bool] | None = None
         cluster, worker = app.config.cluster, app.dispatcher.worker_id
@@ -126,7 +132,9 @@ class Daemon:
         start = self.app.clock() + timedelta(seconds=self._phase(feed))
         self.scheduler.add_job(
             _poll_job,
-            IntervalTrigger(seconds=feed.interval, jitter=self.app.config.fetch.jitter, start_date=start),
+            IntervalTrigger(
+                seconds=self.websub.interval(feed), jitter=self.app.config.fetch.jitter, start_date=start
+            ),
             args=(self.app, feed, self.polls, self.leases),
             id=job,
             max_instances=1,
@@ -150,6 +158,18 @@ class Daemon:
 
     def _resumable(self) -> dict[str, float | None]:
         return {n: c.resume_window for n, c in self.app.channels.items() if c.resumable}
+
+    def retime(self, feed: FeedConfig) -> None:
+        """Poll `feed` at its current rate (WebSub's safety net, or its interval) from now on."""
+        job = self.scheduler.get_job(f"feed:{feed.name}")
+        if job is not None:
+            interval = self.websub.interval(feed)
+            job.reschedule(IntervalTrigger(seconds=interval, jitter=self.app.config.fetch.jitter))
+
+    async def _poll_now(self, feed: FeedConfig) -> None:
+        # The hub says the feed changed: worth a fetch even while a failure streak backs off
+        # (and whichever daemon holds the feed's lease: a notification is not a scheduled poll).
+        await _poll_job(self.app, feed, self.polls, force=True)
 
     def unschedule(self, name: str) -> None:
         if self.scheduler.get_job(f"feed:{name}") is not None:
@@ -190,6 +210,7 @@ class Daemon:
             pid.write()
             await record_feed_states(app.store, app.config, app.metrics)
             await self.ops.start()
+            await self.websub.start()
             app.dispatcher.start()
             for feed in app.config.feeds:
                 self.schedule(feed)
@@ -252,6 +273,7 @@ class Daemon:
                 log.info("stopping: %d polls did not finish in time and were cancelled", len(unfinished))
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        await self.websub.stop()
         await app.dispatcher.stop(app.config.daemon.shutdown_grace)
         try:  # the others take our feeds over one interval after our last poll
             await self.leases.release({f.name: f.interval for f in app.config.feeds})
@@ -263,7 +285,12 @@ class Daemon:
 
 
 async def _poll_job(
-    app: App, feed: FeedConfig, polls: set[asyncio.Task[None]], leases: FeedLeases | None = None
+    app: App,
+    feed: FeedConfig,
+    polls: set[asyncio.Task[None]],
+    leases: FeedLeases | None = None,
+    *,
+    force: bool = False,
 ) -> None:
     task = asyncio.current_task()
     if task is not None:
@@ -271,7 +298,7 @@ async def _poll_job(
     try:
         if leases is not None and not await _leased(leases, feed, app):
             return  # another daemon polls this feed in this interval
-        result = await app.poller.poll(feed)
+        result = await app.poller.poll(feed, force=force)
         if result.channels:
             app.dispatcher.wake(result.channels)
     except asyncio.CancelledError:

@@ -1,7 +1,7 @@
 """Several daemons on one PostgreSQL: feed leases and shared rate budgets.
 
 Revision ID: 0015_leases
-Revises: 0011_editorial
+Revises: 0014_websub
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 from bot.schema import UTCDateTime
 
 revision = "0015_leases"
-down_revision = "0011_editorial"
+down_revision = "0014_websub"
 branch_labels = None
 depends_on = None
 
