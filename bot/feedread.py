@@ -84,8 +84,14 @@ _PARSER_OPTIONS: dict[str, Any] = {
     "huge_tree": False,
     "recover": False,
 }
+_C1 = re.compile("[\x80-\x9f]")
 _LINK_ENTITY = re.compile("&([A-Za-z0-9_]+);")
 MAX_BYTES = 16 * 1024 * 1024  # larger documents go to feedparser (and its own limits)
+
+
+_Entry = dict[str, Any]
+_Depths = dict[str, int]
+_State = dict[str, Any]
 
 
 class Unsupported(Exception):
@@ -228,11 +234,13 @@ class _Reader:
         output = text.strip()
         if uri and output:
             output = _urljoin(self.base, output)
+        if output.isascii():  # neither repair below can change it
+            return output
         try:  # feedparser's repair of UTF-8 read as ISO-8859-1
             output = output.encode("iso-8859-1").decode("utf-8")
         except (UnicodeEncodeError, UnicodeDecodeError):
             pass
-        return output.translate(_cp1252)
+        return output.translate(_cp1252) if _C1.search(output) else output
 
     # --- one entry ----------------------------------------------------------------------------
 
@@ -288,7 +296,7 @@ class _Reader:
 
     # handlers: each mirrors feedparser's _start_x/_end_x for the keys siar reads
 
-    def _title(self, entry: dict[str, Any], depths: dict[str, int], state: dict[str, Any], el: Any, d: int) -> None:
+    def _title(self, entry: _Entry, depths: _Depths, state: _State, el: Any, d: int) -> None:
         if state["title_done"]:
             raise Unsupported("second title")
         attrs = _attrs(el)
@@ -302,7 +310,7 @@ class _Reader:
         entry["title_detail"] = {"type": kind}
         state["title_done"] = bool(value)
 
-    def _link(self, entry: dict[str, Any], depths: dict[str, int], state: dict[str, Any], el: Any, d: int) -> None:
+    def _link(self, entry: _Entry, depths: _Depths, state: _State, el: Any, d: int) -> None:
         attrs = _attrs(el)
         attrs.setdefault("rel", "alternate")
         attrs.setdefault("type", "application/atom+xml" if attrs["rel"] == "self" else "text/html")
@@ -323,7 +331,7 @@ class _Reader:
         if value:
             links[-1]["href"] = value
 
-    def _guid(self, entry: dict[str, Any], depths: dict[str, int], state: dict[str, Any], el: Any, d: int) -> None:
+    def _guid(self, entry: _Entry, depths: _Depths, state: _State, el: Any, d: int) -> None:
         attrs = _attrs(el)
         guidislink = attrs.get("ispermalink", "true") == "true"
         value = self._pop(_text(el), uri=guidislink)
@@ -332,7 +340,7 @@ class _Reader:
         if guidislink:
             entry.setdefault("link", value)
 
-    def _summary(self, entry: dict[str, Any], depths: dict[str, int], state: dict[str, Any], el: Any, d: int) -> None:
+    def _summary(self, entry: _Entry, depths: _Depths, state: _State, el: Any, d: int) -> None:
         if "summary" in entry and not state["content"]:
             raise Unsupported("a second summary becomes content")
         state["description"] += 1
@@ -343,11 +351,15 @@ class _Reader:
             raise Unsupported(f"summary type {kind}")
         self._put(entry, depths, "summary", self._pop(_text(el)), d)
 
-    def _content(self, entry: dict[str, Any], depths: dict[str, int], state: dict[str, Any], el: Any, d: int) -> None:
+    def _content(self, entry: _Entry, depths: _Depths, state: _State, el: Any, d: int) -> None:
         attrs = _attrs(el)
         if "src" in attrs or "mode" in attrs:
             raise Unsupported("content src or mode")
-        kind = "text/html" if self._name(el) == "content_encoded" else _content_type(attrs.get("type", "text/plain"))
+        kind = (
+            "text/html"
+            if self._name(el) == "content_encoded"
+            else _content_type(attrs.get("type", "text/plain"))
+        )
         if kind not in ("text/plain", "text/html"):
             raise Unsupported(f"content type {kind}")
         state["content"] = True
@@ -355,7 +367,7 @@ class _Reader:
         entry.setdefault("content", []).append({"type": kind, "value": value})
         entry.setdefault("summary", value)
 
-    def _category(self, entry: dict[str, Any], depths: dict[str, int], state: dict[str, Any], el: Any, d: int) -> None:
+    def _category(self, entry: _Entry, depths: _Depths, state: _State, el: Any, d: int) -> None:
         attrs = _attrs(el)
         tags = entry.setdefault("tags", [])
         _add_tag(tags, attrs.get("term"), attrs.get("scheme", attrs.get("domain")), attrs.get("label"))
@@ -367,7 +379,7 @@ class _Reader:
         else:
             _add_tag(tags, value, None, None)
 
-    def _author(self, entry: dict[str, Any], depths: dict[str, int], state: dict[str, Any], el: Any, d: int) -> None:
+    def _author(self, entry: _Entry, depths: _Depths, state: _State, el: Any, d: int) -> None:
         if el.attrib:
             raise Unsupported("author attributes")
         detail: dict[str, str] = {}
@@ -386,21 +398,21 @@ class _Reader:
                 elif hasattr(_FeedParserMixin, f"_start_{name}") or len(child) or (child.tail or "").strip():
                     raise Unsupported(f"{name} in author")
             self._put(entry, depths, "author", "", d)
-            name, email = detail.get("name"), detail.get("email")
-            if name and email:
-                entry["author"] = f"{name} ({email})"
-            elif name:
-                entry["author"] = name
-            elif email:
-                entry["author"] = email
+            who, mail = detail.get("name"), detail.get("email")
+            if who and mail:
+                entry["author"] = f"{who} ({mail})"
+            elif who:
+                entry["author"] = who
+            elif mail:
+                entry["author"] = mail
             return
         self._put(entry, depths, "author", self._pop(_text(el)), d)
         _author_detail(str(entry.get("author") or ""), detail)
 
-    def _language(self, entry: dict[str, Any], depths: dict[str, int], state: dict[str, Any], el: Any, d: int) -> None:
+    def _language(self, entry: _Entry, depths: _Depths, state: _State, el: Any, d: int) -> None:
         self._put(entry, depths, "language", self._pop(_text(el)), d)
 
-    def _enclosure(self, entry: dict[str, Any], depths: dict[str, int], state: dict[str, Any], el: Any, d: int) -> None:
+    def _enclosure(self, entry: _Entry, depths: _Depths, state: _State, el: Any, d: int) -> None:
         attrs = _attrs(el)
         attrs = _enforce_href(attrs)
         attrs["rel"] = "enclosure"
@@ -408,25 +420,19 @@ class _Reader:
         if len(el):
             raise Unsupported("enclosure children")
 
-    def _media_content(
-        self, entry: dict[str, Any], depths: dict[str, int], state: dict[str, Any], el: Any, d: int
-    ) -> None:
+    def _media_content(self, entry: _Entry, depths: _Depths, state: _State, el: Any, d: int) -> None:
         entry.setdefault("media_content", []).append(_attrs(el))
         for child in el:  # feedparser handles nested media:thumbnail and the caption alike
             self._element(entry, depths, state, child, d + 1)
 
-    def _media_thumbnail(
-        self, entry: dict[str, Any], depths: dict[str, int], state: dict[str, Any], el: Any, d: int
-    ) -> None:
+    def _media_thumbnail(self, entry: _Entry, depths: _Depths, state: _State, el: Any, d: int) -> None:
         attrs = _attrs(el)
         entry.setdefault("media_thumbnail", []).append(attrs)
         url = self._pop(_text(el), uri=True)
         if url.strip() and "url" not in attrs:
             attrs["url"] = url
 
-    def _media_imagecaption(
-        self, entry: dict[str, Any], depths: dict[str, int], state: dict[str, Any], el: Any, d: int
-    ) -> None:
+    def _media_imagecaption(self, entry: _Entry, depths: _Depths, state: _State, el: Any, d: int) -> None:
         attrs = _attrs(el)
         if attrs:
             entry["media_imagecaption"] = attrs  # feedparser keeps an unknown element's attributes
@@ -481,9 +487,7 @@ def _add_tag(tags: list[dict[str, Any]], term: str | None, scheme: str | None, l
 
 
 def _dated(key: str) -> Callable[..., None]:
-    def handler(
-        reader: _Reader, entry: dict[str, Any], depths: dict[str, int], state: dict[str, Any], el: Any, d: int
-    ) -> None:
+    def handler(reader: _Reader, entry: _Entry, depths: _Depths, state: _State, el: Any, d: int) -> None:
         value = reader._pop(_text(el))
         entry[key] = value
         entry[f"{key}_parsed"] = _parse_date(value)

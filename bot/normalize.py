@@ -258,8 +258,10 @@ def entry_to_story(
     uid, url, title_done = _identity(entry)
     if not uid:
         return None
-    title = title_done if title_done is not None else shorten_at_sentence(
-        repair_mojibake(_text_of(entry, "title")), TITLE_MAX
+    title = (
+        title_done
+        if title_done is not None
+        else shorten_at_sentence(repair_mojibake(_text_of(entry, "title")), TITLE_MAX)
     )
     paragraphs, images = _body(entry)
     if not paragraphs and entry.get("media_imagecaption"):
