@@ -163,6 +163,24 @@ def read_document(body: bytes, url: str, headers: Mapping[str, str]) -> FeedDoc:
     )
 
 
+def identify(
+    body: bytes, url: str, headers: Mapping[str, str], remembered: Mapping[bytes, str]
+) -> tuple[FeedDoc, list[str]]:
+    """The document and each entry's uid ("" for none): the `remembered` uid of an entry whose
+    raw digest was seen before (not even its uid is computed), else `entry_uid`."""
+    doc = read_document(body, url, headers)
+    uids: list[str] = []
+    for entry, entry_hash in zip(doc.entries, doc.digests, strict=True):
+        uid = remembered.get(entry_hash)
+        if uid is None:
+            try:
+                uid = entry_uid(entry)
+            except Exception:  # as in doc_stories: one odd entry costs only itself
+                uid = ""
+        uids.append(uid)
+    return doc, uids
+
+
 def entry_digest(entry: Any) -> bytes:
     """A digest of a feedparser entry's raw content (its every key), to tell a known entry that
     changed from one that did not. The fast path digests the entry's XML bytes instead."""
@@ -209,16 +227,16 @@ def doc_stories(
     feed_name: str,
     section: str | None = None,
     now: datetime | None = None,
-    skip: Callable[[int, str], bool] | None = None,
+    skip: Callable[[int], bool] | None = None,
 ) -> ParsedFeed:
-    """The stories of a read document, newest first; entries for which `skip(index, uid)` is
-    true (known ones) are not normalized at all."""
+    """The stories of a read document, newest first; entries for which `skip(index)` is true
+    (known ones) are not normalized at all."""
     language = fold(doc.language)[:16]
     stories: list[Story] = []
     seen: set[str] = set()
     for index, entry in enumerate(doc.entries):
         try:
-            if skip is not None and skip(index, entry_uid(entry)):
+            if skip is not None and skip(index):
                 continue
             story = entry_to_story(entry, feed_name, rules, language, section, now)
         except Exception:  # one odd entry must not cost the others

@@ -17,15 +17,17 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from bot.backoff import poll_delay
 from bot.channel import ChannelSettings
 from bot.config import Config, FeedConfig
 from bot.enrich import enrich
-from bot.feedstate import FeedState
+from bot.feedread import FeedDoc
+from bot.feedstate import FeedBook, FeedState
 from bot.fetch import Fetcher, FetchResult
 from bot.metrics import Metrics, NullMetrics
-from bot.normalize import ParsedFeed, parse_feed_async, story_key
+from bot.normalize import ParsedFeed, doc_stories, identify, story_key
 from bot.routing import decide_poll
 from bot.store import Store
 from bot.stories import NewStory
@@ -40,6 +42,17 @@ Clock = Callable[[], datetime]
 class _Timing:
     fetch: float | None = None
     parse: float | None = None
+
+
+@dataclass(frozen=True)
+class KnownEntry:
+    """A known entry (its uid is stored) whose raw content is not the one this process last saw:
+    `previous` is the digest it had then, None when this process has not seen it (a restart)."""
+
+    uid: str
+    entry: Any  # feedparser-shaped (bot.feedread)
+    digest: bytes
+    previous: bytes | None
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,12 @@ class FeedPoller:
         self.fetcher = fetcher
         self.clock = clock
         self._unsaved: dict[str, FeedState] = {}  # newer than the store (a failed save)
+        self.book = FeedBook(store.feeds, cache=store.is_sqlite)  # unchanged polls, batched
+        # Per feed, {raw entry digest: uid} of its last stored document: an entry seen before,
+        # byte for byte, is known without being normalized or even looked up.
+        self._digests: dict[str, dict[bytes, str]] = {}
+        # Called with the known entries whose raw content changed (corrections: issue 12).
+        self.on_known_changed: Callable[[FeedConfig, list[KnownEntry]], Awaitable[None]] | None = None
 
     async def poll(self, feed: FeedConfig, *, force: bool = False) -> PollResult:
         """Poll `feed` once (unless it is backing off and not `force`d)."""
@@ -88,7 +107,7 @@ class FeedPoller:
     async def _poll(self, feed: FeedConfig, force: bool, timing: _Timing) -> PollResult:
         now = self.clock()
         try:
-            state = self._with_unsaved(await self.store.feeds.get(feed.name, feed.url))
+            state = self._with_unsaved(await self.book.get(feed.name, feed.url))
         except Exception as exc:  # the store is down: count it, so the streak's alert fires
             log.exception("feed %s: cannot read its state", feed.name)
             state = self._unsaved.get(feed.name) or FeedState(feed.name, feed.url)
@@ -105,6 +124,7 @@ class FeedPoller:
             state = replace(
                 state, url=feed.url, etag=None, last_modified=None, body_hash=None, first_run_done=False
             )
+            self._digests.pop(feed.name, None)
         if not force and state.next_poll_at and state.next_poll_at > now and state.failures:
             return PollResult(feed.name, "backoff", error=state.last_error or "")
         try:
@@ -145,18 +165,19 @@ class FeedPoller:
                 etag=result.etag or state.etag,
                 last_modified=result.last_modified or state.last_modified,
             )
-            await self._save(state)
+            self.book.put(state)  # written with the next batch (FeedBook.flush)
+            self._unsaved.pop(feed.name, None)
             return PollResult(feed.name, "not_modified" if result.not_modified else "unchanged")
         assert result.body is not None
         began = time.perf_counter()
-        parsed = await parse_feed_async(
-            result.body, result.url, result.headers, self.config.cleaning, feed.name, feed.section
-        )
+        remembered = self._digests.get(feed.name, {})
+        doc, uids = await asyncio.to_thread(identify, result.body, result.url, result.headers, remembered)
+        parsed = await self._unknown_stories(feed, doc, uids, remembered)
         timing.parse = time.perf_counter() - began
-        if not parsed.stories and parsed.bozo:
-            return await self._failed(feed, state, now, f"not a readable feed: {parsed.bozo}", None)
-        if parsed.bozo:
-            log.info("feed %s: malformed but readable (%s)", feed.name, parsed.bozo)
+        if not any(uids) and doc.bozo:
+            return await self._failed(feed, state, now, f"not a readable feed: {doc.bozo}", None)
+        if doc.bozo:
+            log.info("feed %s: malformed but readable (%s)", feed.name, doc.bozo)
         new = await self._new_stories(feed, parsed, now)
         first_run = not state.first_run_done
         decisions = decide_poll(
@@ -175,10 +196,12 @@ class FeedPoller:
             etag=result.etag,
             last_modified=result.last_modified,
             body_hash=result.body_hash,
-            first_run_done=state.first_run_done or bool(parsed.stories),
+            first_run_done=state.first_run_done or any(uids),
         )
         created = await self.store.stories.record_poll(state, items, now)  # the state is saved with them
+        self.book.saved(state)
         self._unsaved.pop(feed.name, None)
+        self._digests[feed.name] = {d: uid for d, uid in zip(doc.digests, uids, strict=True) if uid}
         queued = {d.channel for i in items for d in i.decisions if d.queues and d.channel}
         if new:
             log.info(
@@ -192,9 +215,40 @@ class FeedPoller:
             feed.name, "new" if new else "unchanged", len(new), len(created), channels=frozenset(queued)
         )
 
+    async def _unknown_stories(
+        self, feed: FeedConfig, doc: FeedDoc, uids: list[str], remembered: dict[bytes, str]
+    ) -> ParsedFeed:
+        """The stories of the entries the store does not know, normalized (only those)."""
+        fresh = [
+            i for i, (d, uid) in enumerate(zip(doc.digests, uids, strict=True)) if uid and d not in remembered
+        ]
+        known = await self.store.stories.known_uids(feed.name, list(dict.fromkeys(uids[i] for i in fresh)))
+        if known and self.on_known_changed is not None:
+            previous = {uid: d for d, uid in remembered.items()}
+            changed = [
+                KnownEntry(uids[i], doc.entries[i], doc.digests[i], previous.get(uids[i]))
+                for i in fresh
+                if uids[i] in known
+            ]
+            try:
+                await self.on_known_changed(feed, changed)
+            except Exception:  # a correction's trouble must not cost the poll its new stories
+                log.exception("feed %s: handling changed entries failed", feed.name)
+        wanted = {i for i in fresh if uids[i] not in known}
+        if not wanted:
+            return ParsedFeed([], title=doc.title, language=doc.language, bozo=doc.bozo)
+        return await asyncio.to_thread(
+            doc_stories,
+            doc,
+            self.config.cleaning,
+            feed.name,
+            feed.section,
+            None,
+            lambda index: index not in wanted,
+        )
+
     async def _new_stories(self, feed: FeedConfig, parsed: ParsedFeed, now: datetime) -> list[Story]:
-        known = await self.store.stories.known_uids(feed.name, [s.uid for s in parsed.stories])
-        stories = [replace(s, published=s.published or now) for s in parsed.stories if s.uid not in known]
+        stories = [replace(s, published=s.published or now) for s in parsed.stories]
         if feed.enrich and stories:
             limit = asyncio.Semaphore(4)
 
@@ -210,8 +264,15 @@ class FeedPoller:
         return stories
 
     async def _save(self, state: FeedState) -> None:
+        self.book.pending.pop(state.name, None)  # older than this one
         await self.store.feeds.save(state)
+        self.book.saved(state)
         self._unsaved.pop(state.name, None)
+
+    async def flush(self) -> int:
+        """Write the batched states of unchanged polls (the daemon calls it periodically and at
+        shutdown); returns how many."""
+        return await self.book.flush()
 
     async def _failed(
         self, feed: FeedConfig, state: FeedState, now: datetime, error: str, retry_after: float | None
