@@ -4,15 +4,18 @@ write their states in one batch, and hot queries use indexes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import generate_latest
 from sqlalchemy import select
 
 import bot.normalize
 from bot.app import App, build
 from bot.config import Config
-from bot.daemon import prepare
+from bot.daemon import Daemon, first_poll_delays, prepare
+from bot.metrics import Metrics
 from bot.pipeline import KnownEntry
 from bot.schema import feed_state
 from tests.fakes import Clock, FakeChannel
@@ -181,3 +184,37 @@ async def test_a_batched_state_never_overwrites_a_newer_one(
     stored = (await stored_states(app))["a"]
     await app.close()
     assert stored.last_fetch_at == clock.now and stored.last_status == 200
+
+
+def test_first_polls_are_spread_over_the_interval(make_config: Callable[[str], Config]) -> None:
+    text = CONFIG.format(a="https://e.example/a", b="https://e.example/b")
+    feeds = make_config(
+        text + '\n[[feeds]]\nname = "c"\nurl = "https://e.example/c"\ninterval = "60s"\n'
+    ).feeds
+    assert first_poll_delays(feeds) == [0.0, feeds[1].interval / 3, 60 * 2 / 3]
+
+
+async def test_a_skipped_poll_is_counted_and_logged(
+    feed_server: FeedServer, make_config: Callable[[str], Config], caplog: Any
+) -> None:
+    feed_server.routes["/a"] = Route(body=rss(items(0, 3)), delay=2.5)  # outlasts its interval
+    feed_server.routes["/b"] = Route(body=rss(items(100, 3)))
+    config = make_config(
+        CONFIG.format(a=feed_server.url("/a"), b=feed_server.url("/b"))
+        + '\n[metrics]\nlisten = ""\n[fetch]\njitter = 0\n'
+    )
+    # 10 s is the shortest interval a config may ask for; this test polls every second
+    config.feeds[:] = [config.feeds[0].model_copy(update={"interval": 1.0})]
+    app = build(config, channels={"fake": FakeChannel()})
+    metrics = Metrics(["a"], ["fake"])
+    app.metrics = app.poller.metrics = metrics
+    stop = asyncio.Event()
+    daemon = Daemon(app)
+    running = asyncio.create_task(daemon.run(stop))
+    await asyncio.sleep(4)
+    stop.set()
+    assert await running == 0
+    text = generate_latest(metrics.registry).decode()
+    skipped = [line for line in text.splitlines() if line.startswith('siar_poll_skipped_total{feed="a"}')]
+    assert skipped and float(skipped[0].split()[-1]) >= 1, text
+    assert "feed a: a scheduled poll was skipped (its previous poll still runs)" in caplog.text
