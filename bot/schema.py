@@ -88,6 +88,7 @@ stories = Table(
     Column("retracted_at", UTCDateTime),  # never posted again; its posts deleted where possible
     Column("retract_reason", Text),
     UniqueConstraint("feed", "uid", name="uq_stories_feed_uid"),
+    Index("ix_stories_first_seen", "first_seen_at", "published_at"),  # the newest stories
 )
 
 outbox = Table(
