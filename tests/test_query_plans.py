@@ -31,7 +31,8 @@ CONFIG = """
 # Whole-table reads that are not per poll or per post, and why they may stay.
 ALLOWED = {
     # the outbox gauges: rows per channel and state, every 15 s off the event loop
-    "SELECT outbox.channel, outbox.status, count(*) AS count_1 FROM outbox GROUP BY outbox.channel, outbox.status",
+    "SELECT outbox.channel, outbox.status, count(*) AS count_1 FROM outbox "
+    "GROUP BY outbox.channel, outbox.status",
 }
 HOT_TABLES = ("outbox", "stories")
 
