@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,9 +137,14 @@ def fast_allowed(body: bytes, headers: Mapping[str, str]) -> bool:
     return http is None or http in _UTF8
 
 
-def read_fast(body: bytes, headers: Mapping[str, str]) -> FeedDoc | None:
+def read_fast(
+    body: bytes, headers: Mapping[str, str], known: Container[bytes] = frozenset()
+) -> FeedDoc | None:
     """The document's entries when it is well-formed RSS 2.0 or Atom 1.0 that this module reads
-    exactly as feedparser does; None otherwise (parse it with feedparser then)."""
+    exactly as feedparser does; None otherwise (parse it with feedparser then).
+
+    An entry whose raw digest is in `known` is not read at all: its place in `entries` is None.
+    """
     if len(body) > MAX_BYTES or any(marker in body for marker in _BAIL_BYTES):
         return None
     try:
@@ -147,7 +152,7 @@ def read_fast(body: bytes, headers: Mapping[str, str]) -> FeedDoc | None:
     except (etree.XMLSyntaxError, ValueError):
         return None
     try:
-        return _Reader(headers).read(root)
+        return _Reader(headers).read(root, known)
     except Unsupported:
         return None
 
@@ -181,7 +186,7 @@ class _Reader:
 
     # --- the document ----------------------------------------------------------------------
 
-    def read(self, root: Any) -> FeedDoc:
+    def read(self, root: Any, known: Container[bytes]) -> FeedDoc:
         tag = root.tag
         if tag == "rss":
             if (root.get("version") or "").strip() not in ("2.0", "0.91", "0.92"):
@@ -209,8 +214,8 @@ class _Reader:
                 language = self._pop(_text(child))
             elif name == "title" and not title:  # feedparser keeps the first non-empty one
                 title = self._pop(_text(child))
-        entries = [self._entry(item) for item in items]
         digests = [digest(etree.tostring(item)) for item in items]
+        entries = [None if d in known else self._entry(item) for d, item in zip(digests, items, strict=True)]
         return FeedDoc(entries, digests, title=title, language=language, fast=True)
 
     def _name(self, el: Any) -> str:

@@ -7,7 +7,7 @@ import calendar
 import hashlib
 import io
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -126,17 +126,20 @@ def _rename_media_description(body: bytes) -> bytes:
     return body
 
 
-def read_document(body: bytes, url: str, headers: Mapping[str, str]) -> FeedDoc:
+def read_document(
+    body: bytes, url: str, headers: Mapping[str, str], known: Container[bytes] = frozenset()
+) -> FeedDoc:
     """The entries of `body` (fetched from `url`), each with its raw digest; never raises.
 
-    Well-formed RSS 2.0 and Atom 1.0 take the lxml fast path (`bot.feedread`); anything else
-    is parsed by feedparser, the reference.
+    Well-formed RSS 2.0 and Atom 1.0 take the lxml fast path (`bot.feedread`), which does not
+    even read an entry whose digest is in `known` (None in its place); anything else is parsed
+    by feedparser, the reference.
     """
     response_headers = {k.lower(): v for k, v in headers.items()}
     response_headers.setdefault("content-location", url)
     body = _SURROGATE_REF.sub(b"&#xFFFD;", _rename_media_description(utf8_body(body, response_headers)))
     if fast_allowed(body, response_headers):
-        fast = read_fast(body, response_headers)
+        fast = read_fast(body, response_headers, known)
         if fast is not None:
             return fast
     try:
@@ -168,7 +171,7 @@ def identify(
 ) -> tuple[FeedDoc, list[str]]:
     """The document and each entry's uid ("" for none): the `remembered` uid of an entry whose
     raw digest was seen before (not even its uid is computed), else `entry_uid`."""
-    doc = read_document(body, url, headers)
+    doc = read_document(body, url, headers, remembered.keys())
     uids: list[str] = []
     for entry, entry_hash in zip(doc.entries, doc.digests, strict=True):
         uid = remembered.get(entry_hash)
