@@ -62,8 +62,18 @@ def feed_body(feed: int, count: int, version: int) -> bytes:
 
 
 def serve(feeds: int, count: int, ready: Any) -> None:
-    bodies = [[feed_body(f, count, v) for f in range(feeds)] for v in (0, 1)]
+    """Serve /<namespace>/f/<i>; /change/<namespace> moves a namespace to its next version."""
+    bodies: dict[tuple[int, int], bytes] = {}
     versions: dict[str, int] = {}
+
+    def body(feed: int, version: int) -> bytes:
+        if (feed, version) not in bodies:
+            bodies[feed, version] = feed_body(feed, count, version)
+        return bodies[feed, version]
+
+    for f in range(feeds):
+        body(f, 0)
+        body(f, 1)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -74,7 +84,7 @@ def serve(feeds: int, count: int, ready: Any) -> None:
         def do_GET(self) -> None:
             parts = self.path.strip("/").split("/")
             if parts[0] == "change":  # /change/<namespace>
-                versions[parts[1]] = 1
+                versions[parts[1]] = versions.get(parts[1], 0) + 1
                 self._answer(200, b"ok", {})
                 return
             namespace, index = parts[0], int(parts[2])  # /<namespace>/f/<i>
@@ -83,7 +93,7 @@ def serve(feeds: int, count: int, ready: Any) -> None:
             if self.headers.get("If-None-Match") == etag:
                 self._answer(304, b"", {"ETag": etag})
                 return
-            self._answer(200, bodies[version][index], {"ETag": etag, "Content-Type": "application/rss+xml"})
+            self._answer(200, body(index, version), {"ETag": etag, "Content-Type": "application/rss+xml"})
 
         def _answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
             self.send_response(status)
@@ -137,7 +147,7 @@ def run_siar(base: str, namespace: str, feeds: int) -> dict[str, Any]:
                     change(base, namespace)
                 sem = asyncio.Semaphore(20)
 
-                async def one(feed: Any) -> str:
+                async def one(feed: Any, sem: asyncio.Semaphore = sem) -> str:
                     async with sem:
                         return (await app.poller.poll(feed, force=True)).outcome
 
@@ -215,9 +225,10 @@ def main() -> None:
         for rep in range(args.repeat):
             order = names[rep % len(names) :] + names[: rep % len(names)]
             for name in order:
+                command = [sys.executable, __file__, "--contender", name, "--base", base]
+                command += ["--namespace", f"{name}{rep}", "--feeds", str(args.feeds)]
                 done = subprocess.run(
-                    [sys.executable, __file__, "--contender", name, "--base", base]
-                    + ["--namespace", f"{name}{rep}", "--feeds", str(args.feeds)],
+                    command,
                     capture_output=True,
                     text=True,
                     env=env,
@@ -243,7 +254,10 @@ def main() -> None:
             )
             for r in ROUNDS
         }
-        print(f"{name:<12}" + "".join(f"{medians[name][r][0]:>22.1f}{medians[name][r][1]:>26.2f}" for r in ROUNDS))
+        print(
+            f"{name:<12}"
+            + "".join(f"{medians[name][r][0]:>22.1f}{medians[name][r][1]:>26.2f}" for r in ROUNDS)
+        )
     print("\nsiar's advantage (reader's CPU per feed / siar's; feedparser's / siar's):")
     for r in ROUNDS:
         siar = medians["siar"][r][1]
