@@ -11,6 +11,7 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExe
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from bot import heap
 from bot.app import App, migrations
 from bot.config import FeedConfig
 from bot.feedstate import FeedBook
@@ -170,6 +171,8 @@ class Daemon:
             # and store, and outlast the interval (skipped polls).
             for feed, delay in zip(app.config.feeds, first_poll_delays(app.config.feeds), strict=True):
                 self.schedule(feed, delay=delay)
+            if heap.enabled():
+                self.scheduler.add_job(heap.trim, IntervalTrigger(seconds=heap.TRIM_EVERY), id="heap-trim")
             self.scheduler.add_job(
                 self._flush,
                 IntervalTrigger(seconds=FeedBook.FLUSH_EVERY),
