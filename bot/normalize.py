@@ -6,9 +6,10 @@ import asyncio
 import calendar
 import hashlib
 import io
+import json
 import re
 from collections.abc import Callable, Container, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
@@ -17,7 +18,7 @@ import feedparser
 
 from bot.charset import repair_mojibake, utf8_body
 from bot.cleaning import CleaningRules, clean_lead, fold, html_paragraphs, html_to_text, shorten_at_sentence
-from bot.feedread import FeedDoc, digest, fast_allowed, read_fast
+from bot.feedread import FeedDoc, fast_allowed, read_fast
 from bot.types import Story
 
 _TRACKING = re.compile(
@@ -35,6 +36,7 @@ class ParsedFeed:
     title: str = ""
     language: str = ""
     bozo: str = ""  # the parser's complaint about a malformed document, if any
+    hashes: dict[str, str] = field(default_factory=dict)  # story uid -> `entry_hash` of its entry
 
 
 def canonical_url(url: str, base: str = "") -> str:
@@ -185,9 +187,9 @@ def identify(
 
 
 def entry_digest(entry: Any) -> bytes:
-    """A digest of a feedparser entry's raw content (its every key), to tell a known entry that
-    changed from one that did not. The fast path digests the entry's XML bytes instead."""
-    return digest(repr(sorted(entry.items(), key=lambda kv: kv[0])).encode("utf-8", "replace"))
+    """The raw hash of a feedparser entry (`entry_hash`), to tell a known entry that changed
+    from one that did not. The fast path digests the entry's XML bytes instead."""
+    return bytes.fromhex(entry_hash(entry))
 
 
 def entry_uid(entry: Any) -> str:
@@ -237,6 +239,7 @@ def doc_stories(
     language = fold(doc.language)[:16]
     stories: list[Story] = []
     seen: set[str] = set()
+    hashes: dict[str, str] = {}
     for index, entry in enumerate(doc.entries):
         try:
             if skip is not None and skip(index):
@@ -247,8 +250,27 @@ def doc_stories(
         if story is not None and story.uid not in seen:
             seen.add(story.uid)
             stories.append(story)
+            hashes[story.uid] = doc.digests[index].hex()  # the entry's raw hash (corrections)
     stories.sort(key=lambda s: s.published or datetime.min.replace(tzinfo=UTC), reverse=True)
-    return ParsedFeed(stories, title=fold(doc.title), language=language, bozo=doc.bozo)
+    return ParsedFeed(stories, title=fold(doc.title), language=language, bozo=doc.bozo, hashes=hashes)
+
+
+def entry_hash(entry: Any) -> str:
+    """sha256 hex of a feed entry's raw content as parsed (but the address it came from):
+    equal hashes mean nothing of the entry changed, so only entries whose hash changed are
+    normalized again (corrections)."""
+    text = json.dumps(_without_base(entry), sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _without_base(value: Any) -> Any:
+    """`value` without feedparser's `base` keys (the URL the feed was fetched from: a moved
+    feed is not a changed entry)."""
+    if isinstance(value, dict):
+        return {k: _without_base(v) for k, v in value.items() if k != "base"}
+    if isinstance(value, list | tuple) and not hasattr(value, "tm_year"):
+        return [_without_base(v) for v in value]
+    return value
 
 
 async def parse_feed_async(

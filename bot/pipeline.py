@@ -22,12 +22,13 @@ from typing import Any
 from bot.backoff import poll_delay
 from bot.channel import ChannelSettings
 from bot.config import Config, FeedConfig
+from bot.editorial import Editorial
 from bot.enrich import enrich
 from bot.feedread import FeedDoc
 from bot.feedstate import FeedBook, FeedState
 from bot.fetch import Fetcher, FetchResult
 from bot.metrics import Metrics, NullMetrics
-from bot.normalize import ParsedFeed, doc_stories, identify, story_key
+from bot.normalize import ParsedFeed, doc_stories, identify, read_document, story_key
 from bot.routing import decide_poll
 from bot.store import Store
 from bot.stories import NewStory
@@ -42,17 +43,6 @@ Clock = Callable[[], datetime]
 class _Timing:
     fetch: float | None = None
     parse: float | None = None
-
-
-@dataclass(frozen=True)
-class KnownEntry:
-    """A known entry (its uid is stored) whose raw content is not the one this process last saw:
-    `previous` is the digest it had then, None when this process has not seen it (a restart)."""
-
-    uid: str
-    entry: Any  # feedparser-shaped (bot.feedread)
-    digest: bytes
-    previous: bytes | None
 
 
 @dataclass(frozen=True)
@@ -80,7 +70,9 @@ class FeedPoller:
         alert: Callable[[str, str], Awaitable[None]] | None = None,
         unavailable: Mapping[str, str] | None = None,
         metrics: Metrics | None = None,
+        channels: Mapping[str, Any] | None = None,
     ) -> None:
+        self.channels = channels  # the running channels (what they can edit: corrections)
         self.alert = alert
         self.metrics = metrics or NullMetrics()
         self.unavailable = unavailable or {}  # configured channels that do not run here, and why
@@ -94,8 +86,6 @@ class FeedPoller:
         # Per feed, {raw entry digest: uid} of its last stored document: an entry seen before,
         # byte for byte, is known without being normalized or even looked up.
         self._digests: dict[str, dict[bytes, str]] = {}
-        # Called with the known entries whose raw content changed (corrections: issue 12).
-        self.on_known_changed: Callable[[FeedConfig, list[KnownEntry]], Awaitable[None]] | None = None
 
     async def poll(self, feed: FeedConfig, *, force: bool = False) -> PollResult:
         """Poll `feed` once (unless it is backing off and not `force`d)."""
@@ -172,19 +162,25 @@ class FeedPoller:
         began = time.perf_counter()
         remembered = self._digests.get(feed.name, {})
         doc, uids = await asyncio.to_thread(identify, result.body, result.url, result.headers, remembered)
-        parsed = await self._unknown_stories(feed, doc, uids, remembered)
+        parsed, known = await self._stories_to_read(feed, doc, uids, result)
         timing.parse = time.perf_counter() - began
         if not any(uids) and doc.bozo:
             return await self._failed(feed, state, now, f"not a readable feed: {doc.bozo}", None)
         if doc.bozo:
             log.info("feed %s: malformed but readable (%s)", feed.name, doc.bozo)
-        new = await self._new_stories(feed, parsed, now)
+        editorial = Editorial(self.config, self.targets, self.channels)  # breaking news, corrections
+        new = editorial.label(await self._new_stories(feed, parsed, known, now))
         first_run = not state.first_run_done
         decisions = decide_poll(
             new, feed, self.targets, now, first_run=first_run, unavailable=self.unavailable
         )
         items = [
-            NewStory(story, story_decisions, key=story_key(story, self.config.site.hosts))
+            NewStory(
+                story,
+                story_decisions,
+                key=story_key(story, self.config.site.hosts),
+                entry_hash=parsed.hashes.get(story.uid, ""),
+            )
             for story, story_decisions in zip(new, decisions, strict=True)
         ]
         # An empty first answer (a CMS glitch) must not end the first run: the next full poll
@@ -198,11 +194,14 @@ class FeedPoller:
             body_hash=result.body_hash,
             first_run_done=state.first_run_done or any(uids),
         )
-        created = await self.store.stories.record_poll(state, items, now)  # the state is saved with them
+        corrections = editorial.corrections(feed.name, parsed)  # the known entries normalized again
+        created = await self.store.stories.record_poll(state, items, now, corrections)  # state saved too
         self.book.saved(state)
         self._unsaved.pop(feed.name, None)
         self._digests[feed.name] = {d: uid for d, uid in zip(doc.digests, uids, strict=True) if uid}
-        queued = {d.channel for i in items for d in i.decisions if d.queues and d.channel}
+        queued = {
+            d.channel for i in items for d in i.decisions if d.queues and d.channel
+        } | corrections.edited
         if new:
             log.info(
                 "feed %s: %d new stories, %d posts queued%s",
@@ -215,29 +214,28 @@ class FeedPoller:
             feed.name, "new" if new else "unchanged", len(new), len(created), channels=frozenset(queued)
         )
 
-    async def _unknown_stories(
-        self, feed: FeedConfig, doc: FeedDoc, uids: list[str], remembered: dict[bytes, str]
-    ) -> ParsedFeed:
-        """The stories of the entries the store does not know, normalized (only those)."""
-        fresh = [
-            i for i, (d, uid) in enumerate(zip(doc.digests, uids, strict=True)) if uid and d not in remembered
-        ]
-        known = await self.store.stories.known_uids(feed.name, list(dict.fromkeys(uids[i] for i in fresh)))
-        if known and self.on_known_changed is not None:
-            previous = {uid: d for d, uid in remembered.items()}
-            changed = [
-                KnownEntry(uids[i], doc.entries[i], doc.digests[i], previous.get(uids[i]))
-                for i in fresh
-                if uids[i] in known
-            ]
-            try:
-                await self.on_known_changed(feed, changed)
-            except Exception:  # a correction's trouble must not cost the poll its new stories
-                log.exception("feed %s: handling changed entries failed", feed.name)
-        wanted = {i for i in fresh if uids[i] not in known}
+    async def _stories_to_read(
+        self, feed: FeedConfig, doc: FeedDoc, uids: list[str], result: FetchResult
+    ) -> tuple[ParsedFeed, set[str]]:
+        """The stories of the entries worth normalizing, and the uids of those the store knows.
+
+        The store's raw hash of each known entry decides: a known entry is normalized again only
+        when its hash is not the stored one (a correction to check, bot.corrections); new
+        entries always are. An entry seen byte for byte in the feed's last document was not even
+        read (its uid is remembered) and, as the store agrees with that memory unless another
+        daemon wrote since, is not read unless it must be.
+        """
+        listed = [i for i, uid in enumerate(uids) if uid]
+        stored = await self.store.stories.known_hashes(
+            feed.name, list(dict.fromkeys(uids[i] for i in listed))
+        )
+        wanted = {i for i in listed if uids[i] not in stored or stored[uids[i]] != doc.digests[i].hex()}
         if not wanted:
-            return ParsedFeed([], title=doc.title, language=doc.language, bozo=doc.bozo)
-        return await asyncio.to_thread(
+            return ParsedFeed([], title=doc.title, language=doc.language, bozo=doc.bozo), set(stored)
+        if any(doc.entries[i] is None for i in wanted):  # the store disagrees with the memory
+            assert result.body is not None
+            doc = await asyncio.to_thread(read_document, result.body, result.url, result.headers)
+        parsed = await asyncio.to_thread(
             doc_stories,
             doc,
             self.config.cleaning,
@@ -246,9 +244,12 @@ class FeedPoller:
             None,
             lambda index: index not in wanted,
         )
+        return parsed, set(stored)
 
-    async def _new_stories(self, feed: FeedConfig, parsed: ParsedFeed, now: datetime) -> list[Story]:
-        stories = [replace(s, published=s.published or now) for s in parsed.stories]
+    async def _new_stories(
+        self, feed: FeedConfig, parsed: ParsedFeed, known: set[str], now: datetime
+    ) -> list[Story]:
+        stories = [replace(s, published=s.published or now) for s in parsed.stories if s.uid not in known]
         if feed.enrich and stories:
             limit = asyncio.Semaphore(4)
 

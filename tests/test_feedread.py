@@ -14,7 +14,7 @@ from bot.feedread import read_fast
 
 CORPUS = Path(os.environ.get("SIAR_CORPUS", Path(__file__).resolve().parents[2] / "shared" / "corpus"))
 URL = "http://example.com/feed/"
-HEADERS = (
+HEADERS: tuple[dict[str, str], ...] = (
     {},
     {"content-type": "application/rss+xml; charset=utf-8"},
     {"content-type": "text/xml", "content-language": "id_ID"},

@@ -16,7 +16,6 @@ from bot.app import App, build
 from bot.config import Config
 from bot.daemon import Daemon, first_poll_delays, prepare
 from bot.metrics import Metrics
-from bot.pipeline import KnownEntry
 from bot.schema import feed_state
 from tests.fakes import Clock, FakeChannel
 from tests.feedserver import FeedServer, Route, rss
@@ -94,31 +93,25 @@ async def test_known_entries_are_not_normalized(
     assert again.new_stories == 1 and normalized == ["g51"]
 
 
-async def test_a_known_entry_whose_raw_content_changed_reaches_the_hook(
-    feed_server: FeedServer, make_config: Callable[[str], Config]
+async def test_a_known_entry_whose_raw_content_changed_is_normalized_again(
+    feed_server: FeedServer, make_config: Callable[[str], Config], monkeypatch: Any
 ) -> None:
+    """Only it: the corrections check (bot.corrections) gets it, the unchanged ones cost nothing."""
     feed_server.routes["/a"] = Route(body=rss(items(0, 10)), etag=False)
     feed_server.routes["/b"] = Route(body=rss(items(100, 5)), etag=False)
     config = make_config(CONFIG.format(a=feed_server.url("/a"), b=feed_server.url("/b")))
+    normalized = counting_normalizer(monkeypatch)
     app = app_for(config)
     await prepare(app)
-    seen: list[list[KnownEntry]] = []
-
-    async def hook(feed: Any, changed: list[KnownEntry]) -> None:
-        seen.append(changed)
-
-    app.poller.on_known_changed = hook
     await app.poller.poll(config.feeds[0], force=True)
-    first_digests = dict(app.poller._digests["a"])
+    normalized.clear()
     feed_server.routes["/a"] = Route(body=rss(items(0, 10, edited=3)), etag=False)
     result = await app.poller.poll(config.feeds[0], force=True)
+    stored = await app.store.stories.find("g3")
     await app.close()
     assert result.new_stories == 0
-    assert len(seen) == 1 and [k.uid for k in seen[0]] == ["g3"]
-    change = seen[0][0]
-    assert change.previous in first_digests and first_digests[change.previous] == "g3"
-    assert change.digest != change.previous
-    assert "(corrected)" in change.entry["title"]
+    assert normalized == ["g3"]
+    assert "(corrected)" in stored[0]["data"]  # the corrections check saw and stored it
 
 
 async def stored_states(app: App) -> dict[str, Any]:

@@ -63,7 +63,7 @@ async def hot_queries(app: App, feed_server: FeedServer) -> list[tuple[str, Any]
         await app.store.stories.latest(5)
     finally:
         event.remove(engine, "before_cursor_execute", record)
-    unique = {}
+    unique: dict[str, Any] = {}
     for statement, parameters in seen:
         unique.setdefault(statement, parameters)
     return list(unique.items())
