@@ -1,11 +1,12 @@
 """RSS of `siar run` over many poll rounds: flat, and under 150 MB?
 
 `siar run` polls N generated feeds (50 items) every 10 s from a local server in another
-process; every round 10 % of each feed's items are new (posted to a console channel whose
-output is discarded). The daemon's RSS (VmRSS) is sampled every 5 s. Reported: RSS after the
-warm-up, at half time and at the end, the growth over the last half, the maximum, and the polls
-skipped by the scheduler (`siar_poll_skipped_total`). With `--compare-trim` a second daemon
-runs at the same time with SIAR_MALLOC_TRIM=0, to see what trimming the heap does.
+process; every `--change-every` seconds 10 % of each feed's items are new (posted to a console
+channel whose output is discarded); in between the feeds answer 304. The daemon's RSS (VmRSS)
+is sampled every 5 s. Reported: RSS after the warm-up, at half time and at the end, the growth
+over the last half, the maximum, and the polls skipped by the scheduler
+(`siar_poll_skipped_total`). With `--compare-trim` a second daemon runs at the same time with
+SIAR_MALLOC_TRIM=0, to see what trimming the heap does.
 
     .venv/bin/python benchmarks/memory.py [--feeds 200] [--minutes 10] [--compare-trim]
 """
@@ -80,6 +81,7 @@ def main() -> None:
     parser.add_argument("--feeds", type=int, default=200)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--compare-trim", action="store_true")
+    parser.add_argument("--change-every", type=float, default=60)
     args = parser.parse_args()
     ready: multiprocessing.Queue[str] = multiprocessing.Queue()
     server = multiprocessing.Process(target=serve, args=(args.feeds, 50, ready), daemon=True)
@@ -92,8 +94,8 @@ def main() -> None:
             runs.append(Run("notrim", base, args.feeds, tmp, trim=False))
         stop = threading.Event()
 
-        def changer() -> None:  # a new version of every feed every 10 s
-            while not stop.wait(10):
+        def changer() -> None:  # a new version of every feed now and then
+            while not stop.wait(args.change_every):
                 for run in runs:
                     change(base, run.namespace)
 
