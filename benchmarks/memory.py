@@ -118,7 +118,8 @@ def main() -> None:
                 run.process.wait(60)
             server.terminate()
         print(
-            f"siar run: {args.feeds} feeds every 10 s, 10 % of items new each round, {args.minutes:g} minutes"
+            f"siar run: {args.feeds} feeds every 10 s, 10 % of items new every {args.change_every:g} s, "
+            f"{args.minutes:g} minutes"
         )
         for run in runs:
             samples = [(t, r) for t, r in run.samples if t >= 60]  # after a minute of warm-up
