@@ -59,7 +59,7 @@ log = logging.getLogger("siar.bluesky")
 T = TypeVar("T")
 
 DEFAULT_TEMPLATE = """\
-{{ title }}
+{% if breaking %}{{ breaking }} {% endif %}{{ title }}
 
 {{ url }}
 

@@ -208,7 +208,8 @@ class DiscordChannel(BaseChannel[Settings]):
         """The story as a Discord embed within every per-field limit and the 6000 total."""
         site = self.context.site
         embed: dict[str, Any] = {"type": "rich", "color": self.settings.color}
-        title = fit_chars(" ".join(story.title.split()), TITLE_MAX)
+        shown = f"{story.breaking} {story.title}" if story.breaking else story.title
+        title = fit_chars(" ".join(shown.split()), TITLE_MAX)
         if title:
             embed["title"] = title
         if story.url.lower().startswith(("http://", "https://")):

@@ -46,7 +46,7 @@ log = logging.getLogger("siar.mastodon")
 
 # The short call to action only when title, lead and hashtags fit first (see PostRenderer.fit).
 DEFAULT_TEMPLATE = """\
-{{ title }}
+{% if breaking %}{{ breaking }} {% endif %}{{ title }}
 
 {{ lead }}
 

@@ -48,7 +48,7 @@ LIMIT = 280
 # Title, link, as many hashtags as fit; the short call to action only when everything else fits
 # (see XChannel.render). X builds the link card from the page, so no lead and no media.
 DEFAULT_TEMPLATE = """\
-{{ title }}
+{% if breaking %}{{ breaking }} {% endif %}{{ title }}
 
 {{ url }}
 {{ hashtags }}

@@ -51,7 +51,7 @@ MAX_TRIES = 4  # per reader, for answers that may succeed later (5xx, flood cont
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 DEFAULT_TEMPLATE = """\
-<b>{{ title }}</b>
+<b>{% if breaking %}{{ breaking }} {% endif %}{{ title }}</b>
 
 {{ lead }}
 

@@ -33,7 +33,7 @@ TEXT_LIMIT = 4096
 CAPTION_LIMIT = 1024
 
 DEFAULT_TEMPLATE = """\
-<b>{{ title }}</b>
+<b>{% if breaking %}{{ breaking }} {% endif %}{{ title }}</b>
 
 {{ lead }}
 

@@ -187,7 +187,7 @@ class WebPushChannel(BaseChannel[Settings]):
     # rendering
 
     def render(self, story: Story) -> Post:
-        title = story.title
+        title = f"{story.breaking} {story.title}" if story.breaking else story.title
         if unit_count(title) and count_graphemes(title) > self.settings.title_limit:
             title = _shorten_to(title, self.settings.title_limit)
         section = self.section
