@@ -255,3 +255,18 @@ async def test_x_digest_is_one_post_within_280(fake_x: FakeX, xch: x.XChannel) -
     assert 1 <= kept < 10 and f"… {10 - kept} more" in post.text
     await xch.send(post, idempotency_key="dg")
     assert fake_x.posts == [post.text] and fake_x.problems == []
+
+
+# --- OneSignal (only the breaking-news touches) ----------------------------------------------------
+
+
+def test_onesignal_breaking_news_has_the_prefix_and_high_priority() -> None:
+    from channels.onesignal import OneSignalChannel, Settings
+
+    settings = Settings(type="onesignal", app_id="00000000-0000-4000-8000-000000000000", api_key="k")
+    channel = OneSignalChannel("os", settings, CONTEXT)
+    loud = channel.body(channel.render(story(breaking="🔴 BREAKING")), "k1")
+    plain = channel.body(channel.render(story()), "k2")
+    assert loud["headings"]["id"] == "🔴 BREAKING Banjir di Jakarta" and loud["priority"] == 10
+    assert plain["headings"]["id"] == "Banjir di Jakarta" and "priority" not in plain
+    assert not channel.can_edit and not channel.can_delete
