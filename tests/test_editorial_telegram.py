@@ -250,6 +250,17 @@ async def test_without_pin_rights_the_post_still_goes_and_admins_are_told(env: E
     assert any("cannot pin breaking news" in a and "not enough rights" in a.lower() for a in env.alerts)
 
 
+async def test_a_silent_channel_still_rings_for_breaking_news(make_env: Callable[..., object]) -> None:
+    env: Env = await make_env("silent = true")  # type: ignore[misc]
+    try:
+        await env.post(story())
+        await env.post(story(uid="2", breaking="🔴 BREAKING"))
+        assert [m["disable_notification"] for m in env.fake.messages(-1001)] == [True, False]
+        assert env.fake.messages(-1001)[1]["pin_notification"] is True
+    finally:
+        await env.app.close()
+
+
 async def test_pin_breaking_off(make_env: Callable[..., object]) -> None:
     env: Env = await make_env('pin_breaking = false\n    pin_for = "30m"')  # type: ignore[misc]
     try:

@@ -166,7 +166,10 @@ class TelegramChannel(BaseChannel[PosterSettings]):
         """Post it; errors are mapped (see errors.telegram_error); a moved group is remembered and
         retried. Breaking news is pinned (`pin_breaking`); pins past `pin_for` come down first."""
         assert self.bot is not None, "start() first"
-        await self.unpin_due()
+        try:
+            await self.unpin_due()
+        except Exception:  # a pin coming down late never holds up a story
+            log.exception("channel %s: unpinning breaking news failed", self.name)
         for _ in range(2):  # a second time only after ChatMigrated
             caption = False
             try:
