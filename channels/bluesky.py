@@ -13,6 +13,7 @@ on restart and refreshed by the SDK; only a dead refresh token leads to a new lo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -440,7 +441,7 @@ class BlueskyChannel(BaseChannel[Settings]):
                     Length(budget.unit, count_graphemes(text), budget.limit),
                     facets=tuple(facets),
                     payload=BlueskyPayload((language,) if language else ()),
-                    digest=digest,
+                    digest=dataclasses.replace(digest, stories=tuple(stories[:keep]), more=more),
                 )
         raise RenderError(f"channel {self.name!r}: not even one story fits the digest post")
 

@@ -14,6 +14,7 @@ after the request left makes the post uncertain rather than risking a second cop
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -272,7 +273,7 @@ class DiscordChannel(BaseChannel[Settings]):
             "",
             Length(self.budget.unit, 0, self.budget.limit),
             payload=payload,
-            digest=digest,
+            digest=dataclasses.replace(digest, stories=tuple(stories[: len(fields)]), more=more),
         )
 
     # --- send --------------------------------------------------------------------------------

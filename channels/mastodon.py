@@ -245,7 +245,7 @@ class MastodonChannel(BaseChannel[Settings]):
         post = super().render_digest(digest)
         language = status_language(self.settings.language or self.context.site.language)
         payload = MastodonPayload(self.settings.visibility, language, self.settings.spoiler_text)
-        return dataclasses.replace(post, payload=payload, digest=digest)
+        return dataclasses.replace(post, payload=payload, digest=post.digest or digest)
 
     # --- sending -----------------------------------------------------------------------------
 

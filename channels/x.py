@@ -146,7 +146,8 @@ class XChannel(BaseChannel[Settings]):
 
     def render_digest(self, digest: Digest) -> Post:
         """One post with the top stories that fit 280 (X's weighted counting, URLs 23)."""
-        return dataclasses.replace(super().render_digest(digest), payload=XPayload(), digest=digest)
+        post = super().render_digest(digest)
+        return dataclasses.replace(post, payload=XPayload(), digest=post.digest or digest)
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
         await self._check_daily_cap()

@@ -434,4 +434,5 @@ def test_digest_post_fits_300_graphemes_with_link_facets(tmp_path: Path) -> None
     assert count_graphemes(post.text) <= 300 == post.length.limit and post.text.startswith("Rangkuman pagi")
     kept = post.text.count("• ")
     assert 1 <= kept < 8 and f"… +{8 - kept}" in post.text
+    assert post.digest is not None and (len(post.digest.stories), post.digest.more) == (kept, 8 - kept)
     assert facet_texts(post.text, post.facets) == [("link", s.title, s.url) for s in stories[:kept]]

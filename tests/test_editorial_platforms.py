@@ -203,6 +203,8 @@ async def test_discord_digest_is_one_embed_with_fields(
     embed = post.to_dict()["extra"]["embed"]
     assert embed["title"] == "Rangkuman pagi" and 1 <= len(embed["fields"]) <= 25
     assert embed["footer"]["text"] == f"… +{40 - len(embed['fields'])}"
+    assert post.digest is not None and len(post.digest.stories) == len(embed["fields"])  # what it shows
+    assert post.digest.more == 40 - len(embed["fields"])
     assert embed["fields"][0]["value"] == "[Baca selengkapnya](<https://www.medcom.id/n/0-berita>)"
     assert check_message({"embeds": [embed], "allowed_mentions": {"parse": []}}) is None
     await hook.send(post, idempotency_key="dg")

@@ -281,7 +281,7 @@ async def test_digest_is_an_html_list_of_linked_titles_within_4096(env: Env) -> 
     )
     digest = Digest("Rangkuman pagi", stories, more=3)
     post = env.channel.render_digest(digest)
-    assert post.digest is digest and post.parse_mode == "HTML"
+    assert post.digest is not None and post.digest.title == "Rangkuman pagi" and post.parse_mode == "HTML"
     plain, entities = parse_html(post.text)
     assert entities <= 100
     assert utf16_len(plain) <= 4096 and plain.startswith("Rangkuman pagi")

@@ -921,3 +921,4 @@ async def test_digest_is_one_notification_opening_the_site(make_env: Callable[..
     lines = payload["lead"].split("\n")
     assert lines[0].startswith("• Berita panjang nomor 0") and lines[-1].startswith("… +")
     assert len(payload["lead"]) <= 200 and len(lines) - 1 + int(lines[-1][3:]) == 12
+    assert post.digest is not None and len(post.digest.stories) == len(lines) - 1

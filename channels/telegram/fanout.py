@@ -208,7 +208,8 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
 
     def render_digest(self, digest: Digest) -> Post:
         """The roundup for digest-only readers: an HTML list of linked titles, within 4096."""
-        return dataclasses.replace(super().render_digest(digest), digest=digest)
+        post = super().render_digest(digest)
+        return post if post.digest is not None else dataclasses.replace(post, digest=digest)
 
     def _reader_silent(self, sub: Subscriber | None, story: Story) -> bool:
         """disable_notification for one reader: `silent`, the channel's or the reader's own

@@ -156,7 +156,8 @@ class TelegramChannel(BaseChannel[PosterSettings]):
 
     def render_digest(self, digest: Digest) -> Post:
         """The roundup: a bold title and an HTML list of linked titles, within 4096."""
-        return dataclasses.replace(super().render_digest(digest), digest=digest)
+        post = super().render_digest(digest)
+        return post if post.digest is not None else dataclasses.replace(post, digest=digest)
 
     def silent(self, post: Post) -> bool:
         """disable_notification: `silent`, or the channel's quiet hours; never for breaking news."""

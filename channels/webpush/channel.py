@@ -11,6 +11,7 @@ puts the subscribe routes on the process's HTTP server (bot/web.py, `[http]`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -243,7 +244,7 @@ class WebPushChannel(BaseChannel[Settings]):
                     Length("bytes", used, PAYLOAD_MAX),
                     buttons=(Button(self.renderer.variables(stories[0])["read_more"], url),),
                     payload=payload,
-                    digest=digest,
+                    digest=dataclasses.replace(digest, stories=tuple(stories[:keep]), more=more),
                 )
         raise RenderError(f"channel {self.name!r}: not even one title fits the digest notification")
 
