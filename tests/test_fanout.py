@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,7 +55,7 @@ class Receiver:
             self.in_flight.discard(recipient)
 
 
-def broadcaster(store: Store, concurrency: int = 4, **kw: int) -> Broadcaster:
+def broadcaster(store: Store, concurrency: int = 4, **kw: Any) -> Broadcaster:
     return Broadcaster(store.fanout, "readers", lambda: NOW, concurrency=concurrency, batch_size=10, **kw)
 
 
