@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 
 import pytest
+from pydantic import SecretStr
 
 from bot.channel import AlreadyDone, ChannelContext, Permanent, RetryLater
 from bot.counting import count_mastodon, count_x
@@ -265,7 +266,8 @@ async def test_x_digest_is_one_post_within_280(fake_x: FakeX, xch: x.XChannel) -
 def test_onesignal_breaking_news_has_the_prefix_and_high_priority() -> None:
     from channels.onesignal import OneSignalChannel, Settings
 
-    settings = Settings(type="onesignal", app_id="00000000-0000-4000-8000-000000000000", api_key="k")
+    app_id = "00000000-0000-4000-8000-000000000000"
+    settings = Settings(type="onesignal", app_id=app_id, api_key=SecretStr("k"))
     channel = OneSignalChannel("os", settings, CONTEXT)
     loud = channel.body(channel.render(story(breaking="🔴 BREAKING")), "k1")
     plain = channel.body(channel.render(story()), "k2")
