@@ -238,7 +238,7 @@ async def test_a_correction_edits_every_readers_message_once(env: Env) -> None:
     published = await env.broadcast(story(), "b1")
     corrected = env.readers.render(story(title="Banjir surut"))
     receipt = await env.readers.edit(corrected, published, idempotency_key="e1")
-    assert "sent to 3 of 3 readers" in receipt.note
+    assert "edited for 3 of 3 readers" in receipt.note
     for chat in (1, 2, 3):
         (message,) = env.news(chat)
         assert message["plain"].startswith("Banjir surut") and message["edits"] == 1
@@ -250,7 +250,7 @@ async def test_a_correction_edits_every_readers_message_once(env: Env) -> None:
     assert len(env.fake.calls) == calls
     # A second correction with the same text: Telegram says "not modified", which counts as done.
     again = await env.readers.edit(corrected, published, idempotency_key="e2")
-    assert "sent to 3 of 3" in again.note and env.news(1)[0]["edits"] == 1
+    assert "edited for 3 of 3" in again.note and env.news(1)[0]["edits"] == 1
 
 
 async def test_an_interrupted_correction_resumes_with_the_readers_left(env: Env) -> None:
@@ -268,7 +268,7 @@ async def test_a_retraction_deletes_every_readers_message(env: Env) -> None:
     published = await env.broadcast(story(), "b1")
     env.news(3)[0]["deleted"] = True  # Cici deleted it herself
     receipt = await env.readers.delete(published, idempotency_key="x1")
-    assert "deleteMessage" in receipt.note and "sent to 2 of 3 readers; 1 gone" in receipt.note
+    assert "deleted for 2 of 3 readers; 1 gone" in receipt.note
     assert all(m.get("deleted") for chat in (1, 2, 3) for m in env.news(chat))
 
 

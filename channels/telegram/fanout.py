@@ -284,8 +284,8 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
                 return RecipientOutcome(chat, "failed", detail)
             return dataclasses.replace(outcome, remote_id=str(messages[chat]))
 
-        receipt = await self._broadcast(idempotency_key, audience, deliver, unsubscribe)
-        return Receipt(remote_id=receipt.remote_id, note=f"{method}: {receipt.note}")
+        verb = "deleted for" if bodies is None else "edited for"
+        return await self._broadcast(idempotency_key, audience, deliver, unsubscribe, verb=verb)
 
     async def _broadcast(
         self,
@@ -293,6 +293,8 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
         audience: Mapping[int, Subscriber | None],
         deliver: Callable[[int], Awaitable[RecipientOutcome]],
         unsubscribe: dict[int, str],
+        *,
+        verb: str = "sent to",
     ) -> Receipt:
         """Run broadcast `key` to `audience` through the ledger, paced; RetryLater while readers
         are left to do."""
@@ -337,7 +339,7 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
             apply=apply,
             budget=self.settings.send_timeout * 0.8,
         )
-        note = result.summary("readers")
+        note = result.summary("readers").replace("sent to", verb, 1)  # "edited for 3 of 3 readers"
         if result.remaining:
             raise RetryLater(
                 f"{result.remaining} of {result.planned} readers to do; {note}",
