@@ -297,3 +297,56 @@ async def test_digest_is_an_html_list_of_linked_titles_within_4096(env: Env) -> 
     await env.channel.send(post, idempotency_key="dg")
     (message,) = env.fake.messages(-1001)
     assert message["link_preview_options"] == {"is_disabled": True}
+
+
+# --- the fake Bot API is strict where Telegram is ----------------------------------------------
+
+
+async def test_the_fake_edits_deletes_and_pins_by_telegrams_rules(fake: FakeTelegram) -> None:
+    import aiohttp
+
+    async def call(method: str, **params: object) -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{fake.url}/bot{TOKEN}/{method}", json=params) as response,
+        ):
+            body = await response.json()
+            return response.status, body.get("description", "") if not body["ok"] else "ok"
+
+    now = [1_700_000_000.0]
+    fake.clock = lambda: now[0]
+    fake.per_chat_per_s = 1000
+    assert await call("sendMessage", chat_id=-1001, text="a") == (200, "ok")
+    assert await call("editMessageText", chat_id=-1001, message_id=1, text="a") == (
+        400,
+        "Bad Request: message is not modified: specified new message content and reply markup "
+        "are exactly the same as a current content and reply markup of the message",
+    )
+    assert await call("editMessageCaption", chat_id=-1001, message_id=1, caption="b") == (
+        400,
+        "Bad Request: there is no caption in the message to edit",
+    )
+    assert await call("editMessageText", chat_id=-1001, message_id=9, text="b") == (
+        400,
+        "Bad Request: message to edit not found",
+    )
+    assert await call("unpinChatMessage", chat_id=-1001, message_id=1) == (
+        400,
+        "Bad Request: message to unpin not found",
+    )
+    fake.chats[-1001].bot_rights = {"can_post_messages"}
+    assert await call("pinChatMessage", chat_id=-1001, message_id=1) == (
+        400,
+        "Bad Request: not enough rights to manage pinned messages in the chat",
+    )
+    now[0] += 48 * 3600
+    assert await call("deleteMessage", chat_id=-1001, message_id=1) == (
+        400,
+        "Bad Request: message can't be deleted",
+    )
+    fake.chats[-1001].bot_rights.add("can_delete_messages")  # an admin may delete older ones
+    assert await call("deleteMessage", chat_id=-1001, message_id=1) == (200, "ok")
+    assert await call("deleteMessage", chat_id=-1001, message_id=1) == (
+        400,
+        "Bad Request: message to delete not found",
+    )
