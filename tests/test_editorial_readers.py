@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bot.app import App, build
-from bot.channel import RetryLater
+from bot.channel import Permanent, RetryLater
 from bot.config import Config
 from bot.daemon import prepare
 from bot.types import Digest, Published, Story
@@ -226,6 +226,12 @@ async def test_without_a_digest_the_reader_cannot_choose_digest_only(make_env: C
         assert "belum mengirim ringkasan" in answer["plain"]
         assert not (await env.subscriber(1)).digest_only
         assert not env.readers.can_edit and not env.readers.can_delete  # both off by default
+        published = await env.broadcast(story(), "b1")
+        with pytest.raises(Permanent, match="edit_readers is off"):
+            await env.readers.edit(env.readers.render(story(title="X")), published, idempotency_key="e")
+        with pytest.raises(Permanent, match="delete_readers is off"):
+            await env.readers.delete(published, idempotency_key="d")
+        assert not any(m.get("edits") or m.get("deleted") for m in env.news(1))
     finally:
         await env.app.close()
 

@@ -37,7 +37,7 @@ from aiohttp.helpers import get_env_proxy_for_url
 from telegram import LinkPreviewOptions
 from yarl import URL
 
-from bot.channel import ChannelContext, ChannelSettings, RetryLater, Unauthorized
+from bot.channel import ChannelContext, ChannelSettings, Permanent, RetryLater, Unauthorized
 from bot.counting import Budget, count_telegram
 from bot.fanout import Broadcaster, RecipientOutcome, RecipientStatus
 from bot.http_retry import aiohttp_request_may_have_left, retry_after_seconds
@@ -250,10 +250,14 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
 
     async def edit(self, post: Post, published: Published, *, idempotency_key: str) -> Receipt:
         """Edit every reader's message of the story (`edit_readers`), as a broadcast of its own."""
+        if not self.can_edit:
+            raise Permanent(f"channel {self.name}: edit_readers is off; readers' messages are not edited")
         return await self._redo(published, idempotency_key, self._edit_bodies(post), EDIT_ANSWERS)
 
     async def delete(self, published: Published, *, idempotency_key: str) -> Receipt:
         """Delete every reader's message of the story (`delete_readers`), as a broadcast."""
+        if not self.can_delete:
+            raise Permanent(f"channel {self.name}: delete_readers is off; readers' messages stay")
         return await self._redo(published, idempotency_key, None, DELETE_ANSWERS)
 
     async def _redo(
