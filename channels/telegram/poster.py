@@ -7,6 +7,12 @@ old cached image), while a photo post always shows the story's own picture, is o
 one notification, and a news lead cut at a word boundary with "…" still reads well because the
 "Baca selengkapnya" button is right under it. If Telegram refuses the photo (bad URL, too big),
 the full text goes as a message with a link preview instead: a story is never dropped.
+
+Editorial actions: a correction edits the message (`editMessageCaption` for a photo post, whose
+receipt id is marked "123:caption", else `editMessageText`); a retraction deletes it (Telegram
+allows that for 48 hours). Breaking news never goes silent and is pinned; each pin comes down
+`pin_for` later (`tg_pins`, checked every minute and before every post). Posts in the channel's
+quiet hours go without a notification. The digest is a bold title over a list of linked titles.
 """
 
 from __future__ import annotations
