@@ -249,6 +249,7 @@ class FakeTelegram:
         self.webhook_url = ""
         self.send_times: list[float] = []  # monotonic arrival time of each accepted message
         self.clock: Callable[[], float] = time.time  # message dates and the 48-hour delete limit
+        self._by_id: dict[tuple[int, int], dict[str, Any]] = {}  # (chat, message id) -> message
         self._updates: list[dict[str, Any]] = []
         self._update_id = 1000
         self._message_id: dict[int, int] = defaultdict(int)
@@ -647,6 +648,7 @@ class FakeTelegram:
             if key in params:
                 message[key] = params[key]
         self.sent.append(message)
+        self._by_id[(chat.id, message["message_id"])] = message
         self._record_send(chat)
         return message
 
@@ -764,15 +766,10 @@ class FakeTelegram:
 
     def _find(self, params: dict[str, Any], doing: str = "edit") -> dict[str, Any]:
         chat = self._chat(params)
-        message_id = int(params.get("message_id") or 0)
-        for message in self.sent:
-            if (
-                message["chat"]["id"] == chat.id
-                and message["message_id"] == message_id
-                and not message.get("deleted")
-            ):
-                return message
-        raise ApiError(400, f"Bad Request: message to {doing} not found")
+        message = self._by_id.get((chat.id, int(params.get("message_id") or 0)))
+        if message is None or message.get("deleted"):
+            raise ApiError(400, f"Bad Request: message to {doing} not found")
+        return message
 
     def live(self, chat_id: int) -> list[dict[str, Any]]:
         """The bot's messages in `chat_id` that were not deleted."""
