@@ -26,6 +26,7 @@ from bot import registry
 from bot.channel import ChannelSettings
 from bot.cleaning import CleaningRules
 from bot.durations import Duration
+from bot.editorial import PriorityRule
 from bot.filters import Filters
 from bot.paths import resolve_path
 from bot.site import CTA, Site
@@ -193,6 +194,7 @@ class Config(_Strict):
     http: HttpConfig = HttpConfig()
     feeds: list[FeedConfig] = []
     channels: dict[str, ChannelSettings] = {}
+    priority: list[PriorityRule] = []  # [[priority]]: breaking news (bot/editorial.py)
     # Filled by the loader, not by the file:
     path: Path = Path("config.toml")
     # Platform sections ([telegram], [webpush]) validated by their packages' models.
@@ -320,7 +322,7 @@ class _Parse:
         except ValidationError as exc:
             for err in exc.errors():
                 self.problem(tuple(err["loc"]), _message(err))
-        _cross_check(data.get("feeds"), channels, self.problem)
+        _cross_check(data.get("feeds"), channels, self.problem, data.get("priority"))
         if self.problems:
             raise ConfigError(self.problems)
         assert config is not None
@@ -407,7 +409,9 @@ def _channel_settings(
     return settings
 
 
-def _cross_check(feeds: Any, channels: dict[str, ChannelSettings], problem: Any) -> None:
+def _cross_check(
+    feeds: Any, channels: dict[str, ChannelSettings], problem: Any, priority: Any = None
+) -> None:
     feeds = feeds if isinstance(feeds, list) else []
     names = [f.get("name") for f in feeds if isinstance(f, dict)]
     for i, name in enumerate(names):
@@ -417,6 +421,17 @@ def _cross_check(feeds: Any, channels: dict[str, ChannelSettings], problem: Any)
         for j, feed_name in enumerate(settings.feeds or []):
             if feed_name not in names:
                 problem(("channels", name, "feeds", j), f"no feed is named {feed_name!r}")
+        if settings.quiet == "digest" and settings.digest is None:
+            problem(
+                ("channels", name, "quiet"),
+                'quiet = "digest" folds quiet-hour posts into the next digest: set `digest` too '
+                '(e.g. digest = { at = ["07:00"] })',
+            )
+    for i, rule in enumerate(priority if isinstance(priority, list) else []):
+        rule_feeds = rule.get("feeds") if isinstance(rule, dict) else None
+        for j, feed_name in enumerate(rule_feeds if isinstance(rule_feeds, list) else []):
+            if feed_name not in names:
+                problem(("priority", i, "feeds", j), f"no feed is named {feed_name!r}")
 
 
 def _secrets(models: dict[str, Any]) -> list[str]:

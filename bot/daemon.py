@@ -13,6 +13,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.app import App, migrations
 from bot.config import FeedConfig
+from bot.digests import TICK, DigestPlanner
 from bot.lock import PidFile, StoreLock
 from bot.ops import HEARTBEAT_EVERY, OpsServer, record_feed_states
 from bot.reload import Reloader
@@ -59,6 +60,7 @@ async def run_once(app: App) -> int:
     try:
         lock = await prepare(app)
         results = await asyncio.gather(*(app.poller.poll(f, force=True) for f in app.config.feeds))
+        await digest_planner(app).tick()  # a digest due now (each slot's once, whoever runs it)
         stats = await app.dispatcher.drain()
     finally:
         await app.close()
@@ -83,6 +85,13 @@ async def run_once(app: App) -> int:
     return 1 if failed or stats.failed or stats.retry or stats.uncertain else 0
 
 
+def digest_planner(app: App) -> DigestPlanner:
+    """The job that queues the channels' digests when their slots come."""
+    return DigestPlanner(
+        app.store, app.channels, app.clock, lambda: app.config.site.timezone, app.dispatcher.wake
+    )
+
+
 async def run_daemon(app: App, stop: asyncio.Event | None = None) -> int:
     """Poll on schedule and deliver until SIGTERM/SIGINT (or `stop`); SIGHUP reloads the
     configuration. Returns the exit code."""
@@ -98,6 +107,7 @@ class Daemon:
         self.polls: set[asyncio.Task[None]] = set()
         self.ops = OpsServer(app.config, app.store, app.metrics, app.clock, lambda: self.app.config)
         self.reloader = Reloader(app, self.schedule, self.unschedule)
+        self.digests = digest_planner(app)
         self._reloading: asyncio.Task[bool] | None = None
         self.reloaded = asyncio.Event()  # set after each reload attempt (tests wait on it)
 
@@ -163,6 +173,14 @@ class Daemon:
                 self.ops.beat,
                 IntervalTrigger(seconds=HEARTBEAT_EVERY),
                 id="heartbeat",
+                next_run_time=app.clock(),
+            )
+            self.scheduler.add_job(
+                self.digests.tick,
+                IntervalTrigger(seconds=TICK),
+                id="digests",
+                max_instances=1,
+                coalesce=True,
                 next_run_time=app.clock(),
             )
             self.scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)

@@ -17,10 +17,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from bot.backoff import poll_delay
 from bot.channel import ChannelSettings
 from bot.config import Config, FeedConfig
+from bot.editorial import Editorial
 from bot.enrich import enrich
 from bot.feedstate import FeedState
 from bot.fetch import Fetcher, FetchResult
@@ -67,7 +69,9 @@ class FeedPoller:
         alert: Callable[[str, str], Awaitable[None]] | None = None,
         unavailable: Mapping[str, str] | None = None,
         metrics: Metrics | None = None,
+        channels: Mapping[str, Any] | None = None,
     ) -> None:
+        self.channels = channels  # the running channels (what they can edit: corrections)
         self.alert = alert
         self.metrics = metrics or NullMetrics()
         self.unavailable = unavailable or {}  # configured channels that do not run here, and why
@@ -157,13 +161,19 @@ class FeedPoller:
             return await self._failed(feed, state, now, f"not a readable feed: {parsed.bozo}", None)
         if parsed.bozo:
             log.info("feed %s: malformed but readable (%s)", feed.name, parsed.bozo)
-        new = await self._new_stories(feed, parsed, now)
+        editorial = Editorial(self.config, self.targets, self.channels)  # breaking news, corrections
+        new = editorial.label(await self._new_stories(feed, parsed, now))
         first_run = not state.first_run_done
         decisions = decide_poll(
             new, feed, self.targets, now, first_run=first_run, unavailable=self.unavailable
         )
         items = [
-            NewStory(story, story_decisions, key=story_key(story, self.config.site.hosts))
+            NewStory(
+                story,
+                story_decisions,
+                key=story_key(story, self.config.site.hosts),
+                entry_hash=parsed.hashes.get(story.uid, ""),
+            )
             for story, story_decisions in zip(new, decisions, strict=True)
         ]
         # An empty first answer (a CMS glitch) must not end the first run: the next full poll
@@ -177,9 +187,12 @@ class FeedPoller:
             body_hash=result.body_hash,
             first_run_done=state.first_run_done or bool(parsed.stories),
         )
-        created = await self.store.stories.record_poll(state, items, now)  # the state is saved with them
+        corrections = editorial.corrections(feed.name, parsed)
+        created = await self.store.stories.record_poll(state, items, now, corrections)  # state saved too
         self._unsaved.pop(feed.name, None)
-        queued = {d.channel for i in items for d in i.decisions if d.queues and d.channel}
+        queued = {
+            d.channel for i in items for d in i.decisions if d.queues and d.channel
+        } | corrections.edited
         if new:
             log.info(
                 "feed %s: %d new stories, %d posts queued%s",

@@ -87,6 +87,9 @@ stories = Table(
     Column("fingerprint", String(64)),
     Column("retracted_at", UTCDateTime),  # never posted again; its posts deleted where possible
     Column("retract_reason", Text),
+    # sha256 of the feed entry as it came (bot.normalize.entry_hash): only entries whose raw
+    # content changed are checked for a correction.
+    Column("entry_hash", String(64)),
     UniqueConstraint("feed", "uid", name="uq_stories_feed_uid"),
 )
 
@@ -122,6 +125,7 @@ outbox = Table(
     Index("ix_outbox_due", "channel", "status", "next_attempt_at"),
     # The poll's duplicate check looks keys up across channels: without this it scans the table.
     Index("ix_outbox_dedup_key", "dedup_key"),
+    Index("ix_outbox_target_id", "target_id"),  # a post's edits and deletions
 )
 
 decisions = Table(
