@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from bot.types import Digest, Published, Story
 from channels.telegram.poster import TelegramChannel, parse_remote_id
 from tests.fake_telegram import TOKEN, FakeTelegram, parse_html, utf16_len
 from tests.fakes import Clock
+from tests.feedserver import FeedServer, Route, rss
 
 CONFIG = """
     [site]
@@ -350,3 +352,93 @@ async def test_the_fake_edits_deletes_and_pins_by_telegrams_rules(fake: FakeTele
         400,
         "Bad Request: message to delete not found",
     )
+
+
+# --- through the core: feed -> correction -> retraction -> pin coming down -------------------
+
+E2E = """
+    [site]
+    name = "Medcom"
+    timezone = "UTC"
+
+    [telegram]
+    token = "{token}"
+    api_base_url = "{api}"
+
+    [[feeds]]
+    name = "f"
+    url = "{feed}"
+    first_run = "all"
+
+    [[priority]]
+    title_pattern = "^BREAKING:"
+    label = "🔴 TERKINI"
+
+    [channels.tg]
+    type = "telegram"
+    chat = "@siarnews"
+    rate_limit = "1000/s"
+
+    [channels.readers]
+    type = "telegram-subscribers"
+    edit_readers = true
+    delete_readers = true
+"""
+
+
+def entry(n: int, title: str) -> dict[str, str]:
+    return {
+        "title": title,
+        "link": f"https://e.example/{n}",
+        "guid": f"g{n}",
+        "description": f"Lead {n}.",
+        "pubDate": f"Fri, 09 Oct 2020 1{n}:00:00 +0000",
+    }
+
+
+async def test_corrections_retractions_and_pins_through_the_dispatcher(
+    make_config: Callable[[str], Config], feed_server: FeedServer, fake: FakeTelegram
+) -> None:
+    fake.user(1, "Ani")
+    fake.per_chat_per_s = 1000
+    config = make_config(E2E.format(token=TOKEN, api=fake.url, feed=feed_server.url("/f")))
+    clock = Clock(datetime(2020, 10, 9, 20, 0, tzinfo=UTC))
+    fake.clock = lambda: clock().timestamp()
+    app = build(config, clock=clock)
+    await prepare(app)
+    try:
+        fake.send_text(1, "/start")
+        await fake.wait_sent(1, 1)
+
+        def news() -> list[dict[str, Any]]:
+            return [m for m in fake.messages(1) if "link_preview_options" in m]
+
+        feed_server.routes["/f"] = Route(body=rss([entry(1, "Gempa M5"), entry(2, "BREAKING: Banjir")]))
+        await app.poller.poll(config.feeds[0], force=True)
+        await app.dispatcher.drain()
+        channel = {m["plain"].split("\n")[0]: m for m in fake.messages(-1001)}
+        assert set(channel) == {"Gempa M5", "🔴 TERKINI BREAKING: Banjir"}
+        assert fake.chats[-1001].pinned == [channel["🔴 TERKINI BREAKING: Banjir"]["message_id"]]
+        assert len(news()) == 2
+
+        clock.advance(600)  # the feed corrects a title: the channel post and the reader's message follow
+        feed_server.routes["/f"] = Route(body=rss([entry(1, "Gempa M6"), entry(2, "BREAKING: Banjir")]))
+        await app.poller.poll(config.feeds[0], force=True)
+        await app.dispatcher.drain()
+        assert channel["Gempa M5"]["plain"].startswith("Gempa M6") and channel["Gempa M5"]["edits"] == 1
+        edited = [m for m in news() if m.get("edits")]
+        assert len(edited) == 1 and edited[0]["plain"].startswith("Gempa M6")
+
+        assert app.admin is not None  # the story is taken back: both messages go
+        done, report = await app.admin.retract("https://e.example/1", reason="wrong", by="test")
+        assert done and "  tg: deletion queued" in report and "  readers: deletion queued" in report
+        await app.dispatcher.drain()
+        assert channel["Gempa M5"]["deleted"] is True and edited[0]["deleted"] is True
+        assert not channel["🔴 TERKINI BREAKING: Banjir"].get("deleted")
+
+        clock.advance(2 * 3600)  # pin_for has passed: the next look takes the pin down
+        tg = app.channels["tg"]
+        assert isinstance(tg, TelegramChannel)
+        assert await tg.unpin_due() == 1 and fake.chats[-1001].pinned == []
+    finally:
+        await app.close()
