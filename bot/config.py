@@ -78,6 +78,17 @@ class FeedConfig(Filters):
     allow_private: bool = False
     section: str | None = None  # forces the section instead of the feed's first category
     timeout: Duration | None = None
+    # WebSub (bot/websub.py): subscribe when the feed advertises a hub and [http] public_url is
+    # set; while subscribed, poll only every websub_poll_interval as a safety net.
+    websub: bool = True
+    websub_poll_interval: Duration = 900.0
+
+    @field_validator("websub_poll_interval")
+    @classmethod
+    def _safety_net(cls, value: float) -> float:
+        if not 10 <= value <= 86400:
+            raise ValueError('must be between "10s" and "1d" (the safety-net poll while subscribed)')
+        return value
 
     @field_validator("first_run")
     @classmethod

@@ -17,6 +17,7 @@ from bot.digests import TICK, DigestPlanner
 from bot.lock import PidFile, StoreLock
 from bot.ops import HEARTBEAT_EVERY, OpsServer, record_feed_states
 from bot.reload import Reloader
+from bot.websub import WebSub
 
 log = logging.getLogger("siar")
 
@@ -107,6 +108,11 @@ class Daemon:
         self.polls: set[asyncio.Task[None]] = set()
         self.ops = OpsServer(app.config, app.store, app.metrics, app.clock, lambda: self.app.config)
         self.reloader = Reloader(app, self.schedule, self.unschedule)
+        self.websub = WebSub(app.config, app.store.db, app.clock, self._poll_now, self.retime)
+        # One WebSub per app, even when a Daemon is made again for the same app (tests, restarts).
+        app.poller.observers = [o for o in app.poller.observers if not isinstance(o, WebSub)]
+        app.poller.observers.append(self.websub)
+        self.reloader.followers.append(self.websub.reloaded)
         self.digests = digest_planner(app)
         self._reloading: asyncio.Task[bool] | None = None
         self.reloaded = asyncio.Event()  # set after each reload attempt (tests wait on it)
@@ -118,7 +124,7 @@ class Daemon:
             self.scheduler.remove_job(job)
         self.scheduler.add_job(
             _poll_job,
-            IntervalTrigger(seconds=feed.interval, jitter=self.app.config.fetch.jitter),
+            IntervalTrigger(seconds=self.websub.interval(feed), jitter=self.app.config.fetch.jitter),
             args=(self.app, feed, self.polls),
             id=job,
             max_instances=1,
@@ -126,6 +132,17 @@ class Daemon:
             misfire_grace_time=max(30, int(feed.interval)),
             next_run_time=self.app.clock() if now else None,
         )
+
+    def retime(self, feed: FeedConfig) -> None:
+        """Poll `feed` at its current rate (WebSub's safety net, or its interval) from now on."""
+        job = self.scheduler.get_job(f"feed:{feed.name}")
+        if job is not None:
+            interval = self.websub.interval(feed)
+            job.reschedule(IntervalTrigger(seconds=interval, jitter=self.app.config.fetch.jitter))
+
+    async def _poll_now(self, feed: FeedConfig) -> None:
+        # The hub says the feed changed: worth a fetch even while a failure streak backs off.
+        await _poll_job(self.app, feed, self.polls, force=True)
 
     def unschedule(self, name: str) -> None:
         if self.scheduler.get_job(f"feed:{name}") is not None:
@@ -166,6 +183,7 @@ class Daemon:
             pid.write()
             await record_feed_states(app.store, app.config, app.metrics)
             await self.ops.start()
+            await self.websub.start()
             app.dispatcher.start()
             for feed in app.config.feeds:
                 self.schedule(feed)
@@ -221,17 +239,20 @@ class Daemon:
                 log.info("stopping: %d polls did not finish in time and were cancelled", len(unfinished))
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        await self.websub.stop()
         await app.dispatcher.stop(app.config.daemon.shutdown_grace)
         await self.ops.stop()
         await app.close()
 
 
-async def _poll_job(app: App, feed: FeedConfig, polls: set[asyncio.Task[None]]) -> None:
+async def _poll_job(
+    app: App, feed: FeedConfig, polls: set[asyncio.Task[None]], *, force: bool = False
+) -> None:
     task = asyncio.current_task()
     if task is not None:
         polls.add(task)
     try:
-        result = await app.poller.poll(feed)
+        result = await app.poller.poll(feed, force=force)
         if result.channels:
             app.dispatcher.wake(result.channels)
     except asyncio.CancelledError:

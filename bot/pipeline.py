@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from bot.backoff import poll_delay
 from bot.channel import ChannelSettings
@@ -42,6 +42,14 @@ Clock = Callable[[], datetime]
 class _Timing:
     fetch: float | None = None
     parse: float | None = None
+
+
+class PollObserver(Protocol):
+    """Follows every poll (bot/websub.py: hub discovery and its safety net); must not raise."""
+
+    def fetched(self, feed: FeedConfig, result: FetchResult) -> None: ...
+
+    def polled(self, feed: FeedConfig, result: PollResult) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -81,12 +89,15 @@ class FeedPoller:
         self.fetcher = fetcher
         self.clock = clock
         self._unsaved: dict[str, FeedState] = {}  # newer than the store (a failed save)
+        self.observers: list[PollObserver] = []
 
     async def poll(self, feed: FeedConfig, *, force: bool = False) -> PollResult:
         """Poll `feed` once (unless it is backing off and not `force`d)."""
         timing = _Timing()
         result = await self._poll(feed, force, timing)
         self.metrics.poll(feed.name, result.outcome, timing.fetch, timing.parse, result.new_stories)
+        for observer in self.observers:
+            observer.polled(feed, result)
         return result
 
     async def _poll(self, feed: FeedConfig, force: bool, timing: _Timing) -> PollResult:
@@ -115,6 +126,8 @@ class FeedPoller:
             began = time.perf_counter()
             result = await self.fetcher.fetch(feed.url, state.etag, state.last_modified, feed.timeout)
             timing.fetch = time.perf_counter() - began
+            for observer in self.observers:
+                observer.fetched(feed, result)
             return await self._after_fetch(feed, fetched(state, result, now), result, now, timing)
         except Exception as exc:  # a bug or a store outage must not kill the scheduler job
             log.exception("feed %s: poll failed", feed.name)

@@ -12,7 +12,7 @@ restart (their old values stay, with a warning).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +114,8 @@ class Reloader:
         self.app = app
         self.schedule = schedule  # add or replace a feed's poll job
         self.unschedule = unschedule
+        # Told after each applied reload (bot/websub.py unsubscribes feeds that are gone).
+        self.followers: list[Callable[[Plan, Config], Awaitable[None]]] = []
 
     async def reload(self) -> bool:
         """Read the config file again and apply it; False when it was refused or failed."""
@@ -138,6 +140,8 @@ class Reloader:
             new = new.model_copy(update={s: getattr(app.config, s) for s in changes.restart_only})
         try:
             await self._apply(new, changes)
+            for follower in self.followers:
+                await follower(changes, new)
         except Exception as exc:  # a half-applied change is logged; the running parts carry on
             log.exception("reload: failed while applying (%s)", changes.summary())
             app.metrics.reload("failed")

@@ -169,3 +169,23 @@ channel_pauses = Table(
     Column("paused_at", UTCDateTime, nullable=False),
     Column("paused_by", String(200), nullable=False),
 )
+
+# WebSub subscriptions (bot/websub.py), one per feed: kept across restarts so the hub's callbacks
+# and signatures still match. `secret` signs the hub's notifications (HMAC).
+websub_subscriptions = Table(
+    "websub_subscriptions",
+    metadata,
+    Column("feed", String(200), primary_key=True),
+    Column("feed_url", Text, nullable=False),
+    Column("hub", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("callback_id", String(64), nullable=False, unique=True),
+    Column("secret", String(128), nullable=False),
+    # pending -> subscribed | denied | failed; subscribed -> silent | expired; -> unsubscribing
+    Column("state", String(16), nullable=False),
+    Column("lease_seconds", Integer),
+    Column("requested_at", UTCDateTime),
+    Column("expires_at", UTCDateTime),
+    Column("notified_at", UTCDateTime),
+    Column("last_error", Text),
+)
