@@ -35,6 +35,8 @@ from bot.types import Story
 
 log = logging.getLogger("siar.poll")
 ALERT_AFTER = 5  # consecutive failures of a feed before the admins are alerted (once)
+GONE = 410  # "Gone": the server says the feed will not come back; it is not polled again
+GONE_NOTE = "the feed is gone for good (HTTP 410): siar stopped polling it; a new url polls again"
 Clock = Callable[[], datetime]
 
 
@@ -107,7 +109,7 @@ class FeedPoller:
         except Exception as exc:  # the store is down: count it, so the streak's alert fires
             log.exception("feed %s: cannot read its state", feed.name)
             state = self._unsaved.get(feed.name) or FeedState(feed.name, feed.url)
-            return await self._failed(feed, state, now, f"store unreachable: {exc!r}", None)
+            return await self._failed(feed, state, now, f"store unreachable: {exc!r}", None, gone(state))
         if state.url != feed.url:
             # Another URL is another feed: validators no longer apply, and its first poll must
             # not post the new feed's whole backlog.
@@ -118,9 +120,19 @@ class FeedPoller:
                 feed.first_run,
             )
             state = replace(
-                state, url=feed.url, etag=None, last_modified=None, body_hash=None, first_run_done=False
+                state,
+                url=feed.url,
+                etag=None,
+                last_modified=None,
+                body_hash=None,
+                first_run_done=False,
+                failures=0,  # nor does the old URL's failure streak (a 410 included)
+                next_poll_at=None,
+                last_status=None,
             )
-        if not force and state.next_poll_at and state.next_poll_at > now and state.failures:
+        if not force and (
+            gone(state) or (state.next_poll_at and state.next_poll_at > now and state.failures)
+        ):
             return PollResult(feed.name, "backoff", error=state.last_error or "")
         try:
             began = time.perf_counter()
@@ -128,10 +140,11 @@ class FeedPoller:
             timing.fetch = time.perf_counter() - began
             for observer in self.observers:
                 observer.fetched(feed, result)
-            return await self._after_fetch(feed, fetched(state, result, now), result, now, timing)
+            after = fetched(state, result, now)
+            return await self._after_fetch(feed, after, result, now, timing, gone(state))
         except Exception as exc:  # a bug or a store outage must not kill the scheduler job
             log.exception("feed %s: poll failed", feed.name)
-            return await self._failed(feed, state, now, f"internal error: {exc!r}", None)
+            return await self._failed(feed, state, now, f"internal error: {exc!r}", None, gone(state))
 
     def _with_unsaved(self, stored: FeedState) -> FeedState:
         """The stored state, or the newer one this process could not save (a store outage
@@ -142,7 +155,13 @@ class FeedPoller:
         return unsaved
 
     async def _after_fetch(
-        self, feed: FeedConfig, state: FeedState, result: FetchResult, now: datetime, timing: _Timing
+        self,
+        feed: FeedConfig,
+        state: FeedState,
+        result: FetchResult,
+        now: datetime,
+        timing: _Timing,
+        was_gone: bool = False,
     ) -> PollResult:
         if result.permanent_redirect and result.permanent_redirect != state.redirect_url:
             log.warning(
@@ -153,7 +172,7 @@ class FeedPoller:
             )
             state = replace(state, redirect_url=result.permanent_redirect)
         if result.error:
-            return await self._failed(feed, state, now, result.error, result.retry_after)
+            return await self._failed(feed, state, now, result.error, result.retry_after, was_gone)
         if result.not_modified or (result.body_hash and result.body_hash == state.body_hash):
             state = succeeded(
                 state,
@@ -171,7 +190,9 @@ class FeedPoller:
         )
         timing.parse = time.perf_counter() - began
         if not parsed.stories and parsed.bozo:
-            return await self._failed(feed, state, now, f"not a readable feed: {parsed.bozo}", None)
+            kind = (result.headers or {}).get("content-type", "").split(";")[0].strip()
+            page = f" (the server sent {kind}: a web page, not a feed)" if "html" in kind else ""
+            return await self._failed(feed, state, now, f"not a readable feed{page}: {parsed.bozo}", None)
         if parsed.bozo:
             log.info("feed %s: malformed but readable (%s)", feed.name, parsed.bozo)
         editorial = Editorial(self.config, self.targets, self.channels)  # breaking news, corrections
@@ -240,9 +261,18 @@ class FeedPoller:
         self._unsaved.pop(state.name, None)
 
     async def _failed(
-        self, feed: FeedConfig, state: FeedState, now: datetime, error: str, retry_after: float | None
+        self,
+        feed: FeedConfig,
+        state: FeedState,
+        now: datetime,
+        error: str,
+        retry_after: float | None,
+        gone_before: bool = False,
     ) -> PollResult:
         error = self.config.redact(error)  # stored, shown by `status` and alerted
+        newly_gone = state.last_status == GONE and not gone_before
+        if state.last_status == GONE:
+            error += f"; {GONE_NOTE}"
         delay = poll_delay(state.failures + 1, feed.interval, self.config.fetch.max_backoff, retry_after)
         state = failed(state, now, error, delay)
         level = logging.WARNING if state.failures < ALERT_AFTER else logging.ERROR
@@ -259,12 +289,19 @@ class FeedPoller:
             await self._save(state)
         except Exception:  # the store is down: the streak is kept here until it is back
             log.exception("feed %s: cannot save its state", feed.name)
-        if state.failures == ALERT_AFTER and self.alert is not None:  # once per failure streak
+        if newly_gone and self.alert is not None:  # once: the feed is not polled again
+            await self.alert(f"feed {feed.name}", error)
+        elif state.failures == ALERT_AFTER and self.alert is not None:  # once per failure streak
             await self.alert(f"feed {feed.name}", f"failed {ALERT_AFTER} times in a row: {error}")
         return PollResult(feed.name, "error", error=error)
 
 
 # --- the feed's next state: pure ---------------------------------------------------------------
+
+
+def gone(state: FeedState) -> bool:
+    """The feed's server answered 410 Gone: it is disabled until its URL changes."""
+    return state.last_status == GONE and state.failures > 0
 
 
 def fetched(state: FeedState, result: FetchResult, now: datetime) -> FeedState:

@@ -248,6 +248,7 @@ async def preview(config: Config, args: argparse.Namespace) -> int:
         await fetcher.close()
     for name, stories in roundups.items():
         posts.append(render_digest(channels[name], stories, now))
+    await prepare_media(channels, posts)
     return _report(posts, failed, args.json)
 
 
@@ -264,6 +265,24 @@ def _report(posts: list[Post | RenderFailure], failed: bool, as_json: bool) -> i
     else:
         _print_posts(posts)
     return 1 if failed or failures else 0
+
+
+async def prepare_media(channels: dict[str, Channel], posts: list[Post | RenderFailure]) -> None:
+    """Make the files posts' media refer to (share cards) where a channel makes its own
+    (`prepare_media(post) -> paths`), so editors can look at them; their paths go to stderr."""
+    for post in posts:
+        if isinstance(post, RenderFailure) or not post.media:
+            continue
+        make = getattr(channels.get(post.channel), "prepare_media", None)
+        if make is None:
+            continue
+        try:
+            for path in await make(post):
+                print(f"channel {post.channel}: {path}", file=sys.stderr)
+        except Exception as exc:  # a card that cannot be made never hides the posts
+            print(
+                f"channel {post.channel}: cannot make the media of {post.story.url}: {exc}", file=sys.stderr
+            )
 
 
 def _print_posts(posts: list[Post | RenderFailure]) -> None:

@@ -56,14 +56,19 @@ def topic_header(value: str) -> str:
     return b64url(hashlib.sha256(value.encode()).digest())[:32]
 
 
-_FINAL: dict[str, RecipientStatus] = {"sent": "sent", "gone": "gone", "failed": "failed"}
+_FINAL: dict[str, RecipientStatus] = {
+    "sent": "sent",
+    "gone": "gone",
+    "failed": "failed",
+    "uncertain": "uncertain",
+}
 
 
 @dataclass(frozen=True)
 class PushAnswer:
     """What a push service answered for one subscription."""
 
-    status: str  # sent, gone, failed, retry
+    status: str  # sent, gone, failed, retry, uncertain (it went out; no answer came)
     code: int | None = None
     detail: str = ""
     retry_after: float | None = None
@@ -400,8 +405,13 @@ class WebPushChannel(BaseChannel[Settings]):
             ) as response:
                 text = (await response.content.read(300)).decode("utf-8", "replace")
                 return push_answer(response.status, response.headers.get("Retry-After"), text)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            return PushAnswer("retry", detail=f"network error: {type(exc).__name__}")  # nothing left
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return PushAnswer("retry", detail=f"network error: {type(exc).__name__}")
+            # The push went out and no answer came (a reset, a read timeout): it may have been
+            # delivered, so it is never pushed again automatically (`siar resend` does).
+            why = f"no answer from the push service ({type(exc).__name__}); it may have arrived"
+            return PushAnswer("uncertain", detail=why)
 
 
 def _ssl_context(section: WebPushSection, base_dir: Path) -> ssl.SSLContext | bool:
