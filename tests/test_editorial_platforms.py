@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -274,3 +275,16 @@ def test_onesignal_breaking_news_has_the_prefix_and_high_priority() -> None:
     assert loud["headings"]["id"] == "🔴 BREAKING Banjir di Jakarta" and loud["priority"] == 10
     assert plain["headings"]["id"] == "Banjir di Jakarta" and "priority" not in plain
     assert not channel.can_edit and not channel.can_delete
+
+
+# --- Facebook, Instagram, Threads: the default templates' breaking prefix ------------------------
+
+
+async def test_meta_default_templates_carry_the_breaking_prefix(tmp_path: Path) -> None:
+    from tests.meta_world import seed_story, world
+
+    async with world(tmp_path) as w:
+        loud = replace(seed_story(), breaking="🔴 BREAKING")
+        for channel in (w.facebook(), w.instagram(), w.threads()):
+            assert channel.render(loud).text.startswith(f"🔴 BREAKING {loud.title}"), channel.name
+            assert channel.render(seed_story()).text.startswith(seed_story().title), channel.name
