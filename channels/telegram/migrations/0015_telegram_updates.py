@@ -1,7 +1,7 @@
 """Updates a daemon of the bot already took (webhook mode behind several daemons).
 
 Revision ID: 0015_telegram_updates
-Revises: 0007_telegram_fanout
+Revises: 0013_tg_reader_prefs
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 from bot.schema import UTCDateTime
 
 revision = "0015_telegram_updates"
-down_revision = "0007_telegram_fanout"
+down_revision = "0013_tg_reader_prefs"
 branch_labels = None
 depends_on = None
 
