@@ -856,3 +856,21 @@ async def test_subscription_store_on_postgres(tmp_path: Path) -> None:
         await store.close()
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_one_vapid_signature_per_push_service_until_it_nears_expiry(env: Env) -> None:
+    subs = [await env.subscribe() for _ in range(3)]
+    await env.publish(WORLD_STORY)
+    assert [len(env.push.delivered(s)) for s in subs] == [1, 1, 1]
+    signer = env.channel.signer
+    assert signer is not None and signer.signed == 1  # three pushes to one origin, one signature
+    first = {m.headers["Authorization"] for m in env.push.messages}
+    assert len(first) == 1
+    real = signer.clock
+    signer.clock = lambda: real() + signer.lifetime - signer.renew_before + 1  # close to expiry
+    second = dict(WORLD_STORY, guid="2", link="https://www.example.com/internasional/2")
+    await env.publish(WORLD_STORY, second)
+    assert [len(env.push.delivered(s)) for s in subs] == [2, 2, 2]  # the push service took it
+    assert signer.signed == 2
+    later = {m.headers["Authorization"] for m in env.push.messages[3:]}
+    assert len(later) == 1 and later != first
