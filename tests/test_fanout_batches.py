@@ -66,7 +66,7 @@ async def test_two_workers_share_one_broadcast_exactly_once(store: Store) -> Non
         return AUDIENCE
 
     async def help() -> int:
-        while not await owner.ledger.planned("siar-1"):
+        while not await owner.ledger.planned("siar-1"):  # noqa: ASYNC110 (a poll, like a daemon)
             await asyncio.sleep(0)
         done, _, _ = await helper.work(receiver.preparer("b"), key="siar-1")
         return done
