@@ -87,6 +87,10 @@ async def _daemon(config_path: str, role: str, results: Any, stop: Any) -> None:
     from bot.types import Story
     from channels.webpush import WebPushChannel
 
+    if os.environ.get("SIAR_BENCH_DEBUG"):
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, filename=os.environ["SIAR_BENCH_DEBUG"])
     config = load_config(Path(config_path))
     store = Store(config.store.url, Path(config_path).parent)
     context = channel_context(config, store)
@@ -98,7 +102,15 @@ async def _daemon(config_path: str, role: str, results: Any, stop: Any) -> None:
     note = ""
     if role == "owner":
         post = channel.render(Story(**STORY))  # type: ignore[arg-type]
-        receipt = await channel.send(post, idempotency_key="siar-1")
+        profile_to = os.environ.get("SIAR_BENCH_PROFILE")  # a file for cProfile's figures
+        if profile_to:
+            import cProfile
+
+            with cProfile.Profile() as profile:
+                receipt = await channel.send(post, idempotency_key="siar-1")
+            profile.dump_stats(profile_to)
+        else:
+            receipt = await channel.send(post, idempotency_key="siar-1")
         note = receipt.note
     else:
         while not stop.is_set():

@@ -377,6 +377,7 @@ class WebPushChannel(BaseChannel[Settings]):
                 return PushAnswer("failed", detail=f"cannot encrypt or send: {type(exc).__name__}")
             if outcome.status != "retry" or outcome.auth_rejected:
                 return outcome
+            log.debug("channel %s: push to %s: %s; trying again", self.name, origin, outcome.detail)
             if outcome.retry_after is not None and outcome.code == 429:
                 self._paused[origin] = time.monotonic() + outcome.retry_after
             delay = outcome.retry_after if outcome.retry_after is not None else 0.5 * 2**attempt
