@@ -209,7 +209,8 @@ def report(mode: str, fig: dict[str, Any], concurrency: int, window: float) -> b
     print(f"  delivered          {delivered:,} in {fig['seconds']:.1f} s ({fig['note'][:160]})")
     if window and delivered < readers:
         print(
-            f"  at this rate all   {readers / max(fig['per_second'], 1e-9) / 60:.0f} min (window {window:.0f} s)"
+            f"  at this rate all   {readers / max(fig['per_second'], 1e-9) / 60:.0f} min "
+            f"(window {window:.0f} s)"
         )
     print(f"  msg/s              {fig['per_second']:.1f}")
     print(f"  max in any 1 s     {fig['max_in_1s']}" + ("" if limit is None else f"  (must be <= {limit})"))

@@ -113,7 +113,7 @@ async def _daemon(config_path: str, role: str, results: Any, stop: Any) -> None:
             receipt = await channel.send(post, idempotency_key="siar-1")
         note = receipt.note
     else:
-        while not stop.is_set():
+        while not stop.is_set():  # noqa: ASYNC110 (a multiprocessing event)
             await asyncio.sleep(0.2)
     cpu, elapsed = time.process_time() - cpu, time.monotonic() - started
     rows = channel.batches.rows_written
@@ -386,11 +386,13 @@ def report(fig: dict[str, Any], concurrency: int) -> bool:
     print(f"{title}: {'OK' if ok else 'FAIL'}")
     print(f"  subscriptions      {fig['subscriptions']:,}   (load average at start {fig['load']:.2f})")
     print(
-        f"  delivered          {fig['delivered']:,} to {fig['distinct']:,} endpoints; duplicates {fig['duplicates']}"
+        f"  delivered          {fig['delivered']:,} to {fig['distinct']:,} endpoints; "
+        f"duplicates {fig['duplicates']}"
     )
     print(f"  ledger             {fig['counts']}")
     print(
-        f"  pushes/s           {fig['per_second']:,.0f} over {fig['window']:.1f} s (send() took {fig['send_seconds']:.1f} s)"
+        f"  pushes/s           {fig['per_second']:,.0f} over {fig['window']:.1f} s "
+        f"(send() took {fig['send_seconds']:.1f} s)"
     )
     print(f"  siar CPU/push      {fig['cpu_ms']:.3f} ms (per daemon: {fig['cpu_each']})")
     print(f"  service CPU/push   {fig['service_cpu_ms']:.3f} ms")
@@ -399,12 +401,14 @@ def report(fig: dict[str, Any], concurrency: int) -> bool:
         f"{fig['subscription_writes']:.4f} subscriptions (last_push_at, once per 12 h)"
     )
     print(
-        f"  store growth       {fig['store_bytes'] / 1e6:.2f} MB ({fig['store_bytes'] / max(1, fig['subscriptions']):.2f} B/subscription)"
+        f"  store growth       {fig['store_bytes'] / 1e6:.2f} MB "
+        f"({fig['store_bytes'] / max(1, fig['subscriptions']):.2f} B/subscription)"
     )
     print(f"  VAPID signatures   {fig['signed']} (distinct tokens the service saw: {fig['tokens_seen']})")
     if kill:
         print(
-            f"  killed at          {fig['killed_at']:,} delivered; uncertain {uncertain} (<= concurrency {concurrency})"
+            f"  killed at          {fig['killed_at']:,} delivered; "
+            f"uncertain {uncertain} (<= concurrency {concurrency})"
         )
     print(f"  receipt            {fig['note']}", flush=True)
     return ok
