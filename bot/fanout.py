@@ -194,6 +194,10 @@ class FanoutLedger:
                     select(fanout.c.status, func.count()).where(fanout.c.key == key).group_by(fanout.c.status)
                 )
             ).all()
+        if not rows:  # a batched broadcast (web push): `siar why` shows it the same way
+            from bot.fanout_batches import BatchLedger  # it imports this module
+
+            return await BatchLedger(self.db).counts(key)
         return {status: int(n) for status, n in rows}
 
     async def requeue_uncertain(self, key: str, now: datetime) -> int:

@@ -79,6 +79,7 @@ async def test_two_workers_share_one_broadcast_exactly_once(store: Store) -> Non
     assert result.planned == len(AUDIENCE) and result.remaining == 0
     assert result.counts == {"sent": len(AUDIENCE) - 1, "gone": 1}
     assert await owner.ledger.message("siar-1") == b"message"
+    assert await store.fanout.counts("siar-1") == result.counts  # `siar why` sees batched progress
     states = await owner.ledger.states("siar-1")
     assert states[5000] == "gone" and states[2**40] == "sent" and len(states) == len(AUDIENCE)
     # few row writes: one per flush of a batch, not per recipient
