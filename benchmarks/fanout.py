@@ -86,7 +86,7 @@ async def fake_server(limits: bool, folder: Path, port: int = 0) -> AsyncIterato
     process = multiprocessing.get_context("spawn").Process(target=serve, args=(str(port_file), limits, port))
     process.start()
     try:
-        for _ in range(200):
+        for _ in range(1200):  # a loaded machine may take a while to start a process
             if port_file.exists() and port_file.read_text():
                 break
             await asyncio.sleep(0.05)
