@@ -874,3 +874,22 @@ async def test_one_vapid_signature_per_push_service_until_it_nears_expiry(env: E
     assert signer.signed == 2
     later = {m.headers["Authorization"] for m in env.push.messages[3:]}
     assert len(later) == 1 and later != first
+
+
+async def test_a_push_that_timed_out_after_leaving_is_uncertain_not_repeated(
+    make_env: Callable[..., Awaitable[Env]],
+) -> None:
+    env = await make_env('concurrency = 2\nretries = 2\ntimeout = "1s"')
+    slow, fast = await env.subscribe(), await env.subscribe()
+    held = env.push.hold(slow)  # the service takes it but answers too late
+    try:
+        await env.publish(WORLD_STORY)
+    finally:
+        held.set()
+    row = await env.outbox()
+    assert row["status"] == "sent"
+    assert (len(env.push.delivered(slow)), len(env.push.delivered(fast))) == (1, 1)
+    assert [sid for sid, _ in env.push.requests].count(env.push.id_of(slow)) <= 1  # never retried
+    decisions = await env.app.store.stories.decisions_of(row["story_id"])
+    assert "sent to 1 of 2 subscriptions" in decisions[-1]["detail"]
+    assert "1 uncertain" in decisions[-1]["detail"]

@@ -40,7 +40,7 @@ from bot.channel import (
 from bot.counting import Budget, count_graphemes
 from bot.fanout import RecipientOutcome, RecipientStatus
 from bot.fanout_batches import BatchLedger, BatchWorker, Deliver
-from bot.http_retry import retry_after_seconds
+from bot.http_retry import aiohttp_request_may_have_left, request_may_have_left, retry_after_seconds
 from bot.kit import BaseChannel
 from bot.paths import resolve_path
 from bot.render import shorten, story_tag, unit_count
@@ -64,14 +64,19 @@ def topic_header(value: str) -> str:
     return b64url(hashlib.sha256(value.encode()).digest())[:32]
 
 
-_FINAL: dict[str, RecipientStatus] = {"sent": "sent", "gone": "gone", "failed": "failed"}
+_FINAL: dict[str, RecipientStatus] = {
+    "sent": "sent",
+    "gone": "gone",
+    "failed": "failed",
+    "uncertain": "uncertain",
+}
 
 
 @dataclass(frozen=True)
 class PushAnswer:
     """What a push service answered for one subscription."""
 
-    status: str  # sent, gone, failed, retry
+    status: str  # sent, gone, failed, retry, uncertain (it may have arrived: never pushed again)
     code: int | None = None
     detail: str = ""
     retry_after: float | None = None
@@ -414,7 +419,11 @@ class WebPushChannel(BaseChannel[Settings]):
                 text = (await response.content.read(300)).decode("utf-8", "replace")
                 return push_answer(response.status, response.headers.get("Retry-After"), text)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return PushAnswer("retry", detail=f"network error: {type(exc).__name__}")
+            if not aiohttp_request_may_have_left(exc):  # nothing was sent: try again
+                return PushAnswer("retry", detail=f"network error: {type(exc).__name__}")
+            # A timeout or a dropped connection after the request left: it may have been
+            # accepted, and push services have no idempotency key, so never push it again.
+            return PushAnswer("uncertain", detail=f"network error: {type(exc).__name__}; may have arrived")
 
 
 @dataclass
@@ -460,7 +469,9 @@ async def _post_httpx(
     try:
         response = await client.post(url, content=body, headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
-        return PushAnswer("retry", detail=f"network error: {type(exc).__name__}")
+        if not request_may_have_left(exc):
+            return PushAnswer("retry", detail=f"network error: {type(exc).__name__}")
+        return PushAnswer("uncertain", detail=f"network error: {type(exc).__name__}; may have arrived")
     return push_answer(response.status_code, response.headers.get("Retry-After"), response.text[:300])
 
 
