@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config.toml
 
-.PHONY: run test lint bench clean system-deps
+.PHONY: run test unit e2e test-deps lint audit bench clean system-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,26 @@ $(PDS)/node_modules/.siar-installed: $(PDS)/package-lock.json
 system-deps:
 	@sh scripts/system-deps.sh
 
-test: $(VENV)/.installed-dev $(PDS)/node_modules/.siar-installed system-deps
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
-	$(PY) -m mypy
-	$(PY) -m pytest -q
+# pip-audit over the installed dependencies: a known vulnerability fails; an unreachable
+# vulnerability service prints one NOTICE line and the build goes on (scripts/audit.py).
+audit: $(VENV)/.installed-dev
+	$(PY) scripts/audit.py
+
+# `make test` = lint + the fast unit set + the end-to-end set (real processes, the Bluesky PDS,
+# Chromium, several daemons, kill tests), with one coverage report over both.
+COV := --cov=bot --cov=channels --cov-report=
+test-deps: $(VENV)/.installed-dev $(PDS)/node_modules/.siar-installed system-deps
+
+test: test-deps lint audit
+	$(PY) -m pytest -q -m unit $(COV)
+	$(PY) -m pytest -q -m "e2e or slow" $(COV) --cov-append
+	$(PY) -m coverage report --skip-covered --sort=cover | tail -25
+
+unit: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m unit
+
+e2e: test-deps
+	$(PY) -m pytest -q -m "e2e or slow"
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .

@@ -15,8 +15,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from bot.channel import Channel
+from bot.normalize import link_key
 from bot.render import RenderError
 from bot.reports import iso
+from bot.retractions import Capability
 
 if TYPE_CHECKING:
     from bot.config import Config
@@ -82,6 +84,11 @@ class Admin:
 
     async def resend(self, outbox_id: int) -> tuple[bool, str]:
         row = await self.store.outbox.row(outbox_id)
+        if row is not None and row["action"] == "post":
+            found = await self.store.stories.find(str(row["story_id"]))
+            story = next((s for s in found if s["id"] == row["story_id"]), None)
+            if story is not None and story["retracted_at"] is not None:
+                return False, f"outbox row {outbox_id} cannot be resent: its story was retracted"
         if not await self.store.resend(outbox_id, self.clock()):
             state = f"it is {row['status']}" if row else "there is no such row"
             return False, (
@@ -92,6 +99,43 @@ class Admin:
             self.wake({str(row["channel"])})
         what = "its uncertain recipients are" if row and row["status"] == "sent" else "it is"
         return True, f"outbox row {outbox_id} queued again ({what} sent shortly)"
+
+    async def retract(self, ref: str, *, reason: str = "", by: str = "") -> tuple[bool, list[str]]:
+        """Take back the story `ref` names (its link, feed id or story id): its waiting posts
+        are cancelled, its published ones deleted where the platform can, and it is never
+        posted again. (done, the report: per story, one line per channel)."""
+        ref = ref.strip()
+        found = await self.store.stories.find(ref, link_key(ref, self.config.site.hosts)) if ref else []
+        if not found:
+            return False, [
+                f"no story matches {ref!r} (give its link, its feed id, or the id from `siar why`)"
+            ]
+        capabilities = {
+            name: Capability(self.config.channels[name].type, None)
+            for name in self.config.channels
+            if name not in self.channels
+        }
+        capabilities.update(
+            {
+                name: Capability(c.type, bool(getattr(c, "can_delete", False)))
+                for name, c in self.channels.items()
+            }
+        )
+        lines: list[str] = []
+        woken: set[str] = set()
+        for story in found:
+            again = story["retracted_at"] is not None
+            done = await self.store.stories.retract(
+                story["id"], capabilities, reason=reason, by=by or "operator", now=self.clock()
+            )
+            note = " (retracted before; what is left to do)" if again else ""
+            lines.append(f"retracted: {story['title']} ({story['feed']}, id {story['id']}){note}")
+            report = done.report()
+            lines += [f"  {channel}: {what}" for channel, what in report] or ["  no channel had it"]
+            woken.update(channel for channel, _ in done.deletes)
+        if self.wake is not None and woken:
+            self.wake(woken)
+        return True, lines
 
     async def why(self, key: str) -> list[dict[str, Any]]:
         return await self.store.reports.why(key, self.config.site.hosts)

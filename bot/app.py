@@ -138,6 +138,7 @@ def build(
         context.alerts,
         unavailable,
         metrics,
+        channels,
     )
     admin = Admin(config, store, clock, channels, dispatcher.wake)
     context.admin = admin

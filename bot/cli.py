@@ -1,4 +1,4 @@
-"""The command line: `siar [run|once|preview|check|status|why|resend|pause|resume|reload|feeds] …`.
+"""The command line: `siar [run|once|preview|check|status|why|resend|retract|pause|resume|reload|feeds] …`.
 
 Exit codes: 0 fine, 1 a feed or a delivery failed (once) or nothing found (why), 2 bad
 configuration or usage, 3 another daemon holds the store.
@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bot.admin import Admin
-from bot.app import build, migrations
+from bot.app import build, make_channels, migrations
 from bot.channel import utc_now
 from bot.config import Config, ConfigError, load_config
 from bot.daemon import run_daemon, run_once
@@ -54,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="read stories from this feed file instead of fetching")
     p.add_argument("--limit", type=int, default=3, help="newest N stories (default 3)")
     p.add_argument("--json", action="store_true", help="print one JSON array")
+    p.add_argument("--breaking", action="store_true", help="render the stories as breaking news")
+    p.add_argument("--digest", action="store_true", help="show each channel's digest of the stories")
     sub.add_parser("check", parents=[common], help="validate the config and show what would run")
     s = sub.add_parser("status", parents=[common], help="feeds, queues and recent failures")
     s.add_argument("--json", action="store_true")
@@ -66,6 +68,13 @@ def parser() -> argparse.ArgumentParser:
         help="queue an uncertain or failed post again (a broadcast: its uncertain recipients)",
     )
     r.add_argument("outbox_id", type=int)
+    t = sub.add_parser(
+        "retract",
+        parents=[common],
+        help="take a story back: cancel its waiting posts, delete the published ones where possible",
+    )
+    t.add_argument("story", metavar="URL_OR_ID", help="its link, its feed id, or the id from `siar why`")
+    t.add_argument("--reason", default="", help="why (kept in the decision log)")
     for name, what in (
         ("pause", "hold a channel's posts (they wait; nothing is dropped)"),
         ("resume", "let a paused channel's posts go again"),
@@ -123,21 +132,41 @@ async def _dispatch(command: str, args: argparse.Namespace, config: Config) -> i
     store = Store(config.store.url, config.path.parent)
     try:
         await store.migrate(migrations())
-        if command == "status":
-            return await status(config, store, args.json)
-        if command == "why":
-            return await why(store, args.story, args.json, config.site.hosts)
-        admin = Admin(config, store, utc_now)
-        if command == "pause":
-            done, message = await admin.pause(args.channel, by=f"cli:{getpass.getuser()}")
-        elif command == "resume":
-            done, message = await admin.resume(args.channel)
-        else:
-            done, message = await admin.resend(args.outbox_id)
-        print(message, file=sys.stdout if done else sys.stderr)
-        return 0 if done else 1
+        return await _store_command(command, args, config, store)
     finally:
         await store.close()
+
+
+async def _store_command(command: str, args: argparse.Namespace, config: Config, store: Store) -> int:
+    """The commands that read or write the store (beside a running daemon, or without one)."""
+    if command == "status":
+        return await status(config, store, args.json)
+    if command == "why":
+        return await why(store, args.story, args.json, config.site.hosts)
+    if command == "retract":
+        return await retract(config, store, args.story, args.reason)
+    admin = Admin(config, store, utc_now)
+    if command == "pause":
+        done, message = await admin.pause(args.channel, by=f"cli:{getpass.getuser()}")
+    elif command == "resume":
+        done, message = await admin.resume(args.channel)
+    else:
+        done, message = await admin.resend(args.outbox_id)
+    print(message, file=sys.stdout if done else sys.stderr)
+    return 0 if done else 1
+
+
+async def retract(config: Config, store: Store, ref: str, reason: str) -> int:
+    """`siar retract`: the story's posts cancelled or deleted (a running daemon's workers send
+    the deletions, this process only writes the store); the report per channel."""
+    channels, _ = make_channels(config)  # what each platform can delete (nothing is started)
+    admin = Admin(config, store, utc_now, channels)
+    done, lines = await admin.retract(ref, reason=reason, by=f"cli:{getpass.getuser()}")
+    print("\n".join(lines), file=sys.stdout if done else sys.stderr)
+    queued = any("deletion queued" in line for line in lines)  # this run queued one
+    if queued and running_pid(config.path) is None:
+        print("no daemon is running: the deletions go out when `siar run` (or `siar once`) starts")
+    return 0 if done else 1
 
 
 def reload(config: Config) -> int:

@@ -26,6 +26,7 @@ from bot import registry
 from bot.channel import ChannelSettings
 from bot.cleaning import CleaningRules
 from bot.durations import Duration
+from bot.editorial import PriorityRule
 from bot.filters import Filters
 from bot.paths import resolve_path
 from bot.site import CTA, Site
@@ -77,6 +78,17 @@ class FeedConfig(Filters):
     allow_private: bool = False
     section: str | None = None  # forces the section instead of the feed's first category
     timeout: Duration | None = None
+    # WebSub (bot/websub.py): subscribe when the feed advertises a hub and [http] public_url is
+    # set; while subscribed, poll only every websub_poll_interval as a safety net.
+    websub: bool = True
+    websub_poll_interval: Duration = 900.0
+
+    @field_validator("websub_poll_interval")
+    @classmethod
+    def _safety_net(cls, value: float) -> float:
+        if not 10 <= value <= 86400:
+            raise ValueError('must be between "10s" and "1d" (the safety-net poll while subscribed)')
+        return value
 
     @field_validator("first_run")
     @classmethod
@@ -193,6 +205,7 @@ class Config(_Strict):
     http: HttpConfig = HttpConfig()
     feeds: list[FeedConfig] = []
     channels: dict[str, ChannelSettings] = {}
+    priority: list[PriorityRule] = []  # [[priority]]: breaking news (bot/editorial.py)
     # Filled by the loader, not by the file:
     path: Path = Path("config.toml")
     # Platform sections ([telegram], [webpush]) validated by their packages' models.
@@ -320,7 +333,7 @@ class _Parse:
         except ValidationError as exc:
             for err in exc.errors():
                 self.problem(tuple(err["loc"]), _message(err))
-        _cross_check(data.get("feeds"), channels, self.problem)
+        _cross_check(data.get("feeds"), channels, self.problem, data.get("priority"))
         if self.problems:
             raise ConfigError(self.problems)
         assert config is not None
@@ -407,7 +420,9 @@ def _channel_settings(
     return settings
 
 
-def _cross_check(feeds: Any, channels: dict[str, ChannelSettings], problem: Any) -> None:
+def _cross_check(
+    feeds: Any, channels: dict[str, ChannelSettings], problem: Any, priority: Any = None
+) -> None:
     feeds = feeds if isinstance(feeds, list) else []
     names = [f.get("name") for f in feeds if isinstance(f, dict)]
     for i, name in enumerate(names):
@@ -417,6 +432,17 @@ def _cross_check(feeds: Any, channels: dict[str, ChannelSettings], problem: Any)
         for j, feed_name in enumerate(settings.feeds or []):
             if feed_name not in names:
                 problem(("channels", name, "feeds", j), f"no feed is named {feed_name!r}")
+        if settings.quiet == "digest" and settings.digest is None:
+            problem(
+                ("channels", name, "quiet"),
+                'quiet = "digest" folds quiet-hour posts into the next digest: set `digest` too '
+                '(e.g. digest = { at = ["07:00"] })',
+            )
+    for i, rule in enumerate(priority if isinstance(priority, list) else []):
+        rule_feeds = rule.get("feeds") if isinstance(rule, dict) else None
+        for j, feed_name in enumerate(rule_feeds if isinstance(rule_feeds, list) else []):
+            if feed_name not in names:
+                problem(("priority", i, "feeds", j), f"no feed is named {feed_name!r}")
 
 
 def _secrets(models: dict[str, Any]) -> list[str]:

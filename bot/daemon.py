@@ -13,9 +13,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.app import App, migrations
 from bot.config import FeedConfig
+from bot.digests import TICK, DigestPlanner
 from bot.lock import PidFile, StoreLock
 from bot.ops import HEARTBEAT_EVERY, OpsServer, record_feed_states
 from bot.reload import Reloader
+from bot.websub import WebSub
 
 log = logging.getLogger("siar")
 
@@ -59,6 +61,7 @@ async def run_once(app: App) -> int:
     try:
         lock = await prepare(app)
         results = await asyncio.gather(*(app.poller.poll(f, force=True) for f in app.config.feeds))
+        await digest_planner(app).tick()  # a digest due now (each slot's once, whoever runs it)
         stats = await app.dispatcher.drain()
     finally:
         await app.close()
@@ -83,6 +86,13 @@ async def run_once(app: App) -> int:
     return 1 if failed or stats.failed or stats.retry or stats.uncertain else 0
 
 
+def digest_planner(app: App) -> DigestPlanner:
+    """The job that queues the channels' digests when their slots come."""
+    return DigestPlanner(
+        app.store, app.channels, app.clock, lambda: app.config.site.timezone, app.dispatcher.wake
+    )
+
+
 async def run_daemon(app: App, stop: asyncio.Event | None = None) -> int:
     """Poll on schedule and deliver until SIGTERM/SIGINT (or `stop`); SIGHUP reloads the
     configuration. Returns the exit code."""
@@ -98,6 +108,12 @@ class Daemon:
         self.polls: set[asyncio.Task[None]] = set()
         self.ops = OpsServer(app.config, app.store, app.metrics, app.clock, lambda: self.app.config)
         self.reloader = Reloader(app, self.schedule, self.unschedule)
+        self.websub = WebSub(app.config, app.store.db, app.clock, self._poll_now, self.retime)
+        # One WebSub per app, even when a Daemon is made again for the same app (tests, restarts).
+        app.poller.observers = [o for o in app.poller.observers if not isinstance(o, WebSub)]
+        app.poller.observers.append(self.websub)
+        self.reloader.followers.append(self.websub.reloaded)
+        self.digests = digest_planner(app)
         self._reloading: asyncio.Task[bool] | None = None
         self.reloaded = asyncio.Event()  # set after each reload attempt (tests wait on it)
 
@@ -108,7 +124,7 @@ class Daemon:
             self.scheduler.remove_job(job)
         self.scheduler.add_job(
             _poll_job,
-            IntervalTrigger(seconds=feed.interval, jitter=self.app.config.fetch.jitter),
+            IntervalTrigger(seconds=self.websub.interval(feed), jitter=self.app.config.fetch.jitter),
             args=(self.app, feed, self.polls),
             id=job,
             max_instances=1,
@@ -116,6 +132,17 @@ class Daemon:
             misfire_grace_time=max(30, int(feed.interval)),
             next_run_time=self.app.clock() if now else None,
         )
+
+    def retime(self, feed: FeedConfig) -> None:
+        """Poll `feed` at its current rate (WebSub's safety net, or its interval) from now on."""
+        job = self.scheduler.get_job(f"feed:{feed.name}")
+        if job is not None:
+            interval = self.websub.interval(feed)
+            job.reschedule(IntervalTrigger(seconds=interval, jitter=self.app.config.fetch.jitter))
+
+    async def _poll_now(self, feed: FeedConfig) -> None:
+        # The hub says the feed changed: worth a fetch even while a failure streak backs off.
+        await _poll_job(self.app, feed, self.polls, force=True)
 
     def unschedule(self, name: str) -> None:
         if self.scheduler.get_job(f"feed:{name}") is not None:
@@ -156,6 +183,7 @@ class Daemon:
             pid.write()
             await record_feed_states(app.store, app.config, app.metrics)
             await self.ops.start()
+            await self.websub.start()
             app.dispatcher.start()
             for feed in app.config.feeds:
                 self.schedule(feed)
@@ -163,6 +191,14 @@ class Daemon:
                 self.ops.beat,
                 IntervalTrigger(seconds=HEARTBEAT_EVERY),
                 id="heartbeat",
+                next_run_time=app.clock(),
+            )
+            self.scheduler.add_job(
+                self.digests.tick,
+                IntervalTrigger(seconds=TICK),
+                id="digests",
+                max_instances=1,
+                coalesce=True,
                 next_run_time=app.clock(),
             )
             self.scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
@@ -203,17 +239,20 @@ class Daemon:
                 log.info("stopping: %d polls did not finish in time and were cancelled", len(unfinished))
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        await self.websub.stop()
         await app.dispatcher.stop(app.config.daemon.shutdown_grace)
         await self.ops.stop()
         await app.close()
 
 
-async def _poll_job(app: App, feed: FeedConfig, polls: set[asyncio.Task[None]]) -> None:
+async def _poll_job(
+    app: App, feed: FeedConfig, polls: set[asyncio.Task[None]], *, force: bool = False
+) -> None:
     task = asyncio.current_task()
     if task is not None:
         polls.add(task)
     try:
-        result = await app.poller.poll(feed)
+        result = await app.poller.poll(feed, force=force)
         if result.channels:
             app.dispatcher.wake(result.channels)
     except asyncio.CancelledError:

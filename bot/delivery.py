@@ -27,7 +27,12 @@ AttemptKind = Literal[
     "error",
     "render_error",
     "window_expired",
+    "moot",
 ]
+
+# What a done row means, by outbox action (bot.outbox.ACTIONS); an edit or a deletion the
+# platform answers "already so" is done all the same.
+DONE = {"post": "sent", "digest": "sent", "edit": "edited", "delete": "deleted"}
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class Policy:
 class Transition:
     finish: Finish
     alert: str | None = None  # a message for the admins (the dispatcher sends one per streak)
-    result: str = ""  # for metrics: sent, already_sent, retry, deferred, failed, uncertain
+    result: str = ""  # for metrics: sent, already_sent, retry, deferred, failed, uncertain, cancelled
 
 
 def check_hint(item_id: int) -> str:
@@ -79,15 +84,21 @@ def check_hint(item_id: int) -> str:
 
 
 def transition(
-    attempt: Attempt, *, item_id: int, attempts: int, url: str, policy: Policy, now: datetime
+    attempt: Attempt,
+    *,
+    item_id: int,
+    attempts: int,
+    url: str,
+    policy: Policy,
+    now: datetime,
+    action: str = "post",
 ) -> Transition:
-    """The next state of outbox row `item_id` (its `attempts`-th try, for story `url`)."""
+    """The next state of outbox row `item_id` (its `attempts`-th try, for story `url`; an
+    `action` of bot.outbox.ACTIONS: a post, an edit, a deletion, a digest)."""
     kind = attempt.kind
-    if kind == "sent":
-        receipt = attempt.receipt or Receipt()
-        return Transition(Finish("sent", "sent", receipt.note, receipt.remote_id, receipt.url), result="sent")
-    if kind == "already":
-        return Transition(Finish("sent", "already_sent", attempt.reason), result="already_sent")
+    settled = _settled(attempt, action)
+    if settled is not None:
+        return settled
     if kind == "retry":
         return _retry(attempt, item_id, attempts, url, policy, now)
     if kind == "timeout":
@@ -125,6 +136,21 @@ def transition(
     return Transition(
         Finish("uncertain", "uncertain", attempt.reason), alert=f"{url}: {attempt.reason}", result="uncertain"
     )
+
+
+def _settled(attempt: Attempt, action: str) -> Transition | None:
+    """Done (sent, edited, deleted; or the platform says it is so already), or nothing left
+    to do (an edit of a post that never went out); None for the other kinds."""
+    done = DONE.get(action, "sent")
+    if attempt.kind == "sent":
+        receipt = attempt.receipt or Receipt()
+        return Transition(Finish("sent", done, receipt.note, receipt.remote_id, receipt.url), result="sent")
+    if attempt.kind == "already":
+        decision = "already_sent" if done == "sent" else done
+        return Transition(Finish("sent", decision, attempt.reason), result="already_sent")
+    if attempt.kind == "moot":
+        return Transition(Finish("cancelled", "cancelled", attempt.reason), result="cancelled")
+    return None
 
 
 def _uncertain(reason: str, item_id: int, url: str) -> Transition:

@@ -7,6 +7,11 @@ exponential backoff (until `max_attempts`, then `failed`); Permanent -> `failed`
 `send_timeout`, or a shutdown mid-send -> `uncertain` (never resent automatically, so nothing is
 ever posted twice). On a resumable channel (sending twice is harmless) a timeout or a shutdown
 mid-send leaves the row `pending` instead, unless the platform's idempotency window has passed.
+
+A row's action says what to do: `post` a story, `edit` or `delete` the post of another row
+(a correction, a retraction; nothing to do when that post never went out), or send a `digest`
+(`render_digest` of its stories). Quiet hours that hold posts or fold them into a digest let
+only priority rows (breaking news, edits, deletions) through.
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from datetime import datetime
 
 from bot.channel import Channel, ChannelError, Unauthorized
 from bot.config import Config
-from bot.delivery import Attempt, Policy, transition
+from bot.delivery import DONE, Attempt, Policy, transition
 from bot.durations import parse_rate
 from bot.metrics import Metrics, NullMetrics
 from bot.outbox import OutboxItem
+from bot.schedule import in_quiet
 from bot.store import Store
+from bot.types import Digest, Receipt
 
 log = logging.getLogger("siar.deliver")
 Clock = Callable[[], datetime]
@@ -63,6 +70,7 @@ class DeliveryStats:
     failed: int = 0
     retry: int = 0
     uncertain: int = 0
+    cancelled: int = 0  # nothing to do (an edit of a post that never went out, …)
     problems: deque[str] = field(default_factory=lambda: deque(maxlen=100))
 
 
@@ -172,7 +180,7 @@ class Dispatcher:
             return
         while not self._stopping:
             await self._paced(name)
-            item = await self.store.outbox.claim(name, self.clock(), self.worker_id)
+            item = await self._claim(name)
             if item is None:
                 return
             await self._deliver(name, item)
@@ -244,14 +252,14 @@ class Dispatcher:
                 await self._paced(name)
                 if not self._running(name):
                     break
-                item = await self.store.outbox.claim(name, self.clock(), self.worker_id)
+                item = await self._claim(name)
                 if item is not None:
                     await self._deliver(name, item)
                     failures = 0
                     continue
                 due = await self.store.outbox.next_due(name)
                 timeout = IDLE_CHECK
-                if due is not None:
+                if due is not None and not self.quiet_floor(name):  # quiet: held rows are due
                     timeout = min(IDLE_CHECK, max(0.05, (due - self.clock()).total_seconds()))
                 await self._idle(wake, timeout)
                 failures = 0
@@ -274,9 +282,12 @@ class Dispatcher:
         (but for a hard kill, which `recover_sending` handles on the next start)."""
         channel = self.channels[name]
         try:
-            post = channel.render(item.story)
+            work = await self._work(channel, item)
         except Exception as exc:  # nothing left: a render error is safe to record as final
             await self._apply(name, item, Attempt("render_error", str(exc)))
+            return
+        if isinstance(work, Attempt):  # nothing to send (see _work)
+            await self._apply(name, item, work)
             return
         window = channel.resume_window
         if (
@@ -293,7 +304,7 @@ class Dispatcher:
         began = time.monotonic()
         try:
             async with asyncio.timeout(channel.settings.send_timeout) as deadline:
-                receipt = await channel.send(post, idempotency_key=item.key)
+                receipt = await work()
         except TimeoutError as exc:
             # Our deadline, or the channel's own timeout (an aiohttp read timeout, say): only
             # the first is `send_timeout`; the other is an unknown outcome like any error.
@@ -308,17 +319,91 @@ class Dispatcher:
         else:
             attempt = Attempt("sent", receipt=receipt)
             log.info(
-                "channel %s: sent %s%s",
+                "channel %s: %s %s%s",
                 name,
+                DONE.get(item.action, item.action),
                 item.story.url,
                 f" as {receipt.url or receipt.remote_id}" if receipt.url or receipt.remote_id else "",
             )
         await self._apply(name, item, attempt, time.monotonic() - began)
 
-    def policy(self, name: str) -> Policy:
+    async def _work(self, channel: Channel, item: OutboxItem) -> Callable[[], Awaitable[Receipt]] | Attempt:
+        """The request row `item` makes of `channel` (by its action), or the Attempt that
+        settles it without one. Raises what rendering raises."""
+        key = item.key
+        if item.action == "digest":
+            digest = await self._digest(item)
+            if digest is None:
+                return Attempt("moot", "every story of this digest was retracted")
+            post = channel.render_digest(digest)
+            return lambda: channel.send(post, idempotency_key=key)
+        if item.action in ("edit", "delete"):
+            target = item.target
+            if target is None:
+                return _not_sent(item)
+            if item.action == "delete":
+                return lambda: channel.delete(target, idempotency_key=key)
+            post = channel.render(item.story)
+            return lambda: channel.edit(post, target, idempotency_key=key)
+        too_old = self._held_too_long(channel, item)
+        if too_old:
+            return Attempt("moot", too_old)
+        post = channel.render(item.story)
+        return lambda: channel.send(post, idempotency_key=key)
+
+    async def _digest(self, item: OutboxItem) -> Digest | None:
+        """The roundup a digest row stands for (its stories as they read now, retracted ones
+        left out); None when none is left."""
+        ids = [int(i) for i in item.args.get("stories", [])]
+        found = await self.store.stories.by_ids(ids)
+        stories = tuple(found[i] for i in ids if i in found)
+        if not stories:
+            return None
+        at = item.args.get("at")
+        return Digest(
+            title=str(item.args.get("title", "")),
+            stories=stories,
+            more=int(item.args.get("more", 0)),
+            at=datetime.fromisoformat(at) if at else None,
+        )
+
+    def _held_too_long(self, channel: Channel, item: OutboxItem) -> str:
+        """Why a post held through quiet hours (`quiet = "hold"`) is dropped: older than the
+        channel's max_age by the time the quiet hours end; "" to send it."""
+        settings = channel.settings
+        if settings.quiet != "hold" or settings.max_age is None or item.attempts > 1:
+            return ""
+        published = item.story.published
+        if published is None:
+            return ""
+        age = (self.clock() - published).total_seconds()
+        if age <= settings.max_age:
+            return ""
+        return (
+            f"held through quiet hours; published {int(age)}s ago, older than max_age "
+            f"({int(settings.max_age)}s) when they ended"
+        )
+
+    def quiet_floor(self, name: str) -> int:
+        """The least priority `name` sends now: 1 (breaking news, edits and deletions only)
+        during its quiet hours when they hold posts or fold them into a digest, else 0."""
+        settings = self.channels[name].settings
+        if settings.quiet == "silent" or settings.quiet_hours is None:
+            return 0
+        return 1 if in_quiet(self.clock(), settings.quiet_hours, self.config.site.timezone) else 0
+
+    async def _claim(self, name: str) -> OutboxItem | None:
+        """The next row `name` may send now (quiet hours considered)."""
+        floor = self.quiet_floor(name)
+        if floor and self.channels[name].settings.quiet == "digest":
+            await self.store.outbox.fold_into_digest(name, self.clock())
+        return await self.store.outbox.claim(name, self.clock(), self.worker_id, min_priority=floor)
+
+    def policy(self, name: str, action: str = "post") -> Policy:
         channel, daemon = self.channels[name], self.config.daemon
         return Policy(
-            resumable=channel.resumable,
+            # Editing or deleting again is harmless (the platform answers "already so").
+            resumable=channel.resumable or action in ("edit", "delete"),
             max_attempts=channel.settings.max_attempts,
             send_timeout=channel.settings.send_timeout,
             resume_window=channel.resume_window,
@@ -332,7 +417,7 @@ class Dispatcher:
             name,
             _RESULTS.get(attempt.kind, attempt.kind),
             seconds,
-            item.first_seen_at if attempt.kind == "sent" else None,
+            item.first_seen_at if attempt.kind == "sent" and item.action == "post" else None,
         )
         if attempt.auth:  # the platform refused our credentials (cleared by the next success)
             self.metrics.channel_auth_failed(name)
@@ -341,13 +426,20 @@ class Dispatcher:
             item_id=item.id,
             attempts=item.attempts,
             url=item.story.url,
-            policy=self.policy(name),
+            policy=self.policy(name, item.action),
             now=self.clock(),
+            action=item.action,
         )
         finish = step.finish
-        counter = {"sent": "sent", "failed": "failed", "pending": "retry", "uncertain": "uncertain"}
+        counter = {
+            "sent": "sent",
+            "failed": "failed",
+            "pending": "retry",
+            "uncertain": "uncertain",
+            "cancelled": "cancelled",
+        }
         setattr(self.stats, counter[finish.status], getattr(self.stats, counter[finish.status]) + 1)
-        if finish.status != "sent":
+        if finish.status not in ("sent", "cancelled"):
             self.stats.problems.append(f"{item.channel}: {item.story.url}: {finish.detail}")
         if finish.status == "pending" and finish.retry_at is not None:
             log.warning("channel %s: %s", name, finish.detail)
@@ -382,7 +474,21 @@ _RESULTS = {
     "window_expired": "uncertain",
     "timeout": "uncertain",
     "cancelled": "uncertain",
+    "moot": "cancelled",
 }
+
+
+def _not_sent(item: OutboxItem) -> Attempt:
+    """An edit or deletion whose post is not out: wait while it is being sent, else there is
+    nothing to change."""
+    status = item.target_status
+    if status in ("pending", "sending"):
+        return Attempt("retry", f"the post to {item.action} is still {status}", after=60.0, counts=False)
+    if status == "uncertain":
+        why = "the post is uncertain (it may be out): check the platform by hand"
+    else:
+        why = f"the post is {status}, it never went out" if status else "the post is not in the outbox"
+    return Attempt("moot", f"nothing to {item.action}: {why}")
 
 
 async def _log_alert(channel: str, message: str) -> None:

@@ -138,7 +138,7 @@ class Fetcher:
         except BlockedAddress as exc:
             return FetchResult(url, error=str(exc))
         except httpx.HTTPError as exc:
-            return FetchResult(url, error=f"cannot fetch {url}: {type(exc).__name__}: {exc}")
+            return FetchResult(url, error=f"cannot fetch {url}: {_reason(exc)}")
         except (httpx.InvalidURL, ValueError, UnicodeError) as exc:  # a malformed link or host name
             return FetchResult(url, error=f"cannot fetch {url}: invalid URL ({type(exc).__name__})")
 
@@ -248,3 +248,15 @@ def _read_capped(path: Path, cap: int) -> bytes:
     if size > cap:
         raise _TooBig(size)
     return path.read_bytes()
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, in words: anyio's happy eyeballs hides a refused connection behind "All
+    connection attempts failed"; the first cause in the chain that says more is shown too."""
+    text = f"{type(exc).__name__}: {exc}"
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return f"connection refused ({text})"
+        seen = seen.__cause__ or seen.__context__
+    return text

@@ -11,6 +11,7 @@ HTTP stack), `bot.images` (one bounded image download).
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime
 from typing import ClassVar, Generic, TypeVar
 
@@ -120,11 +121,13 @@ class BaseChannel(Generic[S]):
             text = self.digest_text(digest, stories[:keep], digest.more + len(stories) - keep)
             used = budget.count(text)
             if used <= budget.limit:
+                shown = replace(digest, stories=tuple(stories[:keep]), more=digest.more + len(stories) - keep)
                 return self.post(
                     stories[0],
                     text,
                     Length(budget.unit, used, budget.limit),
                     parse_mode="HTML" if self.HTML else None,
+                    digest=shown,  # what the roundup holds (preview --json shows it)
                 )
         raise RenderError(f"channel {self.name!r}: not even one story fits the digest template")
 

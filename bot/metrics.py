@@ -31,7 +31,7 @@ log = logging.getLogger("siar.metrics")
 OTHER = "other"  # the label value of anything that is not a known name or result
 POLL_RESULTS = frozenset({"new", "unchanged", "not_modified", "error", "backoff"})
 POLL_SUCCESSES = frozenset({"new", "unchanged", "not_modified"})
-SEND_RESULTS = frozenset({"sent", "already_sent", "retry", "deferred", "failed", "uncertain"})
+SEND_RESULTS = frozenset({"sent", "already_sent", "retry", "deferred", "failed", "uncertain", "cancelled"})
 SEND_ACCEPTED = frozenset({"sent", "already_sent"})  # the platform has the post: auth works
 # One recipient of a subscriber fan-out: delivered, to be retried, refused, gone for good (blocked
 # the bot, expired subscription: removed), or unknown (connection lost after sending).

@@ -6,9 +6,10 @@ import asyncio
 import calendar
 import hashlib
 import io
+import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
@@ -34,6 +35,7 @@ class ParsedFeed:
     title: str = ""
     language: str = ""
     bozo: str = ""  # the parser's complaint about a malformed document, if any
+    hashes: dict[str, str] = field(default_factory=dict)  # story uid -> `entry_hash` of its entry
 
 
 def canonical_url(url: str, base: str = "") -> str:
@@ -153,6 +155,7 @@ def parse_feed(
     language = fold(str(doc.feed.get("language", "")))[:16]
     stories: list[Story] = []
     seen: set[str] = set()
+    hashes: dict[str, str] = {}
     for entry in doc.entries:
         try:
             story = entry_to_story(entry, feed_name, rules, language, section, now)
@@ -161,11 +164,32 @@ def parse_feed(
         if story is not None and story.uid not in seen:
             seen.add(story.uid)
             stories.append(story)
+            hashes[story.uid] = entry_hash(entry)
     stories.sort(key=lambda s: s.published or datetime.min.replace(tzinfo=UTC), reverse=True)
     bozo = ""
     if doc.get("bozo"):
         bozo = str(doc.get("bozo_exception", "malformed feed"))[:300]
-    return ParsedFeed(stories, title=fold(str(doc.feed.get("title", ""))), language=language, bozo=bozo)
+    return ParsedFeed(
+        stories, title=fold(str(doc.feed.get("title", ""))), language=language, bozo=bozo, hashes=hashes
+    )
+
+
+def entry_hash(entry: Any) -> str:
+    """sha256 hex of a feed entry's raw content as parsed (but the address it came from):
+    equal hashes mean nothing of the entry changed, so only entries whose hash changed are
+    normalized again (corrections)."""
+    text = json.dumps(_without_base(entry), sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _without_base(value: Any) -> Any:
+    """`value` without feedparser's `base` keys (the URL the feed was fetched from: a moved
+    feed is not a changed entry)."""
+    if isinstance(value, dict):
+        return {k: _without_base(v) for k, v in value.items() if k != "base"}
+    if isinstance(value, list | tuple) and not hasattr(value, "tm_year"):
+        return [_without_base(v) for v in value]
+    return value
 
 
 async def parse_feed_async(

@@ -131,11 +131,48 @@ class Outbox:
             due: datetime | None = (
                 await conn.execute(
                     select(func.min(outbox.c.next_attempt_at)).where(
-                        outbox.c.channel == channel, outbox.c.status == "pending"
+                        outbox.c.channel == channel,
+                        outbox.c.status == "pending",
+                        outbox.c.action != "collect",  # they wait for a digest, never alone
                     )
                 )
             ).scalar()
         return due
+
+    async def fold_into_digest(self, channel: str, now: datetime) -> int:
+        """Quiet hours with `quiet = "digest"`: `channel`'s pending posts (not breaking news)
+        wait for its next digest instead (action `collect`); how many were folded."""
+        condition = and_(
+            outbox.c.channel == channel,
+            outbox.c.status == "pending",
+            outbox.c.action == "post",
+            outbox.c.priority < 1,
+            outbox.c.attempts == 0,
+        )
+        async with self.db.write() as conn:
+            rows = (await conn.execute(select(outbox.c.id, outbox.c.story_id).where(condition))).all()
+            if not rows:
+                return 0
+            await conn.execute(
+                update(outbox)
+                .where(outbox.c.id.in_([r.id for r in rows]), outbox.c.status == "pending")
+                .values(action="collect", updated_at=now)
+            )
+            await log_decisions(
+                conn,
+                [
+                    {
+                        "story_id": r.story_id,
+                        "channel": channel,
+                        "decision": "held",
+                        "rule": f"channels.{channel}.quiet",
+                        "detail": "quiet hours: it joins the next digest",
+                        "at": now,
+                    }
+                    for r in rows
+                ],
+            )
+        return len(rows)
 
     async def finish(self, item_id: int, outcome: Finish, now: datetime) -> None:
         """Move a `sending` row to `outcome` and log the decision, in one transaction."""
@@ -186,7 +223,8 @@ class Outbox:
         Rows of `resumable` channels (sending twice is harmless there) go back to `pending`
         instead, unless the channel's window (seconds the platform remembers an idempotency
         key; None = forever) has passed since the send began — then they are `uncertain` too,
-        as are interrupted rows that waited longer than that. With `stale_before`, only claims
+        as are interrupted rows that waited longer than that. Edits and deletions always go
+        back to `pending` (doing one twice changes nothing). With `stale_before`, only claims
         older than that are touched (other daemons may be sending right now).
         """
         resumable = resumable or {}
@@ -194,7 +232,13 @@ class Outbox:
         if stale_before is not None:
             condition = and_(condition, outbox.c.claimed_at < stale_before)
         async with self.db.write() as conn:
-            columns = (outbox.c.id, outbox.c.story_id, outbox.c.channel, outbox.c.first_attempt_at)
+            columns = (
+                outbox.c.id,
+                outbox.c.story_id,
+                outbox.c.channel,
+                outbox.c.first_attempt_at,
+                outbox.c.action,
+            )
             rows = list((await conn.execute(select(*columns).where(condition))).all())
             windowed = [name for name, window in resumable.items() if window is not None]
             if windowed:  # interrupted at shutdown, then down for longer than the platform remembers
@@ -216,7 +260,9 @@ class Outbox:
             resumed = [
                 r
                 for r in rows
-                if r.channel in resumable and not _expired(r.first_attempt_at, resumable[r.channel], now)
+                # editing or deleting again is harmless: the platform answers "already so"
+                if r.action in ("edit", "delete")
+                or (r.channel in resumable and not _expired(r.first_attempt_at, resumable[r.channel], now))
             ]
             uncertain = [r for r in rows if r not in resumed]
             reason = "the daemon stopped while this post was being sent; it may or may not be out"
@@ -331,7 +377,12 @@ class Outbox:
         query = (
             select(func.count())
             .select_from(outbox)
-            .where(outbox.c.channel == channel, outbox.c.status == "sent", outbox.c.sent_at >= since)
+            .where(
+                outbox.c.channel == channel,
+                outbox.c.status == "sent",
+                outbox.c.sent_at >= since,
+                outbox.c.action.in_(("post", "digest")),  # posts made, not edits or deletions
+            )
         )
         if confirmed:
             query = query.where(outbox.c.remote_id.is_not(None))

@@ -17,10 +17,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from bot.backoff import poll_delay
 from bot.channel import ChannelSettings
 from bot.config import Config, FeedConfig
+from bot.editorial import Editorial
 from bot.enrich import enrich
 from bot.feedstate import FeedState
 from bot.fetch import Fetcher, FetchResult
@@ -33,6 +35,8 @@ from bot.types import Story
 
 log = logging.getLogger("siar.poll")
 ALERT_AFTER = 5  # consecutive failures of a feed before the admins are alerted (once)
+GONE = 410  # "Gone": the server says the feed will not come back; it is not polled again
+GONE_NOTE = "the feed is gone for good (HTTP 410): siar stopped polling it; a new url polls again"
 Clock = Callable[[], datetime]
 
 
@@ -40,6 +44,14 @@ Clock = Callable[[], datetime]
 class _Timing:
     fetch: float | None = None
     parse: float | None = None
+
+
+class PollObserver(Protocol):
+    """Follows every poll (bot/websub.py: hub discovery and its safety net); must not raise."""
+
+    def fetched(self, feed: FeedConfig, result: FetchResult) -> None: ...
+
+    def polled(self, feed: FeedConfig, result: PollResult) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -67,7 +79,9 @@ class FeedPoller:
         alert: Callable[[str, str], Awaitable[None]] | None = None,
         unavailable: Mapping[str, str] | None = None,
         metrics: Metrics | None = None,
+        channels: Mapping[str, Any] | None = None,
     ) -> None:
+        self.channels = channels  # the running channels (what they can edit: corrections)
         self.alert = alert
         self.metrics = metrics or NullMetrics()
         self.unavailable = unavailable or {}  # configured channels that do not run here, and why
@@ -77,12 +91,15 @@ class FeedPoller:
         self.fetcher = fetcher
         self.clock = clock
         self._unsaved: dict[str, FeedState] = {}  # newer than the store (a failed save)
+        self.observers: list[PollObserver] = []
 
     async def poll(self, feed: FeedConfig, *, force: bool = False) -> PollResult:
         """Poll `feed` once (unless it is backing off and not `force`d)."""
         timing = _Timing()
         result = await self._poll(feed, force, timing)
         self.metrics.poll(feed.name, result.outcome, timing.fetch, timing.parse, result.new_stories)
+        for observer in self.observers:
+            observer.polled(feed, result)
         return result
 
     async def _poll(self, feed: FeedConfig, force: bool, timing: _Timing) -> PollResult:
@@ -92,7 +109,7 @@ class FeedPoller:
         except Exception as exc:  # the store is down: count it, so the streak's alert fires
             log.exception("feed %s: cannot read its state", feed.name)
             state = self._unsaved.get(feed.name) or FeedState(feed.name, feed.url)
-            return await self._failed(feed, state, now, f"store unreachable: {exc!r}", None)
+            return await self._failed(feed, state, now, f"store unreachable: {exc!r}", None, gone(state))
         if state.url != feed.url:
             # Another URL is another feed: validators no longer apply, and its first poll must
             # not post the new feed's whole backlog.
@@ -103,18 +120,31 @@ class FeedPoller:
                 feed.first_run,
             )
             state = replace(
-                state, url=feed.url, etag=None, last_modified=None, body_hash=None, first_run_done=False
+                state,
+                url=feed.url,
+                etag=None,
+                last_modified=None,
+                body_hash=None,
+                first_run_done=False,
+                failures=0,  # nor does the old URL's failure streak (a 410 included)
+                next_poll_at=None,
+                last_status=None,
             )
-        if not force and state.next_poll_at and state.next_poll_at > now and state.failures:
+        if not force and (
+            gone(state) or (state.next_poll_at and state.next_poll_at > now and state.failures)
+        ):
             return PollResult(feed.name, "backoff", error=state.last_error or "")
         try:
             began = time.perf_counter()
             result = await self.fetcher.fetch(feed.url, state.etag, state.last_modified, feed.timeout)
             timing.fetch = time.perf_counter() - began
-            return await self._after_fetch(feed, fetched(state, result, now), result, now, timing)
+            for observer in self.observers:
+                observer.fetched(feed, result)
+            after = fetched(state, result, now)
+            return await self._after_fetch(feed, after, result, now, timing, gone(state))
         except Exception as exc:  # a bug or a store outage must not kill the scheduler job
             log.exception("feed %s: poll failed", feed.name)
-            return await self._failed(feed, state, now, f"internal error: {exc!r}", None)
+            return await self._failed(feed, state, now, f"internal error: {exc!r}", None, gone(state))
 
     def _with_unsaved(self, stored: FeedState) -> FeedState:
         """The stored state, or the newer one this process could not save (a store outage
@@ -125,7 +155,13 @@ class FeedPoller:
         return unsaved
 
     async def _after_fetch(
-        self, feed: FeedConfig, state: FeedState, result: FetchResult, now: datetime, timing: _Timing
+        self,
+        feed: FeedConfig,
+        state: FeedState,
+        result: FetchResult,
+        now: datetime,
+        timing: _Timing,
+        was_gone: bool = False,
     ) -> PollResult:
         if result.permanent_redirect and result.permanent_redirect != state.redirect_url:
             log.warning(
@@ -136,7 +172,7 @@ class FeedPoller:
             )
             state = replace(state, redirect_url=result.permanent_redirect)
         if result.error:
-            return await self._failed(feed, state, now, result.error, result.retry_after)
+            return await self._failed(feed, state, now, result.error, result.retry_after, was_gone)
         if result.not_modified or (result.body_hash and result.body_hash == state.body_hash):
             state = succeeded(
                 state,
@@ -154,16 +190,24 @@ class FeedPoller:
         )
         timing.parse = time.perf_counter() - began
         if not parsed.stories and parsed.bozo:
-            return await self._failed(feed, state, now, f"not a readable feed: {parsed.bozo}", None)
+            kind = (result.headers or {}).get("content-type", "").split(";")[0].strip()
+            page = f" (the server sent {kind}: a web page, not a feed)" if "html" in kind else ""
+            return await self._failed(feed, state, now, f"not a readable feed{page}: {parsed.bozo}", None)
         if parsed.bozo:
             log.info("feed %s: malformed but readable (%s)", feed.name, parsed.bozo)
-        new = await self._new_stories(feed, parsed, now)
+        editorial = Editorial(self.config, self.targets, self.channels)  # breaking news, corrections
+        new = editorial.label(await self._new_stories(feed, parsed, now))
         first_run = not state.first_run_done
         decisions = decide_poll(
             new, feed, self.targets, now, first_run=first_run, unavailable=self.unavailable
         )
         items = [
-            NewStory(story, story_decisions, key=story_key(story, self.config.site.hosts))
+            NewStory(
+                story,
+                story_decisions,
+                key=story_key(story, self.config.site.hosts),
+                entry_hash=parsed.hashes.get(story.uid, ""),
+            )
             for story, story_decisions in zip(new, decisions, strict=True)
         ]
         # An empty first answer (a CMS glitch) must not end the first run: the next full poll
@@ -177,9 +221,12 @@ class FeedPoller:
             body_hash=result.body_hash,
             first_run_done=state.first_run_done or bool(parsed.stories),
         )
-        created = await self.store.stories.record_poll(state, items, now)  # the state is saved with them
+        corrections = editorial.corrections(feed.name, parsed)
+        created = await self.store.stories.record_poll(state, items, now, corrections)  # state saved too
         self._unsaved.pop(feed.name, None)
-        queued = {d.channel for i in items for d in i.decisions if d.queues and d.channel}
+        queued = {
+            d.channel for i in items for d in i.decisions if d.queues and d.channel
+        } | corrections.edited
         if new:
             log.info(
                 "feed %s: %d new stories, %d posts queued%s",
@@ -214,9 +261,18 @@ class FeedPoller:
         self._unsaved.pop(state.name, None)
 
     async def _failed(
-        self, feed: FeedConfig, state: FeedState, now: datetime, error: str, retry_after: float | None
+        self,
+        feed: FeedConfig,
+        state: FeedState,
+        now: datetime,
+        error: str,
+        retry_after: float | None,
+        gone_before: bool = False,
     ) -> PollResult:
         error = self.config.redact(error)  # stored, shown by `status` and alerted
+        newly_gone = state.last_status == GONE and not gone_before
+        if state.last_status == GONE:
+            error += f"; {GONE_NOTE}"
         delay = poll_delay(state.failures + 1, feed.interval, self.config.fetch.max_backoff, retry_after)
         state = failed(state, now, error, delay)
         level = logging.WARNING if state.failures < ALERT_AFTER else logging.ERROR
@@ -233,12 +289,19 @@ class FeedPoller:
             await self._save(state)
         except Exception:  # the store is down: the streak is kept here until it is back
             log.exception("feed %s: cannot save its state", feed.name)
-        if state.failures == ALERT_AFTER and self.alert is not None:  # once per failure streak
+        if newly_gone and self.alert is not None:  # once: the feed is not polled again
+            await self.alert(f"feed {feed.name}", error)
+        elif state.failures == ALERT_AFTER and self.alert is not None:  # once per failure streak
             await self.alert(f"feed {feed.name}", f"failed {ALERT_AFTER} times in a row: {error}")
         return PollResult(feed.name, "error", error=error)
 
 
 # --- the feed's next state: pure ---------------------------------------------------------------
+
+
+def gone(state: FeedState) -> bool:
+    """The feed's server answered 410 Gone: it is disabled until its URL changes."""
+    return state.last_status == GONE and state.failures > 0
 
 
 def fetched(state: FeedState, result: FetchResult, now: datetime) -> FeedState:

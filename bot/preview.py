@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,11 +21,15 @@ from rich.table import Table
 from bot.app import make_channels
 from bot.channel import Channel, utc_now
 from bot.config import Config, FeedConfig
+from bot.editorial import DEFAULT_LABEL, label
 from bot.fetch import Fetcher
 from bot.filters import rejection
 from bot.normalize import parse_feed_async
-from bot.types import Post, Story, story_dict
+from bot.schedule import DigestSettings
+from bot.types import Digest, Post, Story, story_dict
 
+DIGEST_MAX = DigestSettings.model_fields["max"].default
+DIGEST_TITLE = DigestSettings.model_fields["title"].default
 SAMPLE = Story(
     uid="check",
     feed="check",
@@ -89,11 +93,53 @@ def check(config: Config) -> int:
                 state = f"[red]template error: {exc}[/]"
         table.add_row(name, settings.type, state, ", ".join(settings.feeds or ["all"]))
     console.print(table)
+    _print_editorial(console, config)
     if problems:
         print("configuration error:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
     console.print("[green]configuration is valid[/]")
     return 0
+
+
+def editorial_rows(config: Config) -> list[tuple[str, str, str, str]]:
+    """(channel, corrections, quiet hours, digest) of the channels with editorial settings."""
+    rows: list[tuple[str, str, str, str]] = []
+    for name, settings in config.channels.items():
+        quiet = ""
+        if settings.quiet_hours is not None:
+            start, end = settings.quiet_hours
+            quiet = f"{start:%H:%M}-{end:%H:%M} {settings.quiet}"
+        digest = ""
+        if settings.digest is not None:
+            when = (
+                ", ".join(f"{t:%H:%M}" for t in settings.digest.at)
+                or f"every {int(settings.digest.every or 0)}s"
+            )
+            digest = f"{when}, max {settings.digest.max}" + (", digest only" if settings.digest.only else "")
+        if quiet or digest or settings.on_correction != "edit":
+            rows.append((name, settings.on_correction, quiet or "-", digest or "-"))
+    return rows
+
+
+def _print_editorial(console: Console, config: Config) -> None:
+    rows = editorial_rows(config)
+    if rows:
+        table = Table("channel", "on_correction", "quiet hours", "digest", title="Editorial")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    for i, rule in enumerate(config.priority):
+        keys = ", ".join(
+            f"{key} {value}"
+            for key, value in (
+                ("feeds", rule.feeds),
+                ("sections", rule.sections),
+                ("tags", rule.tags),
+                ("title", rule.title_pattern.source if rule.title_pattern else None),
+            )
+            if value
+        )
+        console.print(f"breaking news rule {i + 1}: {keys} -> {rule.label!r}", highlight=False, markup=False)
 
 
 @dataclass(frozen=True)
@@ -124,6 +170,31 @@ def render_all(channel: Channel, stories: list[Story]) -> list[Post | RenderFail
     return out
 
 
+def marked(stories: list[Story], config: Config, force: bool) -> list[Story]:
+    """`stories` labelled by the `[[priority]]` rules; `force` (--breaking): every one as
+    breaking news (the label of the rule it matches, else of the first rule, else the default)."""
+    stories = label(stories, config.priority)
+    if not force:
+        return stories
+    fallback = config.priority[0].label if config.priority else DEFAULT_LABEL
+    return [s if s.breaking else replace(s, breaking=fallback) for s in stories]
+
+
+def render_digest(channel: Channel, stories: list[Story], now: datetime) -> Post | RenderFailure:
+    """`stories` as `channel`'s digest (its `digest` settings, or the defaults), newest first."""
+    settings = channel.settings.digest
+    most = settings.max if settings is not None else DIGEST_MAX
+    title = settings.title if settings is not None else DIGEST_TITLE
+    ordered = sorted(stories, key=lambda s: s.published or now, reverse=True)
+    if not ordered:
+        return RenderFailure(channel, SAMPLE, "no stories for a digest (check the feed and the filters)")
+    digest = Digest(title, tuple(ordered[:most]), more=max(0, len(ordered) - most), at=now)
+    try:
+        return channel.render_digest(digest)
+    except Exception as exc:
+        return RenderFailure(channel, ordered[0], f"digest: {exc}" or type(exc).__name__)
+
+
 async def preview(config: Config, args: argparse.Namespace) -> int:
     """Render the newest stories per channel; sends and stores nothing."""
     feeds = config.feeds if not args.feed else [f for f in config.feeds if f.name == args.feed]
@@ -142,6 +213,7 @@ async def preview(config: Config, args: argparse.Namespace) -> int:
         config.fetch.user_agent, config.fetch.timeout, config.fetch.max_bytes, base_dir=config.path.parent
     )
     posts: list[Post | RenderFailure] = []
+    roundups: dict[str, list[Story]] = {}  # --digest: each channel's stories
     failed = False
     now = utc_now()
     try:
@@ -163,14 +235,24 @@ async def preview(config: Config, args: argparse.Namespace) -> int:
                 # a quiet feed should still show what the posts look like.
                 feed_rules = feed.model_copy(update={"max_age": None})
                 channel_rules = channel.settings.model_copy(update={"max_age": None})
-                wanted = [
+                eligible = [
                     s
-                    for s in parsed.stories
+                    for s in marked(parsed.stories, config, getattr(args, "breaking", False))
                     if rejection(s, feed_rules, now) is None and rejection(s, channel_rules, now) is None
-                ][: max(0, args.limit)]
-                posts.extend(render_all(channel, wanted))
+                ]
+                if getattr(args, "digest", False):
+                    roundups.setdefault(channel.name, []).extend(eligible)
+                else:
+                    posts.extend(render_all(channel, eligible[: max(0, args.limit)]))
     finally:
         await fetcher.close()
+    for name, stories in roundups.items():
+        posts.append(render_digest(channels[name], stories, now))
+    await prepare_media(channels, posts)
+    return _report(posts, failed, args.json)
+
+
+def _report(posts: list[Post | RenderFailure], failed: bool, as_json: bool) -> int:
     failures = [p for p in posts if isinstance(p, RenderFailure)]
     for failure in failures:
         print(
@@ -178,20 +260,40 @@ async def preview(config: Config, args: argparse.Namespace) -> int:
             f"{failure.error}",
             file=sys.stderr,
         )
-    if args.json:
+    if as_json:
         print(json.dumps([p.to_dict() for p in posts], ensure_ascii=False, indent=2))
     else:
         _print_posts(posts)
     return 1 if failed or failures else 0
 
 
+async def prepare_media(channels: dict[str, Channel], posts: list[Post | RenderFailure]) -> None:
+    """Make the files posts' media refer to (share cards) where a channel makes its own
+    (`prepare_media(post) -> paths`), so editors can look at them; their paths go to stderr."""
+    for post in posts:
+        if isinstance(post, RenderFailure) or not post.media:
+            continue
+        make = getattr(channels.get(post.channel), "prepare_media", None)
+        if make is None:
+            continue
+        try:
+            for path in await make(post):
+                print(f"channel {post.channel}: {path}", file=sys.stderr)
+        except Exception as exc:  # a card that cannot be made never hides the posts
+            print(
+                f"channel {post.channel}: cannot make the media of {post.story.url}: {exc}", file=sys.stderr
+            )
+
+
 def _print_posts(posts: list[Post | RenderFailure]) -> None:
     console = Console()
     by_story: dict[str, list[Post | RenderFailure]] = {}
     for post in posts:
-        by_story.setdefault(f"{post.story.feed}:{post.story.uid}", []).append(post)
-    for group in by_story.values():
-        console.rule(group[0].story.title)
+        digest = post.digest if isinstance(post, Post) else None
+        key = f"digest: {digest.title}" if digest else f"{post.story.feed}:{post.story.uid}"
+        by_story.setdefault(key, []).append(post)
+    for key, group in by_story.items():
+        console.rule(key if key.startswith("digest: ") else group[0].story.title)
         panels = []
         for post in group:
             if isinstance(post, RenderFailure):

@@ -12,7 +12,7 @@ restart (their old values stay, with a warning).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,11 @@ def _dump(model: Any) -> Any:
     return model.model_dump(mode="json") if model is not None else None
 
 
+def _shared(config: Config, section: str) -> Any:
+    """A shared section's value, whether the core or a channel package owns it ([cards])."""
+    return getattr(config, section, None) or config.sections.get(section)
+
+
 def _section_of(config: Config, name: str) -> Any:
     needs = type(config.channels[name]).requires_section
     return _dump(config.sections.get(needs)) if needs else None
@@ -88,7 +93,7 @@ def plan(old: Config, new: Config) -> Plan:
         for n in old_feeds.keys() & new_feeds.keys()
         if cleaning_changed or _dump(old_feeds[n]) != _dump(new_feeds[n])
     )
-    everything = any(_dump(getattr(old, s, None)) != _dump(getattr(new, s, None)) for s in SHARED)
+    everything = any(_dump(_shared(old, s)) != _dump(_shared(new, s)) for s in SHARED)
     live_old = {n for n, c in old.channels.items() if c.enabled}
     live_new = {n for n, c in new.channels.items() if c.enabled}
     result.channels_added = sorted(live_new - live_old)
@@ -114,6 +119,8 @@ class Reloader:
         self.app = app
         self.schedule = schedule  # add or replace a feed's poll job
         self.unschedule = unschedule
+        # Told after each applied reload (bot/websub.py unsubscribes feeds that are gone).
+        self.followers: list[Callable[[Plan, Config], Awaitable[None]]] = []
 
     async def reload(self) -> bool:
         """Read the config file again and apply it; False when it was refused or failed."""
@@ -138,6 +145,8 @@ class Reloader:
             new = new.model_copy(update={s: getattr(app.config, s) for s in changes.restart_only})
         try:
             await self._apply(new, changes)
+            for follower in self.followers:
+                await follower(changes, new)
         except Exception as exc:  # a half-applied change is logged; the running parts carry on
             log.exception("reload: failed while applying (%s)", changes.summary())
             app.metrics.reload("failed")

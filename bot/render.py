@@ -267,6 +267,7 @@ class PostRenderer:
             "notify_url": cta.notify_url,
             "read_more": cta.read_more_text or READ_MORE.get(language, READ_MORE["en"]),
             "language": language,
+            "breaking": story.breaking,
         }
 
     def render(self, values: dict[str, Any]) -> str:

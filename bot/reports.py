@@ -61,7 +61,11 @@ class Reports:
             rows = (
                 await conn.execute(
                     select(outbox.c.channel, func.count())
-                    .where(outbox.c.status == "sent", outbox.c.sent_at >= since)
+                    .where(
+                        outbox.c.status == "sent",
+                        outbox.c.sent_at >= since,
+                        outbox.c.action.in_(("post", "digest")),  # not edits or deletions
+                    )
                     .group_by(outbox.c.channel)
                 )
             ).all()

@@ -73,7 +73,15 @@ def decide_poll(
             taken[name] += 1
             if name in unavailable:
                 decisions.append(Decision(name, "not_running", None, unavailable[name]))
+            elif _digest_only(channels[name]):
+                rule, detail = f"channels.{name}.digest.only", "it waits for the channel's next digest"
+                decisions.append(Decision(name, "collected", rule, detail))
             else:
                 decisions.append(Decision(name, "queued"))
         out.append(decisions)
     return out
+
+
+def _digest_only(settings: ChannelSettings) -> bool:
+    digest = getattr(settings, "digest", None)
+    return digest is not None and digest.only

@@ -88,6 +88,9 @@ stories = Table(
     Column("fingerprint", String(64)),
     Column("retracted_at", UTCDateTime),  # never posted again; its posts deleted where possible
     Column("retract_reason", Text),
+    # sha256 of the feed entry as it came (bot.normalize.entry_hash): only entries whose raw
+    # content changed are checked for a correction.
+    Column("entry_hash", String(64)),
     UniqueConstraint("feed", "uid", name="uq_stories_feed_uid"),
 )
 
@@ -123,6 +126,7 @@ outbox = Table(
     Index("ix_outbox_due", "channel", "status", "next_attempt_at"),
     # The poll's duplicate check looks keys up across channels: without this it scans the table.
     Index("ix_outbox_dedup_key", "dedup_key"),
+    Index("ix_outbox_target_id", "target_id"),  # a post's edits and deletions
 )
 
 decisions = Table(
@@ -199,4 +203,24 @@ channel_pauses = Table(
     Column("channel", String(200), primary_key=True),
     Column("paused_at", UTCDateTime, nullable=False),
     Column("paused_by", String(200), nullable=False),
+)
+
+# WebSub subscriptions (bot/websub.py), one per feed: kept across restarts so the hub's callbacks
+# and signatures still match. `secret` signs the hub's notifications (HMAC).
+websub_subscriptions = Table(
+    "websub_subscriptions",
+    metadata,
+    Column("feed", String(200), primary_key=True),
+    Column("feed_url", Text, nullable=False),
+    Column("hub", Text, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("callback_id", String(64), nullable=False, unique=True),
+    Column("secret", String(128), nullable=False),
+    # pending -> subscribed | denied | failed; subscribed -> silent | expired; -> unsubscribing
+    Column("state", String(16), nullable=False),
+    Column("lease_seconds", Integer),
+    Column("requested_at", UTCDateTime),
+    Column("expires_at", UTCDateTime),
+    Column("notified_at", UTCDateTime),
+    Column("last_error", Text),
 )

@@ -10,24 +10,47 @@ deadlock nor store a story twice.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.dialects import postgresql as postgresql_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bot.corrections import fingerprint
 from bot.db import Database
 from bot.feedstate import FeedState, save_state
 from bot.normalize import link_key
 from bot.outbox import log_decisions
+from bot.retractions import Capability, retract
+from bot.retractions import Plan as RetractionPlan
 from bot.schema import decisions, outbox, stories
 from bot.types import Decision, Story
 
+if TYPE_CHECKING:
+    from bot.corrections import CorrectionBatch
+
 CHUNK = 500  # keys per IN (…) list
+
+
+async def _retracted(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, str]:
+    """{key: why} of the de-duplication keys of retracted stories: never posted again, even
+    when a feed carries the story under another id."""
+    found: dict[str, str] = {}
+    for start in range(0, len(keys), CHUNK):
+        rows = await conn.execute(
+            select(stories.c.url_key, stories.c.retract_reason, stories.c.retracted_at).where(
+                stories.c.url_key.in_(list(keys[start : start + CHUNK])), stories.c.retracted_at.is_not(None)
+            )
+        )
+        for r in rows:
+            found[r.url_key] = f"retracted at {r.retracted_at:%Y-%m-%d %H:%M} UTC" + (
+                f": {r.retract_reason}" if r.retract_reason else ""
+            )
+    return found
 
 
 @dataclass
@@ -37,6 +60,7 @@ class NewStory:
     story: Story
     decisions: list[Decision] = field(default_factory=list)
     key: str = field(kw_only=True)  # bot.normalize.story_key
+    entry_hash: str = field(default="", kw_only=True)  # bot.normalize.entry_hash of its entry
 
 
 class Stories:
@@ -58,8 +82,30 @@ class Stories:
                 found.update(r[0] for r in rows)
         return found
 
-    async def record_poll(self, state: FeedState, new: Sequence[NewStory], now: datetime) -> list[int]:
+    async def known_hashes(self, feed: str, uids: Sequence[str]) -> dict[str, str | None]:
+        """{uid: the stored raw hash of its entry (None: stored before hashes)} of the `uids`
+        feed `feed` has already delivered: an entry whose hash is unchanged need not be
+        normalized again (bot.corrections)."""
+        found: dict[str, str | None] = {}
+        async with self.db.read() as conn:
+            for start in range(0, len(uids), CHUNK):
+                rows = await conn.execute(
+                    select(stories.c.uid, stories.c.entry_hash).where(
+                        stories.c.feed == feed, stories.c.uid.in_(list(uids[start : start + CHUNK]))
+                    )
+                )
+                found.update((r.uid, r.entry_hash) for r in rows)
+        return found
+
+    async def record_poll(
+        self,
+        state: FeedState,
+        new: Sequence[NewStory],
+        now: datetime,
+        corrections: CorrectionBatch | None = None,
+    ) -> list[int]:
         """Store `new` with their outbox rows and decisions, and save `state`: one transaction.
+        `corrections`: the check of the feed's known entries (bot.corrections), in the same one.
 
         Returns the ids of the outbox rows created. When daemons share PostgreSQL and another
         one stored a story first, this one skips it.
@@ -70,8 +116,10 @@ class Stories:
             if not self.db.is_sqlite:  # one poll of a feed at a time across daemons
                 lock = int.from_bytes(hashlib.sha256(state.name.encode()).digest()[:8], "big", signed=True)
                 await conn.execute(select(func.pg_advisory_xact_lock(lock)))
+            if corrections is not None:  # before the new ones: only stories stored earlier
+                created = await corrections.write(conn, now, self._insert_ignore)
             if pairs:
-                created = await self._insert(conn, pairs, now)
+                created += await self._insert(conn, pairs, now)
             await save_state(conn, state)
         return created
 
@@ -87,6 +135,7 @@ class Stories:
                 )
             )
             taken.update((r.channel, r.dedup_key) for r in rows)
+        retracted = await _retracted(conn, keys)
         # Bulk inserts that skip rows another daemon wrote first (ON CONFLICT DO NOTHING).
         inserted = await conn.execute(
             self._insert_ignore(stories).returning(stories.c.id, stories.c.uid),
@@ -100,6 +149,8 @@ class Stories:
                     "published_at": i.story.published,
                     "first_seen_at": now,
                     "data": i.story.to_json(),
+                    "fingerprint": fingerprint(i.story),
+                    "entry_hash": i.entry_hash or None,
                 }
                 for key, i in pairs
             ],
@@ -109,6 +160,8 @@ class Stories:
         for key, item in pairs:
             story_id = story_ids.get(item.story.uid)
             for d in item.decisions:
+                if key in retracted:
+                    continue
                 if story_id is not None and d.queues and d.channel and (d.channel, key) not in taken:
                     taken.add((d.channel, key))
                     wanted.append(
@@ -117,6 +170,9 @@ class Stories:
                             "channel": d.channel,
                             "dedup_key": key,
                             "status": "pending",
+                            # a digest-only channel collects it for its next digest
+                            "action": "collect" if d.decision == "collected" else "post",
+                            "priority": 1 if item.story.breaking else 0,  # breaking news first
                             "attempts": 0,
                             "next_attempt_at": now,
                             "created_at": now,
@@ -131,12 +187,14 @@ class Stories:
             )
             queued = {(r.story_id, r.channel): r.id for r in rows}
         log_rows: list[dict[str, Any]] = []
-        for _, item in pairs:
+        for key, item in pairs:
             story_id = story_ids.get(item.story.uid)
             if story_id is None:
                 continue  # another daemon stored this story a moment ago
             for d in item.decisions:
-                if d.queues and (story_id, str(d.channel)) not in queued:
+                if d.queues and key in retracted:
+                    d = Decision(d.channel, "retracted", None, retracted[key])
+                elif d.queues and (story_id, str(d.channel)) not in queued:
                     d = Decision(
                         d.channel, "duplicate", "url", "the same link was already queued for this channel"
                     )
@@ -168,6 +226,28 @@ class Stories:
             rows = (await conn.execute(select(stories).where(or_(*conditions)).order_by(stories.c.id))).all()
         return [r._asdict() for r in rows]
 
+    async def retract(
+        self, story_id: int, capabilities: Mapping[str, Capability], *, reason: str, by: str, now: datetime
+    ) -> RetractionPlan:
+        """Retract story `story_id` in one transaction (bot.retractions); what was done."""
+        async with self.db.write() as conn:
+            return await retract(
+                conn, story_id, capabilities, reason=reason, by=by, now=now, insert_ignore=self._insert_ignore
+            )
+
+    async def by_ids(self, ids: Sequence[int]) -> dict[int, Story]:
+        """{id: story as it reads now} of `ids`, retracted stories left out."""
+        found: dict[int, Story] = {}
+        async with self.db.read() as conn:
+            for start in range(0, len(ids), CHUNK):
+                rows = await conn.execute(
+                    select(stories.c.id, stories.c.data).where(
+                        stories.c.id.in_(list(ids[start : start + CHUNK])), stories.c.retracted_at.is_(None)
+                    )
+                )
+                found.update({r.id: Story.from_json(r.data) for r in rows})
+        return found
+
     async def decisions_of(self, story_id: int) -> list[dict[str, Any]]:
         async with self.db.read() as conn:
             rows = (
@@ -189,7 +269,12 @@ class Stories:
         query = (
             select(stories.c.data)
             .join(outbox, outbox.c.story_id == stories.c.id)
-            .where(outbox.c.channel == channel, outbox.c.status == "sent")
+            .where(
+                outbox.c.channel == channel,
+                outbox.c.status == "sent",
+                outbox.c.action == "post",  # not its edits, deletions or digests
+                stories.c.retracted_at.is_(None),
+            )
             .order_by(outbox.c.sent_at.desc(), outbox.c.id.desc())
             .limit(limit)
         )
@@ -197,9 +282,10 @@ class Stories:
             return [Story.from_json(r[0]) for r in (await conn.execute(query)).all()]
 
     async def latest(self, limit: int = 5, feeds: Sequence[str] | None = None) -> list[Story]:
-        """The newest stored stories (for previews and bots)."""
+        """The newest stored stories (for previews and bots), retracted ones left out."""
         query = (
             select(stories.c.data)
+            .where(stories.c.retracted_at.is_(None))
             .order_by(stories.c.first_seen_at.desc(), stories.c.published_at.desc())
             .limit(limit)
         )

@@ -138,7 +138,17 @@ class Post:
             "facets": [asdict(f) for f in self.facets],
             "length": asdict(self.length),
             "extra": self.payload.to_dict() if self.payload is not None else {},
+            "digest": _digest_dict(self.digest) if self.digest is not None else None,
         }
+
+
+def _digest_dict(digest: Digest) -> dict[str, Any]:
+    return {
+        "title": digest.title,
+        "stories": [story_dict(s) for s in digest.stories],
+        "more": digest.more,
+        "at": digest.at.isoformat() if digest.at else None,
+    }
 
 
 def story_dict(s: Story) -> dict[str, Any]:
@@ -152,6 +162,7 @@ def story_dict(s: Story) -> dict[str, Any]:
         "section": s.section,
         "published": s.published.isoformat() if s.published else None,
         "image": s.image or None,
+        "breaking": s.breaking,
     }
 
 
@@ -175,4 +186,5 @@ class Decision:
 
     @property
     def queues(self) -> bool:
-        return self.decision == "queued"
+        """An outbox row follows: a post, or a story collected for a digest-only channel."""
+        return self.decision in ("queued", "collected")

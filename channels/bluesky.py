@@ -31,6 +31,7 @@ from bot import images
 from bot.channel import (
     AlreadyDone,
     ChannelContext,
+    ChannelError,
     ChannelSettings,
     Permanent,
     RetryLater,
@@ -367,6 +368,15 @@ class BlueskyChannel(BaseChannel[Settings]):
             if isinstance(exc, at.NetworkError) or _status(exc) >= 500:
                 raise RetryLater(f"PDS error ({_xrpc_error(exc)})") from None
             raise Permanent(f"the PDS rejected the post ({_xrpc_error(exc)})") from None
+        except ChannelError:
+            raise
+        except Exception as exc:
+            # The connection broke after the request went out, or the answer was unreadable: the
+            # record may exist. Its key is fixed per row, so looking it up (and a later
+            # createRecord, which the PDS refuses for an existing key) can never post twice.
+            if await self._exists(rkey):
+                raise AlreadyDone(f"already posted (record {rkey} exists)") from None
+            raise RetryLater(f"no usable answer from the PDS ({type(exc).__name__}: {exc})") from None
         return Receipt(remote_id=str(created.uri), url=self._web_url(rkey))
 
     def _web_url(self, rkey: str) -> str:

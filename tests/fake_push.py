@@ -12,8 +12,9 @@ applicationServerKey it was made with), and the HTTPS endpoint acts as the servi
   `Content-Encoding: aes128gcm`; the body is at most 4096 bytes (413).
 - The body is decrypted with the subscription's private key and auth secret (http_ece);
   a payload that does not decrypt answers 400.
-- Per endpoint a test can script answers (`script(sub, (410, {}), (429, {"Retry-After": "1"}))`)
-  or hold one request open (`hold(sub)`) to stand for a crash mid-request.
+- Per endpoint a test can script answers (`script(sub, (410, {}), (429, {"Retry-After": "1"}))`),
+  hold one request open (`hold(sub)`) to stand for a crash mid-request, or accept the next push
+  and then close the connection without answering (`drop(sub)`: it arrived; the sender cannot know).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class FakePushService:
     refused: list[str] = field(default_factory=list)  # why requests were refused
     scripts: dict[str, deque[tuple[int, dict[str, str]]]] = field(default_factory=dict)
     holds: dict[str, asyncio.Event] = field(default_factory=dict)
+    drops: set[str] = field(default_factory=set)
     arrived: dict[str, asyncio.Event] = field(default_factory=dict)
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -173,6 +175,10 @@ class FakePushService:
         self.holds[sid] = asyncio.Event()
         return self.holds[sid]
 
+    def drop(self, subscription: dict[str, Any]) -> None:
+        """Accept (deliver) the next push to it, then hang up without an answer."""
+        self.drops.add(self.id_of(subscription))
+
     def delivered(self, subscription: dict[str, Any]) -> list[dict[str, Any]]:
         """The decrypted payloads that reached this subscription's browser."""
         sid = self.id_of(subscription)
@@ -222,6 +228,12 @@ class FakePushService:
         except Exception as exc:
             return self._refuse(sid, 400, f"payload does not decrypt: {exc!r}")
         self.messages.append(Message(sid, payload, dict(request.headers), claims))
+        if sid in self.drops:
+            self.drops.discard(sid)
+            self.requests.append((sid, 0))
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()  # not written: the connection is gone
         if sid in self.holds:
             self.arrived[sid].set()
             await self.holds.pop(sid).wait()

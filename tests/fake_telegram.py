@@ -647,7 +647,7 @@ class FakeTelegram:
         return message
 
     def _message_json(self, message: dict[str, Any]) -> dict[str, Any]:
-        data = {
+        data: dict[str, Any] = {
             k: message[k]
             for k in ("message_id", "date", "chat", "text", "caption", "reply_markup")
             if k in message

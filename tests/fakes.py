@@ -6,7 +6,7 @@ import asyncio
 from collections import deque
 from datetime import UTC, datetime, timedelta
 
-from bot.channel import ChannelContext, ChannelSettings
+from bot.channel import AlreadyDone, ChannelContext, ChannelSettings, Permanent
 from bot.counting import Budget, count_graphemes
 from bot.registry import ChannelType, Plugin
 from bot.render import PostRenderer
@@ -39,6 +39,8 @@ class FakeChannel:
         self.can_delete = True
         self.edited: list[tuple[Post, Published]] = []
         self.deleted: list[Published] = []
+        self.gone: set[str] = set()  # remote ids deleted (a second deletion: AlreadyDone)
+        self.digests: list[Post] = []  # digest posts sent (also in `sent`)
         self.settings = settings or Settings(type="fake")
         self.sent: list[Post] = []
         self.attempts: list[str] = []  # idempotency keys, one per send call
@@ -75,9 +77,15 @@ class FakeChannel:
             if outcome is not None:
                 raise outcome
         self.sent.append(post)
+        if post.digest is not None:
+            self.digests.append(post)
         return Receipt(remote_id=f"remote-{len(self.sent)}", url=f"https://fake/{len(self.sent)}")
 
     async def edit(self, post: Post, published: Published, *, idempotency_key: str) -> Receipt:
+        if not self.can_edit:  # strict like the kit's default: a platform that cannot edit says so
+            raise Permanent(f"{self.type} posts cannot be edited")
+        if not published.remote_id:
+            raise Permanent("nothing to edit: the post has no platform id")
         self.attempts.append(idempotency_key)
         if self.script:
             outcome = self.script.popleft()
@@ -87,11 +95,18 @@ class FakeChannel:
         return Receipt(remote_id=published.remote_id, note="edited")
 
     async def delete(self, published: Published, *, idempotency_key: str) -> Receipt:
+        if not self.can_delete:
+            raise Permanent(f"{self.type} posts cannot be deleted")
+        if not published.remote_id:
+            raise Permanent("nothing to delete: the post has no platform id")
         self.attempts.append(idempotency_key)
         if self.script:
             outcome = self.script.popleft()
             if outcome is not None:
                 raise outcome
+        if published.remote_id in self.gone:
+            raise AlreadyDone("the post is gone already")
+        self.gone.add(published.remote_id)
         self.deleted.append(published)
         return Receipt(remote_id=published.remote_id, note="deleted")
 

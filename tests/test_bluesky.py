@@ -145,8 +145,8 @@ def test_shrink_image_keeps_small_and_shrinks_big() -> None:
         shrink_image(b"not an image" * 100_000, "image/png")
 
 
-_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=400)
-_tags = st.lists(st.text(st.characters(blacklist_categories=("Cs",)), max_size=30), max_size=8)
+_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=400)
+_tags = st.lists(st.text(st.characters(exclude_categories=["Cs"]), max_size=30), max_size=8)
 _urls = st.builds(
     lambda host, tld, path: f"https://{host}.{tld}/{path}",
     st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=30),

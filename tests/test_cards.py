@@ -10,6 +10,7 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import pytest
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, features
@@ -476,7 +477,7 @@ def test_label_text_reads_on_the_accent_colour(accent: str, dark_text: bool) -> 
     layout = layout_card("Judul", "NASIONAL", "siar", LINK_PREVIEW, settings, has_photo=False)
     assert layout.label_box is not None
     pill = card.crop(tuple(round(v) for v in layout.label_box)).convert("L")  # type: ignore[arg-type]
-    lowest, highest = pill.getextrema()  # type: ignore[misc]
+    lowest, highest = cast(tuple[int, int], pill.getextrema())
     assert (lowest < 60) if dark_text else (highest > 200), (accent, lowest, highest)
 
 

@@ -249,3 +249,42 @@ def test_console_prints_markup_like_categories_as_text(tmp_path: Path) -> None:
     result = siar("once", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert "[bold]Not bold[/]" in result.stdout and "console · [/]" in result.stdout
+
+
+def test_preview_breaking_and_digest(example: Path) -> None:
+    text = example.read_text() + '\n[[priority]]\ntitle_pattern = "^Putin"\nlabel = "🔴 TERKINI"\n'
+    example.write_text(text)
+    plain = json.loads(siar("preview", "--config", str(example), "--json").stdout)
+    assert [p["story"]["breaking"] for p in plain] == ["🔴 TERKINI", "", ""]  # only the rule's match
+    forced = siar("preview", "--config", str(example), "--json", "--breaking")
+    assert forced.returncode == 0, forced.stderr
+    assert [p["story"]["breaking"] for p in json.loads(forced.stdout)] == ["🔴 TERKINI"] * 3
+    digest = siar("preview", "--config", str(example), "--json", "--digest")
+    assert digest.returncode == 0, digest.stderr
+    (post,) = json.loads(digest.stdout)  # one roundup per channel
+    assert post["channel"] == "console" and post["digest"]["title"] == "Rangkuman berita"
+    titles = [s["title"] for s in post["digest"]["stories"]]
+    assert len(titles) == 3 and all(t.startswith(e) for t, e in zip(titles, INTL_TITLES, strict=True))
+    assert all(title in post["text"] for title in INTL_TITLES)
+    readable = siar("preview", "--config", str(example), "--digest")
+    assert "digest: Rangkuman berita" in readable.stdout
+
+
+def test_retract_a_story(example: Path) -> None:
+    siar("once", "--config", str(example))
+    url = "medcom-4KZ9mA2b"  # the feed's id of the Putin story
+    (story,) = json.loads(siar("why", "--config", str(example), "--json", url).stdout)
+    result = siar("retract", "--config", str(example), str(story["story"]["id"]), "--reason", "salah")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"retracted: {INTL_TITLES[0]}")
+    assert "\n  console: " in result.stdout  # what happened on the channel, deleted or why not
+    (after,) = json.loads(siar("why", "--config", str(example), "--json", url).stdout)
+    retracted = [d for d in after["decisions"] if d["decision"] == "retracted" and d["channel"] is None]
+    assert retracted and "salah" in retracted[0]["detail"]
+    # the feed still carries it: never posted again
+    again = siar("once", "--config", str(example))
+    assert again.returncode == 0, again.stderr
+    assert INTL_TITLES[0] not in again.stdout
+    missing = siar("retract", "--config", str(example), "https://nowhere.example/x")
+    assert missing.returncode == 1 and "no story matches" in missing.stderr
+    assert siar("retract", "--config", str(example)).returncode == 2  # usage

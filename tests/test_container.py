@@ -30,6 +30,9 @@ from aiohttp import web
 from bot.config import load_config
 from bot.health import FeedHealth, HealthEndpoints, Heartbeat
 from bot.metrics import NullMetrics
+from channels.webpush.config import WebPushSection
+
+pytestmark = pytest.mark.e2e  # hadolint and fresh installs
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -252,6 +255,7 @@ def test_the_container_config_is_valid_with_the_image_environment(monkeypatch: p
     assert config.metrics.listen == "0.0.0.0:9464"
     assert config.store.url == "sqlite:////var/lib/siar/siar.db"
     webpush = config.sections["webpush"]
+    assert isinstance(webpush, WebPushSection)
     assert webpush.listen == "0.0.0.0:8080" and webpush.vapid_key_file.startswith("/var/lib/siar/")
     assert config.daemon.shutdown_grace < 30  # compose's stop_grace_period
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.app import App, build
-from bot.channel import ChannelContext, Permanent, RetryLater, Uncertain
+from bot.channel import ChannelContext, ChannelError, Permanent, RetryLater, Uncertain
 from bot.cleaning import CleaningRules
 from bot.config import Config
 from bot.daemon import prepare
@@ -262,7 +262,7 @@ async def test_api_base_url_replaces_the_host_and_keeps_the_query(fake_discord: 
     ],
 )
 async def test_platform_answers_map_to_outcomes(
-    fake_discord: FakeDiscord, answer: Answer, kind: type, after: float | None, words: str
+    fake_discord: FakeDiscord, answer: Answer, kind: type[ChannelError], after: float | None, words: str
 ) -> None:
     fake_discord.script.append(answer)
     ch = channel(fake_discord.webhook_url)
@@ -270,7 +270,7 @@ async def test_platform_answers_map_to_outcomes(
         await ch.send(ch.render(story_by("medcom-4KZ9mA2b")), idempotency_key="siar-1")
     await ch.close()
     assert words in caught.value.reason and TOKEN not in caught.value.reason
-    if kind is RetryLater:
+    if isinstance(caught.value, RetryLater):
         assert caught.value.after == after
 
 

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,7 +55,7 @@ class Receiver:
             self.in_flight.discard(recipient)
 
 
-def broadcaster(store: Store, concurrency: int = 4, **kw: int) -> Broadcaster:
+def broadcaster(store: Store, concurrency: int = 4, **kw: Any) -> Broadcaster:
     return Broadcaster(store.fanout, "readers", lambda: NOW, concurrency=concurrency, batch_size=10, **kw)
 
 
@@ -146,10 +147,11 @@ async def test_a_moved_recipient_is_followed(store: Store) -> None:
 
 async def test_a_time_budget_yields_and_a_later_run_resumes(store: Store) -> None:
     async def slow(recipient: int) -> RecipientOutcome:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # all 60 at 2 at a time: 3 s, far over the budget
         return RecipientOutcome(recipient, "sent")
 
-    first = await broadcaster(store, concurrency=2).run("siar-7", audience, slow, budget=0.05)
+    # A budget long enough for some progress even on a loaded machine, short of the whole.
+    first = await broadcaster(store, concurrency=2).run("siar-7", audience, slow, budget=1.0)
     assert 0 < first.progressed < 60 and first.remaining == 60 - first.progressed
     second = await broadcaster(store, concurrency=8).run("siar-7", audience, slow)
     assert second.counts == {"sent": 60} and second.lost == 0

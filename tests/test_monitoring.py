@@ -22,6 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot.metrics import FANOUT_RESULTS, Metrics
 from bot.outbox_gauges import OutboxSnapshot
 
+pytestmark = pytest.mark.e2e  # promtool
+
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "examples" / "prometheus" / "alerts.yml"
 ALERT_TESTS = ROOT / "examples" / "prometheus" / "alerts_test.yml"

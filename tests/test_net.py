@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from bot.addresses import AddressGuard, guard_for_feed
+from bot.backoff import MAX_RETRY_AFTER
 from bot.config import Config
 from bot.http_retry import (
-    MAX_RETRY_AFTER,
     aiohttp_request_may_have_left,
     request_may_have_left,
     retry_after_seconds,

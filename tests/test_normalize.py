@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from bot.charset import repair_mojibake, utf8_body
 from bot.cleaning import CleaningRules, clean_lead, html_paragraphs
 from bot.normalize import canonical_url, identity_url, is_web_link, parse_feed, story_key
+from bot.patterns import IgnoreCasePattern
 from bot.types import Story
 
 RULES = CleaningRules()
@@ -64,7 +65,7 @@ def test_full_article_content_is_cleaned_of_every_boilerplate() -> None:
 
 
 def test_custom_rules_from_config_apply() -> None:
-    rules = CleaningRules(drop_paragraphs=["^Simak berita"], builtin=False)
+    rules = CleaningRules(drop_paragraphs=[IgnoreCasePattern("^Simak berita")], builtin=False)
     paragraphs, _ = html_paragraphs("<p>Isi.</p><p>Simak berita lain</p><p>Baca: tetap</p>")
     assert clean_lead(paragraphs, rules) == "Isi. Baca: tetap"
 

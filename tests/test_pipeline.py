@@ -129,10 +129,11 @@ async def test_latest_n_posts_the_newest(
 async def test_unchanged_feed_costs_no_parse_and_uses_conditional_get(
     feed_server: FeedServer, sample_bytes: bytes, make_config: Callable[[str], Config], monkeypatch
 ) -> None:
+    import bot.normalize
     import bot.pipeline
 
     parses = []
-    real = bot.pipeline.parse_feed_async
+    real = bot.normalize.parse_feed_async
 
     async def counting(*args, **kwargs):
         parses.append(1)
@@ -177,6 +178,7 @@ async def test_failing_feed_backs_off_and_does_not_stop_others(
     assert (await app.poller.poll(config.feeds[1])).outcome == "error"
     state = await app.store.feeds.get("broken", "")
     assert state.failures == 2
+    assert state.next_poll_at is not None
     assert (state.next_poll_at - clock.now).total_seconds() == 1200
     feed_server.routes["/broken"] = Route(body=sample_bytes)
     clock.advance(1200)

@@ -130,7 +130,7 @@ def test_html_templates_escape_feed_text() -> None:
     assert text == "<b>&lt;script&gt;&#34;x&#34; &amp; y&lt;/script&gt;</b> a &lt; b"
 
 
-texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=400)
+texts = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=400)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -105,7 +105,7 @@ def test_the_core_never_imports_a_channel() -> None:
 def test_the_core_names_no_platform_module() -> None:
     """The registry finds channel packages by scanning `channels/`; no core file lists them."""
     platforms = {p.name for p in REGISTRY.plugins()} - {"console"}
-    named = {}
+    named: dict[str, list[str]] = {}
     for f in core_files():
         text = f.read_text()
         for platform in platforms:

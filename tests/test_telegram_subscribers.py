@@ -607,16 +607,31 @@ async def test_admin_why_feeds_resend_and_test(env: Env) -> None:
     assert any(t.startswith("readers (telegram-subscribers)") for t in texts)
 
 
+async def test_admin_retract_takes_a_story_back(env: Env) -> None:
+    await env.publish(A)
+    usage = await env.say(900, "/tarik")
+    assert "/tarik URL" in usage["plain"]
+    answer = await env.say(900, f"/tarik {A['link']} salah sumber")
+    assert f"retracted: {A['title']}" in answer["plain"]
+    (story,) = await env.app.store.stories.find(A["link"])
+    assert story["retracted_at"] is not None and story["retract_reason"] == "salah sumber"
+    decisions = await env.app.store.stories.decisions_of(story["id"])
+    assert any(d["decision"] == "retracted" and "telegram:900" in (d["detail"] or "") for d in decisions)
+    missing = await env.say(900, "/retract https://nowhere.example/x")
+    assert "no story matches" in missing["plain"]
+
+
 async def test_admin_commands_are_invisible_to_readers(env: Env) -> None:
-    for command in ("/pause tg", "/feeds", "/test", "/why x", "/resend 1"):
+    for command in ("/pause tg", "/feeds", "/test", "/why x", "/resend 1", "/tarik x"):
         assert "tidak mengerti" in (await env.say(1, command))["plain"]  # user 1 speaks Indonesian
-    assert [c["command"] for c in env.fake.commands["chat:900"]][-8:] == [
+    assert [c["command"] for c in env.fake.commands["chat:900"]][-9:] == [
         "status",
         "stats",
         "umpan",
         "jeda",
         "lanjut",
         "kirimulang",
+        "tarik",
         "mengapa",
         "uji",
     ]

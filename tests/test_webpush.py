@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import asyncpg  # type: ignore[import-untyped]
@@ -45,6 +45,7 @@ from channels.webpush import (
     split_listen,
     wanted_by,
 )
+from channels.webpush.config import WebPushSection
 from channels.webpush.store import subscriptions
 from channels.webpush.subscription import InvalidRequest
 from tests.fake_push import FakePushService
@@ -592,7 +593,9 @@ async def test_wrong_vapid_key_everywhere_is_permanent(env: Env) -> None:
     row = await env.outbox()
     assert row["status"] == "failed" and "rejected our VAPID signature" in row["last_error"]
     assert any("applicationServerKey" in r for r in env.push.refused)
-    assert await env.channel.subs.count() == 1  # kept: a fixed key makes it work again
+    assert (
+        env.channel.subs is not None and await env.channel.subs.count() == 1
+    )  # kept: a fixed key makes it work again
 
 
 async def test_crash_mid_fan_out_resumes_without_pushing_twice(
@@ -693,7 +696,7 @@ async def test_init_command_writes_a_private_key_file_once(env: Env, tmp_path: P
     assert init_command(env.config, force=True, out=out) == 0
     assert key_file.read_bytes() != before and stat.S_IMODE(key_file.stat().st_mode) == 0o600
     section = env.config.sections["webpush"]
-    new_public = load_vapid(section, tmp_path).public
+    new_public = load_vapid(cast(WebPushSection, section), tmp_path).public
     assert f"public key (applicationServerKey): {new_public}" in out.getvalue()
     assert new_public != env.public_key and len(new_public) == 87
 
@@ -701,7 +704,7 @@ async def test_init_command_writes_a_private_key_file_once(env: Env, tmp_path: P
 async def test_key_from_environment_and_public_key_check(
     env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    section = env.config.sections["webpush"]
+    section = cast(WebPushSection, env.config.sections["webpush"])
     raw = section.model_copy(update={"vapid_key_file": "missing.pem"})
     with pytest.raises(Exception, match="siar webpush init"):
         load_vapid(raw, tmp_path)
@@ -755,7 +758,10 @@ def test_http_settings_precedence(make_config: Callable[[str], Config]) -> None:
         '[http]\nlisten = "127.0.0.1:9100"\ntrusted_proxies = ["10.0.0.0/8"]\n'
         "[webpush]\n" + contact + 'listen = "0.0.0.0:9000"\ntrust_forwarded_for = false\n'
     )
-    assert http_config(channel_context(config).http, config.sections["webpush"])  # type: ignore[arg-type] is config.http
+    assert (
+        http_config(channel_context(config).http, cast(WebPushSection, config.sections["webpush"]))
+        is config.http
+    )
     assert (config.http.listen, config.http.trusted_proxies) == ("127.0.0.1:9100", ["10.0.0.0/8"])
     with pytest.raises(ConfigError, match=r"config.toml:3: http\.trusted_proxies: .*'10\.0\.0\.0/33' is not"):
         make_config('[http]\nlisten = "127.0.0.1:9100"\ntrusted_proxies = ["10.0.0.0/33"]\n')

@@ -19,6 +19,8 @@ from bot.store import Store
 from channels.webpush import PushHttpServer, SubscriptionStore, Topic, WebPushSection, b64url
 from tests.fake_push import FakePushService
 
+pytestmark = pytest.mark.e2e  # headless Chromium
+
 OUTPUT = Path(__file__).parent / "output"
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

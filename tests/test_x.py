@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 
 from bot.app import App, build
 from bot.backoff import MAX_RETRY_AFTER
-from bot.channel import AlreadyDone, ChannelContext, HashtagSettings, Permanent, RetryLater, Uncertain
+from bot.channel import (
+    AlreadyDone,
+    ChannelContext,
+    ChannelError,
+    HashtagSettings,
+    Permanent,
+    RetryLater,
+    Uncertain,
+)
 from bot.cleaning import CleaningRules
 from bot.config import Config
 from bot.counting import count_x
@@ -257,7 +265,7 @@ async def test_duplicate_content_is_already_done(fake_x: FakeX) -> None:
     ],
 )
 async def test_platform_errors_map_to_outcomes(
-    fake_x: FakeX, answer: Answer, kind: type, after: float | None, words: str
+    fake_x: FakeX, answer: Answer, kind: type[ChannelError], after: float | None, words: str
 ) -> None:
     now = int(time.time())
     answer.headers = {
@@ -269,11 +277,11 @@ async def test_platform_errors_map_to_outcomes(
         await ch.send(ch.render(seed_story()), idempotency_key="siar-1")
     await ch.close()
     assert words in caught.value.reason
-    if kind is RetryLater:
+    if isinstance(caught.value, RetryLater):
         if after is None:
             assert caught.value.after is None
         else:
-            assert after - 3 <= caught.value.after <= after + 1
+            assert caught.value.after is not None and after - 3 <= caught.value.after <= after + 1
     assert fake_x.posts == []
 
 

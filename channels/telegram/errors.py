@@ -125,4 +125,10 @@ def telegram_error(exc: BaseException, chat: str | int, *, retry_on_timeout: boo
         return Uncertain(
             f"connection to Telegram lost after the request was sent ({name}); the post may or may not be out"
         )
+    if text == "Invalid server response" and isinstance(exc.__cause__, ValueError):
+        # PTB reads the JSON of a 2xx answer only (errors are NetworkError): Telegram did the call
+        return Uncertain(
+            "Telegram answered but its answer could not be read (Invalid server response); "
+            "the post is probably out: check the chat before `siar resend`"
+        )
     return Permanent(f"unexpected Telegram error: {type(exc).__name__}: {text}")

@@ -147,6 +147,7 @@ class ReaderBot:
         app.add_handler(CommandHandler(["pause", "jeda"], gate(self.pause)))
         app.add_handler(CommandHandler(["resume", "lanjut"], gate(self.resume)))
         app.add_handler(CommandHandler(["resend", "kirimulang"], gate(self.resend)))
+        app.add_handler(CommandHandler(["tarik", "retract"], gate(self.retract)))
         app.add_handler(CommandHandler(["why", "mengapa"], gate(self.why)))
         app.add_handler(CommandHandler(["feeds", "umpan"], gate(self.feeds)))
         app.add_handler(CommandHandler(["test", "uji"], gate(self.test)))
@@ -451,6 +452,20 @@ class ReaderBot:
             return
         _, message = await admin.resend(int(args[0]))
         self._tell(update, [message], bold_first=False)
+
+    async def retract(self, update: Update, context: Ctx) -> None:
+        """/tarik URL [reason] (admins): take a story back everywhere the platforms allow."""
+        admin = await self._admin_only(update, context)
+        if admin is None:
+            return
+        args = context.args or []
+        if not args:
+            self._tell(update, ["/tarik URL [reason]", "URL: the story's link, its feed id or its number"])
+            return
+        user = update.effective_user
+        by = f"telegram:{user.id if user else '?'}"
+        done, lines = await admin.retract(args[0], reason=" ".join(args[1:]), by=by)
+        self._tell(update, lines, bold_first=done)
 
     async def why(self, update: Update, context: Ctx) -> None:
         """/why URL (admins): the decision log of a story."""

@@ -40,7 +40,7 @@ from bot.channel import (
 from bot.counting import Budget, count_graphemes
 from bot.fanout import RecipientOutcome, RecipientStatus
 from bot.fanout_batches import BatchLedger, BatchWorker, Deliver
-from bot.http_retry import aiohttp_request_may_have_left, request_may_have_left, retry_after_seconds
+from bot.http_retry import request_may_have_left, retry_after_seconds
 from bot.kit import BaseChannel
 from bot.paths import resolve_path
 from bot.render import shorten, story_tag, unit_count
@@ -76,7 +76,7 @@ _FINAL: dict[str, RecipientStatus] = {
 class PushAnswer:
     """What a push service answered for one subscription."""
 
-    status: str  # sent, gone, failed, retry, uncertain (it may have arrived: never pushed again)
+    status: str  # sent, gone, failed, retry, uncertain (it went out; no answer came)
     code: int | None = None
     detail: str = ""
     retry_after: float | None = None
@@ -418,12 +418,13 @@ class WebPushChannel(BaseChannel[Settings]):
             ) as response:
                 text = (await response.content.read(300)).decode("utf-8", "replace")
                 return push_answer(response.status, response.headers.get("Retry-After"), text)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            return PushAnswer("retry", detail=f"network error: {type(exc).__name__}")  # nothing left
         except (aiohttp.ClientError, TimeoutError) as exc:
-            if not aiohttp_request_may_have_left(exc):  # nothing was sent: try again
-                return PushAnswer("retry", detail=f"network error: {type(exc).__name__}")
-            # A timeout or a dropped connection after the request left: it may have been
-            # accepted, and push services have no idempotency key, so never push it again.
-            return PushAnswer("uncertain", detail=f"network error: {type(exc).__name__}; may have arrived")
+            # The push went out and no answer came (a reset, a read timeout): it may have been
+            # delivered, so it is never pushed again automatically (`siar resend` does).
+            why = f"no answer from the push service ({type(exc).__name__}); it may have arrived"
+            return PushAnswer("uncertain", detail=why)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Batched fan-out progress (bot.fanout_batches): fanout_broadcasts and fanout_batches.
 
 Revision ID: 0016_fanout_batches
-Revises: 0011_editorial
+Revises: 0014_websub
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 from bot.schema import UTCDateTime
 
 revision = "0016_fanout_batches"
-down_revision = "0011_editorial"
+down_revision = "0014_websub"
 branch_labels = None
 depends_on = None
 
