@@ -24,6 +24,7 @@ flush by a holder that lost its lease changes nothing and stops its work on that
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import zlib
@@ -94,6 +95,7 @@ class Batch:
     states: bytearray
     attempts: bytearray
     lost: int = 0  # recipients found `sending` when claimed: now uncertain
+    details: dict[int, str] = field(default_factory=dict)  # index -> why (not sent ones only)
 
 
 def _counters(states: bytearray) -> dict[str, int]:
@@ -197,16 +199,26 @@ class BatchLedger:
                     update(fanout_batches)
                     .where(b.key == found.key, b.batch == found.batch, free)
                     .values(holder=holder, claimed_until=now + timedelta(seconds=lease), updated_at=now)
-                    .returning(b.recipients, b.states, b.attempts)
+                    .returning(b.recipients, b.states, b.attempts, b.details)
                 )
             ).first()
             if row is None:  # taken between the select and the update (SQLite has no row locks)
                 return None
             batch = Batch(
-                found.key, found.batch, unpack_ids(row.recipients), _unpack(row.states), _unpack(row.attempts)
+                found.key,
+                found.batch,
+                unpack_ids(row.recipients),
+                _unpack(row.states),
+                _unpack(row.attempts),
+                details={int(k): v for k, v in json.loads(row.details or "{}").items()},
             )
             batch.lost = batch.states.count(SENDING)
             if batch.lost:
+                for i, state in enumerate(batch.states):
+                    if state == SENDING:
+                        batch.details[i] = (
+                            "in flight when its daemon stopped; not sent again (it may have arrived)"
+                        )
                 batch.states = batch.states.replace(bytes([SENDING]), bytes([UNCERTAIN]))
                 await self._save(conn, batch, holder, now, lease)
             self.rows_written += 1
@@ -239,6 +251,7 @@ class BatchLedger:
             .values(
                 states=_pack(batch.states),
                 attempts=_pack(batch.attempts),
+                details=json.dumps(batch.details) if batch.details else None,
                 status="open" if counters["n_open"] else "done",
                 holder=None if release else holder,
                 claimed_until=not_before if release else now + timedelta(seconds=lease),
@@ -303,6 +316,22 @@ class BatchLedger:
                 .order_by(b.key)
             )
             return list(rows.scalars())
+
+    async def details(self, key: str) -> dict[int, str]:
+        """Why recipients of `key` were not (yet) sent to: recipient -> the last answer."""
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(fanout_batches.c.recipients, fanout_batches.c.details).where(
+                        fanout_batches.c.key == key, fanout_batches.c.details.is_not(None)
+                    )
+                )
+            ).all()
+        out: dict[int, str] = {}
+        for row in rows:
+            ids = unpack_ids(row.recipients)
+            out.update({ids[int(i)]: why for i, why in json.loads(row.details).items()})
+        return out
 
     async def busy_elsewhere(self, key: str, now: datetime) -> bool:
         """True while another daemon holds an unexpired lease on a batch of `key`."""
@@ -390,6 +419,10 @@ class _BatchJournal:
     def record(self, index: int, outcome: RecipientOutcome) -> None:
         states, max_tries = self.batch.states, self.worker.max_tries
         final = _FINAL.get(outcome.status)
+        if outcome.status == "sent":
+            self.batch.details.pop(index, None)
+        else:
+            self.batch.details[index] = outcome.detail[:300]
         if final is not None:
             states[index] = final
         elif outcome.status == "uncertain":

@@ -183,6 +183,7 @@ fanout_batches = Table(
     Column("recipients", LargeBinary, nullable=False),
     Column("states", LargeBinary, nullable=False),
     Column("attempts", LargeBinary, nullable=False),
+    Column("details", Text),  # JSON {index: why} for recipients not sent to (the last answer)
     Column("status", String(8), nullable=False),  # open | done
     Column("holder", String(100)),
     Column("claimed_until", UTCDateTime),

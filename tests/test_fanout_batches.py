@@ -121,6 +121,8 @@ async def test_a_dead_workers_batch_is_taken_over_after_its_lease(store: Store) 
     assert receiver.got[7] == 0 and set(receiver.got.values()) == {1}  # never twice
     assert sum(receiver.got.values()) == 300 - n  # those in flight were cut off
     assert {r for r, s in (await heir.ledger.states("siar-1")).items() if s == "uncertain"} == set(in_flight)
+    details = await heir.ledger.details("siar-1")  # why each one is not sent: kept per batch
+    assert set(details) == set(in_flight) and "in flight" in details[7]
     # `siar resend`: the uncertain recipients go again, nobody else
     assert await store.fanout.uncertain_by_channel() == {"push": n}
     assert await store.fanout.requeue_uncertain("siar-1", clock()) == n

@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("recipients", sa.LargeBinary, nullable=False),
         sa.Column("states", sa.LargeBinary, nullable=False),
         sa.Column("attempts", sa.LargeBinary, nullable=False),
+        sa.Column("details", sa.Text),
         sa.Column("status", sa.String(8), nullable=False),
         sa.Column("holder", sa.String(100)),
         sa.Column("claimed_until", UTCDateTime),
