@@ -7,13 +7,15 @@ import logging
 import signal
 from datetime import timedelta
 
-from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from bot import heap
 from bot.app import App, migrations
 from bot.config import FeedConfig
 from bot.digests import TICK, DigestPlanner
+from bot.feedstate import FeedBook
 from bot.lock import PidFile, StoreLock
 from bot.ops import HEARTBEAT_EVERY, OpsServer, record_feed_states
 from bot.reload import Reloader
@@ -61,6 +63,7 @@ async def run_once(app: App) -> int:
     try:
         lock = await prepare(app)
         results = await asyncio.gather(*(app.poller.poll(f, force=True) for f in app.config.feeds))
+        await app.poller.flush()
         await digest_planner(app).tick()  # a digest due now (each slot's once, whoever runs it)
         stats = await app.dispatcher.drain()
     finally:
@@ -117,8 +120,9 @@ class Daemon:
         self._reloading: asyncio.Task[bool] | None = None
         self.reloaded = asyncio.Event()  # set after each reload attempt (tests wait on it)
 
-    def schedule(self, feed: FeedConfig, *, now: bool = True) -> None:
-        """Poll `feed` every its interval (replacing its job after a reload)."""
+    def schedule(self, feed: FeedConfig, *, now: bool = True, delay: float = 0.0) -> None:
+        """Poll `feed` every its interval, the first time in `delay` seconds (replacing its job
+        after a reload)."""
         job = f"feed:{feed.name}"
         if self.scheduler.get_job(job) is not None:
             self.scheduler.remove_job(job)
@@ -130,7 +134,7 @@ class Daemon:
             max_instances=1,
             coalesce=True,
             misfire_grace_time=max(30, int(feed.interval)),
-            next_run_time=self.app.clock() if now else None,
+            next_run_time=self.app.clock() + timedelta(seconds=delay) if now else None,
         )
 
     def retime(self, feed: FeedConfig) -> None:
@@ -149,9 +153,14 @@ class Daemon:
             self.scheduler.remove_job(f"feed:{name}")
 
     def _skipped(self, event: JobExecutionEvent) -> None:
-        """A poll that could not run because the previous one of its feed still ran."""
+        """A poll that did not run: the previous one of its feed still ran, or the loop was too
+        busy to start it within its grace time. A skipped poll is a late story: counted
+        (`siar_poll_skipped_total`) and logged."""
         if str(event.job_id).startswith("feed:"):
-            self.app.metrics.poll_skipped(str(event.job_id)[5:])
+            feed = str(event.job_id)[5:]
+            self.app.metrics.poll_skipped(feed)
+            why = "its previous poll still runs" if event.code == EVENT_JOB_MAX_INSTANCES else "it is late"
+            log.warning("feed %s: a scheduled poll was skipped (%s)", feed, why)
 
     def hangup(self) -> None:
         """SIGHUP: reload the configuration (one reload at a time; never stops the daemon)."""
@@ -185,8 +194,20 @@ class Daemon:
             await self.ops.start()
             await self.websub.start()
             app.dispatcher.start()
-            for feed in app.config.feeds:
-                self.schedule(feed)
+            # First polls spread over each feed's interval: started all at once, every feed's
+            # poll would come due at the same moment each interval, queue for the same threads
+            # and store, and outlast the interval (skipped polls).
+            for feed, delay in zip(app.config.feeds, first_poll_delays(app.config.feeds), strict=True):
+                self.schedule(feed, delay=delay)
+            if heap.enabled():
+                self.scheduler.add_job(heap.trim, IntervalTrigger(seconds=heap.TRIM_EVERY), id="heap-trim")
+            self.scheduler.add_job(
+                self._flush,
+                IntervalTrigger(seconds=FeedBook.FLUSH_EVERY),
+                id="feed-book",
+                max_instances=1,
+                coalesce=True,
+            )
             self.scheduler.add_job(
                 self.ops.beat,
                 IntervalTrigger(seconds=HEARTBEAT_EVERY),
@@ -201,7 +222,7 @@ class Daemon:
                 coalesce=True,
                 next_run_time=app.clock(),
             )
-            self.scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
+            self.scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
             self.scheduler.start()
             log.info(
                 "siar running: %d feeds, %d channels (%s)",
@@ -239,10 +260,24 @@ class Daemon:
                 log.info("stopping: %d polls did not finish in time and were cancelled", len(unfinished))
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        await self._flush()
         await self.websub.stop()
         await app.dispatcher.stop(app.config.daemon.shutdown_grace)
         await self.ops.stop()
         await app.close()
+
+    async def _flush(self) -> None:
+        """Write the batched states of unchanged polls (bot.feedstate.FeedBook)."""
+        try:
+            await self.app.poller.flush()
+        except Exception:  # the store is down: they stay pending for the next flush
+            log.exception("cannot write the feeds' states; retrying in %ss", FeedBook.FLUSH_EVERY)
+
+
+def first_poll_delays(feeds: list[FeedConfig]) -> list[float]:
+    """Seconds until each feed's first poll: the i-th of n feeds at i/n of its interval."""
+    n = len(feeds)
+    return [feed.interval * i / n for i, feed in enumerate(feeds)]
 
 
 async def _poll_job(

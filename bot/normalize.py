@@ -8,7 +8,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +18,7 @@ import feedparser
 
 from bot.charset import repair_mojibake, utf8_body
 from bot.cleaning import CleaningRules, clean_lead, fold, html_paragraphs, html_to_text, shorten_at_sentence
+from bot.feedread import FeedDoc, fast_allowed, read_fast
 from bot.types import Story
 
 _TRACKING = re.compile(
@@ -127,19 +128,22 @@ def _rename_media_description(body: bytes) -> bytes:
     return body
 
 
-def parse_feed(
-    body: bytes,
-    url: str,
-    headers: Mapping[str, str],
-    rules: CleaningRules,
-    feed_name: str,
-    section: str | None = None,
-    now: datetime | None = None,
-) -> ParsedFeed:
-    """Parse `body` (fetched from `url`) into stories; never raises on bad feeds."""
+def read_document(
+    body: bytes, url: str, headers: Mapping[str, str], known: Container[bytes] = frozenset()
+) -> FeedDoc:
+    """The entries of `body` (fetched from `url`), each with its raw digest; never raises.
+
+    Well-formed RSS 2.0 and Atom 1.0 take the lxml fast path (`bot.feedread`), which does not
+    even read an entry whose digest is in `known` (None in its place); anything else is parsed
+    by feedparser, the reference.
+    """
     response_headers = {k.lower(): v for k, v in headers.items()}
     response_headers.setdefault("content-location", url)
     body = _SURROGATE_REF.sub(b"&#xFFFD;", _rename_media_description(utf8_body(body, response_headers)))
+    if fast_allowed(body, response_headers):
+        fast = read_fast(body, response_headers, known)
+        if fast is not None:
+            return fast
     try:
         # siar extracts plain text itself (bot.cleaning, script/style skipped) and resolves links
         # against each entry, so feedparser's HTML sanitizer and URI rewriting (a third of its
@@ -151,27 +155,104 @@ def parse_feed(
             resolve_relative_uris=False,
         )
     except Exception as exc:  # feedparser is tolerant, but a hostile file must not stop the daemon
-        return ParsedFeed([], bozo=f"parser crashed: {exc!r}")
-    language = fold(str(doc.feed.get("language", "")))[:16]
+        return FeedDoc([], [], bozo=f"parser crashed: {exc!r}")
+    bozo = ""
+    if doc.get("bozo"):
+        bozo = str(doc.get("bozo_exception", "malformed feed"))[:300]
+    return FeedDoc(
+        list(doc.entries),
+        [entry_digest(e) for e in doc.entries],
+        title=str(doc.feed.get("title", "")),
+        language=str(doc.feed.get("language", "")),
+        bozo=bozo,
+    )
+
+
+def identify(
+    body: bytes, url: str, headers: Mapping[str, str], remembered: Mapping[bytes, str]
+) -> tuple[FeedDoc, list[str]]:
+    """The document and each entry's uid ("" for none): the `remembered` uid of an entry whose
+    raw digest was seen before (not even its uid is computed), else `entry_uid`."""
+    doc = read_document(body, url, headers, remembered.keys())
+    uids: list[str] = []
+    for entry, entry_hash in zip(doc.entries, doc.digests, strict=True):
+        uid = remembered.get(entry_hash)
+        if uid is None:
+            try:
+                uid = entry_uid(entry)
+            except Exception:  # as in doc_stories: one odd entry costs only itself
+                uid = ""
+        uids.append(uid)
+    return doc, uids
+
+
+def entry_digest(entry: Any) -> bytes:
+    """The raw hash of a feedparser entry (`entry_hash`), to tell a known entry that changed
+    from one that did not. The fast path digests the entry's XML bytes instead."""
+    return bytes.fromhex(entry_hash(entry))
+
+
+def entry_uid(entry: Any) -> str:
+    """The uid `entry_to_story` gives `entry` ("" when it has neither link nor id nor title):
+    cheap, so known entries are skipped before the costly cleaning."""
+    return _identity(entry)[0]
+
+
+def _identity(entry: Any) -> tuple[str, str, str | None]:
+    """(uid, url, title if it had to be computed)."""
+    link = _entry_link(entry)
+    url = canonical_url(link) if link else ""
+    if not is_web_link(url):
+        url = ""
+    guid = fold(str(entry.get("id") or ""))
+    uid = guid or url
+    if uid:
+        return uid[:500], url, None
+    title = shorten_at_sentence(repair_mojibake(_text_of(entry, "title")), TITLE_MAX)
+    return ("sha1:" + hashlib.sha1(title.encode()).hexdigest() if title else ""), url, title
+
+
+def parse_feed(
+    body: bytes,
+    url: str,
+    headers: Mapping[str, str],
+    rules: CleaningRules,
+    feed_name: str,
+    section: str | None = None,
+    now: datetime | None = None,
+) -> ParsedFeed:
+    """Parse `body` (fetched from `url`) into stories; never raises on bad feeds."""
+    doc = read_document(body, url, headers)
+    return doc_stories(doc, rules, feed_name, section, now)
+
+
+def doc_stories(
+    doc: FeedDoc,
+    rules: CleaningRules,
+    feed_name: str,
+    section: str | None = None,
+    now: datetime | None = None,
+    skip: Callable[[int], bool] | None = None,
+) -> ParsedFeed:
+    """The stories of a read document, newest first; entries for which `skip(index)` is true
+    (known ones) are not normalized at all."""
+    language = fold(doc.language)[:16]
     stories: list[Story] = []
     seen: set[str] = set()
     hashes: dict[str, str] = {}
-    for entry in doc.entries:
+    for index, entry in enumerate(doc.entries):
         try:
+            if skip is not None and skip(index):
+                continue
             story = entry_to_story(entry, feed_name, rules, language, section, now)
         except Exception:  # one odd entry must not cost the others
             continue
         if story is not None and story.uid not in seen:
             seen.add(story.uid)
             stories.append(story)
-            hashes[story.uid] = entry_hash(entry)
+            hashes[story.uid] = doc.digests[index].hex()  # the entry's raw hash (corrections)
     stories.sort(key=lambda s: s.published or datetime.min.replace(tzinfo=UTC), reverse=True)
-    bozo = ""
-    if doc.get("bozo"):
-        bozo = str(doc.get("bozo_exception", "malformed feed"))[:300]
-    return ParsedFeed(
-        stories, title=fold(str(doc.feed.get("title", ""))), language=language, bozo=bozo, hashes=hashes
-    )
+    return ParsedFeed(stories, title=fold(doc.title), language=language, bozo=doc.bozo, hashes=hashes)
 
 
 def entry_hash(entry: Any) -> str:
@@ -217,17 +298,14 @@ def entry_to_story(
     A link that is not http(s) (javascript:, data:, a bare path) is dropped: such a story has
     `url == ""`, and routing never posts it. Mojibake in its texts is repaired.
     """
-    link = _entry_link(entry)
-    url = canonical_url(link) if link else ""
-    if not is_web_link(url):
-        url = ""
-    title = shorten_at_sentence(repair_mojibake(_text_of(entry, "title")), TITLE_MAX)
-    guid = fold(str(entry.get("id") or ""))
-    uid = guid or url
+    uid, url, title_done = _identity(entry)
     if not uid:
-        if not title:
-            return None
-        uid = "sha1:" + hashlib.sha1(title.encode()).hexdigest()
+        return None
+    title = (
+        title_done
+        if title_done is not None
+        else shorten_at_sentence(repair_mojibake(_text_of(entry, "title")), TITLE_MAX)
+    )
     paragraphs, images = _body(entry)
     if not paragraphs and entry.get("media_imagecaption"):
         paragraphs = [fold(str(entry["media_imagecaption"]))]
@@ -238,7 +316,7 @@ def entry_to_story(
     chosen_section = section or (categories[0] if categories else "")
     tags = tuple(t for t in categories if t.casefold() != chosen_section.casefold())
     return Story(
-        uid=uid[:500],
+        uid=uid,
         feed=feed_name,
         url=url,
         title=title,

@@ -24,10 +24,11 @@ from bot.channel import ChannelSettings
 from bot.config import Config, FeedConfig
 from bot.editorial import Editorial
 from bot.enrich import enrich
-from bot.feedstate import FeedState
+from bot.feedread import FeedDoc
+from bot.feedstate import FeedBook, FeedState
 from bot.fetch import Fetcher, FetchResult
 from bot.metrics import Metrics, NullMetrics
-from bot.normalize import ParsedFeed, parse_feed_async, story_key
+from bot.normalize import ParsedFeed, doc_stories, identify, read_document, story_key
 from bot.routing import decide_poll
 from bot.store import Store
 from bot.stories import NewStory
@@ -91,6 +92,10 @@ class FeedPoller:
         self.fetcher = fetcher
         self.clock = clock
         self._unsaved: dict[str, FeedState] = {}  # newer than the store (a failed save)
+        self.book = FeedBook(store.feeds, cache=store.is_sqlite)  # unchanged polls, batched
+        # Per feed, {raw entry digest: uid} of its last stored document: an entry seen before,
+        # byte for byte, is known without being normalized or even looked up.
+        self._digests: dict[str, dict[bytes, str]] = {}
         self.observers: list[PollObserver] = []
 
     async def poll(self, feed: FeedConfig, *, force: bool = False) -> PollResult:
@@ -105,7 +110,7 @@ class FeedPoller:
     async def _poll(self, feed: FeedConfig, force: bool, timing: _Timing) -> PollResult:
         now = self.clock()
         try:
-            state = self._with_unsaved(await self.store.feeds.get(feed.name, feed.url))
+            state = self._with_unsaved(await self.book.get(feed.name, feed.url))
         except Exception as exc:  # the store is down: count it, so the streak's alert fires
             log.exception("feed %s: cannot read its state", feed.name)
             state = self._unsaved.get(feed.name) or FeedState(feed.name, feed.url)
@@ -130,6 +135,7 @@ class FeedPoller:
                 next_poll_at=None,
                 last_status=None,
             )
+            self._digests.pop(feed.name, None)
         if not force and (
             gone(state) or (state.next_poll_at and state.next_poll_at > now and state.failures)
         ):
@@ -181,22 +187,23 @@ class FeedPoller:
                 etag=result.etag or state.etag,
                 last_modified=result.last_modified or state.last_modified,
             )
-            await self._save(state)
+            self.book.put(state)  # written with the next batch (FeedBook.flush)
+            self._unsaved.pop(feed.name, None)
             return PollResult(feed.name, "not_modified" if result.not_modified else "unchanged")
         assert result.body is not None
         began = time.perf_counter()
-        parsed = await parse_feed_async(
-            result.body, result.url, result.headers, self.config.cleaning, feed.name, feed.section
-        )
+        remembered = self._digests.get(feed.name, {})
+        doc, uids = await asyncio.to_thread(identify, result.body, result.url, result.headers, remembered)
+        parsed, known = await self._stories_to_read(feed, doc, uids, result)
         timing.parse = time.perf_counter() - began
-        if not parsed.stories and parsed.bozo:
+        if not any(uids) and doc.bozo:
             kind = (result.headers or {}).get("content-type", "").split(";")[0].strip()
             page = f" (the server sent {kind}: a web page, not a feed)" if "html" in kind else ""
-            return await self._failed(feed, state, now, f"not a readable feed{page}: {parsed.bozo}", None)
-        if parsed.bozo:
-            log.info("feed %s: malformed but readable (%s)", feed.name, parsed.bozo)
+            return await self._failed(feed, state, now, f"not a readable feed{page}: {doc.bozo}", None)
+        if doc.bozo:
+            log.info("feed %s: malformed but readable (%s)", feed.name, doc.bozo)
         editorial = Editorial(self.config, self.targets, self.channels)  # breaking news, corrections
-        new = editorial.label(await self._new_stories(feed, parsed, now))
+        new = editorial.label(await self._new_stories(feed, parsed, known, now))
         first_run = not state.first_run_done
         decisions = decide_poll(
             new, feed, self.targets, now, first_run=first_run, unavailable=self.unavailable
@@ -219,11 +226,13 @@ class FeedPoller:
             etag=result.etag,
             last_modified=result.last_modified,
             body_hash=result.body_hash,
-            first_run_done=state.first_run_done or bool(parsed.stories),
+            first_run_done=state.first_run_done or any(uids),
         )
-        corrections = editorial.corrections(feed.name, parsed)
+        corrections = editorial.corrections(feed.name, parsed)  # the known entries normalized again
         created = await self.store.stories.record_poll(state, items, now, corrections)  # state saved too
+        self.book.saved(state)
         self._unsaved.pop(feed.name, None)
+        self._digests[feed.name] = {d: uid for d, uid in zip(doc.digests, uids, strict=True) if uid}
         queued = {
             d.channel for i in items for d in i.decisions if d.queues and d.channel
         } | corrections.edited
@@ -239,8 +248,41 @@ class FeedPoller:
             feed.name, "new" if new else "unchanged", len(new), len(created), channels=frozenset(queued)
         )
 
-    async def _new_stories(self, feed: FeedConfig, parsed: ParsedFeed, now: datetime) -> list[Story]:
-        known = await self.store.stories.known_uids(feed.name, [s.uid for s in parsed.stories])
+    async def _stories_to_read(
+        self, feed: FeedConfig, doc: FeedDoc, uids: list[str], result: FetchResult
+    ) -> tuple[ParsedFeed, set[str]]:
+        """The stories of the entries worth normalizing, and the uids of those the store knows.
+
+        The store's raw hash of each known entry decides: a known entry is normalized again only
+        when its hash is not the stored one (a correction to check, bot.corrections); new
+        entries always are. An entry seen byte for byte in the feed's last document was not even
+        read (its uid is remembered) and, as the store agrees with that memory unless another
+        daemon wrote since, is not read unless it must be.
+        """
+        listed = [i for i, uid in enumerate(uids) if uid]
+        stored = await self.store.stories.known_hashes(
+            feed.name, list(dict.fromkeys(uids[i] for i in listed))
+        )
+        wanted = {i for i in listed if uids[i] not in stored or stored[uids[i]] != doc.digests[i].hex()}
+        if not wanted:
+            return ParsedFeed([], title=doc.title, language=doc.language, bozo=doc.bozo), set(stored)
+        if any(doc.entries[i] is None for i in wanted):  # the store disagrees with the memory
+            assert result.body is not None
+            doc = await asyncio.to_thread(read_document, result.body, result.url, result.headers)
+        parsed = await asyncio.to_thread(
+            doc_stories,
+            doc,
+            self.config.cleaning,
+            feed.name,
+            feed.section,
+            None,
+            lambda index: index not in wanted,
+        )
+        return parsed, set(stored)
+
+    async def _new_stories(
+        self, feed: FeedConfig, parsed: ParsedFeed, known: set[str], now: datetime
+    ) -> list[Story]:
         stories = [replace(s, published=s.published or now) for s in parsed.stories if s.uid not in known]
         if feed.enrich and stories:
             limit = asyncio.Semaphore(4)
@@ -257,8 +299,15 @@ class FeedPoller:
         return stories
 
     async def _save(self, state: FeedState) -> None:
+        self.book.pending.pop(state.name, None)  # older than this one
         await self.store.feeds.save(state)
+        self.book.saved(state)
         self._unsaved.pop(state.name, None)
+
+    async def flush(self) -> int:
+        """Write the batched states of unchanged polls (the daemon calls it periodically and at
+        shutdown); returns how many."""
+        return await self.book.flush()
 
     async def _failed(
         self,

@@ -92,6 +92,7 @@ stories = Table(
     # content changed are checked for a correction.
     Column("entry_hash", String(64)),
     UniqueConstraint("feed", "uid", name="uq_stories_feed_uid"),
+    Index("ix_stories_first_seen", "first_seen_at", "published_at"),  # the newest stories
 )
 
 outbox = Table(

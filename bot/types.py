@@ -7,7 +7,7 @@ them under it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
@@ -33,7 +33,9 @@ class Story:
 
     def to_json(self) -> str:
         """The story as a JSON document (for the store)."""
-        data = asdict(self)
+        # Flat fields (strings and tuples of strings): a shallow copy is `asdict`'s result
+        # without its deep copy of every value.
+        data = {f.name: getattr(self, f.name) for f in _STORY_FIELDS}
         data["published"] = self.published.isoformat() if self.published else None
         return json.dumps(data, ensure_ascii=False)
 
@@ -45,6 +47,9 @@ class Story:
         data["tags"] = tuple(data.get("tags", ()))
         data["categories"] = tuple(data.get("categories", ()))
         return cls(**data, published=datetime.fromisoformat(published) if published else None)
+
+
+_STORY_FIELDS = fields(Story)
 
 
 @dataclass(frozen=True)

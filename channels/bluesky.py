@@ -13,6 +13,7 @@ on restart and refreshed by the SDK; only a dead refresh token leads to a new lo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -43,7 +44,8 @@ from bot.durations import Duration
 from bot.http_retry import retry_after_seconds
 from bot.kit import BaseChannel
 from bot.registry import ChannelType, Plugin
-from bot.types import Facet, Length, Payload, Post, Receipt, Story
+from bot.render import RenderError
+from bot.types import Digest, Facet, Length, Payload, Post, Published, Receipt, Story
 
 AsyncClient = Any  # atproto.AsyncClient; the SDK has no type information
 
@@ -60,7 +62,7 @@ log = logging.getLogger("siar.bluesky")
 T = TypeVar("T")
 
 DEFAULT_TEMPLATE = """\
-{{ title }}
+{% if breaking %}{{ breaking }} {% endif %}{{ title }}
 
 {{ url }}
 
@@ -171,6 +173,7 @@ class BlueskyChannel(BaseChannel[Settings]):
     TYPE = "bluesky"
     DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
     RESUMABLE = True
+    CAN_DELETE = True  # com.atproto.repo.deleteRecord; a Bluesky post cannot be edited
 
     def __init__(self, name: str, settings: Settings, context: ChannelContext) -> None:
         super().__init__(name, settings, context)
@@ -379,6 +382,79 @@ class BlueskyChannel(BaseChannel[Settings]):
             raise RetryLater(f"no usable answer from the PDS ({type(exc).__name__}: {exc})") from None
         return Receipt(remote_id=str(created.uri), url=self._web_url(rkey))
 
+    # --- editorial actions --------------------------------------------------------------------
+
+    async def edit(self, post: Post, published: Published, *, idempotency_key: str) -> Receipt:
+        raise Permanent("Bluesky posts cannot be edited; the correction is not shown on Bluesky")
+
+    async def delete(self, published: Published, *, idempotency_key: str) -> Receipt:
+        """com.atproto.repo.deleteRecord of the post's record key; a record the repository no
+        longer has is AlreadyDone (deleteRecord itself would quietly succeed)."""
+        sdk = _sdk()
+        at, models = sdk.exceptions, sdk.models
+        did, rkey = post_uri_parts(published.remote_id)
+        if self._client is None:
+            await self.start()
+
+        async def remove(client: AsyncClient) -> bool:
+            assert client._session is not None
+            if client._session.did != did:
+                raise Permanent(f"{published.remote_id} belongs to another account ({did})")
+            try:
+                await client.com.atproto.repo.get_record(
+                    models.ComAtprotoRepoGetRecord.Params(repo=did, collection=COLLECTION, rkey=rkey)
+                )
+            except at.BadRequestError as exc:
+                if _xrpc_field(exc, "error") == "RecordNotFound":
+                    return False
+                raise
+            await client.com.atproto.repo.delete_record(
+                models.ComAtprotoRepoDeleteRecord.Data(repo=did, collection=COLLECTION, rkey=rkey)
+            )
+            return True
+
+        try:
+            deleted = await self._authed(remove)
+        except at.RateLimitExceededError as exc:
+            raise RetryLater("rate limited by the PDS", after=self._after(exc)) from None
+        except (at.UnauthorizedError, at.LoginRequiredError) as exc:
+            raise Unauthorized(f"Bluesky refused the deletion ({_xrpc_error(exc)})") from None
+        except at.AtProtocolError as exc:  # deleting again is harmless: network and 5xx retry
+            if isinstance(exc, at.NetworkError) or _status(exc) >= 500:
+                raise RetryLater(f"PDS error ({_xrpc_error(exc)})") from None
+            raise Permanent(f"the PDS refused the deletion ({_xrpc_error(exc)})") from None
+        if not deleted:
+            raise AlreadyDone(f"record {rkey} is gone from the repository already")
+        return Receipt(remote_id=published.remote_id, url=published.url, note="deleted")
+
+    def render_digest(self, digest: Digest) -> Post:
+        """One post with the top stories that fit 300 graphemes, each title a link facet to its
+        story (shown links would all shorten to the same "medcom.id/…")."""
+        budget = Budget("graphemes", POST_LIMIT, count_graphemes)
+        stories = list(digest.stories)
+        for keep in range(len(stories), 0, -1):
+            text, facets = digest.title.strip(), []
+            for story in stories[:keep]:
+                text += "\n• "
+                start = len(text.encode("utf-8"))
+                text += " ".join(story.title.split())
+                if story.url:
+                    facets.append(Facet(start, len(text.encode("utf-8")), "link", story.url))
+            more = digest.more + len(stories) - keep
+            if more:
+                text += f"\n… +{more}"
+            if count_graphemes(text) <= POST_LIMIT:
+                language = post_language(self.settings.language or self.context.site.language)
+                return self.post(
+                    stories[0],
+                    text,
+                    Length(budget.unit, count_graphemes(text), budget.limit),
+                    facets=tuple(facets),
+                    payload=BlueskyPayload((language,) if language else ()),
+                    digest=dataclasses.replace(digest, stories=tuple(stories[:keep]), more=more),
+                )
+        raise RenderError(f"channel {self.name!r}: not even one story fits the digest post")
+
     def _web_url(self, rkey: str) -> str:
         return f"https://bsky.app/profile/{self.settings.handle}/post/{rkey}"
 
@@ -458,6 +534,14 @@ def _facet_model(facet: Facet) -> Any:
         features=[feature],
         index=models.AppBskyRichtextFacet.ByteSlice(byte_start=facet.start, byte_end=facet.end),
     )
+
+
+def post_uri_parts(uri: str) -> tuple[str, str]:
+    """(did, record key) of "at://DID/app.bsky.feed.post/RKEY"; Permanent for anything else."""
+    parts = uri.split("/")
+    if len(parts) != 5 or parts[:2] != ["at:", ""] or parts[3] != COLLECTION or not parts[4]:
+        raise Permanent(f"{uri!r} is not a Bluesky post this channel stored")
+    return parts[2], parts[4]
 
 
 def _status(exc: Any) -> int:

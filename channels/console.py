@@ -17,7 +17,7 @@ from bot.registry import ChannelType, Plugin
 from bot.types import Button, Length, Post, Receipt, Story
 
 DEFAULT_TEMPLATE = """\
-{{ title }}
+{% if breaking %}{{ breaking }} {% endif %}{{ title }}
 
 {{ lead }}
 

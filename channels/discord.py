@@ -14,6 +14,7 @@ after the request left makes the post uncertain rather than risking a second cop
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +26,7 @@ import httpx
 from pydantic import Field, SecretStr, field_validator
 
 from bot.channel import (
+    AlreadyDone,
     ChannelContext,
     ChannelSettings,
     Permanent,
@@ -38,8 +40,8 @@ from bot.durations import Duration
 from bot.http_retry import request_may_have_left, retry_after_seconds
 from bot.kit import BaseChannel
 from bot.registry import ChannelType, Plugin
-from bot.render import shorten, unit_count
-from bot.types import Length, Payload, Post, Receipt, Story
+from bot.render import RenderError, shorten, unit_count
+from bot.types import Digest, Length, Payload, Post, Published, Receipt, Story
 
 CONTENT_MAX = 2000
 TITLE_MAX = 256
@@ -57,6 +59,10 @@ DEFAULT_TEMPLATE = """\
 {{ cta_notify }}{% if notify_url %}: <{{ notify_url }}>{% endif %}
 {% endif %}
 """
+FIELDS_MAX = 25
+FIELD_NAME_MAX = 256
+FIELD_VALUE_MAX = 1024
+UNKNOWN_MESSAGE = 10008  # Discord's error code for a message that is not (or no longer) there
 PROACTIVE_WAIT_MAX = 5.0  # seconds send() sleeps itself when the bucket is empty; longer: retry later
 
 
@@ -173,6 +179,8 @@ class DiscordChannel(BaseChannel[Settings]):
 
     TYPE = "discord"
     DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
+    CAN_EDIT = True  # PATCH /webhooks/{id}/{token}/messages/{message_id}
+    CAN_DELETE = True
 
     def __init__(self, name: str, settings: Settings, context: ChannelContext) -> None:
         super().__init__(name, settings, context)
@@ -208,7 +216,8 @@ class DiscordChannel(BaseChannel[Settings]):
         """The story as a Discord embed within every per-field limit and the 6000 total."""
         site = self.context.site
         embed: dict[str, Any] = {"type": "rich", "color": self.settings.color}
-        title = fit_chars(" ".join(story.title.split()), TITLE_MAX)
+        shown = f"{story.breaking} {story.title}" if story.breaking else story.title
+        title = fit_chars(" ".join(shown.split()), TITLE_MAX)
         if title:
             embed["title"] = title
         if story.url.lower().startswith(("http://", "https://")):
@@ -231,16 +240,57 @@ class DiscordChannel(BaseChannel[Settings]):
             embed["description"] = description
         return embed
 
+    def render_digest(self, digest: Digest) -> Post:
+        """The roundup as one embed: the digest title, then one field per story (its title,
+        linked), as many as fit Discord's 25 fields and 6000 characters; "… +N" in the footer."""
+        embed: dict[str, Any] = {"type": "rich", "color": self.settings.color}
+        title = fit_chars(" ".join(digest.title.split()), TITLE_MAX)
+        if title:
+            embed["title"] = title
+        stories = list(digest.stories)
+        fields: list[dict[str, Any]] = []
+        for story in stories[:FIELDS_MAX]:
+            shown = f"{story.breaking} {story.title}" if story.breaking else story.title
+            name = fit_chars(" ".join(shown.split()), FIELD_NAME_MAX) or "…"
+            link = story.url if story.url.lower().startswith(("http://", "https://")) else ""
+            value = f"[{self.renderer.variables(story)['read_more']}](<{link}>)" if link else "—"
+            if len(value) > FIELD_VALUE_MAX:
+                value = f"<{link}>" if len(link) + 2 <= FIELD_VALUE_MAX else "—"
+            # a footer of up to ~12 characters is kept free for "… +N"
+            candidate = [*fields, {"name": name, "value": value}]
+            if embed_length({**embed, "fields": candidate}) > EMBED_TOTAL_MAX - 12:
+                break
+            fields.append({"name": name, "value": value, "inline": False})
+        if not fields:
+            raise RenderError(f"channel {self.name!r}: not even one story fits the digest embed")
+        embed["fields"] = fields
+        more = digest.more + len(stories) - len(fields)
+        if more:
+            embed["footer"] = {"text": f"… +{more}"}
+        payload = DiscordPayload(embed, self.settings.username or "", self.settings.avatar_url or "")
+        return self.post(
+            stories[0],
+            "",
+            Length(self.budget.unit, 0, self.budget.limit),
+            payload=payload,
+            digest=dataclasses.replace(digest, stories=tuple(stories[: len(fields)]), more=more),
+        )
+
     # --- send --------------------------------------------------------------------------------
+
+    def _body(self, post: Post) -> dict[str, Any]:
+        parts = payload_of(post, DiscordPayload)
+        body: dict[str, Any] = {"embeds": [parts.embed], "allowed_mentions": {"parse": []}}
+        if post.text:
+            body["content"] = post.text
+        return body
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
         parts = payload_of(post, DiscordPayload)
         await self._respect_bucket()
         if self._http is None:
             self._http = self._make_client()
-        body: dict[str, Any] = {"embeds": [parts.embed], "allowed_mentions": {"parse": []}}
-        if post.text:
-            body["content"] = post.text
+        body = self._body(post)
         if parts.username:
             body["username"] = parts.username
         if parts.avatar_url:
@@ -265,6 +315,43 @@ class DiscordChannel(BaseChannel[Settings]):
                 url = f"https://discord.com/channels/{data['guild_id']}/{data['channel_id']}/{message_id}"
             return Receipt(remote_id=message_id, url=url)
         raise self._error(status, response)
+
+    async def edit(self, post: Post, published: Published, *, idempotency_key: str) -> Receipt:
+        """PATCH the webhook message: its content and embed become the corrected story's. An edit
+        repeated is harmless, so a lost answer is retried."""
+        response = await self._message_request("PATCH", published, json=self._body(post))
+        if response.status_code == 404 and _code(response) == UNKNOWN_MESSAGE:
+            raise Permanent(
+                f"Discord message {published.remote_id} is gone (deleted by hand?); nothing to edit"
+            )
+        if not 200 <= response.status_code < 300:
+            raise self._error(response.status_code, response)
+        return Receipt(remote_id=published.remote_id, url=published.url, note="edited")
+
+    async def delete(self, published: Published, *, idempotency_key: str) -> Receipt:
+        """DELETE the webhook message; "Unknown Message" means it is gone already."""
+        response = await self._message_request("DELETE", published)
+        if response.status_code == 404 and _code(response) == UNKNOWN_MESSAGE:
+            raise AlreadyDone(f"Discord message {published.remote_id} is gone already")
+        if not 200 <= response.status_code < 300:
+            raise self._error(response.status_code, response)
+        return Receipt(remote_id=published.remote_id, url=published.url, note="deleted")
+
+    async def _message_request(self, method: str, published: Published, **kwargs: Any) -> httpx.Response:
+        if not published.remote_id.isdigit():
+            raise Permanent(f"{published.remote_id!r} is not a Discord message id this channel stored")
+        await self._respect_bucket()
+        if self._http is None:
+            self._http = self._make_client()
+        url = httpx.URL(self._url())
+        params = {k: v for k, v in url.params.items() if k != "wait"}  # thread_id stays
+        target = url.copy_with(path=f"{url.path.rstrip('/')}/messages/{published.remote_id}", params=params)
+        try:
+            response = await self._http.request(method, target, **kwargs)
+        except httpx.HTTPError as exc:  # edits and deletions are safe to repeat
+            raise RetryLater(f"Discord did not answer: {self._safe(exc)}") from None
+        self._note_bucket(response.headers)
+        return response
 
     def _error(self, status: int, response: Any) -> Exception:
         data = _json(response)
@@ -343,6 +430,12 @@ def _json(response: Any) -> Any:
         return response.json()
     except ValueError:
         return None
+
+
+def _code(response: Any) -> int | None:
+    data = _json(response)
+    code = data.get("code") if isinstance(data, dict) else None
+    return code if isinstance(code, int) else None
 
 
 def _discord_message(data: Any) -> str:

@@ -25,6 +25,7 @@ import httpx
 from pydantic import SecretStr, field_validator
 
 from bot.channel import (
+    AlreadyDone,
     ChannelContext,
     ChannelSettings,
     Permanent,
@@ -40,13 +41,13 @@ from bot.images import fetch_image
 from bot.kit import BaseChannel
 from bot.registry import ChannelType, Plugin
 from bot.render import defuse_mentions
-from bot.types import Length, Payload, Post, Receipt, Story
+from bot.types import Digest, Length, Payload, Post, Published, Receipt, Story
 
 log = logging.getLogger("siar.mastodon")
 
 # The short call to action only when title, lead and hashtags fit first (see PostRenderer.fit).
 DEFAULT_TEMPLATE = """\
-{{ title }}
+{% if breaking %}{{ breaking }} {% endif %}{{ title }}
 
 {{ lead }}
 
@@ -151,6 +152,8 @@ class MastodonChannel(BaseChannel[Settings]):
 
     TYPE = "mastodon"
     DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
+    CAN_EDIT = True  # PUT /api/v1/statuses/:id
+    CAN_DELETE = True  # DELETE /api/v1/statuses/:id
     RESUMABLE = True
     RESUME_WINDOW = IDEMPOTENCY_WINDOW
 
@@ -234,6 +237,16 @@ class MastodonChannel(BaseChannel[Settings]):
             payload=payload,
         )
 
+    def digest_budget(self) -> Budget:
+        return self.budget()  # the instance's limit, Mastodon's counting (URLs 23)
+
+    def render_digest(self, digest: Digest) -> Post:
+        """One status with the top stories that fit the instance's limit."""
+        post = super().render_digest(digest)
+        language = status_language(self.settings.language or self.context.site.language)
+        payload = MastodonPayload(self.settings.visibility, language, self.settings.spoiler_text)
+        return dataclasses.replace(post, payload=payload, digest=post.digest or digest)
+
     # --- sending -----------------------------------------------------------------------------
 
     def _auth(self) -> dict[str, str]:
@@ -276,6 +289,67 @@ class MastodonChannel(BaseChannel[Settings]):
         if response.status_code >= 500:
             self._ambiguous.setdefault(key, time.monotonic())
         raise self._error(response, "posting")
+
+    # --- editorial actions --------------------------------------------------------------------
+
+    async def edit(self, post: Post, published: Published, *, idempotency_key: str) -> Receipt:
+        """PUT /api/v1/statuses/:id with the corrected text (the attachments stay). AlreadyDone
+        when the status already reads so (its source, GET …/source, is compared first: an edit
+        Mastodon shows as "edited" is made only when something changed)."""
+        status_id = _status_id(published)
+        payload = payload_of(post, MastodonPayload)
+        source = await self._request("GET", f"/api/v1/statuses/{status_id}/source", "reading the status")
+        if source.status_code == 404:
+            raise Permanent(f"status {status_id} is gone (deleted by hand?); nothing to edit")
+        if source.status_code != 200:
+            raise self._error(source, "reading the status")
+        current = _json(source)
+        if current.get("text") == post.text and current.get("spoiler_text", "") == payload.spoiler_text:
+            raise AlreadyDone("the status already reads like the corrected story")
+        body: dict[str, Any] = {"status": post.text, "spoiler_text": payload.spoiler_text}
+        if payload.language:
+            body["language"] = payload.language
+        if self.settings.sensitive:
+            body["sensitive"] = True
+        media = await self._media_ids(status_id)
+        if media:
+            body["media_ids"] = media  # PUT without media_ids would drop the attachments
+        key = outgoing_key(idempotency_key, post.story)
+        response = await self._request(
+            "PUT", f"/api/v1/statuses/{status_id}", "editing", json=body, headers={"Idempotency-Key": key}
+        )
+        if response.status_code == 404:
+            raise Permanent(f"status {status_id} is gone from the instance; nothing to edit")
+        if response.status_code != 200:
+            raise self._error(response, "editing")
+        data = _json(response)
+        return Receipt(remote_id=status_id, url=str(data.get("url") or published.url), note="edited")
+
+    async def delete(self, published: Published, *, idempotency_key: str) -> Receipt:
+        """DELETE /api/v1/statuses/:id; 404 (gone already) is AlreadyDone."""
+        status_id = _status_id(published)
+        response = await self._request("DELETE", f"/api/v1/statuses/{status_id}", "deleting")
+        if response.status_code == 404:
+            raise AlreadyDone(f"status {status_id} is gone from the instance already")
+        if response.status_code != 200:
+            raise self._error(response, "deleting")
+        return Receipt(remote_id=status_id, url=published.url, note="deleted")
+
+    async def _media_ids(self, status_id: str) -> list[str]:
+        response = await self._request("GET", f"/api/v1/statuses/{status_id}", "reading the status")
+        if response.status_code != 200:
+            raise self._error(response, "reading the status")
+        attachments = _json(response).get("media_attachments")
+        return [str(m["id"]) for m in attachments or [] if isinstance(m, dict) and m.get("id")]
+
+    async def _request(self, method: str, path: str, doing: str, **kwargs: Any) -> httpx.Response:
+        """One authenticated request; a network failure is RetryLater (edits, deletions and
+        reads are safe to repeat)."""
+        headers = {**self._auth(), **kwargs.pop("headers", {})}
+        try:
+            return await self._http().request(method, path, headers=headers, **kwargs)
+        except httpx.HTTPError as exc:
+            raise RetryLater(f"network error while {doing}: {type(exc).__name__}") from None
 
     def _error(self, response: httpx.Response, doing: str) -> Exception:
         """The ChannelError for a failed answer (never containing the token)."""
@@ -368,6 +442,12 @@ class MastodonChannel(BaseChannel[Settings]):
         except (httpx.HTTPError, ValueError) as exc:  # ImageRefused is a ValueError
             log.warning("channel %s: cannot fetch image %s (%s); posting without it", self.name, url, exc)
             return None
+
+
+def _status_id(published: Published) -> str:
+    if not published.remote_id.isdigit():
+        raise Permanent(f"{published.remote_id!r} is not a Mastodon status id this channel stored")
+    return published.remote_id
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

@@ -98,7 +98,9 @@ class OneSignalChannel(BaseChannel[Settings]):
             Length(budget.unit, used, budget.limit),
             buttons=(Button(values["read_more"], story.url),) if story.url else (),
             media=(story.image,) if story.image else (),
-            payload=OneSignalPayload(story.title, story_tag(story)),
+            payload=OneSignalPayload(
+                f"{story.breaking} {story.title}" if story.breaking else story.title, story_tag(story)
+            ),
         )
 
     def body(self, post: Post, idempotency_key: str) -> dict[str, Any]:
@@ -116,6 +118,8 @@ class OneSignalChannel(BaseChannel[Settings]):
             "web_push_topic": parts.tag,
             "ttl": int(self.settings.ttl),
         }
+        if post.story.breaking:
+            body["priority"] = 10  # OneSignal's high priority: delivered at once, waking the device
         if post.story.image:
             body["chrome_web_image"] = post.story.image
         values = topic_values(post.story) if self.settings.topic_tag else []

@@ -41,14 +41,14 @@ from bot.durations import Duration
 from bot.kit import BaseChannel
 from bot.registry import ChannelType, Plugin
 from bot.render import defuse_mentions
-from bot.types import Length, Payload, Post, Receipt, Story
+from bot.types import Digest, Length, Payload, Post, Published, Receipt, Story
 
 TWEEPY_HOST = "https://api.twitter.com"
 LIMIT = 280
 # Title, link, as many hashtags as fit; the short call to action only when everything else fits
 # (see XChannel.render). X builds the link card from the page, so no lead and no media.
 DEFAULT_TEMPLATE = """\
-{{ title }}
+{% if breaking %}{{ breaking }} {% endif %}{{ title }}
 
 {{ url }}
 {{ hashtags }}
@@ -102,6 +102,7 @@ class XChannel(BaseChannel[Settings]):
 
     TYPE = "x"
     DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
+    CAN_DELETE = True  # DELETE /2/tweets/:id; X's API cannot edit a post
 
     def __init__(self, name: str, settings: Settings, context: ChannelContext) -> None:
         import tweepy  # type: ignore[import-untyped]  # noqa: F401  (missing SDK disables the channel)
@@ -140,6 +141,14 @@ class XChannel(BaseChannel[Settings]):
             payload=XPayload(tuple(values["hashtag_list"])),
         )
 
+    def digest_budget(self) -> Budget:
+        return self.budget  # X's weighted count, 280
+
+    def render_digest(self, digest: Digest) -> Post:
+        """One post with the top stories that fit 280 (X's weighted counting, URLs 23)."""
+        post = super().render_digest(digest)
+        return dataclasses.replace(post, payload=XPayload(), digest=post.digest or digest)
+
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
         await self._check_daily_cap()
         if self._client is None:
@@ -157,6 +166,34 @@ class XChannel(BaseChannel[Settings]):
         if not tweet_id:
             return Receipt(note="X accepted the post but answered without its id")
         return Receipt(remote_id=tweet_id, url=f"https://x.com/i/web/status/{tweet_id}")
+
+    async def edit(self, post: Post, published: Published, *, idempotency_key: str) -> Receipt:
+        raise Permanent("X posts cannot be edited through the API; the correction is not shown on X")
+
+    async def delete(self, published: Published, *, idempotency_key: str) -> Receipt:
+        """DELETE /2/tweets/:id; a post X no longer has (404) is AlreadyDone. Deleting twice is
+        harmless, so a lost answer is retried."""
+        import tweepy
+
+        if not published.remote_id.isdigit():
+            raise Permanent(f"{published.remote_id!r} is not an X post id this channel stored")
+        if self._client is None:
+            self._client = self._make_client()
+        try:
+            response = await asyncio.to_thread(self._client.delete_tweet, published.remote_id, user_auth=True)
+        except tweepy.NotFound as exc:
+            raise AlreadyDone(f"X has no post {published.remote_id} any more{_detail(exc)}") from exc
+        except Exception as exc:
+            error = x_error(exc, self.settings.timeout)
+            if isinstance(error, Uncertain):
+                raise RetryLater(f"{error.reason} (deleting again is harmless)") from exc
+            if error is exc:
+                raise
+            raise error from exc
+        data = getattr(response, "data", None) or {}
+        if isinstance(data, Mapping) and data.get("deleted") is False:
+            raise AlreadyDone(f"X did not delete post {published.remote_id} (it is gone already)")
+        return Receipt(remote_id=published.remote_id, url=published.url, note="deleted")
 
     # --- the client ------------------------------------------------------------------------
 

@@ -1,4 +1,6 @@
-"""A strict local stand-in for Discord's Execute Webhook (`POST /api/webhooks/ID/TOKEN`).
+"""A strict local stand-in for Discord's Execute Webhook (`POST /api/webhooks/ID/TOKEN`) and its
+Edit / Delete Webhook Message (`PATCH` / `DELETE …/messages/MESSAGE_ID`: 404 "Unknown Message",
+code 10008, for a message that is not there).
 
 It validates what Discord validates (the token, a JSON body, content ≤ 2000, at most 10 embeds,
 embed field limits and the 6000 total, all counted in code points as Discord does, colour and
@@ -78,6 +80,17 @@ def check_message(body: Any) -> tuple[str, dict[str, Any]] | None:
                         f"embeds.{i}.{key}.{sub}", f"Must be between 1 and {limit} in length."
                     )
                 total += len(value)
+        fields = embed.get("fields", [])
+        if not isinstance(fields, list) or len(fields) > 25:
+            return "too many fields", form_error(f"embeds.{i}.fields", "Must be 25 or fewer in length.")
+        for j, item in enumerate(fields):
+            for key, limit in (("name", 256), ("value", 1024)):
+                value = item.get(key, "") if isinstance(item, dict) else ""
+                if not isinstance(value, str) or not value.strip() or len(value) > limit:
+                    return f"field {key} invalid", form_error(
+                        f"embeds.{i}.fields.{j}.{key}", f"Must be between 1 and {limit} in length."
+                    )
+                total += len(value)
         color = embed.get("color", 0)
         if not isinstance(color, int) or not 0 <= color <= 0xFFFFFF:
             return "bad colour", form_error(f"embeds.{i}.color", "Int value should be <= 16777215.")
@@ -107,6 +120,8 @@ class FakeDiscord:
     def __init__(self) -> None:
         self.requests: list[Seen] = []
         self.messages: list[dict[str, Any]] = []
+        self.by_id: dict[str, dict[str, Any]] = {}  # message id -> its current body (edits, deletes)
+        self.deleted: set[str] = set()
         self.script: deque[Answer] = deque()
         self.hang = 0.0
         self.problems: list[str] = []
@@ -120,6 +135,12 @@ class FakeDiscord:
 
             def log_message(self, *args: object) -> None:
                 pass
+
+            def do_PATCH(self) -> None:
+                self.do_POST()
+
+            def do_DELETE(self) -> None:
+                self.do_POST()
 
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -169,7 +190,8 @@ class FakeDiscord:
         seen = Seen(handler.command, parts.path, parse_qs(parts.query), headers, body)
         self.requests.append(seen)
         segments = parts.path.strip("/").split("/")
-        if segments[:2] != ["api", "webhooks"] or len(segments) != 4:
+        message_path = len(segments) == 6 and segments[4] == "messages"
+        if segments[:2] != ["api", "webhooks"] or not (len(segments) == 4 or message_path):
             return self._refuse(seen, 404, {"message": "404: Not Found", "code": 0}, "path")
         if segments[2] != WEBHOOK_ID:
             return self._refuse(seen, 404, {"message": "Unknown Webhook", "code": 10015}, "unknown webhook")
@@ -179,6 +201,8 @@ class FakeDiscord:
             answer = self.script.popleft()
             seen.status = answer.status
             return answer.status, answer.body, answer.headers
+        if message_path or handler.command != "POST":
+            return self._message(seen, handler.command, segments[5] if message_path else "", body)
         if seen.query.get("wait") != ["true"]:
             return self._refuse(seen, 400, {"message": "siar must wait=true", "code": 0}, "no wait=true")
         if not headers.get("content-type", "").startswith("application/json"):
@@ -191,6 +215,7 @@ class FakeDiscord:
         self.messages.append(body)
         seen.status = 200
         message_id = str(1170000000000000000 + len(self.messages))
+        self.by_id[message_id] = body
         self.remaining = max(0, self.remaining - 1)
         message = {
             "id": message_id,
@@ -211,6 +236,27 @@ class FakeDiscord:
                 "X-RateLimit-Bucket": "abcd1234",
             },
         )
+
+    def _message(
+        self, seen: Seen, method: str, message_id: str, body: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        """PATCH (edit) or DELETE one message the webhook sent."""
+        if method not in ("PATCH", "DELETE") or not message_id:
+            return self._refuse(seen, 405, {"message": "405: Method Not Allowed", "code": 0}, "method")
+        if message_id not in self.by_id or message_id in self.deleted:
+            return self._refuse(seen, 404, {"message": "Unknown Message", "code": 10008}, "unknown message")
+        seen.status = 200 if method == "PATCH" else 204
+        if method == "DELETE":
+            self.deleted.add(message_id)
+            return 204, None, {}
+        if not seen.headers.get("content-type", "").startswith("application/json"):
+            return self._refuse(seen, 400, {"message": "Cannot send an empty message", "code": 50006}, "JSON")
+        problem = check_message(body)
+        if problem is not None:
+            return self._refuse(seen, 400, problem[1], problem[0])
+        self.by_id[message_id] = {**self.by_id[message_id], **body, "edited": True}
+        message = {"id": message_id, "channel_id": "998877665544332211", **self.by_id[message_id]}
+        return 200, message, {}
 
     def __enter__(self) -> FakeDiscord:
         self.thread.start()

@@ -4,6 +4,9 @@ Strict where Mastodon is: a Bearer token is required, a status longer than the i
 configured maximum (counted Mastodon's way: grapheme clusters, every http(s) URL as
 `characters_reserved_per_url`, the content warning included) is refused with 422, media still
 processing cannot be attached, and an Idempotency-Key returns the status it first created.
+Statuses can be read (`GET /api/v1/statuses/:id`, `…/source`), edited (`PUT`, the same length
+rule; attachments not listed in `media_ids` are dropped, as Mastodon does) and deleted
+(`DELETE`; 404 "Record not found" for one that is not there).
 `faults` scripts answers (429 with headers, 5xx before or after creating, 401, 422).
 """
 
@@ -74,6 +77,12 @@ class FakeMastodon:
             def do_POST(self) -> None:
                 fake._handle(self, "POST")
 
+            def do_PUT(self) -> None:
+                fake._handle(self, "PUT")
+
+            def do_DELETE(self) -> None:
+                fake._handle(self, "DELETE")
+
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
@@ -121,6 +130,20 @@ class FakeMastodon:
                 return self._upload(h, headers, raw)
             if method == "GET" and h.path.startswith("/api/v1/media/"):
                 return self._media(h, h.path.rsplit("/", 1)[-1])
+            found = re.fullmatch(r"/api/v1/statuses/(\d+)(/source)?", h.path)
+            status = self._status(found.group(1)) if found else None
+            if found and status is None:
+                return self._reply(h, 404, {"error": "Record not found"})
+            if found and status is not None and method in ("GET", "PUT", "DELETE"):
+                if method == "GET":
+                    source = {"text": status["content"], "spoiler_text": status["spoiler_text"]}
+                    shown = {"id": status["id"], **source}
+                    return self._reply(h, 200, shown if found.group(2) else self._shown(status))
+                if found.group(2) is None and method == "PUT":
+                    return self._edit_status(h, headers, raw, status)
+                if found.group(2) is None and method == "DELETE":
+                    status["deleted"] = True
+                    return self._reply(h, 200, {**self._shown(status), "text": status["content"]})
             return self._reply(h, 404, {"error": "Record not found"})
 
     def _instance(self, h: BaseHTTPRequestHandler, served: bool) -> None:
@@ -182,6 +205,42 @@ class FakeMastodon:
         if fault:
             return self._reply(h, fault.status, fault.body, fault.headers)
         self._reply(h, 200, status)
+
+    def _status(self, status_id: str) -> dict[str, Any] | None:
+        return next((s for s in self.statuses if s["id"] == status_id and not s.get("deleted")), None)
+
+    def _shown(self, status: dict[str, Any]) -> dict[str, Any]:
+        shown = {k: v for k, v in status.items() if k not in ("media_ids", "deleted")}
+        shown["media_attachments"] = [{"id": m, "type": "image"} for m in status["media_ids"]]
+        return shown
+
+    def _edit_status(
+        self, h: BaseHTTPRequestHandler, headers: dict[str, str], raw: bytes, status: dict[str, Any]
+    ) -> None:
+        if not headers.get("content-type", "").startswith("application/json"):
+            return self._reply(h, 400, {"error": "fake: expected a JSON body"})
+        body = json.loads(raw)
+        fault = self.faults.popleft() if self.faults else None
+        if fault and not fault.after_create:
+            return self._reply(h, fault.status, fault.body, fault.headers)
+        text, spoiler = str(body.get("status", "")), str(body.get("spoiler_text", ""))
+        used = mastodon_length(text, self.url_length) + len(regex.findall(r"\X", spoiler))
+        if used > self.max_characters:
+            return self._reply(
+                h,
+                422,
+                {"error": f"Validation failed: Text character limit of {self.max_characters} exceeded"},
+            )
+        media_ids = [str(m) for m in body.get("media_ids", [])]
+        for media_id in media_ids:
+            if media_id not in self.media and media_id not in status["media_ids"]:
+                return self._reply(h, 422, {"error": "Validation failed: media not found"})
+        status.update(content=text, spoiler_text=spoiler, media_ids=media_ids)
+        if "language" in body:
+            status["language"] = body["language"]
+        status["edits"] = status.get("edits", 0) + 1
+        status["edited_at"] = "2026-11-29T09:00:00.000Z"
+        self._reply(h, 200, self._shown(status))
 
     def _upload(self, h: BaseHTTPRequestHandler, headers: dict[str, str], raw: bytes) -> None:
         prefix = f"Content-Type: {headers.get('content-type', '')}\r\n\r\n".encode()

@@ -184,6 +184,12 @@ class Chat:
     migrated_to: int | None = None
     admins: set[int] = field(default_factory=set)
     creator: int | None = None
+    # The bot's administrator rights here (channels and groups). By default it may post, edit
+    # and pin, not delete others' or old messages (can_delete_messages).
+    bot_rights: set[str] = field(
+        default_factory=lambda: {"can_post_messages", "can_edit_messages", "can_pin_messages"}
+    )
+    pinned: list[int] = field(default_factory=list)  # message ids, most recent last
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"id": self.id, "type": self.type}
@@ -246,6 +252,8 @@ class FakeTelegram:
         self.rejected_429 = 0
         self.webhook_url = ""
         self.send_times: list[float] = []  # monotonic arrival time of each accepted message
+        self.clock: Callable[[], float] = time.time  # message dates and the 48-hour delete limit
+        self._by_id: dict[tuple[int, int], dict[str, Any]] = {}  # (chat, message id) -> message
         self._updates: list[dict[str, Any]] = []
         self._update_id = 1000
         self._message_id: dict[int, int] = defaultdict(int)
@@ -632,7 +640,7 @@ class FakeTelegram:
         self._message_id[chat.id] += 1
         message: dict[str, Any] = {
             "message_id": self._message_id[chat.id],
-            "date": int(time.time()),
+            "date": int(self.clock()),
             "chat": chat.as_json(),
             "method": kind,
             **fields,
@@ -643,6 +651,7 @@ class FakeTelegram:
             if key in params:
                 message[key] = params[key]
         self.sent.append(message)
+        self._by_id[(chat.id, message["message_id"])] = message
         self._record_send(chat)
         return message
 
@@ -758,16 +767,24 @@ class FakeTelegram:
         await self._maybe_hang()
         return self._message_json(message)
 
-    def _find(self, params: dict[str, Any]) -> dict[str, Any]:
+    def _find(self, params: dict[str, Any], doing: str = "edit") -> dict[str, Any]:
         chat = self._chat(params)
-        message_id = int(params.get("message_id") or 0)
-        for message in self.sent:
-            if message["chat"]["id"] == chat.id and message["message_id"] == message_id:
-                return message
-        raise ApiError(400, "Bad Request: message to edit not found")
+        message = self._by_id.get((chat.id, int(params.get("message_id") or 0)))
+        if message is None or message.get("deleted"):
+            raise ApiError(400, f"Bad Request: message to {doing} not found")
+        return message
+
+    def live(self, chat_id: int) -> list[dict[str, Any]]:
+        """The bot's messages in `chat_id` that were not deleted."""
+        return [m for m in self.messages(chat_id) if not m.get("deleted")]
+
+    def _rights(self, chat: Chat, *needed: str) -> bool:
+        return chat.type == "private" or any(r in chat.bot_rights for r in needed)
 
     async def _m_editMessageText(self, params: dict[str, Any]) -> dict[str, Any]:
         message = self._find(params)
+        if "photo" in message:
+            raise ApiError(400, "Bad Request: there is no text in the message to edit")
         plain = self._text(params.get("text"), params.get("parse_mode"), 4096, "message")
         markup = self._markup(params)
         if params.get("text") == message.get("text") and markup == message.get("reply_markup"):
@@ -778,7 +795,64 @@ class FakeTelegram:
                 "of the message",
             )
         message.update(text=params.get("text"), plain=plain, reply_markup=markup)
+        message["edits"] = message.get("edits", 0) + 1
         return self._message_json(message)
+
+    async def _m_editMessageCaption(self, params: dict[str, Any]) -> dict[str, Any]:
+        message = self._find(params)
+        if "photo" not in message:
+            raise ApiError(400, "Bad Request: there is no caption in the message to edit")
+        plain = self._text(params.get("caption"), params.get("parse_mode"), 1024, "caption")
+        markup = self._markup(params)
+        if params.get("caption") == message.get("caption") and markup == message.get("reply_markup"):
+            raise ApiError(
+                400,
+                "Bad Request: message is not modified: specified new message content and "
+                "reply markup are exactly the same as a current content and reply markup "
+                "of the message",
+            )
+        message.update(caption=params.get("caption"), plain=plain, reply_markup=markup)
+        message["edits"] = message.get("edits", 0) + 1
+        return self._message_json(message)
+
+    async def _m_deleteMessage(self, params: dict[str, Any]) -> bool:
+        """Telegram's rules: a message can be deleted for 48 hours after it was sent; older
+        ones only by an admin with can_delete_messages in a supergroup or channel."""
+        chat = self._chat(params)
+        message = self._find(params, "delete")
+        old = self.clock() - message["date"] >= 48 * 3600
+        may_delete_any = chat.type in ("supergroup", "channel") and "can_delete_messages" in chat.bot_rights
+        if old and not may_delete_any:
+            raise ApiError(400, "Bad Request: message can't be deleted")
+        message["deleted"] = True
+        if message["message_id"] in chat.pinned:
+            chat.pinned.remove(message["message_id"])
+        return True
+
+    async def _m_pinChatMessage(self, params: dict[str, Any]) -> bool:
+        chat = self._chat(params)
+        if not self._rights(chat, "can_pin_messages" if chat.type != "channel" else "can_edit_messages"):
+            raise ApiError(400, "Bad Request: not enough rights to manage pinned messages in the chat")
+        message = self._find(params, "pin")
+        if message["message_id"] in chat.pinned:
+            chat.pinned.remove(message["message_id"])
+        chat.pinned.append(message["message_id"])
+        message["pin_notification"] = not params.get("disable_notification", False)
+        return True
+
+    async def _m_unpinChatMessage(self, params: dict[str, Any]) -> bool:
+        chat = self._chat(params)
+        if not self._rights(chat, "can_pin_messages" if chat.type != "channel" else "can_edit_messages"):
+            raise ApiError(400, "Bad Request: not enough rights to manage pinned messages in the chat")
+        if "message_id" not in params:  # the most recent pin
+            if chat.pinned:
+                chat.pinned.pop()
+            return True
+        message_id = int(params["message_id"])
+        if message_id not in chat.pinned:
+            raise ApiError(400, "Bad Request: message to unpin not found")
+        chat.pinned.remove(message_id)
+        return True
 
     async def _m_editMessageReplyMarkup(self, params: dict[str, Any]) -> dict[str, Any]:
         message = self._find(params)

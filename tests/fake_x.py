@@ -98,6 +98,14 @@ def parse_oauth_header(value: str) -> dict[str, str] | None:
     return params
 
 
+NOT_YOURS = {
+    "detail": "You are not allowed to delete this Tweet.",
+    "title": "Forbidden",
+    "type": "about:blank",
+    "status": 403,
+}
+
+
 class FakeX:
     """`with FakeX() as x:` … `x.base` is the api_base_url; `x.posts` the accepted texts."""
 
@@ -105,6 +113,8 @@ class FakeX:
         self.keys = dict(keys or KEYS)
         self.requests: list[Seen] = []
         self.posts: list[str] = []  # accepted texts, in order
+        self.deleted: set[str] = set()  # ids of deleted posts (DELETE /2/tweets/:id)
+        self.others: set[str] = set()  # ids of other accounts' posts (403 when deleted)
         self.script: deque[Answer] = deque()  # answered (after the auth check) before normal handling
         self.hang: float = 0.0  # seconds to sleep before answering (read timeouts)
         self.problems: list[str] = []  # why requests were refused by the strict checks
@@ -117,6 +127,9 @@ class FakeX:
 
             def log_message(self, *args: object) -> None:
                 pass
+
+            def do_DELETE(self) -> None:
+                self.do_POST()
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -163,8 +176,11 @@ class FakeX:
         oauth = parse_oauth_header(headers.get("authorization", "")) or {}
         seen = Seen(handler.command, handler.path, headers, body, oauth)
         self.requests.append(seen)
-        if handler.path != "/2/tweets":
+        deleting = handler.command == "DELETE" and re.fullmatch(r"/2/tweets/\d+", handler.path)
+        if handler.path != "/2/tweets" and not deleting:
             return self._refuse(seen, 404, {"title": "Not Found Error"}, f"path {handler.path}")
+        if handler.command not in ("POST", "DELETE") or (handler.command == "DELETE" and not deleting):
+            return self._refuse(seen, 405, {"title": "Method Not Allowed"}, handler.command)
         # --- authentication, as X checks it ---
         missing = [k for k in OAUTH_REQUIRED if not oauth.get(k)]
         if missing:
@@ -182,7 +198,7 @@ class FakeX:
             return self._refuse(seen, 401, UNAUTHORIZED, "nonce reused")
         self._nonces.add(oauth["oauth_nonce"])
         expected = oauth_signature(
-            "POST",
+            handler.command,
             self.base + handler.path,
             oauth,
             self.keys["consumer_secret"],
@@ -194,6 +210,8 @@ class FakeX:
             answer = self.script.popleft()
             seen.status = answer.status
             return answer.status, answer.body, answer.headers
+        if deleting:
+            return self._delete(seen, handler.path.rsplit("/", 1)[-1])
         # --- the body ---
         if not headers.get("content-type", "").startswith("application/json"):
             return self._refuse(seen, 400, {"title": "Invalid Request"}, "not JSON")
@@ -217,6 +235,32 @@ class FakeX:
                 "x-rate-limit-reset": str(int(time.time()) + 900),
             },
         )
+
+    def _delete(self, seen: Seen, tweet_id: str) -> tuple[int, Any, dict[str, str]]:
+        """X's DELETE /2/tweets/:id: {"data": {"deleted": true}}; another account's post is
+        403; an unknown or deleted one 404 (resource-not-found)."""
+        if tweet_id in self.others:
+            return self._refuse(seen, 403, NOT_YOURS, "not our post")
+        ours = {str(1445880548472328192 + i + 1) for i in range(len(self.posts))}
+        if tweet_id not in ours or tweet_id in self.deleted:
+            body = {
+                "errors": [
+                    {
+                        "value": tweet_id,
+                        "detail": f"Could not find tweet with id: [{tweet_id}].",
+                        "title": "Not Found Error",
+                        "resource_type": "tweet",
+                        "type": "https://api.twitter.com/2/problems/resource-not-found",
+                    }
+                ],
+                "title": "Not Found Error",
+                "detail": f"Could not find tweet with id: [{tweet_id}].",
+                "type": "https://api.twitter.com/2/problems/resource-not-found",
+            }
+            return self._refuse(seen, 404, body, "no such post")
+        self.deleted.add(tweet_id)
+        seen.status = 200
+        return 200, {"data": {"deleted": True}}, {}
 
     def __enter__(self) -> FakeX:
         self.thread.start()

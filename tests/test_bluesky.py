@@ -385,3 +385,54 @@ async def test_429_5xx_and_lost_answers(pds: dict[str, str], bsky: BlueskyChanne
     assert (
         await read_back(pds, f"at://{pds['did']}/app.bsky.feed.post/{record_key('siar-700', story)}")
     ).text == post.text
+
+
+# --- editorial actions (issue 12) -----------------------------------------------------------------
+
+
+async def test_retraction_deletes_the_record_once(pds: dict[str, str], bsky: BlueskyChannel) -> None:
+    from atproto import exceptions  # type: ignore[import-untyped]
+
+    from bot.types import Published
+
+    story = Story(**{**sample_story().__dict__, "image": "", "uid": "retract-1"})
+    receipt = await bsky.send(bsky.render(story), idempotency_key="siar-900")
+    assert (await read_back(pds, receipt.remote_id)).text
+    published = Published(receipt.remote_id, receipt.url)
+    done = await bsky.delete(published, idempotency_key="siar-901")
+    assert done.note == "deleted" and done.remote_id == receipt.remote_id
+    with pytest.raises(exceptions.BadRequestError, match=r"RecordNotFound|Could not locate record"):
+        await read_back(pds, receipt.remote_id)
+    with pytest.raises(AlreadyDone, match="gone"):
+        await bsky.delete(published, idempotency_key="siar-901")
+    # a wrong or a foreign id is refused outright
+    with pytest.raises(Permanent, match="not a Bluesky post"):
+        await bsky.delete(Published("123456"), idempotency_key="x")
+    foreign = receipt.remote_id.replace(pds["did"], "did:plc:someoneelse0000000000000")
+    with pytest.raises(Permanent, match="another account"):
+        await bsky.delete(Published(foreign), idempotency_key="x")
+
+
+async def test_bluesky_cannot_edit(tmp_path: Path) -> None:
+    from bot.types import Published
+
+    channel = channel_for(tmp_path, app_password="x")
+    assert channel.can_delete and not channel.can_edit
+    with pytest.raises(Permanent, match="cannot be edited"):
+        await channel.edit(channel.render(sample_story()), Published("at://x"), idempotency_key="k")
+
+
+def test_digest_post_fits_300_graphemes_with_link_facets(tmp_path: Path) -> None:
+    from bot.types import Digest
+
+    channel = channel_for(tmp_path, app_password="x")
+    stories = tuple(
+        replace(sample_story(), uid=str(i), url=f"https://www.medcom.id/internasional/{i}-berita-panjang")
+        for i in range(8)
+    )
+    post = channel.render_digest(Digest("Rangkuman pagi", stories))
+    assert count_graphemes(post.text) <= 300 == post.length.limit and post.text.startswith("Rangkuman pagi")
+    kept = post.text.count("• ")
+    assert 1 <= kept < 8 and f"… +{8 - kept}" in post.text
+    assert post.digest is not None and (len(post.digest.stories), post.digest.more) == (kept, 8 - kept)
+    assert facet_texts(post.text, post.facets) == [("link", s.title, s.url) for s in stories[:kept]]

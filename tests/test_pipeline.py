@@ -133,13 +133,13 @@ async def test_unchanged_feed_costs_no_parse_and_uses_conditional_get(
     import bot.pipeline
 
     parses = []
-    real = bot.normalize.parse_feed_async
+    real = bot.normalize.identify
 
-    async def counting(*args, **kwargs):
+    def counting(*args, **kwargs):
         parses.append(1)
-        return await real(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(bot.pipeline, "parse_feed_async", counting)
+    monkeypatch.setattr(bot.pipeline, "identify", counting)
     feed_server.routes["/intl"] = Route(body=sample_bytes)  # with ETag: 304 on the second poll
     feed_server.routes["/noetag"] = Route(body=sample_bytes, etag=False)  # same body, no validators
     config = make_config(

@@ -200,6 +200,8 @@ async def test_subscribe_choose_topic_and_get_only_matching_stories(env: Env) ->
         "stop",
         "topik",
         "terbaru",
+        "senyap",
+        "ringkasan",
         "bahasa",
         "bantuan",
     ]

@@ -899,3 +899,69 @@ async def test_a_push_that_timed_out_after_leaving_is_uncertain_not_repeated(
     decisions = await env.app.store.stories.decisions_of(row["story_id"])
     assert "sent to 1 of 2 subscriptions" in decisions[-1]["detail"]
     assert "1 uncertain" in decisions[-1]["detail"]
+
+
+# --- editorial (issue 12): breaking news, quiet hours, recall, digests -------------------------
+
+
+def world(**changes: Any) -> Story:
+    base = {
+        "uid": "w1",
+        "feed": "f",
+        "url": "https://www.example.com/internasional/9",
+        "title": "Gempa di Turki",
+        "section": "Internasional",
+    }
+    return Story(**{**base, **changes})
+
+
+async def test_breaking_news_is_urgent_and_short_lived_quiet_hours_very_low(
+    make_env: Callable[..., Awaitable[Env]],
+) -> None:
+    env = await make_env(QUICK + '\nquiet_hours = "22:00-06:00"\nbreaking_ttl = "10m"')
+    sub = await env.subscribe([])
+    from datetime import UTC, datetime
+
+    env.clock.now = datetime(2026, 11, 29, 16, 0, tzinfo=UTC)  # 23:00 in Jakarta: quiet hours
+    await env.channel.send(env.channel.render(world()), idempotency_key="q1")
+    await env.channel.send(env.channel.render(world(uid="w2", breaking="🔴 BREAKING")), idempotency_key="q2")
+    env.clock.now = datetime(2026, 11, 29, 5, 0, tzinfo=UTC)  # noon
+    await env.channel.send(env.channel.render(world(uid="w3", title="Siang")), idempotency_key="q3")
+    assert [(m.headers["Urgency"], m.headers["TTL"]) for m in env.push.messages] == [
+        ("very-low", "86400"),
+        ("high", "600"),
+        ("normal", "86400"),
+    ]
+    titles = [p["title"] for p in env.push.delivered(sub)]
+    assert titles == ["Gempa di Turki", "🔴 BREAKING Gempa di Turki", "Siang"]
+
+
+async def test_web_push_cannot_be_recalled(env: Env) -> None:
+    from bot.channel import Permanent
+    from bot.types import Published
+
+    assert not env.channel.can_edit and not env.channel.can_delete
+    with pytest.raises(Permanent, match="web push cannot be recalled"):
+        await env.channel.delete(Published("siar-1"), idempotency_key="d")
+    with pytest.raises(Permanent, match="web push cannot be recalled"):
+        await env.channel.edit(env.channel.render(world()), Published("siar-1"), idempotency_key="e")
+
+
+async def test_digest_is_one_notification_opening_the_site(make_env: Callable[..., Awaitable[Env]]) -> None:
+    from bot.types import Digest
+
+    env = await make_env(top='[site]\nname = "Contoh"\nurl = "https://www.example.com/"')
+
+    sport = await env.subscribe(["sport"])
+    news = await env.subscribe(["world"])
+    stories = tuple(world(uid=str(i), title=f"Berita panjang nomor {i} " + "kata " * 8) for i in range(12))
+    post = env.channel.render_digest(Digest("Rangkuman pagi", stories))
+    assert post.digest is not None and post.length.used <= PAYLOAD_MAX
+    await env.channel.send(post, idempotency_key="dg1")
+    assert env.push.delivered(sport) == []  # none of its stories is sport
+    (payload,) = env.push.delivered(news)
+    assert payload["title"] == "Rangkuman pagi" and payload["url"] == "https://www.example.com/"
+    lines = payload["lead"].split("\n")
+    assert lines[0].startswith("• Berita panjang nomor 0") and lines[-1].startswith("… +")
+    assert len(payload["lead"]) <= 200 and len(lines) - 1 + int(lines[-1][3:]) == 12
+    assert post.digest is not None and len(post.digest.stories) == len(lines) - 1

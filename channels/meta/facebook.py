@@ -26,7 +26,7 @@ from channels.meta.settings import MetaSettings, graph_id
 
 # Title, lead, hashtags and the call to action; the link goes as `link` (Facebook's preview).
 DEFAULT_TEMPLATE = """\
-{{ title }}
+{% if breaking %}{{ breaking }} {% endif %}{{ title }}
 
 {{ lead }}
 

@@ -27,7 +27,7 @@ from channels.meta.settings import PublishingSettings
 
 # The link text stands where the URL would be: Instagram captions do not link.
 DEFAULT_TEMPLATE = """\
-{{ title }}
+{% if breaking %}{{ breaking }} {% endif %}{{ title }}
 
 {{ lead }}
 

@@ -24,7 +24,7 @@ from channels.meta.publishing import PublishingChannel, card_store
 from channels.meta.settings import PublishingSettings
 
 DEFAULT_TEMPLATE = """\
-{{ title }}
+{% if breaking %}{{ breaking }} {% endif %}{{ title }}
 
 {{ lead }}
 

@@ -11,7 +11,8 @@ Read it in this order:
 - `fanout`: `SubscriberChannel`, the broadcast to readers through the core fan-out ledger.
 - `readerbot`: the commands readers and admins send; `topics`, `texts` beside it.
 - `errors`: what a Bot API error means; `buttons`: the inline keyboards.
-- `store`: subscribers and moved chats; `migrations/`: their tables.
+- `store`: subscribers (with their quiet hours and digest-only choice), moved chats and
+  breaking-news pins; `migrations/`: their tables.
 
 This module imports no python-telegram-bot: the config validates without it, and a missing SDK
 disables only these channels.

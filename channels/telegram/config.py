@@ -67,6 +67,11 @@ class PosterSettings(ChannelSettings):
     # False marks such a row uncertain (see errors.telegram_error), True retries it (a duplicate is
     # possible).
     retry_on_timeout: bool = False
+    # Breaking news (a `[[priority]]` rule's story) is pinned in the chat, and unpinned again
+    # `pin_for` later (the bot needs the right to pin: can_edit_messages in a channel,
+    # can_pin_messages in a group).
+    pin_breaking: bool = True
+    pin_for: Duration = Field(default=7200.0, gt=0)
 
     requires_section: ClassVar[str | None] = "telegram"
 
@@ -85,5 +90,9 @@ class ReaderSettings(ChannelSettings):
     silent: bool = False
     # Commands one chat may send per minute; more are ignored (one reader cannot busy the bot).
     commands_per_minute: int = Field(default=12, ge=1, le=600)
+    # A corrected story edits, a retracted one deletes, every reader's message of it (paced like
+    # a broadcast, resumable). Off by default: one correction is as many requests as readers.
+    edit_readers: bool = False
+    delete_readers: bool = False
 
     requires_section: ClassVar[str | None] = "telegram"

@@ -14,13 +14,21 @@ session with keep-alive connections, and each answer is mapped the way PTB maps 
 
 Readers get a text message with a large link preview (not a photo): one compact notification
 per story, the preview shows the site's own picture and title.
+
+Readers' own preferences (`readerbot`: /senyap, /ringkasan): a reader's quiet hours send the
+message without a notification (breaking news still notifies); a digest-only reader gets the
+digests and breaking news, nothing else. With `edit_readers` / `delete_readers`, a correction or
+a retraction is a broadcast too (its own key in the ledger): one editMessageText or
+deleteMessage per reader message the original broadcast recorded, paced and resumable alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import time
 from typing import Any
 from urllib.parse import urlencode
 
@@ -29,29 +37,56 @@ from aiohttp.helpers import get_env_proxy_for_url
 from telegram import LinkPreviewOptions
 from yarl import URL
 
-from bot.channel import ChannelContext, ChannelSettings, RetryLater, Unauthorized
+from bot.channel import ChannelContext, ChannelSettings, Permanent, RetryLater, Unauthorized
 from bot.counting import Budget, count_telegram
-from bot.fanout import Broadcaster, RecipientOutcome
+from bot.fanout import Broadcaster, RecipientOutcome, RecipientStatus
 from bot.http_retry import aiohttp_request_may_have_left, retry_after_seconds
 from bot.kit import BaseChannel
-from bot.types import Length, Post, Receipt, Story
+from bot.schedule import in_quiet, parse_clock
+from bot.types import Digest, Length, Post, Published, Receipt, Story
 from channels.telegram.app import TelegramApp, app_for, telegram_section
 from channels.telegram.buttons import keyboard_buttons, reply_markup
 from channels.telegram.config import ReaderSettings
 from channels.telegram.errors import bad_request_kind
 from channels.telegram.pacing import ChatPacer
-from channels.telegram.poster import TEXT_LIMIT
+from channels.telegram.poster import DIGEST_TEMPLATE, TEXT_LIMIT
 from channels.telegram.readerbot import ReaderBot
-from channels.telegram.store import TelegramStore
+from channels.telegram.store import Subscriber, TelegramStore
 from channels.telegram.topics import wants
 
 log = logging.getLogger("siar.telegram.fanout")
 PACER_SPACING = 0.85  # closest two broadcast messages may go, in 1/messages_per_second
 MAX_TRIES = 4  # per reader, for answers that may succeed later (5xx, flood control)
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+# What an edit's or a deletion's 400 answers mean for one reader (see errors.BAD_REQUESTS).
+EDIT_ANSWERS: dict[str, RecipientStatus] = {"not_modified": "sent", "message_gone": "gone"}
+DELETE_ANSWERS: dict[str, RecipientStatus] = {"message_gone": "gone"}
+
+
+def reader_quiet_hours(value: str | None) -> tuple[time, time] | None:
+    """A reader's stored quiet hours ("22:00-06:00") as times; None when unset or unreadable."""
+    if not value or "-" not in value:
+        return None
+    start, _, end = value.partition("-")
+    try:
+        return parse_clock(start), parse_clock(end)
+    except ValueError:
+        return None
+
+
+def audience_wants(sub: Subscriber, post: Post, everyone_gets_digests: bool) -> bool:
+    """Whether reader `sub` gets `post`: a digest goes to digest-only readers (to everyone on a
+    digest-only channel); any other post to the readers whose topics match, except the
+    digest-only ones, who get breaking news only."""
+    if post.digest is not None:
+        return sub.digest_only or everyone_gets_digests
+    if sub.digest_only and not post.story.breaking:
+        return False
+    return wants(sub, post.story)
+
 
 DEFAULT_TEMPLATE = """\
-<b>{{ title }}</b>
+<b>{% if breaking %}{{ breaking }} {% endif %}{{ title }}</b>
 
 {{ lead }}
 
@@ -64,11 +99,14 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
 
     TYPE = "telegram-subscribers"
     DEFAULT_TEMPLATE = DEFAULT_TEMPLATE
+    DIGEST_TEMPLATE = DIGEST_TEMPLATE
     HTML = True
     RESUMABLE = True
 
     def __init__(self, name: str, settings: ReaderSettings, context: ChannelContext) -> None:
         super().__init__(name, settings, context)
+        self.can_edit = settings.edit_readers
+        self.can_delete = settings.delete_readers
         self.section = telegram_section(context)
         self.language = self.section.language
         self.bot: TelegramApp | None = None
@@ -120,7 +158,8 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
 
     def _open_session(self) -> None:
         section = self.section
-        self._send_url = f"{section.bot_url}{section.token.get_secret_value()}/sendMessage"
+        self._api_url = f"{section.bot_url}{section.token.get_secret_value()}/"
+        self._send_url = self._api_url + "sendMessage"
         # The environment's proxy (HTTPS_PROXY, NO_PROXY...), as PTB's httpx client would use it,
         # looked up once: aiohttp's trust_env does it in a thread for every request.
         try:
@@ -164,6 +203,24 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
             buttons=keyboard_buttons(story, self.context, self.language),
         )
 
+    def digest_budget(self) -> Budget:
+        return Budget("utf16", TEXT_LIMIT, count_telegram)
+
+    def render_digest(self, digest: Digest) -> Post:
+        """The roundup for digest-only readers: an HTML list of linked titles, within 4096."""
+        post = super().render_digest(digest)
+        return post if post.digest is not None else dataclasses.replace(post, digest=digest)
+
+    def _reader_silent(self, sub: Subscriber | None, story: Story) -> bool:
+        """disable_notification for one reader: `silent`, the channel's or the reader's own
+        quiet hours; never for breaking news."""
+        if story.breaking:
+            return False
+        if self.settings.silent or self.quiet_now(story):
+            return True
+        hours = reader_quiet_hours(sub.quiet_hours) if sub is not None else None
+        return in_quiet(self.now(), hours, self.context.site.timezone)
+
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
         """Broadcast `post` to every matching reader, resuming an interrupted broadcast.
 
@@ -172,12 +229,81 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
         assert self.store is not None and self.bot is not None and self.context.fanout is not None, (
             "start() first"
         )
-        store, pacer = self.store, self.bot.pacer
-        active = await store.active_subscribers(self.name)
+        active = await self.store.active_subscribers(self.name)
         self.context.metrics.subscribers(self.name, len(active))
-        audience = {s.chat_id: s for s in active if wants(s, post.story)}
-        bodies = self._bodies(post)
+        digests_for_all = self.settings.digest is not None and self.settings.digest.only
+        audience = {s.chat_id: s for s in active if audience_wants(s, post, digests_for_all)}
+        bodies = {
+            (language, silent): body
+            for silent in (False, True)
+            for language, body in self._bodies(post, silent).items()
+        }
         unsubscribe: dict[int, str] = {}
+
+        async def deliver(chat: int) -> RecipientOutcome:
+            sub = audience.get(chat)
+            language = sub.language if sub is not None and sub.language in ("id", "en") else self.language
+            body = bodies[(language, self._reader_silent(sub, post.story))]
+            return await self._send_one(chat, body, unsubscribe)
+
+        return await self._broadcast(idempotency_key, audience, deliver, unsubscribe)
+
+    async def edit(self, post: Post, published: Published, *, idempotency_key: str) -> Receipt:
+        """Edit every reader's message of the story (`edit_readers`), as a broadcast of its own."""
+        if not self.can_edit:
+            raise Permanent(f"channel {self.name}: edit_readers is off; readers' messages are not edited")
+        return await self._redo(published, idempotency_key, self._edit_bodies(post), EDIT_ANSWERS)
+
+    async def delete(self, published: Published, *, idempotency_key: str) -> Receipt:
+        """Delete every reader's message of the story (`delete_readers`), as a broadcast."""
+        if not self.can_delete:
+            raise Permanent(f"channel {self.name}: delete_readers is off; readers' messages stay")
+        return await self._redo(published, idempotency_key, None, DELETE_ANSWERS)
+
+    async def _redo(
+        self,
+        published: Published,
+        idempotency_key: str,
+        bodies: dict[str, str] | None,
+        answers: dict[str, RecipientStatus],
+    ) -> Receipt:
+        """One request per reader message broadcast `published.remote_id` left: editMessageText
+        with `bodies` (per language), or deleteMessage when None."""
+        assert self.store is not None, "start() first"
+        messages = await self.store.reader_messages(self.name, published.remote_id)
+        subs = {s.chat_id: s for s in await self.store.active_subscribers(self.name)}
+        audience: dict[int, Subscriber | None] = {chat: subs.get(chat) for chat in messages}
+        method = "deleteMessage" if bodies is None else "editMessageText"
+        unsubscribe: dict[int, str] = {}
+
+        async def deliver(chat: int) -> RecipientOutcome:
+            sub = audience.get(chat)
+            head = f"chat_id={chat}&message_id={messages[chat]}"
+            if bodies is not None:
+                language = sub.language if sub is not None and sub.language in bodies else self.language
+                head += "&" + bodies[language]
+            outcome = await self._send_one(chat, head, unsubscribe, method=method, answers=answers)
+            if outcome.status == "moved":  # a new supergroup: the old message ids mean nothing there
+                detail = f"chat {chat} {outcome.detail}; its message is out of reach"
+                return RecipientOutcome(chat, "failed", detail)
+            return dataclasses.replace(outcome, remote_id=str(messages[chat]))
+
+        verb = "deleted for" if bodies is None else "edited for"
+        return await self._broadcast(idempotency_key, audience, deliver, unsubscribe, verb=verb)
+
+    async def _broadcast(
+        self,
+        key: str,
+        audience: Mapping[int, Subscriber | None],
+        deliver: Callable[[int], Awaitable[RecipientOutcome]],
+        unsubscribe: dict[int, str],
+        *,
+        verb: str = "sent to",
+    ) -> Receipt:
+        """Run broadcast `key` to `audience` through the ledger, paced; RetryLater while readers
+        are left to do."""
+        assert self.store is not None and self.bot is not None and self.context.fanout is not None
+        store, pacer = self.store, self.bot.pacer
 
         async def plan() -> list[int]:
             return list(audience)
@@ -185,11 +311,6 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
         async def pace(chat: int) -> None:
             sub = audience.get(chat)
             await pacer.wait(chat, sub.kind in ("group", "supergroup") if sub else None)
-
-        async def deliver(chat: int) -> RecipientOutcome:
-            sub = audience.get(chat)
-            language = sub.language if sub else self.language
-            return await self._send_one(chat, bodies.get(language, bodies[self.language]), unsubscribe)
 
         async def apply(outcomes: Sequence[RecipientOutcome]) -> None:
             now = self.now()
@@ -215,25 +336,51 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
             metrics=self.context.metrics,
         )
         result = await broadcaster.run(
-            idempotency_key,
+            key,
             plan,
             deliver,
             pace=pace,
             apply=apply,
             budget=self.settings.send_timeout * 0.8,
         )
-        note = result.summary("readers")
+        note = result.summary("readers").replace("sent to", verb, 1)  # "edited for 3 of 3 readers"
         if result.remaining:
             raise RetryLater(
                 f"{result.remaining} of {result.planned} readers to do; {note}",
                 after=result.retry_after,
                 attempt=result.progressed == 0,
             )
-        return Receipt(remote_id=idempotency_key, note=note)
+        return Receipt(remote_id=key, note=note)
 
-    def _bodies(self, post: Post) -> dict[str, str]:
+    def _bodies(self, post: Post, silent: bool) -> dict[str, str]:
         """Per language, the form-encoded sendMessage parameters after `chat_id`, encoded as PTB
         encodes them (strings as they are, everything else JSON)."""
+        story = post.story
+        preview = (
+            LinkPreviewOptions(url=story.url, prefer_large_media=True)
+            if story.url and post.digest is None
+            else LinkPreviewOptions(is_disabled=True)
+        )
+        bodies = {}
+        for lang in ("id", "en"):
+            params: dict[str, Any] = {
+                "text": post.text,
+                "parse_mode": "HTML",
+                "link_preview_options": preview.to_dict(),
+                "disable_notification": silent,
+            }
+            markup = reply_markup(keyboard_buttons(story, self.context, lang))
+            if markup is not None:
+                params["reply_markup"] = markup.to_dict()
+            if self.settings.allow_paid_broadcast:
+                params["allow_paid_broadcast"] = True
+            bodies[lang] = urlencode(
+                {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
+            )
+        return bodies
+
+    def _edit_bodies(self, post: Post) -> dict[str, str]:
+        """Per language, the editMessageText parameters after `chat_id` and `message_id`."""
         story = post.story
         preview = (
             LinkPreviewOptions(url=story.url, prefer_large_media=True)
@@ -246,25 +393,35 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
                 "text": post.text,
                 "parse_mode": "HTML",
                 "link_preview_options": preview.to_dict(),
-                "disable_notification": self.settings.silent,
             }
             markup = reply_markup(keyboard_buttons(story, self.context, lang))
             if markup is not None:
                 params["reply_markup"] = markup.to_dict()
-            if self.settings.allow_paid_broadcast:
-                params["allow_paid_broadcast"] = True
             bodies[lang] = urlencode(
                 {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
             )
         return bodies
 
-    async def _send_one(self, chat: int, body: str, unsubscribe: dict[int, str]) -> RecipientOutcome:
-        """One reader's message, with every Telegram answer turned into the reader's outcome."""
+    async def _send_one(
+        self,
+        chat: int,
+        body: str,
+        unsubscribe: dict[int, str],
+        *,
+        method: str = "sendMessage",
+        answers: dict[str, RecipientStatus] | None = None,
+    ) -> RecipientOutcome:
+        """One reader's request (a message, or `method` with `body` holding every parameter),
+        with every Telegram answer turned into the reader's outcome (`answers`: what a 400 of
+        each errors.BAD_REQUESTS kind means, e.g. "message is not modified" = done)."""
         assert self._session is not None, "start() first"
+        url, data = self._send_url, f"chat_id={chat}&{body}"
+        if method != "sendMessage":
+            url, data = self._api_url + method, body
         try:
             async with self._session.post(
-                self._send_url,
-                data=f"chat_id={chat}&{body}",
+                url,
+                data=data,
                 headers=FORM,
                 proxy=self._proxy,
                 proxy_auth=self._proxy_auth,
@@ -276,14 +433,21 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
             # Disconnected, reset, no answer...: the message may have arrived, and the Bot API
             # has no idempotency key, so this reader is not sent to again.
             return RecipientOutcome(chat, "uncertain", f"network: {self._safe(exc)}; may have arrived")
-        return self._outcome(chat, status, raw, unsubscribe)
+        return self._outcome(chat, status, raw, unsubscribe, answers or {})
 
     def _safe(self, exc: BaseException) -> str:
         """An exception as text, without the token (aiohttp may quote the URL)."""
         text = f"{type(exc).__name__}: {exc}"
         return text.replace(self.section.token.get_secret_value(), "<token>")[:200]
 
-    def _outcome(self, chat: int, status: int, raw: bytes, unsubscribe: dict[int, str]) -> RecipientOutcome:
+    def _outcome(
+        self,
+        chat: int,
+        status: int,
+        raw: bytes,
+        unsubscribe: dict[int, str],
+        answers: dict[str, RecipientStatus] | None = None,
+    ) -> RecipientOutcome:
         """Telegram's answer -> the reader's outcome, as python-telegram-bot classifies answers:
         `migrate_to_chat_id` (ChatMigrated), `retry_after` (RetryAfter), 403 Forbidden,
         401/404 InvalidToken, 400 BadRequest, anything else NetworkError."""
@@ -319,7 +483,10 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
         if status in (401, 404):
             raise Unauthorized("Telegram refused the bot token ([telegram] token)")
         if status == 400:
-            if bad_request_kind(Exception(description)) == "chat_gone":
+            kind = bad_request_kind(Exception(description))
+            if kind in (answers or {}):
+                return RecipientOutcome(chat, (answers or {})[kind], description)
+            if kind == "chat_gone":
                 unsubscribe[chat] = "chat not found"
             return RecipientOutcome(chat, "failed", description)
         return RecipientOutcome(chat, "retry", f"network: {description}")

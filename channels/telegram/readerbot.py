@@ -1,7 +1,8 @@
 """The reader bot: commands, topic buttons, group rules, blocks and admin commands.
 
 Readers talk to it in Indonesian or English (`/start`, `/stop`, `/topik` `/topics`,
-`/terbaru` `/latest`, `/bahasa` `/language`, `/bantuan` `/help`); `[telegram] admins` also get
+`/terbaru` `/latest`, `/senyap` `/quiet` (their own quiet hours), `/ringkasan` `/digest`
+(digests only), `/bahasa` `/language`, `/bantuan` `/help`); `[telegram] admins` also get
 `/status` and `/stats`, which everyone else cannot tell from unknown text. Subscribers and their
 topics live in `channels.telegram.store`; what it says in `texts`.
 
@@ -14,8 +15,10 @@ workers every chat shares.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import html
 import logging
+import re
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -56,6 +59,21 @@ log = logging.getLogger("siar.telegram.bot")
 Ctx = ContextTypes.DEFAULT_TYPE
 Handler = Callable[[Update, Ctx], Coroutine[Any, Any, None]]
 GROUP_KINDS = (ChatType.GROUP, ChatType.SUPERGROUP)
+
+
+_HOURS = re.compile(r"^\s*(\d{1,2})(?:[:.](\d{2}))?\s*[-–—]\s*(\d{1,2})(?:[:.](\d{2}))?\s*$")
+
+
+def parse_reader_hours(value: str) -> str | None:
+    """ "22-06", "22:30-6", "22.00 - 06.00" -> "22:00-06:00" (as stored); None when it is not a
+    span of two different times of day."""
+    match = _HOURS.match(value)
+    if match is None:
+        return None
+    h1, m1, h2, m2 = (int(g) if g else 0 for g in match.groups())
+    if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59 or (h1, m1) == (h2, m2):
+        return None
+    return f"{h1:02d}:{m1:02d}-{h2:02d}:{m2:02d}"
 
 
 class CommandGate:
@@ -107,6 +125,7 @@ class ReaderBot:
         self.language = section.language
         self.admins = set(section.admins)
         self.sections = list(settings.topics)
+        self.has_digest = settings.digest is not None
         self.top_tags = settings.top_tags
         self.clock = context.clock
         self.site = context.site.name
@@ -140,6 +159,8 @@ class ReaderBot:
         app.add_handler(CommandHandler("stop", gate(self.stop)))
         app.add_handler(CommandHandler(["topik", "topics"], gate(self.topics)))
         app.add_handler(CommandHandler(["terbaru", "latest"], gate(self.latest)))
+        app.add_handler(CommandHandler(["senyap", "quiet"], gate(self.quiet)))
+        app.add_handler(CommandHandler(["ringkasan", "digest"], gate(self.digest)))
         app.add_handler(CommandHandler(["bahasa", "language"], gate(self.choose_language)))
         app.add_handler(CommandHandler(["bantuan", "help"], gate(self.help)))
         app.add_handler(CommandHandler("status", gate(self.status)))
@@ -239,8 +260,8 @@ class ReaderBot:
         rows = [buttons[i : i + 2] for i in range(0, len(buttons), 2)]
         return InlineKeyboardMarkup(rows) if rows else None
 
-    def _text(self, language: str, key: str) -> str:
-        return TEXTS[language][key].format(site=html.escape(self.site))
+    def _text(self, language: str, key: str, **values: str) -> str:
+        return TEXTS[language][key].format(site=html.escape(self.site), **values)
 
     # --- commands -----------------------------------------------------------------------------
 
@@ -323,6 +344,58 @@ class ReaderBot:
         lines += [f'• <a href="{html.escape(s.url)}">{html.escape(s.title)}</a>' for s in stories]
         self.reply(update, "\n".join(lines))
 
+    async def _subscribed(self, update: Update) -> tuple[Subscriber, str] | None:
+        """The chat's active subscription (groups: for its admins) and language; else None,
+        after telling them why."""
+        chat = await self._admin_chat(update)
+        if chat is None:
+            return None
+        language = await self._lang(update)
+        sub = await self.store.subscriber(self.name, chat.id)
+        if sub is None or not sub.active:
+            self.reply(update, self._text(language, "not_subscribed"))
+            return None
+        return sub, language
+
+    async def quiet(self, update: Update, context: Ctx) -> None:
+        """/senyap 22-06 | 22:30-06:00 | off: the reader's own quiet hours (no notification
+        sound then; breaking news still notifies)."""
+        found = await self._subscribed(update)
+        if found is None:
+            return
+        sub, language = found
+        zone = self.context.site.timezone
+        args = context.args or []
+        if not args:
+            now = self._text(language, "quiet_none")
+            if sub.quiet_hours:
+                now = self._text(language, "quiet_now", hours=sub.quiet_hours, zone=zone)
+            self.reply(update, now + "\n\n" + self._text(language, "quiet_usage"))
+            return
+        value = " ".join(args).strip()
+        if value.lower() in ("off", "mati", "tidak", "no", "none"):
+            await self.store.set_quiet_hours(self.name, sub.chat_id, None, self.clock())
+            self.reply(update, self._text(language, "quiet_off"))
+            return
+        hours = parse_reader_hours(value)
+        if hours is None:
+            self.reply(update, self._text(language, "quiet_bad", value=html.escape(value[:40])))
+            return
+        await self.store.set_quiet_hours(self.name, sub.chat_id, hours, self.clock())
+        self.reply(update, self._text(language, "quiet_set", hours=hours, zone=zone))
+
+    async def digest(self, update: Update, context: Ctx) -> None:
+        """/ringkasan: digests only (and breaking news), or every story again (a toggle)."""
+        found = await self._subscribed(update)
+        if found is None:
+            return
+        sub, language = found
+        if not self.has_digest and not sub.digest_only:
+            self.reply(update, self._text(language, "digest_none"))
+            return
+        await self.store.set_digest_only(self.name, sub.chat_id, not sub.digest_only, self.clock())
+        self.reply(update, self._text(language, "digest_off" if sub.digest_only else "digest_on"))
+
     async def choose_language(self, update: Update, context: Ctx) -> None:
         """/bahasa: two buttons."""
         language = await self._lang(update)
@@ -386,7 +459,7 @@ class ReaderBot:
             return
         await self.store.set_topics(self.name, chat.id, topics, now)
         await query.answer()
-        fresh = Subscriber(sub.chat_id, sub.kind, sub.language, topics, True, sub.name)
+        fresh = dataclasses.replace(sub, topics=topics, active=True)
         await query.edit_message_reply_markup(self._topics_markup(fresh, offered, language))
 
     async def member_changed(self, update: Update, context: Ctx) -> None:

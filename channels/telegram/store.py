@@ -15,11 +15,13 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Index,
     MetaData,
     String,
     Table,
     Text,
     bindparam,
+    false,
     func,
     insert,
     select,
@@ -27,7 +29,7 @@ from sqlalchemy import (
 )
 
 from bot.db import Database
-from bot.schema import UTCDateTime
+from bot.schema import UTCDateTime, fanout
 
 metadata = MetaData()
 
@@ -52,6 +54,22 @@ subscribers = Table(
     Column("reason", Text),  # why it is inactive: stopped, blocked, removed
     Column("subscribed_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("quiet_hours", String(11)),  # the reader's own "22:00-06:00" (/senyap); NULL = none
+    Column("digest_only", Boolean, nullable=False, server_default=false()),  # /ringkasan
+)
+
+# Breaking-news pins of the `telegram` channels: unpinned once `unpin_at` has passed.
+pins = Table(
+    "tg_pins",
+    metadata,
+    Column("channel", String(200), primary_key=True),
+    Column("chat", String(100), primary_key=True),
+    Column("message_id", BigInteger, primary_key=True),
+    Column("pinned_at", UTCDateTime, nullable=False),
+    Column("unpin_at", UTCDateTime, nullable=False),
+    Column("unpinned_at", UTCDateTime),
+    Column("detail", Text),
+    Index("ix_tg_pins_due", "unpinned_at", "unpin_at"),
 )
 
 # A batch statement (executemany): one subscriber stopped.
@@ -78,6 +96,15 @@ class Subscriber:
     topics: tuple[str, ...] | None  # None = everything
     active: bool
     name: str = ""
+    quiet_hours: str | None = None  # "22:00-06:00" in [site] timezone; None = none
+    digest_only: bool = False
+
+
+@dataclass(frozen=True)
+class Pin:
+    chat: str
+    message_id: int
+    pinned_at: datetime
 
 
 class TelegramStore:
@@ -201,6 +228,23 @@ class TelegramStore:
                 .values(topics=value, updated_at=now)
             )
 
+    async def set_quiet_hours(self, bot: str, chat_id: int, hours: str | None, now: datetime) -> None:
+        """The reader's own quiet hours ("22:00-06:00"), or None for none."""
+        async with self._write() as conn:
+            await conn.execute(
+                update(subscribers)
+                .where(subscribers.c.bot == bot, subscribers.c.chat_id == chat_id)
+                .values(quiet_hours=hours, updated_at=now)
+            )
+
+    async def set_digest_only(self, bot: str, chat_id: int, digest_only: bool, now: datetime) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                update(subscribers)
+                .where(subscribers.c.bot == bot, subscribers.c.chat_id == chat_id)
+                .values(digest_only=digest_only, updated_at=now)
+            )
+
     async def active_subscribers(self, bot: str) -> list[Subscriber]:
         async with self.engine.connect() as conn:
             rows = (
@@ -240,6 +284,68 @@ class TelegramStore:
                     ],
                 )
 
+    # --- breaking-news pins --------------------------------------------------------------------
+
+    async def remember_pin(
+        self, channel: str, chat: str, message_id: int, now: datetime, unpin_at: datetime
+    ) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                insert(pins).values(
+                    channel=channel, chat=chat, message_id=message_id, pinned_at=now, unpin_at=unpin_at
+                )
+            )
+
+    async def due_pins(self, channel: str, now: datetime) -> list[Pin]:
+        """Pins of `channel` still up whose time has passed, oldest first."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(pins.c.chat, pins.c.message_id, pins.c.pinned_at)
+                    .where(pins.c.channel == channel, pins.c.unpinned_at.is_(None), pins.c.unpin_at <= now)
+                    .order_by(pins.c.pinned_at)
+                )
+            ).all()
+        return [Pin(r.chat, int(r.message_id), r.pinned_at) for r in rows]
+
+    async def pins_up(self, channel: str) -> list[Pin]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(pins.c.chat, pins.c.message_id, pins.c.pinned_at)
+                    .where(pins.c.channel == channel, pins.c.unpinned_at.is_(None))
+                    .order_by(pins.c.pinned_at)
+                )
+            ).all()
+        return [Pin(r.chat, int(r.message_id), r.pinned_at) for r in rows]
+
+    async def unpinned(
+        self, channel: str, chat: str, message_id: int, now: datetime, detail: str = ""
+    ) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                update(pins)
+                .where(pins.c.channel == channel, pins.c.chat == chat, pins.c.message_id == message_id)
+                .values(unpinned_at=now, detail=detail or None)
+            )
+
+    # --- reader messages of a broadcast ----------------------------------------------------------
+
+    async def reader_messages(self, bot: str, key: str) -> dict[int, int]:
+        """chat -> message id of every reader broadcast `key` reached (edits and deletions)."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(fanout.c.recipient, fanout.c.remote_id).where(
+                        fanout.c.key == key,
+                        fanout.c.channel == bot,
+                        fanout.c.status == "sent",
+                        fanout.c.remote_id.is_not(None),
+                    )
+                )
+            ).all()
+        return {int(r.recipient): int(r.remote_id) for r in rows if str(r.remote_id).isdigit()}
+
 
 def _subscriber(row: Any) -> Subscriber:
     topics = None if row.topics is None else tuple(json.loads(row.topics))
@@ -250,4 +356,6 @@ def _subscriber(row: Any) -> Subscriber:
         topics=topics,
         active=bool(row.active),
         name=row.name or "",
+        quiet_hours=row.quiet_hours,
+        digest_only=bool(row.digest_only),
     )

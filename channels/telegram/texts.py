@@ -26,7 +26,21 @@ TEXTS: dict[str, dict[str, str]] = {
         "language": "Pilih bahasa:",
         "language_set": "Bahasa diganti ke Bahasa Indonesia.",
         "help": "Perintah:\n/start — berlangganan\n/stop — berhenti\n/topik — pilih topik\n"
-        "/terbaru — 5 berita terbaru\n/bahasa — ganti bahasa\n/bantuan — bantuan ini",
+        "/terbaru — 5 berita terbaru\n/senyap 22-06 — jam senyap (tanpa bunyi notifikasi; "
+        "/senyap off mematikannya)\n/ringkasan — hanya ringkasan berita (nyala/mati)\n"
+        "/bahasa — ganti bahasa\n/bantuan — bantuan ini",
+        "quiet_usage": "Kirim /senyap 22-06 (atau 22:30-06:00) agar berita pada jam itu datang tanpa "
+        "bunyi notifikasi; /senyap off untuk mematikannya. Berita penting tetap berbunyi.",
+        "quiet_now": "Jam senyap Anda: {hours} ({zone}).",
+        "quiet_none": "Anda belum mengatur jam senyap.",
+        "quiet_set": "🔕 Jam senyap diatur: {hours} ({zone}). Berita pada jam itu datang tanpa bunyi; "
+        "berita penting tetap berbunyi.",
+        "quiet_off": "🔔 Jam senyap dimatikan.",
+        "quiet_bad": "Jam tidak dikenali: {value}. Contoh: /senyap 22-06 atau /senyap 22:30-06:00.",
+        "digest_on": "📰 Anda kini hanya menerima ringkasan berita (dan berita penting). "
+        "Kirim /ringkasan lagi untuk menerima semua berita.",
+        "digest_off": "Anda kembali menerima setiap berita begitu terbit.",
+        "digest_none": "Bot ini belum mengirim ringkasan berita; Anda tetap menerima setiap berita.",
         "unknown": "Maaf, saya tidak mengerti. Kirim /bantuan untuk daftar perintah.",
         "follow": "Ikuti kami",
         "too_many": "Terlalu banyak perintah. Coba lagi dalam satu menit.",
@@ -48,7 +62,21 @@ TEXTS: dict[str, dict[str, str]] = {
         "language": "Choose a language:",
         "language_set": "Language set to English.",
         "help": "Commands:\n/start — subscribe\n/stop — unsubscribe\n/topics — choose topics\n"
-        "/latest — 5 latest stories\n/language — change language\n/help — this help",
+        "/latest — 5 latest stories\n/quiet 22-06 — quiet hours (no notification sound; "
+        "/quiet off ends them)\n/digest — digests only (on/off)\n"
+        "/language — change language\n/help — this help",
+        "quiet_usage": "Send /quiet 22-06 (or 22:30-06:00) to get stories at those hours without a "
+        "notification sound; /quiet off to end it. Breaking news still notifies.",
+        "quiet_now": "Your quiet hours: {hours} ({zone}).",
+        "quiet_none": "You have no quiet hours.",
+        "quiet_set": "🔕 Quiet hours set: {hours} ({zone}). Stories then arrive without a sound; "
+        "breaking news still notifies.",
+        "quiet_off": "🔔 Quiet hours off.",
+        "quiet_bad": "Unrecognised hours: {value}. For example: /quiet 22-06 or /quiet 22:30-06:00.",
+        "digest_on": "📰 You now get the digests only (and breaking news). Send /digest again to "
+        "get every story.",
+        "digest_off": "You get every story again as soon as it is published.",
+        "digest_none": "This bot sends no digests yet; you keep getting every story.",
         "unknown": "Sorry, I did not understand. Send /help for the commands.",
         "follow": "Follow us",
         "too_many": "Too many commands. Please try again in a minute.",
@@ -60,6 +88,8 @@ COMMANDS = {
         ("stop", "Berhenti berlangganan"),
         ("topik", "Pilih topik"),
         ("terbaru", "5 berita terbaru"),
+        ("senyap", "Jam senyap: /senyap 22-06"),
+        ("ringkasan", "Hanya ringkasan berita (nyala/mati)"),
         ("bahasa", "Ganti bahasa"),
         ("bantuan", "Bantuan"),
     ],
@@ -68,6 +98,8 @@ COMMANDS = {
         ("stop", "Unsubscribe"),
         ("topics", "Choose topics"),
         ("latest", "5 latest stories"),
+        ("quiet", "Quiet hours: /quiet 22-06"),
+        ("digest", "Digests only (on/off)"),
         ("language", "Change language"),
         ("help", "Help"),
     ],

@@ -14,6 +14,7 @@ routes on the process's HTTP server (bot/web.py, `[http]`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -43,8 +44,8 @@ from bot.fanout_batches import BatchLedger, BatchWorker, Deliver
 from bot.http_retry import request_may_have_left, retry_after_seconds
 from bot.kit import BaseChannel
 from bot.paths import resolve_path
-from bot.render import shorten, story_tag, unit_count
-from bot.types import Button, Length, Payload, Post, Receipt, Story
+from bot.render import RenderError, shorten, story_tag, unit_count
+from bot.types import Button, Digest, Length, Payload, Post, Published, Receipt, Story
 from channels.webpush.config import Settings, WebPushSection, http_config, normalize_origin
 from channels.webpush.encryption import BadSubscriptionKey, encrypt
 from channels.webpush.keys import VapidKeyError, VapidKeys, VapidSigner, b64url, key_file_path, load_vapid
@@ -225,7 +226,7 @@ class WebPushChannel(BaseChannel[Settings]):
     # rendering
 
     def render(self, story: Story) -> Post:
-        title = story.title
+        title = f"{story.breaking} {story.title}" if story.breaking else story.title
         if unit_count(title) and count_graphemes(title) > self.settings.title_limit:
             title = _shorten_to(title, self.settings.title_limit)
         section = self.section
@@ -253,6 +254,38 @@ class WebPushChannel(BaseChannel[Settings]):
             payload=payload,
         )
 
+    def render_digest(self, digest: Digest) -> Post:
+        """The roundup as one notification: the digest's title, its stories' titles as the body
+        (as many as fit `body_limit` and the payload size), opening the site."""
+        section = self.section
+        url = self.context.site.url or digest.stories[0].url
+        title = digest.title
+        if count_graphemes(title) > self.settings.title_limit:
+            title = _shorten_to(title, self.settings.title_limit)
+        when = digest.at.isoformat() if digest.at else ""
+        tag = "d" + hashlib.sha256(f"{self.name}\n{digest.title}\n{when}".encode()).hexdigest()[:20]
+        payload = WebPushPayload(
+            title, url, "", tag, section.icon if section else "", section.badge if section else ""
+        )
+        stories = list(digest.stories)
+        for keep in range(len(stories), 0, -1):
+            lines = [f"• {s.breaking + ' ' if s.breaking else ''}{s.title}" for s in stories[:keep]]
+            more = digest.more + len(stories) - keep
+            text = "\n".join(lines + ([f"… +{more}"] if more else []))
+            if keep == 1 and count_graphemes(text) > self.settings.body_limit:
+                text = _shorten_to(text, self.settings.body_limit)  # one long title: cut at a word
+            used = len(payload_bytes(text, payload))
+            if count_graphemes(text) <= self.settings.body_limit and used <= PAYLOAD_MAX:
+                return self.post(
+                    stories[0],
+                    text,
+                    Length("bytes", used, PAYLOAD_MAX),
+                    buttons=(Button(self.renderer.variables(stories[0])["read_more"], url),),
+                    payload=payload,
+                    digest=dataclasses.replace(digest, stories=tuple(stories[:keep]), more=more),
+                )
+        raise RenderError(f"channel {self.name!r}: not even one title fits the digest notification")
+
     # sending
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
@@ -264,15 +297,18 @@ class WebPushChannel(BaseChannel[Settings]):
         data = payload_bytes(post.text, payload)
         topic = topic_header(self.name if self.settings.replace_unseen else payload.tag)
         tally = _Tally()
+        ttl, urgency = self.delivery(post.story)
 
         async def audience() -> list[int]:
+            if post.digest is not None:  # everyone who wants any of its stories
+                return await subs.audience_any(post.digest.stories, section.topics)
             return await subs.audience(post.story, section.topics)
 
         result = await self._worker().run(
             key,
             audience,
-            json.dumps({"data": data.decode(), "topic": topic}).encode(),
-            self._preparer(data, topic, tally),
+            json.dumps({"data": data.decode(), "topic": topic, "ttl": ttl, "urgency": urgency}).encode(),
+            self._preparer(data, topic, ttl, urgency, tally),
             apply=self._apply,
             budget=self.settings.send_timeout * 0.8,
         )
@@ -309,7 +345,7 @@ class WebPushChannel(BaseChannel[Settings]):
             metrics=self.context.metrics,
         )
 
-    def _preparer(self, data: bytes, topic: str, tally: _Tally) -> Any:
+    def _preparer(self, data: bytes, topic: str, ttl: int, urgency: str, tally: _Tally) -> Any:
         """`prepare(batch)` for the batch worker: one query for the batch's subscriptions."""
         subs = self.subs
         assert subs is not None
@@ -323,7 +359,7 @@ class WebPushChannel(BaseChannel[Settings]):
                     return RecipientOutcome(
                         subscription_id, "gone", "unsubscribed since the story was planned"
                     )
-                answer = await self._deliver(target, data, topic)
+                answer = await self._deliver(target, data, topic, ttl, urgency)
                 tally.add(answer)
                 return answer.outcome(subscription_id)
 
@@ -346,7 +382,7 @@ class WebPushChannel(BaseChannel[Settings]):
                 break
             job = json.loads(message)
             done, _, _ = await self._worker().work(
-                self._preparer(job["data"].encode(), job["topic"], _Tally()),
+                self._preparer(job["data"].encode(), job["topic"], job["ttl"], job["urgency"], _Tally()),
                 apply=self._apply,
                 key=key,
                 stop=lambda: self._stopping,
@@ -365,7 +401,22 @@ class WebPushChannel(BaseChannel[Settings]):
                     return
                 await asyncio.sleep(0.1)
 
-    async def _deliver(self, target: Target, data: bytes, topic: str) -> PushAnswer:
+    def delivery(self, story: Story) -> tuple[int, str]:
+        """(TTL, Urgency) of a push: breaking news is `high` with `breaking_ttl` (when shorter
+        than `ttl`), quiet hours `very-low`, else the channel's own."""
+        if story.breaking:
+            return int(min(self.settings.ttl, self.settings.breaking_ttl)), "high"
+        if self.quiet_now(story):
+            return int(self.settings.ttl), "very-low"
+        return int(self.settings.ttl), self.settings.urgency
+
+    async def edit(self, post: Post, published: Published, *, idempotency_key: str) -> Receipt:
+        raise Permanent("web push cannot be recalled: a delivered notification cannot be changed")
+
+    async def delete(self, published: Published, *, idempotency_key: str) -> Receipt:
+        raise Permanent("web push cannot be recalled: the notification is on the readers' devices")
+
+    async def _deliver(self, target: Target, data: bytes, topic: str, ttl: int, urgency: str) -> PushAnswer:
         """One subscription: push, retrying quickly on 429/5xx/network errors when the wait is short."""
         origin = normalize_origin(target.endpoint) or target.endpoint
         outcome = PushAnswer("retry", detail="not tried")
@@ -376,7 +427,7 @@ class WebPushChannel(BaseChannel[Settings]):
             if wait > 0:
                 await asyncio.sleep(wait)
             try:
-                outcome = await self._push_once(target, data, topic, origin)
+                outcome = await self._push_once(target, data, topic, origin, ttl, urgency)
             except Exception as exc:  # a corrupt stored key, an encryption bug: this one only
                 log.exception("channel %s: cannot push to subscription %d", self.name, target.subscription_id)
                 return PushAnswer("failed", detail=f"cannot encrypt or send: {type(exc).__name__}")
@@ -391,7 +442,9 @@ class WebPushChannel(BaseChannel[Settings]):
             await asyncio.sleep(delay)
         return outcome
 
-    async def _push_once(self, target: Target, data: bytes, topic: str, origin: str) -> PushAnswer:
+    async def _push_once(
+        self, target: Target, data: bytes, topic: str, origin: str, ttl: int, urgency: str
+    ) -> PushAnswer:
         assert self.signer is not None
         try:
             body = encrypt(data, target.p256dh, target.auth)
@@ -399,8 +452,8 @@ class WebPushChannel(BaseChannel[Settings]):
             return PushAnswer("failed", detail=f"unusable subscription keys: {exc}")
         headers = {
             "Authorization": self.signer.header(origin),
-            "TTL": str(int(self.settings.ttl)),
-            "Urgency": self.settings.urgency,
+            "TTL": str(ttl),
+            "Urgency": urgency,
             "Topic": topic,
             "Content-Encoding": "aes128gcm",
             "Content-Type": "application/octet-stream",

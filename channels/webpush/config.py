@@ -120,6 +120,9 @@ class Settings(ChannelSettings):
     rate_limit: str = "60/min"  # stories per period (each story goes to every subscriber)
     ttl: Duration = 86400.0  # how long a push service keeps a message for an offline browser
     urgency: Literal["very-low", "low", "normal", "high"] = "normal"
+    # Breaking news goes with `Urgency: high` and this TTL (news an hour old is no longer
+    # breaking); posts in the channel's quiet hours with `Urgency: very-low`.
+    breaking_ttl: Duration = Field(default=900.0, gt=0)
     # true: a newer story replaces an older one the browser has not received yet (Topic header)
     replace_unseen: bool = False
     concurrency: int = Field(default=100, ge=1, le=1000)  # pushes in flight at once

@@ -226,6 +226,21 @@ class SubscriptionStore:
             ).all()
         return [r.id for r in rows if wanted_by(story, json.loads(r.topics or "[]"), topics)]
 
+    async def audience_any(self, stories: Sequence[Story], topics: Sequence[Topic]) -> list[int]:
+        """The ids of every subscription that wants at least one of `stories` (a digest)."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(subscriptions.c.id, subscriptions.c.topics).order_by(subscriptions.c.id)
+                )
+            ).all()
+        out = []
+        for r in rows:
+            chosen = json.loads(r.topics or "[]")
+            if any(wanted_by(story, chosen, topics) for story in stories):
+                out.append(r.id)
+        return out
+
     async def targets(self, ids: Sequence[int]) -> dict[int, Target]:
         """Endpoint and keys of the subscriptions `ids` still has (unsubscribed ones are absent)."""
         found: dict[int, Target] = {}
