@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -160,6 +161,41 @@ fanout = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_fanout_key_status", "key", "status", "recipient"),
     Index("ix_fanout_channel_status", "channel", "status", "updated_at"),
+)
+
+# Batched fan-out progress (bot.fanout_batches) for audiences of millions: one row per
+# broadcast (what it sends, so any daemon can help) and one per batch of recipients (their ids
+# and one state byte each, compressed; a lease for the daemon working it; counts per state).
+fanout_broadcasts = Table(
+    "fanout_broadcasts",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("channel", String(200), nullable=False),
+    Column("message", LargeBinary, nullable=False),
+    Column("planned", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+fanout_batches = Table(
+    "fanout_batches",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("batch", Integer, primary_key=True),
+    Column("channel", String(200), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("recipients", LargeBinary, nullable=False),
+    Column("states", LargeBinary, nullable=False),
+    Column("attempts", LargeBinary, nullable=False),
+    Column("details", Text),  # JSON {index: why} for recipients not sent to (the last answer)
+    Column("status", String(8), nullable=False),  # open | done
+    Column("holder", String(100)),
+    Column("claimed_until", UTCDateTime),
+    Column("n_sent", Integer, nullable=False),
+    Column("n_failed", Integer, nullable=False),
+    Column("n_gone", Integer, nullable=False),
+    Column("n_uncertain", Integer, nullable=False),
+    Column("n_open", Integer, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_fanout_batches_channel_status", "channel", "status", "key", "batch"),
 )
 
 # Channels an operator paused (`siar pause`, the bot's /pause): their posts wait, nothing is
