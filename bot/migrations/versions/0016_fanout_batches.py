@@ -10,7 +10,7 @@ from alembic import op
 from bot.schema import UTCDateTime
 
 revision = "0016_fanout_batches"
-down_revision = "0014_websub"
+down_revision = "0015_leases"
 branch_labels = None
 depends_on = None
 
