@@ -54,10 +54,18 @@ lint: $(VENV)/.installed-dev
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
+# Figures side by side with the alternatives (minutes each; see benchmarks/README.md). The
+# PostgreSQL ones (store_growth, webpush) use the server on 127.0.0.1:5432.
 bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/poll.py
+	$(PY) benchmarks/poll_compare.py
+	$(PY) benchmarks/store_growth.py
 	$(PY) benchmarks/fanout.py
+	$(PY) benchmarks/webpush.py
+	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/metrics.py
+	$(PY) benchmarks/operations.py
+	$(PY) benchmarks/cards.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache
