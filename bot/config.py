@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from bot import registry
@@ -65,6 +66,25 @@ class DaemonConfig(_Strict):
     shutdown_grace: Duration = 10.0  # how long in-flight sends may finish on SIGTERM
     retry_base: Duration = 30.0  # first retry delay of a failed post; doubles per attempt
     retry_max: Duration = 3600.0
+
+
+class ClusterConfig(_Strict):
+    """`[cluster]`: several daemons sharing one PostgreSQL store (ignored on SQLite)."""
+
+    heartbeat: Duration = 10.0  # how often a daemon says it is alive (its sends, its leases)
+    # A daemon silent for this long is dead: its `sending` rows are taken over (made pending on
+    # resumable channels, uncertain elsewhere). Keep it several heartbeats long.
+    takeover_after: Duration = 60.0
+    lease_intervals: float = Field(default=2.0, ge=1.0)  # a feed's lease lasts this many intervals
+
+    @model_validator(mode="after")
+    def _takeover_after_beats(self) -> ClusterConfig:
+        if self.takeover_after < 3 * self.heartbeat:
+            raise ValueError(
+                "takeover_after must be at least 3 heartbeats: a live daemon whose beat is a "
+                "little late would see its sends taken over"
+            )
+        return self
 
 
 class FeedConfig(Filters):
@@ -199,6 +219,7 @@ class Config(_Strict):
     store: StoreConfig = StoreConfig()
     fetch: FetchConfig = FetchConfig()
     daemon: DaemonConfig = DaemonConfig()
+    cluster: ClusterConfig = ClusterConfig()
     metrics: MetricsConfig = MetricsConfig()
     cleaning: CleaningRules = CleaningRules()
     cta: CTA = CTA()

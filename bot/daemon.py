@@ -16,6 +16,7 @@ from bot.app import App, migrations
 from bot.config import FeedConfig
 from bot.digests import TICK, DigestPlanner
 from bot.feedstate import FeedBook
+from bot.leases import FeedLeases, Heartbeat
 from bot.lock import PidFile, StoreLock
 from bot.ops import HEARTBEAT_EVERY, OpsServer, record_feed_states
 from bot.reload import Reloader
@@ -34,7 +35,7 @@ async def prepare(app: App) -> StoreLock | None:
         await app.store.migrate(migrations())
         now = app.clock()
         # With SQLite only this process sends; on PostgreSQL other daemons may be mid-send.
-        stale = None if app.store.is_sqlite else now - timedelta(minutes=15)
+        stale = None if app.store.is_sqlite else now - timedelta(seconds=app.config.cluster.takeover_after)
         resumable = {n: c.resume_window for n, c in app.channels.items() if c.resumable}
         recovered = await app.store.outbox.recover_sending(now, stale, resumable)
         if recovered:
@@ -118,6 +119,11 @@ class Daemon:
         self.reloader.followers.append(self.websub.reloaded)
         self.digests = digest_planner(app)
         self._reloading: asyncio.Task[bool] | None = None
+        cluster, worker = app.config.cluster, app.dispatcher.worker_id
+        self.leases = FeedLeases(app.store.db, worker, cluster.lease_intervals)
+        self.heartbeat = Heartbeat(
+            app.store.db, app.store.outbox, worker, cluster.takeover_after, self._resumable
+        )
         self.reloaded = asyncio.Event()  # set after each reload attempt (tests wait on it)
 
     def schedule(self, feed: FeedConfig, *, now: bool = True, delay: float = 0.0) -> None:
@@ -129,13 +135,19 @@ class Daemon:
         self.scheduler.add_job(
             _poll_job,
             IntervalTrigger(seconds=self.websub.interval(feed), jitter=self.app.config.fetch.jitter),
-            args=(self.app, feed, self.polls),
+            args=(self.app, feed, self.polls, self.leases),
             id=job,
             max_instances=1,
             coalesce=True,
             misfire_grace_time=max(30, int(feed.interval)),
             next_run_time=self.app.clock() + timedelta(seconds=delay) if now else None,
         )
+
+    async def _beat(self) -> None:
+        await self.heartbeat.beat(self.app.clock())
+
+    def _resumable(self) -> dict[str, float | None]:
+        return {n: c.resume_window for n, c in self.app.channels.items() if c.resumable}
 
     def retime(self, feed: FeedConfig) -> None:
         """Poll `feed` at its current rate (WebSub's safety net, or its interval) from now on."""
@@ -145,7 +157,8 @@ class Daemon:
             job.reschedule(IntervalTrigger(seconds=interval, jitter=self.app.config.fetch.jitter))
 
     async def _poll_now(self, feed: FeedConfig) -> None:
-        # The hub says the feed changed: worth a fetch even while a failure streak backs off.
+        # The hub says the feed changed: worth a fetch even while a failure streak backs off
+        # (and whichever daemon holds the feed's lease: a notification is not a scheduled poll).
         await _poll_job(self.app, feed, self.polls, force=True)
 
     def unschedule(self, name: str) -> None:
@@ -214,6 +227,13 @@ class Daemon:
                 id="heartbeat",
                 next_run_time=app.clock(),
             )
+            if not app.store.is_sqlite:  # other daemons share the store
+                self.scheduler.add_job(
+                    self._beat,
+                    IntervalTrigger(seconds=app.config.cluster.heartbeat),
+                    id="cluster:heartbeat",
+                    next_run_time=app.clock(),
+                )
             self.scheduler.add_job(
                 self.digests.tick,
                 IntervalTrigger(seconds=TICK),
@@ -263,6 +283,11 @@ class Daemon:
         await self._flush()
         await self.websub.stop()
         await app.dispatcher.stop(app.config.daemon.shutdown_grace)
+        try:  # the others take our feeds over one interval after our last poll
+            await self.leases.release({f.name: f.interval for f in app.config.feeds})
+        except Exception:
+            log.exception("cannot release this daemon's feed leases; they expire on their own")
+        await self.heartbeat.close()
         await self.ops.stop()
         await app.close()
 
@@ -281,12 +306,19 @@ def first_poll_delays(feeds: list[FeedConfig]) -> list[float]:
 
 
 async def _poll_job(
-    app: App, feed: FeedConfig, polls: set[asyncio.Task[None]], *, force: bool = False
+    app: App,
+    feed: FeedConfig,
+    polls: set[asyncio.Task[None]],
+    leases: FeedLeases | None = None,
+    *,
+    force: bool = False,
 ) -> None:
     task = asyncio.current_task()
     if task is not None:
         polls.add(task)
     try:
+        if leases is not None and not await _leased(leases, feed, app):
+            return  # another daemon polls this feed in this interval
         result = await app.poller.poll(feed, force=force)
         if result.channels:
             app.dispatcher.wake(result.channels)
@@ -297,3 +329,19 @@ async def _poll_job(
     finally:
         if task is not None:
             polls.discard(task)
+
+
+async def _leased(leases: FeedLeases, feed: FeedConfig, app: App) -> bool:
+    """Whether this daemon holds `feed`'s lease now (a store error: not this time)."""
+    try:
+        if await leases.take(feed.name, feed.interval, app.clock()):
+            return True
+        # Ours, but our last poll started late: wait for its interval rather than poll twice in one.
+        early = await leases.early(feed.name, feed.interval, app.clock())
+        if 0 < early <= feed.interval / 2:
+            await asyncio.sleep(early)
+            return await leases.take(feed.name, feed.interval, app.clock())
+        return False
+    except Exception:
+        log.exception("feed %s: cannot take its lease; skipping this poll", feed.name)
+        return False

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from bot.budgets import RateBudgets, SharedPace
 from bot.channel import Channel, ChannelError, Unauthorized
 from bot.config import Config
 from bot.delivery import DONE, Attempt, Policy, transition
@@ -42,21 +43,27 @@ PAUSE_CHECK = 5.0  # seconds between reads of the paused channels (`siar pause` 
 
 
 class Pacer:
-    """Spaces sends so that at most `count` go out per `period` seconds (a leaky bucket)."""
+    """Spaces sends so that at most `count` go out per `period` seconds (a leaky bucket);
+    with `shared` (several daemons on PostgreSQL) also across daemons."""
 
-    def __init__(self, rate: str) -> None:
+    def __init__(self, rate: str, shared: SharedPace | None = None) -> None:
         count, period = parse_rate(rate)
         self.gap = period / count
         self._next = 0.0
+        self.shared = shared
 
     async def ready(self) -> float:
         """Wait until the next send is allowed (before a row is claimed, so that a shutdown
         during the wait never leaves a claimed row behind); the seconds it waited."""
-        wait = self._next - time.monotonic()
+        wait = max(0.0, self._next - time.monotonic())
         if wait > 0:
             await asyncio.sleep(wait)
-            return wait
-        return 0.0
+        if self.shared is not None:
+            more = await self.shared(self.gap)
+            if more > 0:
+                await asyncio.sleep(more)
+                wait += more
+        return wait
 
     def take(self) -> None:
         """Count one send now."""
@@ -92,7 +99,8 @@ class Dispatcher:
         self.worker_id = worker_id
         self.alert = alert or _log_alert
         self.metrics = metrics or NullMetrics()
-        self.pacers = {n: Pacer(c.settings.rate_limit) for n, c in channels.items()}
+        self.budgets = None if store.is_sqlite else RateBudgets(store.db)
+        self.pacers = {n: self._pacer(n, c) for n, c in channels.items()}
         self._wake = {n: asyncio.Event() for n in channels}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
@@ -113,6 +121,18 @@ class Dispatcher:
             if name in self._wake:
                 self._wake[name].set()
 
+    def _pacer(self, name: str, channel: Channel) -> Pacer:
+        """The channel's `rate_limit`; on PostgreSQL shared by every daemon (a slot is reserved
+        only when a post is due, so an idle worker's wake-ups cost the channel nothing)."""
+        if self.budgets is None:
+            return Pacer(channel.settings.rate_limit)
+
+        async def due() -> bool:
+            found = await self.store.outbox.next_due(name)
+            return found is not None and found <= self.clock()
+
+        return Pacer(channel.settings.rate_limit, self.budgets.pace(f"channel:{name}", due))
+
     def start(self) -> None:
         """Start one worker task per channel."""
         for name in self.channels:
@@ -124,7 +144,7 @@ class Dispatcher:
     def add_channel(self, name: str, channel: Channel, *, run: bool = True) -> None:
         """A channel added while running (a reload): its worker starts it and takes its rows."""
         self.channels[name] = channel
-        self.pacers[name] = Pacer(channel.settings.rate_limit)
+        self.pacers[name] = self._pacer(name, channel)
         self._wake[name] = asyncio.Event()
         self._retiring.discard(name)
         if run:

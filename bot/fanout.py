@@ -194,6 +194,10 @@ class FanoutLedger:
                     select(fanout.c.status, func.count()).where(fanout.c.key == key).group_by(fanout.c.status)
                 )
             ).all()
+        if not rows:  # a batched broadcast (web push): `siar why` shows it the same way
+            from bot.fanout_batches import BatchLedger  # it imports this module
+
+            return await BatchLedger(self.db).counts(key)
         return {status: int(n) for status, n in rows}
 
     async def requeue_uncertain(self, key: str, now: datetime) -> int:
@@ -204,7 +208,10 @@ class FanoutLedger:
                 .where(fanout.c.key == key, fanout.c.status == "uncertain")
                 .values(status="pending", attempts=0, updated_at=now, detail="queued again by the operator")
             )
-        return int(done.rowcount or 0)
+            from bot import fanout_batches  # it imports this module
+
+            batched = await fanout_batches.requeue_uncertain(conn, key, now)
+        return int(done.rowcount or 0) + batched
 
     async def uncertain_by_channel(self) -> dict[str, int]:
         """Recipients whose message may or may not have arrived, per channel."""
@@ -216,7 +223,10 @@ class FanoutLedger:
                     .group_by(fanout.c.channel)
                 )
             ).all()
-        return {channel: int(n) for channel, n in rows}
+            from bot import fanout_batches  # it imports this module
+
+            batched = await fanout_batches.uncertain_by_channel(conn)
+        return dict(Counter({channel: int(n) for channel, n in rows}) + Counter(batched))
 
     async def sent_since(self, channel: str, since: datetime) -> int:
         """Messages of `channel` delivered to recipients since `since`."""

@@ -239,7 +239,9 @@ class Outbox:
                 outbox.c.first_attempt_at,
                 outbox.c.action,
             )
-            rows = list((await conn.execute(select(*columns).where(condition))).all())
+            # SKIP LOCKED: two daemons' heartbeats taking over at once never both log a row.
+            found = select(*columns).where(condition).with_for_update(skip_locked=True)
+            rows = list((await conn.execute(found)).all())
             windowed = [name for name, window in resumable.items() if window is not None]
             if windowed:  # interrupted at shutdown, then down for longer than the platform remembers
                 rows += [

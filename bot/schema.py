@@ -13,9 +13,11 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -161,6 +163,41 @@ fanout = Table(
     Index("ix_fanout_channel_status", "channel", "status", "updated_at"),
 )
 
+# Batched fan-out progress (bot.fanout_batches) for audiences of millions: one row per
+# broadcast (what it sends, so any daemon can help) and one per batch of recipients (their ids
+# and one state byte each, compressed; a lease for the daemon working it; counts per state).
+fanout_broadcasts = Table(
+    "fanout_broadcasts",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("channel", String(200), nullable=False),
+    Column("message", LargeBinary, nullable=False),
+    Column("planned", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+fanout_batches = Table(
+    "fanout_batches",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("batch", Integer, primary_key=True),
+    Column("channel", String(200), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("recipients", LargeBinary, nullable=False),
+    Column("states", LargeBinary, nullable=False),
+    Column("attempts", LargeBinary, nullable=False),
+    Column("details", Text),  # JSON {index: why} for recipients not sent to (the last answer)
+    Column("status", String(8), nullable=False),  # open | done
+    Column("holder", String(100)),
+    Column("claimed_until", UTCDateTime),
+    Column("n_sent", Integer, nullable=False),
+    Column("n_failed", Integer, nullable=False),
+    Column("n_gone", Integer, nullable=False),
+    Column("n_uncertain", Integer, nullable=False),
+    Column("n_open", Integer, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_fanout_batches_channel_status", "channel", "status", "key", "batch"),
+)
+
 # Channels an operator paused (`siar pause`, the bot's /pause): their posts wait, nothing is
 # dropped; a row per paused channel, removed on resume.
 channel_pauses = Table(
@@ -169,6 +206,27 @@ channel_pauses = Table(
     Column("channel", String(200), primary_key=True),
     Column("paused_at", UTCDateTime, nullable=False),
     Column("paused_by", String(200), nullable=False),
+)
+
+# Several daemons on one PostgreSQL (bot.leases): who polls each feed. A daemon polls a feed only
+# while it holds the feed's lease; a lease whose holder stops renewing it expires and is taken.
+feed_leases = Table(
+    "feed_leases",
+    metadata,
+    Column("feed", String(200), primary_key=True),
+    Column("holder", String(100), nullable=False),  # the daemon: host:pid
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("polled_at", UTCDateTime),  # the holder's last poll
+)
+
+# Rate budgets shared by the daemons of one platform account (bot.budgets): one row per bucket
+# (a bot token, a chat, a channel's rate_limit), `tat` the next free slot in seconds since the
+# epoch on the database's clock (the generic cell rate algorithm: one atomic UPDATE per send).
+rate_budgets = Table(
+    "rate_budgets",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("tat", Float, nullable=False),
 )
 
 # WebSub subscriptions (bot/websub.py), one per feed: kept across restarts so the hub's callbacks

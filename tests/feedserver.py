@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -26,6 +27,7 @@ class FeedServer:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.arrivals: list[tuple[str, float]] = []  # (path, monotonic time) of each request
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -34,6 +36,7 @@ class FeedServer:
 
             def do_GET(self) -> None:
                 outer.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                outer.arrivals.append((self.path, time.monotonic()))
                 route = outer.routes.get(self.path)
                 if route is None:
                     self.send_response(404)

@@ -553,11 +553,18 @@ async def recipient_of(app: App, row_id: int) -> dict[str, Any]:
     from bot.schema import fanout
 
     async with app.store.db.read() as conn:
-        (r,) = (
+        rows = (
             await conn.execute(
                 select(fanout.c.status, fanout.c.detail).where(fanout.c.key == f"siar-{row_id}")
             )
         ).all()
+    if not rows:  # web push keeps its progress in batches (bot.fanout_batches)
+        from bot.fanout_batches import BatchLedger
+
+        ledger = BatchLedger(app.store.db)
+        ((recipient, status),) = (await ledger.states(f"siar-{row_id}")).items()
+        return {"status": status, "last_error": (await ledger.details(f"siar-{row_id}")).get(recipient)}
+    (r,) = rows
     return {"status": r.status, "last_error": r.detail}
 
 

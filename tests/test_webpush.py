@@ -864,6 +864,43 @@ async def test_subscription_store_on_postgres(tmp_path: Path) -> None:
         await admin.close()
 
 
+async def test_one_vapid_signature_per_push_service_until_it_nears_expiry(env: Env) -> None:
+    subs = [await env.subscribe() for _ in range(3)]
+    await env.publish(WORLD_STORY)
+    assert [len(env.push.delivered(s)) for s in subs] == [1, 1, 1]
+    signer = env.channel.signer
+    assert signer is not None and signer.signed == 1  # three pushes to one origin, one signature
+    first = {m.headers["Authorization"] for m in env.push.messages}
+    assert len(first) == 1
+    real = signer.clock
+    signer.clock = lambda: real() + signer.lifetime - signer.renew_before + 1  # close to expiry
+    second = dict(WORLD_STORY, guid="2", link="https://www.example.com/internasional/2")
+    await env.publish(WORLD_STORY, second)
+    assert [len(env.push.delivered(s)) for s in subs] == [2, 2, 2]  # the push service took it
+    assert signer.signed == 2
+    later = {m.headers["Authorization"] for m in env.push.messages[3:]}
+    assert len(later) == 1 and later != first
+
+
+async def test_a_push_that_timed_out_after_leaving_is_uncertain_not_repeated(
+    make_env: Callable[..., Awaitable[Env]],
+) -> None:
+    env = await make_env('concurrency = 2\nretries = 2\ntimeout = "1s"')
+    slow, fast = await env.subscribe(), await env.subscribe()
+    held = env.push.hold(slow)  # the service takes it but answers too late
+    try:
+        await env.publish(WORLD_STORY)
+    finally:
+        held.set()
+    row = await env.outbox()
+    assert row["status"] == "sent"
+    assert (len(env.push.delivered(slow)), len(env.push.delivered(fast))) == (1, 1)
+    assert [sid for sid, _ in env.push.requests].count(env.push.id_of(slow)) <= 1  # never retried
+    decisions = await env.app.store.stories.decisions_of(row["story_id"])
+    assert "sent to 1 of 2 subscriptions" in decisions[-1]["detail"]
+    assert "1 uncertain" in decisions[-1]["detail"]
+
+
 # --- editorial (issue 12): breaking news, quiet hours, recall, digests -------------------------
 
 

@@ -1,6 +1,7 @@
 """One python-telegram-bot `Application` per bot token, shared by both Telegram channel types.
 
-One HTTP pool, one update stream (Telegram allows a single `getUpdates` consumer per token),
+One HTTP pool, one update stream (Telegram allows a single `getUpdates` consumer per token;
+with several daemons on PostgreSQL only one of them reads it: `updates.UpdateReader`),
 one rate limiter for every message the bot sends (`pacing`), and one place that alerts the
 admins. It runs inside siar's own asyncio loop (`initialize`/`start`, then
 `updater.start_polling` or `start_webhook`), never `run_polling`, which would own the loop.
@@ -13,12 +14,16 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from telegram.ext import Application, ApplicationBuilder
+from telegram import Update
+from telegram.ext import Application, ApplicationBuilder, ApplicationHandlerStop, TypeHandler
 
+from bot.budgets import RateBudgets
 from bot.channel import ChannelContext, ChannelUnavailable
 from bot.counting import escape_html
 from channels.telegram.config import TelegramSection
 from channels.telegram.pacing import ChatPacer, PacedRequests
+from channels.telegram.store import TelegramStore
+from channels.telegram.updates import UpdateReader
 
 log = logging.getLogger("siar.telegram")
 ALLOWED_UPDATES = ["message", "callback_query", "my_chat_member"]
@@ -40,13 +45,18 @@ class TelegramApp:
     def __init__(self, settings: TelegramSection, context: ChannelContext) -> None:
         self.settings = settings
         self.context = context
-        self.pacer = ChatPacer()
+        shared = context.database is not None and not context.database.is_sqlite
+        self.pacer = ChatPacer(
+            shared=RateBudgets(context.database) if shared and context.database else None,
+            key=token_key(settings),
+        )
         self.app: Application[Any, Any, Any, Any, Any, Any] = build_application(settings, self.pacer)
         self.users = 0
         self.started = False
         self.receiving = False
         self.username = ""
         self.reader: Any = None  # the reader bot of this token, if one runs (one per token)
+        self.updates: UpdateReader | None = None  # several daemons: who reads getUpdates
 
     async def acquire(self) -> None:
         """Start the Application if this is its first user; a failure leaves nothing counted."""
@@ -71,8 +81,11 @@ class TelegramApp:
         updater = self.app.updater
         assert updater is not None
         s = self.settings
+        db = self.context.database
         if s.webhook_url:
             secret = s.webhook_secret.get_secret_value() if s.webhook_secret else None
+            if db is not None:  # an update handed to two daemons is handled by the first
+                self.app.add_handler(TypeHandler(Update, self._first_sight), group=-1)
             await updater.start_webhook(
                 listen=s.webhook_listen,
                 port=s.webhook_port,
@@ -81,14 +94,33 @@ class TelegramApp:
                 secret_token=secret,
                 allowed_updates=ALLOWED_UPDATES,
             )
+        elif db is not None and not db.is_sqlite:  # several daemons: the lock's holder polls
+            self.updates = UpdateReader(db, token_key(s), self._start_polling, self._stop_polling)
+            self.updates.begin()
         else:
-            await updater.start_polling(
-                allowed_updates=ALLOWED_UPDATES,
-                poll_interval=0.0,
-                timeout=timedelta(seconds=10),
-                error_callback=_polling_error,
-            )
+            await self._start_polling()
         self.receiving = True
+
+    async def _start_polling(self) -> None:
+        assert self.app.updater is not None
+        await self.app.updater.start_polling(
+            allowed_updates=ALLOWED_UPDATES,
+            poll_interval=0.0,
+            timeout=timedelta(seconds=10),
+            error_callback=_polling_error,
+        )
+
+    async def _stop_polling(self) -> None:
+        if self.app.updater is not None and self.app.updater.running:
+            await self.app.updater.stop()
+
+    async def _first_sight(self, update: Update, context: Any) -> None:
+        """Webhook mode: stop the handlers of an update another daemon (or we) took already."""
+        assert self.context.database is not None
+        store = TelegramStore(self.context.database)
+        if not await store.first_sight(token_key(self.settings)[9:], update.update_id, self.context.clock()):
+            log.info("telegram: update %d was already handled; ignored", update.update_id)
+            raise ApplicationHandlerStop
 
     async def release(self) -> None:
         """Stop the Application when its last user closes."""
@@ -96,6 +128,9 @@ class TelegramApp:
         if self.users > 0 or not self.started:
             return
         self.context.alerts.remove_sink(self.alert_admins)
+        if self.updates is not None:
+            await self.updates.end()
+            self.updates = None
         updater = self.app.updater
         if updater is not None and updater.running:
             await updater.stop()
@@ -119,12 +154,15 @@ def _polling_error(exc: Exception) -> None:
     log.warning("telegram: getUpdates failed (%s); polling continues", type(exc).__name__)
 
 
+def token_key(settings: TelegramSection) -> str:
+    """A name for the bot token that does not reveal it (shared objects, rate buckets, locks)."""
+    return "telegram:" + hashlib.sha256(settings.token.get_secret_value().encode()).hexdigest()[:16]
+
+
 def app_for(context: ChannelContext) -> TelegramApp:
     """The shared TelegramApp of the configured token (made on first use)."""
     settings = telegram_section(context)
-    token = settings.token.get_secret_value()
-    key = "telegram:" + hashlib.sha256(token.encode()).hexdigest()[:16]
-    return context.shared.get(key, TelegramApp, lambda: TelegramApp(settings, context))
+    return context.shared.get(token_key(settings), TelegramApp, lambda: TelegramApp(settings, context))
 
 
 def build_application(

@@ -6,11 +6,16 @@ broadcasts), one message per chat per `chat_gap`, `group_per_minute` per group. 
 plugs it into python-telegram-bot as its `BaseRateLimiter`, so every PTB call that sends to a
 chat waits its turn; the broadcast's own aiohttp sends wait on the same pacer. A RetryAfter
 from Telegram pauses everything for the time it asks.
+
+With `shared` (several daemons on one PostgreSQL, one bot token) each message also reserves its
+slot in the token's buckets in the database (`bot.budgets`): the chat's, the group's and the
+bot's, so that the daemons together keep the limits, and a RetryAfter holds them all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Coroutine
@@ -19,9 +24,15 @@ from typing import Any
 from telegram.error import RetryAfter
 from telegram.ext import BaseRateLimiter
 
+from bot.budgets import RateBudgets
 from channels.telegram.errors import ptb_retry_after
 
 # Methods that put a message in a chat: Telegram's flood limits count these.
+# The daemons' shared slots are spaced this much wider than `per_second` asks: a daemon that
+# wakes a few ms late for its slot must not make a 31st message in Telegram's one-second window.
+SHARED_MARGIN = 1.03
+SHARED_CHAT_MARGIN = 0.25  # seconds added to a chat's gap: two daemons' messages to one reader
+SHARED_LATE = 0.02  # seconds late for a shared slot before it is given up for a new one
 PACED_PREFIXES = ("send", "copyMessage", "forwardMessage", "editMessage")
 
 
@@ -46,7 +57,11 @@ class ChatPacer:
         group_per_minute: int = 19,
         clock: Callable[[], float] = time.monotonic,
         min_spacing: float = 0.5,
+        shared: RateBudgets | None = None,
+        key: str = "telegram",
     ) -> None:
+        self.shared, self.key = shared, key  # key: the token's buckets (its hash, not the token)
+        self._holds: set[asyncio.Task[None]] = set()
         self.chat_gap = chat_gap
         self.group_per_minute = group_per_minute
         self.clock = clock
@@ -65,6 +80,10 @@ class ChatPacer:
 
     def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self.clock() + seconds)
+        if self.shared is not None:  # the other daemons of this token hold too
+            task = asyncio.get_running_loop().create_task(self.shared.hold(self.key, seconds))
+            self._holds.add(task)
+            task.add_done_callback(self._holds.discard)
 
     def chat_ready_at(self, chat: int, group: bool) -> float:
         at = self._last.get(chat, -1e9) + self.chat_gap
@@ -87,7 +106,9 @@ class ChatPacer:
             if ready <= now:
                 break
             await asyncio.sleep(ready - now)
-        if self.gap:
+        if self.shared is not None:
+            await self._shared_slot(chat, group)
+        elif self.gap:
             # One waiter at a time, spaced from the previous actual release: a stalled event loop
             # then delays messages instead of releasing several waiters in a burst. At most
             # `per_second` releases in any sliding second, never two closer than `min_spacing` gaps.
@@ -106,6 +127,33 @@ class ChatPacer:
                     await asyncio.sleep(wait)
                 self._released.append(now)
         self.record(chat, group)
+
+    async def _shared_slot(self, chat: int, group: bool) -> None:
+        """Wait for a slot reserved in the shared buckets. A daemon that wakes too late for its
+        slot (a busy event loop) would crowd the next daemon's message into the same window:
+        it gives the slot up and takes a new one instead."""
+        assert self.shared is not None
+        while True:
+            # One reservation at a time per daemon (the bot's bucket is one row: a queue of
+            # waiting transactions would only make everyone late for their slots); the waits
+            # for the slots overlap.
+            async with self._lock if self.gap else contextlib.nullcontext():
+                delay = await self.shared.reserve(self.buckets(chat, group))
+            slot = self.clock() + delay
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self.clock() - slot <= SHARED_LATE:  # a slot that passed while queued is late too
+                return
+
+    def buckets(self, chat: int, group: bool) -> list[tuple[str, float]]:
+        """The shared buckets a message to `chat` takes a slot in: its chat's first, the bot's
+        last (so a wait for the chat never crowds the bot's overall budget)."""
+        found = [(f"{self.key}:chat:{chat}", self.chat_gap + SHARED_CHAT_MARGIN)]
+        if group:
+            found.append((f"{self.key}:group:{chat}", 60.0 / self.group_per_minute))
+        if self.gap:
+            found.append((self.key, self.gap * SHARED_MARGIN))
+        return found
 
     def record(self, chat: int, group: bool = False) -> None:
         now = self.clock()

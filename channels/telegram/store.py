@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -21,12 +21,14 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    delete,
     false,
     func,
     insert,
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
 from bot.db import Database
 from bot.schema import UTCDateTime, fanout
@@ -70,6 +72,16 @@ pins = Table(
     Column("unpinned_at", UTCDateTime),
     Column("detail", Text),
     Index("ix_tg_pins_due", "unpinned_at", "unpin_at"),
+)
+
+# Updates already taken by a daemon of this bot (webhook mode behind several daemons: Telegram
+# or a proxy may deliver one update twice, to different daemons); pruned after a day.
+seen_updates = Table(
+    "tg_seen_updates",
+    metadata,
+    Column("bot", String(40), primary_key=True),  # the token's hash (never the token)
+    Column("update_id", BigInteger, primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
 )
 
 # A batch statement (executemany): one subscriber stopped.
@@ -227,6 +239,19 @@ class TelegramStore:
                 .where(subscribers.c.bot == bot, subscribers.c.chat_id == chat_id)
                 .values(topics=value, updated_at=now)
             )
+
+    async def first_sight(self, bot: str, update_id: int, now: datetime) -> bool:
+        """True the first time any daemon of token `bot` sees update `update_id`."""
+        try:
+            async with self._write() as conn:
+                await conn.execute(insert(seen_updates).values(bot=bot, update_id=update_id, at=now))
+                if update_id % 1000 == 0:  # now and then, forget the day-old ones
+                    await conn.execute(
+                        delete(seen_updates).where(seen_updates.c.at < now - timedelta(days=1))
+                    )
+        except IntegrityError:
+            return False
+        return True
 
     async def set_quiet_hours(self, bot: str, chat_id: int, hours: str | None, now: datetime) -> None:
         """The reader's own quiet hours ("22:00-06:00"), or None for none."""

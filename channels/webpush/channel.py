@@ -1,11 +1,14 @@
 """`type = "webpush"`: the channel that pushes each story to the browsers that want it.
 
-Each story is one broadcast in the core fan-out ledger (bot.fanout): its audience (every
-subscription whose topics match) is fixed once, then pushed with bounded concurrency
-(pywebpush encrypts with aes128gcm, py_vapid signs the VAPID JWT, once per push service per
-hour). A resumed broadcast skips what was pushed; a push in flight when the daemon died is
-`uncertain` and never repeated, so nobody gets a story twice. The first channel to start also
-puts the subscribe routes on the process's HTTP server (bot/web.py, `[http]`).
+Each story is one broadcast in the core batched fan-out ledger (bot.fanout_batches): its
+audience (every subscription whose topics match) is fixed once in batches of `batch_size`,
+then pushed with bounded concurrency over one keep-alive HTTP client (encryption: encryption.py,
+the aes128gcm of pywebpush without its per-push objects; the VAPID JWT is signed once per push
+service origin and reused until an hour before it expires: keys.VapidSigner). Every daemon
+sharing the store helps: it claims batches of any open broadcast of this channel. A resumed
+broadcast skips what was pushed; a push in flight when its daemon died is `uncertain` and never
+repeated, so nobody gets a story twice. The first channel to start also puts the subscribe
+routes on the process's HTTP server (bot/web.py, `[http]`).
 """
 
 from __future__ import annotations
@@ -15,11 +18,15 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import secrets
+import socket
 import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -32,14 +39,16 @@ from bot.channel import (
     payload_of,
 )
 from bot.counting import Budget, count_graphemes
-from bot.fanout import Broadcaster, RecipientOutcome, RecipientStatus
-from bot.http_retry import retry_after_seconds
+from bot.fanout import RecipientOutcome, RecipientStatus
+from bot.fanout_batches import BatchLedger, BatchWorker, Deliver
+from bot.http_retry import request_may_have_left, retry_after_seconds
 from bot.kit import BaseChannel
 from bot.paths import resolve_path
 from bot.render import RenderError, shorten, story_tag, unit_count
 from bot.types import Button, Digest, Length, Payload, Post, Published, Receipt, Story
 from channels.webpush.config import Settings, WebPushSection, http_config, normalize_origin
-from channels.webpush.keys import VapidKeyError, VapidKeys, b64url, key_file_path, load_vapid
+from channels.webpush.encryption import BadSubscriptionKey, encrypt
+from channels.webpush.keys import VapidKeyError, VapidKeys, VapidSigner, b64url, key_file_path, load_vapid
 from channels.webpush.server import PushHttpServer
 from channels.webpush.store import SubscriptionStore, Target
 
@@ -117,7 +126,12 @@ class WebPushChannel(BaseChannel[Settings]):
         self._uses_server = False
         self.subs: SubscriptionStore | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._vapid_cache: dict[str, tuple[str, float]] = {}
+        self._http2: Any = None  # an httpx.AsyncClient when `http2 = true`
+        self.signer: VapidSigner | None = None
+        self.batches: BatchLedger | None = None
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._helper: asyncio.Task[None] | None = None
+        self._stopping = False
         self._paused: dict[str, float] = {}  # push service origin -> monotonic time it accepts again
 
     # lifecycle
@@ -136,12 +150,19 @@ class WebPushChannel(BaseChannel[Settings]):
             self.key_problem = "no store: web push needs the siar store for its subscriptions"
             return
         self.subs = SubscriptionStore(self.context.database, self.context.clock)
+        self.batches = BatchLedger(self.context.database)
+        self.signer = VapidSigner(self.keys, self.section.contact)
         ssl_context = _ssl_context(self.section, self.context.base_dir)
-        connector = aiohttp.TCPConnector(limit=self.settings.concurrency, ssl=ssl_context)
-        self._session = aiohttp.ClientSession(
-            connector=connector, headers={"User-Agent": self.context.user_agent}
-        )
+        if self.settings.http2:
+            self._http2 = _http2_client(self.settings.concurrency, ssl_context, self.context.user_agent)
+        else:  # measured: aiohttp's HTTP/1.1 costs a quarter of httpx+h2's CPU per push
+            connector = aiohttp.TCPConnector(limit=self.settings.concurrency, ssl=ssl_context)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers={"User-Agent": self.context.user_agent}
+            )
         await self._start_server()
+        if self.settings.share_broadcasts and self.context.database.engine.dialect.name == "postgresql":
+            self._helper = asyncio.create_task(self._help_loop(), name=f"webpush {self.name}: help")
 
     async def _start_server(self) -> None:
         shared = self.context.shared.get(SHARED_KEY, _Shared, _Shared)
@@ -178,6 +199,15 @@ class WebPushChannel(BaseChannel[Settings]):
         return self.context.shared.get(SHARED_KEY, _Shared, _Shared).server
 
     async def close(self) -> None:
+        self._stopping = True
+        if self._helper is not None:  # finishes the batch it holds (seconds), then stops
+            try:
+                await asyncio.wait_for(self._helper, self.settings.timeout + 5)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+            except Exception:
+                log.exception("channel %s: helper stopped with an error", self.name)
+            self._helper = None
         shared = self.context.shared.get(SHARED_KEY, _Shared, _Shared)
         if self._uses_server:
             self._uses_server = False
@@ -189,6 +219,9 @@ class WebPushChannel(BaseChannel[Settings]):
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._http2 is not None:
+            await self._http2.aclose()
+            self._http2 = None
 
     # rendering
 
@@ -256,68 +289,40 @@ class WebPushChannel(BaseChannel[Settings]):
     # sending
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
-        if self.keys is None or self.subs is None or self._session is None or self.section is None:
+        if self.keys is None or self.subs is None or self.section is None or self.batches is None:
             raise Permanent(self.key_problem or "the webpush channel was not started")
-        assert self.context.fanout is not None
         payload = payload_of(post, WebPushPayload)
         subs, section, key = self.subs, self.section, idempotency_key
         await subs.expect_clicks(payload.tag, post.story.url)  # only pushed stories' clicks count
         data = payload_bytes(post.text, payload)
         topic = topic_header(self.name if self.settings.replace_unseen else payload.tag)
+        tally = _Tally()
         ttl, urgency = self.delivery(post.story)
-        targets: dict[int, Target] = {}
-        answers: list[PushAnswer] = []
 
         async def audience() -> list[int]:
             if post.digest is not None:  # everyone who wants any of its stories
                 return await subs.audience_any(post.digest.stories, section.topics)
             return await subs.audience(post.story, section.topics)
 
-        async def prepare(batch: Sequence[int]) -> None:  # one query per batch, not one per push
-            targets.clear()
-            targets.update(await subs.targets(batch))
-
-        async def deliver(subscription_id: int) -> RecipientOutcome:
-            target = targets.get(subscription_id)
-            if target is None:
-                return RecipientOutcome(subscription_id, "gone", "unsubscribed since the story was planned")
-            answer = await self._deliver(target, data, topic, ttl, urgency)
-            answers.append(answer)
-            return answer.outcome(subscription_id)
-
-        async def apply(outcomes: Sequence[RecipientOutcome]) -> None:
-            await subs.apply(outcomes, self.settings.max_failures)
-
-        broadcaster = Broadcaster(
-            self.context.fanout,
-            self.name,
-            self.context.clock,
-            concurrency=self.settings.concurrency,
-            batch_size=self.settings.batch_size,
-            max_tries=MAX_TRIES,
-            passes=1,
-            metrics=self.context.metrics,
-        )
-        result = await broadcaster.run(
+        result = await self._worker().run(
             key,
             audience,
-            deliver,
-            prepare=prepare,
-            apply=apply,
+            json.dumps({"data": data.decode(), "topic": topic, "ttl": ttl, "urgency": urgency}).encode(),
+            self._preparer(data, topic, ttl, urgency, tally),
+            apply=self._apply,
             budget=self.settings.send_timeout * 0.8,
         )
         self.context.metrics.subscribers(self.name, await subs.count())
         if result.planned == 0:
             return Receipt(remote_id=key, note="no subscriber wants this story")
         note = result.summary("subscriptions")
-        if answers and all(a.auth_rejected for a in answers):
+        if tally.answers and tally.auth_rejected == tally.answers:
             raise Permanent(
-                f"every push service rejected our VAPID signature ({answers[0].detail}); "
+                f"every push service rejected our VAPID signature ({tally.auth_detail}); "
                 "check the VAPID key and webpush.contact, then `siar resend`"
             )
         if result.remaining:
-            retries = [a for a in answers if a.status == "retry"]
-            reason = retries[0].detail if retries else "time budget used"
+            reason = tally.retry_detail or "time budget used, or other daemons still at work"
             raise RetryLater(
                 f"{result.remaining} of {result.planned} pushes to do ({reason}); {note}",
                 after=result.retry_after,
@@ -325,6 +330,76 @@ class WebPushChannel(BaseChannel[Settings]):
             )
         log.info("channel %s: %s", self.name, note)
         return Receipt(remote_id=key, note=note)
+
+    def _worker(self) -> BatchWorker:
+        assert self.batches is not None
+        return BatchWorker(
+            self.batches,
+            self.name,
+            self.context.clock,
+            self.holder,
+            concurrency=self.settings.concurrency,
+            batch_size=self.settings.batch_size,
+            max_tries=MAX_TRIES,
+            lease=self.settings.lease,
+            metrics=self.context.metrics,
+        )
+
+    def _preparer(self, data: bytes, topic: str, ttl: int, urgency: str, tally: _Tally) -> Any:
+        """`prepare(batch)` for the batch worker: one query for the batch's subscriptions."""
+        subs = self.subs
+        assert subs is not None
+
+        async def prepare(ids: Sequence[int]) -> Deliver:
+            targets = await subs.targets(ids)
+
+            async def deliver(subscription_id: int) -> RecipientOutcome:
+                target = targets.get(subscription_id)
+                if target is None:
+                    return RecipientOutcome(
+                        subscription_id, "gone", "unsubscribed since the story was planned"
+                    )
+                answer = await self._deliver(target, data, topic, ttl, urgency)
+                tally.add(answer)
+                return answer.outcome(subscription_id)
+
+            return deliver
+
+        return prepare
+
+    async def _apply(self, outcomes: Sequence[RecipientOutcome]) -> None:
+        assert self.subs is not None
+        await self.subs.apply(outcomes, self.settings.max_failures)
+
+    async def help_once(self) -> int:
+        """Work batches of any open broadcast of this channel that nobody holds (planned by
+        another daemon, or left by a dead one); returns the recipients finished."""
+        assert self.batches is not None
+        finished = 0
+        for key in await self.batches.open_keys(self.name, self.context.clock()):
+            message = await self.batches.message(key)
+            if self._stopping or message is None:
+                break
+            job = json.loads(message)
+            done, _, _ = await self._worker().work(
+                self._preparer(job["data"].encode(), job["topic"], job["ttl"], job["urgency"], _Tally()),
+                apply=self._apply,
+                key=key,
+                stop=lambda: self._stopping,
+            )
+            finished += done
+        return finished
+
+    async def _help_loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self.help_once()
+            except Exception:
+                log.exception("channel %s: cannot help with a broadcast", self.name)
+            for _ in range(int(self.settings.help_interval * 10)):
+                if self._stopping:
+                    return
+                await asyncio.sleep(0.1)
 
     def delivery(self, story: Story) -> tuple[int, str]:
         """(TTL, Urgency) of a push: breaking news is `high` with `breaking_ttl` (when shorter
@@ -358,6 +433,7 @@ class WebPushChannel(BaseChannel[Settings]):
                 return PushAnswer("failed", detail=f"cannot encrypt or send: {type(exc).__name__}")
             if outcome.status != "retry" or outcome.auth_rejected:
                 return outcome
+            log.debug("channel %s: push to %s: %s; trying again", self.name, origin, outcome.detail)
             if outcome.retry_after is not None and outcome.code == 429:
                 self._paused[origin] = time.monotonic() + outcome.retry_after
             delay = outcome.retry_after if outcome.retry_after is not None else 0.5 * 2**attempt
@@ -366,35 +442,25 @@ class WebPushChannel(BaseChannel[Settings]):
             await asyncio.sleep(delay)
         return outcome
 
-    def _vapid_header(self, audience: str) -> str:
-        """The Authorization header for `audience`, signed once per hour per push service."""
-        assert self.keys is not None
-        cached = self._vapid_cache.get(audience)
-        now = time.time()
-        if cached is None or cached[1] - now < 11 * 3600:
-            exp = int(now) + 12 * 3600
-            contact = self.section.contact if self.section else ""
-            header = self.keys.private.sign({"aud": audience, "exp": exp, "sub": contact})
-            cached = (str(header["Authorization"]), float(exp))
-            self._vapid_cache[audience] = cached
-        return cached[0]
-
     async def _push_once(
         self, target: Target, data: bytes, topic: str, origin: str, ttl: int, urgency: str
     ) -> PushAnswer:
-        from pywebpush import WebPusher  # type: ignore[import-untyped, unused-ignore]
-
-        assert self._session is not None
-        info = {"endpoint": target.endpoint, "keys": {"p256dh": target.p256dh, "auth": target.auth}}
-        body = WebPusher(info).encode(data, "aes128gcm")["body"]
+        assert self.signer is not None
+        try:
+            body = encrypt(data, target.p256dh, target.auth)
+        except BadSubscriptionKey as exc:
+            return PushAnswer("failed", detail=f"unusable subscription keys: {exc}")
         headers = {
-            "Authorization": self._vapid_header(origin),
+            "Authorization": self.signer.header(origin),
             "TTL": str(ttl),
             "Urgency": urgency,
             "Topic": topic,
             "Content-Encoding": "aes128gcm",
             "Content-Type": "application/octet-stream",
         }
+        if self._http2 is not None:
+            return await _post_httpx(self._http2, target.endpoint, body, headers, self.settings.timeout)
+        assert self._session is not None
         try:
             async with self._session.post(
                 target.endpoint,
@@ -412,6 +478,55 @@ class WebPushChannel(BaseChannel[Settings]):
             # delivered, so it is never pushed again automatically (`siar resend` does).
             why = f"no answer from the push service ({type(exc).__name__}); it may have arrived"
             return PushAnswer("uncertain", detail=why)
+
+
+@dataclass
+class _Tally:
+    """What the push services answered during one send (counts, not a list: a million pushes)."""
+
+    answers: int = 0
+    auth_rejected: int = 0
+    auth_detail: str = ""
+    retry_detail: str = ""
+
+    def add(self, answer: PushAnswer) -> None:
+        self.answers += 1
+        if answer.auth_rejected:
+            self.auth_rejected += 1
+            self.auth_detail = self.auth_detail or answer.detail
+        elif answer.status == "retry":
+            self.retry_detail = self.retry_detail or answer.detail
+
+
+def _http2_client(limit: int, ssl_context: ssl.SSLContext | bool, user_agent: str) -> Any:
+    """One httpx client speaking HTTP/2 where the push service offers it (ALPN), else 1.1."""
+    import httpx
+
+    try:
+        import h2  # noqa: F401
+    except ImportError as exc:
+        raise ChannelUnavailable("http2 = true needs the h2 package (pip install 'httpx[http2]')") from exc
+    return httpx.AsyncClient(
+        http2=True,
+        verify=ssl_context,
+        headers={"User-Agent": user_agent},
+        limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+        follow_redirects=False,
+    )
+
+
+async def _post_httpx(
+    client: Any, url: str, body: bytes, headers: dict[str, str], timeout: float
+) -> PushAnswer:
+    import httpx
+
+    try:
+        response = await client.post(url, content=body, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        if not request_may_have_left(exc):
+            return PushAnswer("retry", detail=f"network error: {type(exc).__name__}")
+        return PushAnswer("uncertain", detail=f"network error: {type(exc).__name__}; may have arrived")
+    return push_answer(response.status_code, response.headers.get("Retry-After"), response.text[:300])
 
 
 def _ssl_context(section: WebPushSection, base_dir: Path) -> ssl.SSLContext | bool:

@@ -125,8 +125,15 @@ class Settings(ChannelSettings):
     breaking_ttl: Duration = Field(default=900.0, gt=0)
     # true: a newer story replaces an older one the browser has not received yet (Topic header)
     replace_unseen: bool = False
-    concurrency: int = Field(default=20, ge=1, le=500)  # pushes in flight at once
-    batch_size: int = Field(default=100, ge=1, le=5000)  # deliveries claimed per store write
+    concurrency: int = Field(default=100, ge=1, le=1000)  # pushes in flight at once
+    batch_size: int = Field(default=1000, ge=1, le=10000)  # subscriptions per claimed batch
+    # How long a daemon's claim on a batch lasts without a word from it (every progress write
+    # renews it): a dead daemon's batch is taken over after this long.
+    lease: Duration = 60.0
+    # Help other daemons on the same PostgreSQL store with their broadcasts (claim batches).
+    share_broadcasts: bool = True
+    help_interval: Duration = 2.0  # how often an idle daemon looks for batches to help with
+    http2: bool = False  # push over HTTP/2 (httpx + h2) where the service offers it
     timeout: Duration = 10.0  # per push request
     retries: int = Field(default=2, ge=0, le=10)  # quick retries of one push (429/5xx/network)
     max_retry_wait: Duration = 30.0  # a longer Retry-After defers the rest to the dispatcher

@@ -66,6 +66,11 @@ clicks = Table(
 )
 
 
+# `last_push_at` tells a live subscription from one never confirmed (`_make_room`); a day's
+# precision is enough, and spares a row write per subscription for every story of the day.
+LAST_PUSH_GRAIN = timedelta(hours=12)
+
+
 def endpoint_hash(endpoint: str) -> str:
     return hashlib.sha256(endpoint.encode()).hexdigest()
 
@@ -253,7 +258,8 @@ class SubscriptionStore:
         return found
 
     async def apply(self, outcomes: Sequence[RecipientOutcome], max_failures: int) -> None:
-        """What pushes mean for the subscriptions: a success resets the failure count, a gone
+        """What pushes mean for the subscriptions: a success resets the failure count (and
+        stamps `last_push_at`, at most every LAST_PUSH_GRAIN), a gone
         one (404/410) is deleted, and one that fails `max_failures` times in a row too."""
         now = self.clock()
         sent = [o.recipient for o in outcomes if o.status == "sent"]
@@ -262,10 +268,14 @@ class SubscriptionStore:
         if not (sent or gone or failed):
             return
         async with self._write() as conn:
-            if sent:
+            if sent:  # only rows that change meaningfully: not a write per push per story
+                c = subscriptions.c
                 await conn.execute(
                     update(subscriptions)
-                    .where(subscriptions.c.id.in_(sent))
+                    .where(
+                        c.id.in_(sent),
+                        or_(c.failures > 0, c.last_push_at.is_(None), c.last_push_at < now - LAST_PUSH_GRAIN),
+                    )
                     .values(last_push_at=now, failures=0)
                 )
             if failed:
