@@ -32,7 +32,8 @@ from sqlalchemy import func, insert, select
 
 from bot.app import migrations
 from bot.config import load_config
-from bot.schema import fanout, outbox, stories
+from bot.fanout_batches import _NAMES, _unpack, unpack_ids
+from bot.schema import fanout, fanout_batches, outbox, stories
 from bot.store import Store
 from channels.telegram.store import subscribers
 from channels.webpush.config import WebPushSection
@@ -269,11 +270,14 @@ class World:
                         select(outbox.c.id).where(outbox.c.status == "sending", outbox.c.channel == "discord")
                     )
                 ).all()
+                batched = await _batched(conn, "sending")
         finally:
             await store.close()
-        return {(r.channel, r.key, r.recipient) for r in recipients} | {
-            ("discord", str(p.id), 0) for p in posts
-        }
+        return (
+            {(r.channel, r.key, r.recipient) for r in recipients}
+            | {("discord", str(p.id), 0) for p in posts}
+            | set(batched)
+        )
 
     async def settled(self) -> dict[str, int]:
         """Outbox counts by status (every story's rows)."""
@@ -288,6 +292,7 @@ class World:
                         select(func.count()).where(fanout.c.status.in_(("pending", "sending")))
                     )
                 ).scalar_one()
+                fan += len(await _batched(conn, "pending", "sending"))
         finally:
             await store.close()
         counts = {status: int(n) for status, n in rows}
@@ -306,6 +311,7 @@ class World:
                         )
                     )
                 ).all()
+                rows = [*rows, *(_Row(c, k, r) for c, k, r in await _batched(conn, "uncertain"))]  # type: ignore[list-item]
                 posts = (
                     await conn.execute(
                         select(outbox.c.id, outbox.c.channel, stories.c.url)
@@ -333,6 +339,31 @@ class World:
             assert p.channel == "discord", f"a {p.channel} post (a resumable channel) became uncertain"
             pairs.add(("discord", int(LINK.findall(p.url)[0]), "webhook"))
         return pairs
+
+
+class _Row:
+    def __init__(self, channel: str, key: str, recipient: int) -> None:
+        self.channel, self.key, self.recipient = channel, key, recipient
+
+
+async def _batched(conn: Any, *states: str) -> list[tuple[str, str, int]]:
+    """(channel, broadcast key, recipient) of web push recipients in `states`: web push keeps its
+    progress per batch of recipients (bot/fanout_batches.py), not a row per recipient."""
+    out = []
+    for row in (
+        await conn.execute(
+            select(
+                fanout_batches.c.channel,
+                fanout_batches.c.key,
+                fanout_batches.c.recipients,
+                fanout_batches.c.states,
+            )
+        )
+    ).all():
+        for recipient, state in zip(unpack_ids(row.recipients), _unpack(row.states), strict=True):
+            if _NAMES[state] in states:
+                out.append((row.channel, row.key, recipient))
+    return out
 
 
 async def wait_progress(
