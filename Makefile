@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= config.toml
 
-.PHONY: run test unit e2e test-deps lint audit bench clean system-deps
+.PHONY: run test test-unit test-e2e unit e2e test-deps lint audit bench clean system-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,15 +33,24 @@ system-deps:
 audit: $(VENV)/.installed-dev
 	$(PY) scripts/audit.py
 
-# `make test` = lint + the fast unit set + the end-to-end set (real processes, the Bluesky PDS,
-# Chromium, several daemons, kill tests), with one coverage report over both.
+# `make test` = lint + audit + the fast unit set and the end-to-end set (real processes, the
+# Bluesky PDS, Chromium, several daemons, kill tests) side by side (the end-to-end tests mostly
+# wait on subprocesses and servers, so the two sets share two cores well), then one coverage
+# report over both.
 COV := --cov=bot --cov=channels --cov-report=
 test-deps: $(VENV)/.installed-dev $(PDS)/node_modules/.siar-installed system-deps
 
 test: test-deps lint audit
-	$(PY) -m pytest -q -m unit $(COV)
-	$(PY) -m pytest -q -m "e2e or slow" $(COV) --cov-append
+	rm -f .coverage .coverage.unit .coverage.e2e
+	$(MAKE) --no-print-directory --output-sync=target -j2 test-unit test-e2e
+	$(PY) -m coverage combine .coverage.unit .coverage.e2e >/dev/null
 	$(PY) -m coverage report --skip-covered --sort=cover | tail -25
+
+test-unit:
+	COVERAGE_FILE=.coverage.unit $(PY) -m pytest -q -m unit $(COV)
+
+test-e2e:
+	COVERAGE_FILE=.coverage.e2e $(PY) -m pytest -q -m "e2e or slow" $(COV)
 
 unit: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m unit
