@@ -11,18 +11,28 @@ never crowds the bot's overall budget. Slots are never closer than `gap`: at mos
 little slower, never faster).
 
 On SQLite (one daemon) nobody shares: the in-process pacers are the whole budget.
+
+Daily quotas (`DailyQuotas`, a channel's daily cap) are counted, not paced: one row of
+`daily_quotas` per (key, local day) whose `used` a reservation raises by one in one atomic upsert
+that refuses to pass the cap (`... ON CONFLICT DO UPDATE SET used = used + 1 WHERE used < cap
+RETURNING used`): daemons racing for the last slot get it once between them. A reservation whose
+send certainly did not happen is given back; one whose outcome is unknown keeps its slot. The
+same statement serves SQLite (the process's write lock serialises it), so one daemon and several
+behave alike.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
 
-from sqlalchemy import Float, TextClause, bindparam, delete, func, text
+from sqlalchemy import Float, TextClause, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from bot.db import Database
-from bot.schema import rate_budgets
+from bot.schema import daily_quotas, rate_budgets
 
 Bucket = tuple[str, float]  # (key, gap in seconds between two sends)
 SharedPace = Callable[[float], Awaitable[float]]  # gap -> seconds to wait for our slot
@@ -99,3 +109,107 @@ class RateBudgets:
             return max(0.0, await self.reserve([(key, gap)]))
 
         return wait
+
+
+# --- daily quotas ------------------------------------------------------------------------------
+
+# One reservation: the larger of the row's count and `floor` (uses the caller knows of, e.g. the
+# posts its outbox says were sent today) goes up by one unless it has reached the cap. A refused
+# reservation changes nothing and returns no row. Portable SQL: PostgreSQL and SQLite (>= 3.35)
+# alike; INSERT … SELECT needs its WHERE clause on SQLite for the upsert to parse.
+_TAKE = text(
+    """
+    INSERT INTO daily_quotas (key, day, used)
+    SELECT :key, :day, CAST(:floor AS INTEGER) + 1 WHERE CAST(:floor AS INTEGER) < CAST(:cap AS INTEGER)
+    ON CONFLICT (key, day) DO UPDATE
+    SET used = CASE WHEN daily_quotas.used > CAST(:floor AS INTEGER)
+                    THEN daily_quotas.used ELSE CAST(:floor AS INTEGER) END + 1
+    WHERE CASE WHEN daily_quotas.used > CAST(:floor AS INTEGER)
+               THEN daily_quotas.used ELSE CAST(:floor AS INTEGER) END < CAST(:cap AS INTEGER)
+    RETURNING used
+    """
+)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The answer to `DailyQuotas.take`: whether a slot was granted, and the day's uses (with
+    it when granted; when refused, the count that refused it)."""
+
+    granted: bool
+    used: int
+
+
+class DailyQuotas:
+    """Counted daily allowances (`cap` uses of `key` per day), shared by every daemon of one
+    database; without a database (previews, tests without a store) counted in this process.
+
+    The caller names the day (a local date: its own midnight decides), so the quota follows
+    whatever calendar the caller keeps."""
+
+    def __init__(self, db: Database | None) -> None:
+        self.db = db
+        self._memory: dict[tuple[str, str], int] = {}
+        self._pruned: dict[str, str] = {}  # key -> the day older rows were last pruned for
+
+    async def take(self, key: str, day: date, cap: int, *, floor: int = 0) -> Reservation:
+        """Reserve one of the `cap` uses of `key` on `day`. `floor`: uses known from elsewhere
+        (a lower bound of the day's count: it never lowers it). Atomic across daemons."""
+        when = day.isoformat()
+        if self._pruned.get(key) != when:
+            await self.prune(key, day)
+        if self.db is None:
+            used = max(self._memory.get((key, when), 0), floor)
+            if used >= cap:
+                return Reservation(False, used)
+            self._memory[(key, when)] = used + 1
+            return Reservation(True, used + 1)
+        values = {"key": key, "day": when, "floor": int(floor), "cap": int(cap)}
+        async with self.db.write() as conn:
+            row = (await conn.execute(_TAKE, values)).first()
+            if row is not None:
+                return Reservation(True, int(row[0]))
+            query = select(daily_quotas.c.used).where(daily_quotas.c.key == key, daily_quotas.c.day == when)
+            stored = (await conn.execute(query)).scalar_one_or_none()
+        return Reservation(False, max(int(stored or 0), floor))
+
+    async def give_back(self, key: str, day: date) -> None:
+        """Return a reservation of `day` whose use certainly did not happen."""
+        when = day.isoformat()
+        if self.db is None:
+            if self._memory.get((key, when), 0) > 0:
+                self._memory[(key, when)] -= 1
+            return
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(daily_quotas)
+                .where(daily_quotas.c.key == key, daily_quotas.c.day == when, daily_quotas.c.used > 0)
+                .values(used=daily_quotas.c.used - 1)
+            )
+
+    async def used(self, key: str, day: date) -> int:
+        """The reservations held on `day` (given-back ones not counted)."""
+        when = day.isoformat()
+        if self.db is None:
+            return self._memory.get((key, when), 0)
+        query = select(daily_quotas.c.used).where(daily_quotas.c.key == key, daily_quotas.c.day == when)
+        async with self.db.read() as conn:
+            return int((await conn.execute(query)).scalar_one_or_none() or 0)
+
+    async def prune(self, key: str, day: date) -> int:
+        """Forget `key`'s days before the day before `day` (`take` does it once a day per
+        process). Yesterday stays: a daemon whose clock is a little behind may still count in
+        it, and a slot taken before midnight may be given back after."""
+        when, oldest = day.isoformat(), (day - timedelta(days=1)).isoformat()
+        if self.db is None:
+            for old in [k for k in self._memory if k[0] == key and k[1] < oldest]:
+                del self._memory[old]
+            done = 0
+        else:
+            async with self.db.write() as conn:
+                result = await conn.execute(
+                    delete(daily_quotas).where(daily_quotas.c.key == key, daily_quotas.c.day < oldest)
+                )
+            done = int(result.rowcount or 0)
+        self._pruned[key] = when
+        return done

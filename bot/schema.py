@@ -229,6 +229,17 @@ rate_budgets = Table(
     Column("tat", Float, nullable=False),
 )
 
+# Daily quotas shared by every daemon of one database (bot.budgets.DailyQuotas): a channel's
+# daily cap. One row per (key, local day); `used` counts the reservations, each taken by one atomic
+# upsert that refuses to go past the cap. A row per key lives a few days (pruned by its users).
+daily_quotas = Table(
+    "daily_quotas",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("day", String(10), primary_key=True),  # the local date in ISO form: 2020-10-09
+    Column("used", Integer, nullable=False),
+)
+
 # WebSub subscriptions (bot/websub.py), one per feed: kept across restarts so the hub's callbacks
 # and signatures still match. `secret` signs the hub's notifications (HMAC).
 websub_subscriptions = Table(

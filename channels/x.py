@@ -5,10 +5,14 @@ tweepy is synchronous (requests), so each post runs in a worker thread. tweepy h
 `api_base_url` *before* requests-oauthlib signs them, so the OAuth signature covers the URL that is
 really requested (what any OAuth 1.0a server checks), and tweepy's own error mapping stays intact.
 
-X bills per post, so a channel may have a `daily_cap`: posts sent today (since local midnight in
-`[site] timezone`) are counted from the outbox itself, which survives restarts and sees every
-daemon sharing the store; when the cap is reached the post waits for the next day
-(`on_cap = "defer"`) or is dropped (`"skip"`), and the dispatcher records either.
+X bills per post, so a channel may have a `daily_cap`: each post reserves one of the day's slots
+(the local day of `[site] timezone`) in the store's daily quotas (`bot.budgets.DailyQuotas`)
+before it is sent, with one atomic statement, so daemons sharing a PostgreSQL store never pass
+the cap together. A post X certainly did not make (refused, rate limited, "already posted")
+gives its slot back; one whose outcome is unknown keeps it. The posts the outbox says were sent
+today count as well (a lower bound: a store upgraded mid-day). When the cap is reached the post
+waits for the next day (`on_cap = "defer"`) or is dropped (`"skip"`), and the dispatcher records
+either.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email.utils
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +32,7 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, SecretStr, field_validator
 
 from bot.backoff import MAX_RETRY_AFTER
+from bot.budgets import DailyQuotas
 from bot.channel import (
     AlreadyDone,
     ChannelContext,
@@ -43,6 +49,7 @@ from bot.registry import ChannelType, Plugin
 from bot.render import defuse_mentions
 from bot.types import Digest, Length, Payload, Post, Published, Receipt, Story
 
+log = logging.getLogger("siar.x")
 TWEEPY_HOST = "https://api.twitter.com"
 LIMIT = 280
 # Title, link, as many hashtags as fit; the short call to action only when everything else fits
@@ -115,7 +122,9 @@ class XChannel(BaseChannel[Settings]):
             self.renderer = self.make_renderer(context)
         self.budget = Budget("weighted", LIMIT, count_x)
         self._client: Any = None
-        self._sent_today: tuple[date, int] | None = None  # only when there is no store
+        # The daily cap's slots: in the store (shared by every daemon), or this process's count.
+        self.quotas = DailyQuotas(context.database)
+        self.quota_key = f"channel:{name}"
 
     async def start(self) -> None:
         self._client = self._make_client()
@@ -150,17 +159,18 @@ class XChannel(BaseChannel[Settings]):
         return dataclasses.replace(post, payload=XPayload(), digest=post.digest or digest)
 
     async def send(self, post: Post, *, idempotency_key: str) -> Receipt:
-        await self._check_daily_cap()
         if self._client is None:
             self._client = self._make_client()
+        day = await self._reserve_daily_slot()
         try:
             response = await asyncio.to_thread(self._client.create_tweet, text=post.text, user_auth=True)
         except Exception as exc:
             error = x_error(exc, self.settings.timeout)
+            if day is not None and isinstance(error, (RetryLater, Permanent, AlreadyDone)):
+                await self._give_back(day)  # X made no post (an uncertain one keeps its slot)
             if error is exc:
                 raise  # not a platform answer: the dispatcher records it as uncertain
             raise error from exc
-        self._count_sent()
         data = getattr(response, "data", None) or {}
         tweet_id = str(data.get("id", "")) if isinstance(data, Mapping) else ""
         if not tweet_id:
@@ -214,15 +224,19 @@ class XChannel(BaseChannel[Settings]):
 
     # --- the daily cap ---------------------------------------------------------------------
 
-    async def _check_daily_cap(self) -> None:
+    async def _reserve_daily_slot(self) -> date | None:
+        """Take one of today's `daily_cap` slots (None: no cap); the local day it counts in.
+        RetryLater (defer) or Permanent (skip) when none is left."""
         cap = self.settings.daily_cap
         if cap is None:
-            return
+            return None
         now = self.now()
         midnight, next_midnight = local_day(now, self.context.site.timezone)
-        sent = await self._sent_since(midnight)
-        if sent < cap:
-            return
+        floor = await self._sent_since(midnight)
+        taken = await self.quotas.take(self.quota_key, midnight.date(), cap, floor=floor)
+        if taken.granted:
+            return midnight.date()
+        sent = taken.used
         if self.settings.on_cap == "skip":
             raise Permanent(f'daily cap of {cap} reached ({sent} posts today); skipped (on_cap = "skip")')
         wait = (next_midnight - now).total_seconds() + 1
@@ -232,20 +246,21 @@ class XChannel(BaseChannel[Settings]):
             attempt=False,
         )
 
+    async def _give_back(self, day: date) -> None:
+        """Return a slot whose post X did not make; a store failure only costs the slot."""
+        try:
+            await self.quotas.give_back(self.quota_key, day)
+        except Exception:
+            log.warning(
+                "channel %s: could not give a daily cap slot back (lost for today)", self.name, exc_info=True
+            )
+
     async def _sent_since(self, since: datetime) -> int:
         """Posts X confirmed with an id since `since` ("already posted" answers created nothing
-        new), from the outbox, which survives restarts and sees every daemon sharing the store."""
+        new), from the outbox (0 without a store: the quota's own count is all there is)."""
         if self.context.sent_since is not None:
             return await self.context.sent_since(self.name, since)
-        day = since.astimezone(ZoneInfo(self.context.site.timezone)).date()
-        return self._sent_today[1] if self._sent_today and self._sent_today[0] == day else 0
-
-    def _count_sent(self) -> None:
-        if self.context.sent_since is not None or self.settings.daily_cap is None:
-            return
-        day = self.now().astimezone(ZoneInfo(self.context.site.timezone)).date()
-        count = self._sent_today[1] if self._sent_today and self._sent_today[0] == day else 0
-        self._sent_today = (day, count + 1)
+        return 0
 
 
 def local_day(now: datetime, timezone: str) -> tuple[datetime, datetime]:

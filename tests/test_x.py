@@ -504,6 +504,7 @@ async def test_daily_cap_counts_only_posts_x_created(x_app: Callable[..., Any], 
         assert isinstance(ch, x.XChannel)
         midnight, _ = x.local_day(app.clock(), "Asia/Jakarta")
         assert await ch._sent_since(midnight) == 3  # the duplicate created no post
+        assert await ch.quotas.used(ch.quota_key, midnight.date()) == 3  # and gave its slot back
         assert await ch._sent_since(midnight + timedelta(days=1)) == 0
     finally:
         await app.close()
