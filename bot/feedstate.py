@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -41,7 +42,7 @@ _COLUMNS = tuple(f.name for f in fields(FeedState))
 # Built once: a statement built per call costs more CPU than the database spends running it
 # (an unchanged poll is cheap everywhere else). Bind names are prefixed: SQLAlchemy reserves
 # the plain column names in an UPDATE's SET for the values themselves.
-_SET = {name: bindparam(f"v_{name}") for name in _COLUMNS}
+_SET: dict[str, Any] = {name: bindparam(f"v_{name}") for name in _COLUMNS}
 _UPDATE = update(feed_state).where(feed_state.c.name == bindparam("key")).values(_SET)
 _UPDATE_OLDER = (
     update(feed_state)
