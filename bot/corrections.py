@@ -14,6 +14,7 @@ template change) is recorded but edits nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -21,9 +22,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bot.db import listed, listed_value
 from bot.normalize import link_key
 from bot.outbox import log_decisions
 from bot.schema import outbox, stories
@@ -147,6 +149,17 @@ def edit_key(target_id: int, shown: str) -> str:
     return hashlib.sha256(f"edit:{target_id}:{shown}".encode()).hexdigest()
 
 
+@functools.cache
+def _stored_hashes(dialect: str) -> Select[Any]:
+    """The stored hashes of a feed's entries (`:feed`, `:uids`), retracted stories left out
+    (never looked at again): built once, it is run on every poll that stores something."""
+    return select(stories.c.id, stories.c.uid, stories.c.entry_hash, stories.c.fingerprint).where(
+        stories.c.feed == bindparam("feed"),
+        listed(stories.c.uid, "uids", dialect),
+        stories.c.retracted_at.is_(None),
+    )
+
+
 InsertIgnore = Callable[[Any], Any]  # table -> INSERT … ON CONFLICT DO NOTHING
 
 
@@ -197,18 +210,14 @@ class CorrectionBatch:
         """The stored stories of the feed's entries whose raw hash changed (only those are
         read in full: an unchanged feed costs one narrow query)."""
         uids = [s.uid for s in self.stories if s.uid in self.hashes]
+        if not uids:
+            return {}
+        dialect = conn.dialect.name
         stale: dict[int, tuple[str, str | None, str | None]] = {}
-        for start in range(0, len(uids), 500):
-            rows = await conn.execute(
-                select(stories.c.id, stories.c.uid, stories.c.entry_hash, stories.c.fingerprint).where(
-                    stories.c.feed == self.feed,
-                    stories.c.uid.in_(uids[start : start + 500]),
-                    stories.c.retracted_at.is_(None),  # never looked at again
-                )
-            )
-            for r in rows:
-                if r.entry_hash != self.hashes[r.uid]:
-                    stale[r.id] = (r.uid, r.entry_hash, r.fingerprint)
+        values = {"feed": self.feed, "uids": listed_value(uids, dialect)}
+        for r in await conn.execute(_stored_hashes(dialect), values):
+            if r.entry_hash != self.hashes[r.uid]:
+                stale[r.id] = (r.uid, r.entry_hash, r.fingerprint)
         found: dict[str, Known] = {}
         ids = list(stale)
         for start in range(0, len(ids), 500):

@@ -17,7 +17,7 @@ rule that matches labels the story, and its outbox rows jump every channel's que
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -91,11 +91,15 @@ class Editorial:
     def label(self, stories: Iterable[Story]) -> list[Story]:
         return label(stories, self.config.priority)
 
-    def corrections(self, feed: str, parsed: ParsedFeed) -> CorrectionBatch:
-        """The check of `parsed`'s known entries (run by Stories.record_poll)."""
+    def corrections(
+        self, feed: str, parsed: ParsedFeed, known: Container[str] | None = None
+    ) -> CorrectionBatch:
+        """The check of `parsed`'s known entries (run by Stories.record_poll); `known`: the
+        uids the store holds (the others are new: nothing of theirs is out to correct)."""
+        stories = parsed.stories if known is None else [s for s in parsed.stories if s.uid in known]
         return CorrectionBatch(
             feed=feed,
-            stories=self.label(parsed.stories),
+            stories=self.label(stories),
             hashes=parsed.hashes,
             settings=self.targets,
             can_edit={n: bool(getattr(c, "can_edit", False)) for n, c in self.channels.items()},

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bot.db import Database
+from bot.db import Database, listed, listed_value
 from bot.schema import feed_state
 
 
@@ -37,6 +38,28 @@ class FeedState:
 
 
 _COLUMNS = tuple(f.name for f in fields(FeedState))
+
+# Built once: a statement built per call costs more CPU than the database spends running it
+# (an unchanged poll is cheap everywhere else). Bind names are prefixed: SQLAlchemy reserves
+# the plain column names in an UPDATE's SET for the values themselves.
+_SET: dict[str, Any] = {name: bindparam(f"v_{name}") for name in _COLUMNS}
+_UPDATE = update(feed_state).where(feed_state.c.name == bindparam("key")).values(_SET)
+_UPDATE_OLDER = (
+    update(feed_state)
+    .where(
+        feed_state.c.name == bindparam("key"),
+        or_(feed_state.c.last_fetch_at.is_(None), feed_state.c.last_fetch_at <= bindparam("fetched")),
+    )
+    .values(_SET)
+)
+_INSERT = insert(feed_state).values(_SET)
+
+
+def _params(state: FeedState) -> dict[str, object]:
+    params: dict[str, object] = {f"v_{name}": getattr(state, name) for name in _COLUMNS}
+    params["key"] = state.name
+    params["fetched"] = state.last_fetch_at
+    return params
 
 
 class FeedStates:
@@ -64,10 +87,10 @@ class FeedStates:
 
 async def save_state(conn: AsyncConnection, state: FeedState) -> None:
     """Upsert `state` inside the caller's transaction."""
-    values = {k: getattr(state, k) for k in _COLUMNS}
-    done = await conn.execute(update(feed_state).where(feed_state.c.name == state.name).values(**values))
+    params = _params(state)
+    done = await conn.execute(_UPDATE, params)
     if done.rowcount == 0:
-        await conn.execute(insert(feed_state).values(**values))
+        await conn.execute(_INSERT, params)
 
 
 class FeedBook:
@@ -125,24 +148,29 @@ class FeedBook:
         if not batch:
             return 0
         async with self.states.db.write() as conn:
-            for state in batch.values():
-                await save_newer(conn, state)
+            await save_newer_all(conn, list(batch.values()))
         for name, state in batch.items():
             if self.pending.get(name) is state:
                 del self.pending[name]
         return len(batch)
 
 
-async def save_newer(conn: AsyncConnection, state: FeedState) -> None:
-    """Upsert `state` unless the stored one was fetched later."""
-    values = {k: getattr(state, k) for k in _COLUMNS}
-    query = update(feed_state).where(feed_state.c.name == state.name)
-    if state.last_fetch_at is not None:
-        query = query.where(
-            or_(feed_state.c.last_fetch_at.is_(None), feed_state.c.last_fetch_at <= state.last_fetch_at)
-        )
-    done = await conn.execute(query.values(**values))
-    if done.rowcount == 0:
-        exists = await conn.execute(select(feed_state.c.name).where(feed_state.c.name == state.name))
-        if exists.first() is None:
-            await conn.execute(insert(feed_state).values(**values))
+async def save_newer_all(conn: AsyncConnection, states: list[FeedState]) -> None:
+    """Upsert each of `states` (one per feed) unless its stored one was fetched later: one
+    UPDATE for all of them, and inserts for the feeds without a row."""
+    if not states:
+        return
+    rows = [_params(s) for s in states]
+    newer = [r for r, s in zip(rows, states, strict=True) if s.last_fetch_at is not None]
+    plain = [r for r, s in zip(rows, states, strict=True) if s.last_fetch_at is None]
+    if newer:
+        await conn.execute(_UPDATE_OLDER, newer)
+    if plain:
+        await conn.execute(_UPDATE, plain)
+    dialect = conn.dialect.name
+    names = [s.name for s in states]
+    query = select(feed_state.c.name).where(listed(feed_state.c.name, "names", dialect))
+    stored = {r[0] for r in await conn.execute(query, {"names": listed_value(names, dialect)})}
+    missing = [r for r, s in zip(rows, states, strict=True) if s.name not in stored]
+    if missing:
+        await conn.execute(_INSERT, missing)

@@ -162,6 +162,11 @@ class Fetcher:
             last_modified=headers.get("last-modified"),
         )
         if response.status_code == 304:
+            # A 304 has no body, but a response closed unread closes its connection too: read
+            # the nothing, so the next poll of this server reuses the connection (a new TCP
+            # connection per unchanged poll was most of a 304's CPU).
+            async for _ in response.aiter_raw():
+                break
             return replace(base, not_modified=True)
         if response.status_code >= 400:
             reason = response.reason_phrase or "error"

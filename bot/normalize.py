@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import functools
 import hashlib
 import io
 import json
@@ -41,6 +42,12 @@ class ParsedFeed:
 
 def canonical_url(url: str, base: str = "") -> str:
     """`url` made absolute, without tracking parameters, fragment, default port or host case."""
+    if len(url) > 2048 or len(base) > 2048:  # not worth remembering
+        return _canonical_url(url, base)
+    return _canonical_cached(url, base)
+
+
+def _canonical_url(url: str, base: str) -> str:
     url = fold(url)
     if base:
         url = urljoin(base, url)
@@ -60,6 +67,11 @@ def canonical_url(url: str, base: str = "") -> str:
         host = f"{parts.username}@{host}"
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _TRACKING.match(k)]
     return urlunsplit((scheme, host, parts.path or ("/" if host else ""), urlencode(query), ""))
+
+
+# A poll asks for the same link up to three times (its uid, its story, its de-duplication key):
+# pure, so remembered (a few MB at most: 8,192 links of at most 2 kB).
+_canonical_cached = functools.lru_cache(maxsize=8192)(_canonical_url)
 
 
 def is_web_link(url: str) -> bool:

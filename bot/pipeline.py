@@ -228,7 +228,7 @@ class FeedPoller:
             body_hash=result.body_hash,
             first_run_done=state.first_run_done or any(uids),
         )
-        corrections = editorial.corrections(feed.name, parsed)  # the known entries normalized again
+        corrections = editorial.corrections(feed.name, parsed, known)  # known entries normalized again
         created = await self.store.stories.record_poll(state, items, now, corrections)  # state saved too
         self.book.saved(state)
         self._unsaved.pop(feed.name, None)

@@ -9,19 +9,18 @@ deadlock nor store a story twice.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, or_, select
-from sqlalchemy.dialects import postgresql as postgresql_dialect
-from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.corrections import fingerprint
-from bot.db import Database
+from bot.db import Database, insert_ignore, listed, listed_value
 from bot.feedstate import FeedState, save_state
 from bot.normalize import link_key
 from bot.outbox import log_decisions
@@ -39,18 +38,38 @@ CHUNK = 500  # keys per IN (…) list
 async def _retracted(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, str]:
     """{key: why} of the de-duplication keys of retracted stories: never posted again, even
     when a feed carries the story under another id."""
+    dialect = conn.dialect.name
     found: dict[str, str] = {}
-    for start in range(0, len(keys), CHUNK):
-        rows = await conn.execute(
-            select(stories.c.url_key, stories.c.retract_reason, stories.c.retracted_at).where(
-                stories.c.url_key.in_(list(keys[start : start + CHUNK])), stories.c.retracted_at.is_not(None)
-            )
+    for r in await conn.execute(_sql(dialect).retracted, {"keys": listed_value(keys, dialect)}):
+        found[r.url_key] = f"retracted at {r.retracted_at:%Y-%m-%d %H:%M} UTC" + (
+            f": {r.retract_reason}" if r.retract_reason else ""
         )
-        for r in rows:
-            found[r.url_key] = f"retracted at {r.retracted_at:%Y-%m-%d %H:%M} UTC" + (
-                f": {r.retract_reason}" if r.retract_reason else ""
-            )
     return found
+
+
+class _Statements:
+    """The poll's hot statements, built once per dialect: a statement built per call costs
+    more CPU than SQLite spends running it."""
+
+    def __init__(self, dialect: str) -> None:
+        feed_uids = (stories.c.feed == bindparam("feed"), listed(stories.c.uid, "uids", dialect))
+        self.known_uids = select(stories.c.uid).where(*feed_uids)
+        self.known_hashes = select(stories.c.uid, stories.c.entry_hash).where(*feed_uids)
+        self.taken = select(outbox.c.channel, outbox.c.dedup_key).where(
+            listed(outbox.c.dedup_key, "keys", dialect)
+        )
+        self.retracted = select(stories.c.url_key, stories.c.retract_reason, stories.c.retracted_at).where(
+            listed(stories.c.url_key, "keys", dialect), stories.c.retracted_at.is_not(None)
+        )
+        self.insert_stories = insert_ignore(stories, dialect).returning(stories.c.id, stories.c.uid)
+        self.insert_outbox = insert_ignore(outbox, dialect).returning(
+            outbox.c.id, outbox.c.story_id, outbox.c.channel
+        )
+
+
+@functools.cache
+def _sql(dialect: str) -> _Statements:
+    return _Statements(dialect)
 
 
 @dataclass
@@ -71,31 +90,18 @@ class Stories:
 
     async def known_uids(self, feed: str, uids: Sequence[str]) -> set[str]:
         """Which of `uids` feed `feed` has already delivered to the store."""
-        found: set[str] = set()
+        values = {"feed": feed, "uids": listed_value(uids, self.db.dialect)}
         async with self.db.read() as conn:
-            for start in range(0, len(uids), CHUNK):
-                rows = await conn.execute(
-                    select(stories.c.uid).where(
-                        stories.c.feed == feed, stories.c.uid.in_(list(uids[start : start + CHUNK]))
-                    )
-                )
-                found.update(r[0] for r in rows)
-        return found
+            return {r[0] for r in await conn.execute(_sql(self.db.dialect).known_uids, values)}
 
     async def known_hashes(self, feed: str, uids: Sequence[str]) -> dict[str, str | None]:
         """{uid: the stored raw hash of its entry (None: stored before hashes)} of the `uids`
         feed `feed` has already delivered: an entry whose hash is unchanged need not be
         normalized again (bot.corrections)."""
-        found: dict[str, str | None] = {}
+        values = {"feed": feed, "uids": listed_value(uids, self.db.dialect)}
         async with self.db.read() as conn:
-            for start in range(0, len(uids), CHUNK):
-                rows = await conn.execute(
-                    select(stories.c.uid, stories.c.entry_hash).where(
-                        stories.c.feed == feed, stories.c.uid.in_(list(uids[start : start + CHUNK]))
-                    )
-                )
-                found.update((r.uid, r.entry_hash) for r in rows)
-        return found
+            rows = await conn.execute(_sql(self.db.dialect).known_hashes, values)
+        return {r.uid: r.entry_hash for r in rows}
 
     async def record_poll(
         self,
@@ -127,18 +133,13 @@ class Stories:
         self, conn: AsyncConnection, pairs: list[tuple[str, NewStory]], now: datetime
     ) -> list[int]:
         keys = [key for key, _ in pairs]
-        taken: set[tuple[str, str]] = set()
-        for start in range(0, len(keys), CHUNK):
-            rows = await conn.execute(
-                select(outbox.c.channel, outbox.c.dedup_key).where(
-                    outbox.c.dedup_key.in_(keys[start : start + CHUNK])
-                )
-            )
-            taken.update((r.channel, r.dedup_key) for r in rows)
+        sql = _sql(self.db.dialect)
+        rows = await conn.execute(sql.taken, {"keys": listed_value(keys, self.db.dialect)})
+        taken: set[tuple[str, str]] = {(r.channel, r.dedup_key) for r in rows}
         retracted = await _retracted(conn, keys)
         # Bulk inserts that skip rows another daemon wrote first (ON CONFLICT DO NOTHING).
         inserted = await conn.execute(
-            self._insert_ignore(stories).returning(stories.c.id, stories.c.uid),
+            sql.insert_stories,
             [
                 {
                     "feed": i.story.feed,
@@ -181,10 +182,7 @@ class Stories:
                     )
         queued: dict[tuple[int, str], int] = {}
         if wanted:
-            rows = await conn.execute(
-                self._insert_ignore(outbox).returning(outbox.c.id, outbox.c.story_id, outbox.c.channel),
-                wanted,
-            )
+            rows = await conn.execute(sql.insert_outbox, wanted)
             queued = {(r.story_id, r.channel): r.id for r in rows}
         log_rows: list[dict[str, Any]] = []
         for key, item in pairs:
@@ -213,8 +211,7 @@ class Stories:
 
     def _insert_ignore(self, table: Any) -> Any:
         """INSERT … ON CONFLICT DO NOTHING for this database."""
-        dialect = sqlite_dialect if self.db.is_sqlite else postgresql_dialect
-        return dialect.insert(table).on_conflict_do_nothing()
+        return insert_ignore(table, self.db.dialect)
 
     async def find(self, url_or_id: str, key: str | None = None) -> list[dict[str, Any]]:
         """Stories matching a link (by its de-duplication `key`, bot.normalize.link_key with the

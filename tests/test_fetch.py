@@ -125,3 +125,50 @@ async def test_invalid_urls_are_errors_not_exceptions() -> None:
     finally:
         await fetcher.close()
     assert result.error and "xn--" in result.error
+
+
+async def test_unchanged_polls_keep_their_connection() -> None:
+    """A 304 must not cost a new TCP connection: a response closed unread closes its
+    connection, and an unchanged poll is the commonest poll there is."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    connections: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as real servers
+
+        def setup(self) -> None:
+            super().setup()
+            connections.append(1)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if self.headers.get("If-None-Match") == '"v1"':
+                self.send_response(304)
+                self.send_header("ETag", '"v1"')
+                self.end_headers()
+                return
+            body = b"<rss/>"
+            self.send_response(200)
+            self.send_header("ETag", '"v1"')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/rss"
+    fetcher = Fetcher("siar-test/1.0")
+    try:
+        first = await fetcher.fetch(url)
+        results = [await fetcher.fetch(url, first.etag) for _ in range(5)]
+    finally:
+        await fetcher.close()
+        server.shutdown()
+        server.server_close()
+    assert all(r.not_modified for r in results)
+    assert len(connections) == 1, f"{len(connections)} TCP connections for 6 polls of one feed"
