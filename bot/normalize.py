@@ -133,10 +133,16 @@ def _rename_media_description(body: bytes) -> bytes:
 
     feedparser files `media:description` under `summary` and then moves the real `description`
     to `content`; renamed, the caption lands in `media_imagecaption` and the summary stays right.
+    Its attributes (`type="plain"`) go: an unknown element with attributes is kept by
+    feedparser as the attributes, not the caption. The attribute run is bounded, so the
+    rewrite stays linear in the body whatever the feed holds.
     """
     for prefix in set(_MRSS_PREFIX.findall(body[:65536])):
         p = re.escape(prefix)
-        body = re.sub(rb"<(/?)" + p + rb":description\b", rb"<\1" + prefix + rb":imagecaption", body)
+        body = re.sub(
+            rb"<" + p + rb":description\b[^<>]{0,2000}?(/?)>", rb"<" + prefix + rb":imagecaption\1>", body
+        )
+        body = re.sub(rb"</" + p + rb":description\s*>", rb"</" + prefix + rb":imagecaption>", body)
     return body
 
 
@@ -319,8 +325,9 @@ def entry_to_story(
         else shorten_at_sentence(repair_mojibake(_text_of(entry, "title")), TITLE_MAX)
     )
     paragraphs, images = _body(entry)
-    if not paragraphs and entry.get("media_imagecaption"):
-        paragraphs = [fold(str(entry["media_imagecaption"]))]
+    caption = _caption(entry)
+    if not paragraphs and caption:
+        paragraphs = [caption]
     lead = repair_mojibake(clean_lead(paragraphs, rules))
     if not title:
         title = lead[:120]
@@ -339,9 +346,19 @@ def entry_to_story(
         section=chosen_section,
         categories=categories,
         image=_image(entry, images, url),
-        image_alt=repair_mojibake(fold(str(entry.get("media_imagecaption") or ""))[:1000]),
+        image_alt=repair_mojibake(caption[:1000]),
         language=fold(str(entry.get("language") or language))[:16],
     )
+
+
+def _caption(entry: Any) -> str:
+    """The image caption (`media:description`) as plain text: captions come as text or as
+    HTML (`type="html"`), and never as anything else (a dict would be a parser's attributes)."""
+    value = entry.get("media_imagecaption")
+    if not isinstance(value, str) or not value:
+        return ""
+    value = value[:HTML_MAX]
+    return html_to_text(value) if "<" in value or "&" in value else fold(value)
 
 
 def _entry_link(entry: Any) -> str:

@@ -391,3 +391,39 @@ def test_tempo_titles_have_no_mojibake_left() -> None:
 )
 def test_legitimate_text_is_not_touched(text: str) -> None:
     assert repair_mojibake(text) == text
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["lxml", "feedparser"])
+def test_image_captions_with_a_type_attribute_keep_their_text(fast: bool, monkeypatch) -> None:
+    """`<media:description type="plain">` is common (Media RSS allows type plain|html): its
+    text is the alt text, never the attributes ("{'type': 'plain'}")."""
+    import bot.normalize
+
+    if not fast:
+        monkeypatch.setattr(bot.normalize, "fast_allowed", lambda *args: False)
+    body = b"""<?xml version="1.0"?><rss version="2.0" xmlns:m="http://search.yahoo.com/mrss/">
+    <channel><title>t</title>
+    <item><title>A</title><link>https://x.example/a</link><description>Lead a.</description>
+      <m:content url="https://x.example/a.jpg" medium="image">
+        <m:description type="plain">Putin in Moscow</m:description></m:content></item>
+    <item><title>B</title><link>https://x.example/b</link><description>Lead b.</description>
+      <m:content url="https://x.example/b.jpg" medium="image"/>
+      <m:description type="html">&lt;b&gt;Caption&lt;/b&gt; &amp;amp; more</m:description></item>
+    <item><title>C</title><link>https://x.example/c</link>
+      <m:content url="https://x.example/c.jpg" medium="image"/>
+      <m:description type="plain"/></item>
+    </channel></rss>"""
+    stories = parse_feed(body, "https://x.example/feed", {}, CleaningRules(), "f").stories
+    alts = {s.title: s.image_alt for s in stories}
+    assert alts == {"A": "Putin in Moscow", "B": "Caption & more", "C": ""}
+    assert {s.title: s.lead for s in stories}["A"] == "Lead a."
+
+
+def test_many_unclosed_captions_do_not_stall_the_rewrite() -> None:
+    """The caption rewrite runs on feed bytes: 200,000 unclosed openings stay linear."""
+    import time
+
+    body = b'<rss xmlns:media="http://search.yahoo.com/mrss/"><channel>' + b"<media:description " * 200_000
+    began = time.process_time()
+    parse_feed(body, "https://x.example/feed", {}, CleaningRules(), "f")
+    assert time.process_time() - began < 30  # quadratic would be hours
