@@ -191,13 +191,24 @@ async def status(config: Config, store: Store, as_json: bool) -> int:
         print(json.dumps(report, ensure_ascii=False, indent=2))
         return 0
     console = Console()
-    table = Table("feed", "last success", "failures", "next poll", "last error", title="Feeds")
+    pushed = any(row["websub"] for row in feeds)
+    columns = (
+        "feed",
+        "last success",
+        "failures",
+        "next poll",
+        *(("websub",) if pushed else ()),
+        "last error",
+    )
+    table = Table(*columns, title="Feeds")
     for row in feeds:
+        websub = row["websub"]
         table.add_row(
             row["name"],
             str(row["last_success"] or "never"),
             str(row["failures"]),
             str(row["next_poll"] or "-"),
+            *((f"{websub['state']} until {websub['expires'] or '?'}" if websub else "-",) if pushed else ()),
             row["last_error"] or "",
         )
     console.print(table)

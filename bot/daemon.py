@@ -112,7 +112,9 @@ class Daemon:
         self.polls: set[asyncio.Task[None]] = set()
         self.ops = OpsServer(app.config, app.store, app.metrics, app.clock, lambda: self.app.config)
         self.reloader = Reloader(app, self.schedule, self.unschedule)
-        self.websub = WebSub(app.config, app.store.db, app.clock, self._poll_now, self.retime)
+        self.websub = WebSub(
+            app.config, app.store.db, app.clock, self._poll_now, self.retime, metrics=app.metrics
+        )
         # One WebSub per app, even when a Daemon is made again for the same app (tests, restarts).
         app.poller.observers = [o for o in app.poller.observers if not isinstance(o, WebSub)]
         app.poller.observers.append(self.websub)

@@ -37,6 +37,9 @@ SEND_ACCEPTED = frozenset({"sent", "already_sent"})  # the platform has the post
 # the bot, expired subscription: removed), or unknown (connection lost after sending).
 FANOUT_RESULTS = frozenset({"sent", "retry", "failed", "gone", "uncertain"})
 RELOAD_RESULTS = frozenset({"applied", "rejected", "failed"})
+# A WebSub content notification: verified (the feed is polled), rejected (forged, unsigned, for
+# a feed no longer configured: acknowledged and ignored), unknown (no such subscription: 410).
+WEBSUB_RESULTS = frozenset({"verified", "rejected", "unknown"})
 
 FETCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 PARSE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -144,6 +147,12 @@ class Metrics:
         self._fanout = per_channel(
             Counter, "siar_fanout_recipients_total", "Fan-out recipients by outcome.", FANOUT_RESULTS
         )
+        self._websub = per_feed(
+            Counter, "siar_websub_notifications_total", "WebSub notifications by result.", WEBSUB_RESULTS
+        )
+        self._websub_subscribed = per_feed(
+            Gauge, "siar_websub_subscribed", "1 while a verified WebSub subscription pushes the feed."
+        )
         reloads = Counter("siar_reloads_total", "Configuration reloads.", ["result"], registry=self.registry)
         self._reloads = _Labelled(reloads, lambda values: (self._word(values[0], RELOAD_RESULTS),))
         build = Gauge(
@@ -205,6 +214,8 @@ class Metrics:
             self._last_success,
             self._failures,
             self._interval,
+            self._websub,
+            self._websub_subscribed,
         ):
             labelled.forget(0, keep_feeds)
         channel_metrics: tuple[_Labelled[Counter] | _Labelled[Gauge] | _Labelled[Histogram], ...] = (
@@ -318,6 +329,14 @@ class Metrics:
         """A configuration reload ended with `result` (one of RELOAD_RESULTS)."""
         self._reloads.child(result).inc()
 
+    def websub_notification(self, feed: str, result: str) -> None:
+        """A WebSub notification for `feed` ended with `result` (one of WEBSUB_RESULTS)."""
+        self._websub.child(feed, result).inc()
+
+    def websub_subscribed(self, feed: str, subscribed: bool) -> None:
+        """`feed`'s subscription is verified and trusted (True), or not (any other state, gone)."""
+        self._websub_subscribed.child(feed).set(1 if subscribed else 0)
+
     def watch_outbox(self, snapshot: Callable[[], OutboxSnapshot | None]) -> None:
         """Expose the outbox gauges, read from `snapshot()` (e.g. `OutboxSnapshotter.latest`) at
         each scrape; call once."""
@@ -388,6 +407,12 @@ class NullMetrics(Metrics):
         pass
 
     def reload(self, result: str) -> None:
+        pass
+
+    def websub_notification(self, feed: str, result: str) -> None:
+        pass
+
+    def websub_subscribed(self, feed: str, subscribed: bool) -> None:
         pass
 
     def watch_outbox(self, snapshot: Callable[[], OutboxSnapshot | None]) -> None:

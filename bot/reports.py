@@ -19,6 +19,7 @@ from bot.normalize import link_key
 from bot.outbox import STATUSES
 from bot.schema import outbox, stories
 from bot.stories import Stories
+from bot.websub_store import Subscriptions
 
 if TYPE_CHECKING:
     from bot.config import Config
@@ -29,6 +30,17 @@ OUTBOX_FIELDS = ("id", "channel", "status", "attempts", "remote_id", "remote_url
 def iso(value: Any) -> Any:
     """Datetimes as ISO 8601 text, anything else as it is (for JSON)."""
     return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _websub(sub: Any, config: Config) -> dict[str, Any]:
+    """A feed's WebSub subscription as `status` shows it (its secret never)."""
+    return {
+        "hub": config.redact(sub.hub),
+        "state": sub.state,
+        "expires": iso(sub.expires_at),
+        "last_notified": iso(sub.notified_at),
+        "last_error": config.redact(sub.last_error) if sub.last_error else None,
+    }
 
 
 class Reports:
@@ -102,6 +114,7 @@ class Reports:
     async def status(self, config: Config) -> dict[str, Any]:
         """`siar status --json`: feeds, channels with their row counts, recent failures."""
         states = {s.name: s for s in await self.feeds.all()}
+        pushed = {sub.feed: sub for sub in await Subscriptions(self.db).all()}
         counts = await self.counts()
         recipients = await self.ledger.uncertain_by_channel()
         feeds: list[dict[str, Any]] = []
@@ -117,6 +130,7 @@ class Reports:
                     "next_poll": iso(s.next_poll_at) if s else None,
                     "last_error": config.redact(s.last_error) if s and s.last_error else None,
                     "moved_to": s.redirect_url if s else None,
+                    "websub": _websub(pushed[f.name], config) if f.name in pushed else None,
                 }
             )
         channels: dict[str, dict[str, Any]] = {}

@@ -34,6 +34,7 @@ from bot.addresses import AddressGuard
 from bot.config import Config, FeedConfig
 from bot.db import Database
 from bot.fetch import FetchResult
+from bot.metrics import Metrics, NullMetrics
 from bot.net import Resolver, guard_for_feed, http_client
 from bot.pipeline import PollResult
 from bot.web import HttpServer, release_server, shared_server
@@ -65,8 +66,10 @@ class WebSub:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         resolver: Resolver | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or NullMetrics()
         self.store = Subscriptions(db)
         self.clock = clock
         self.poll = poll  # a poll of the feed, as the scheduler runs it
@@ -308,12 +311,14 @@ class WebSub:
         (§7.1.2 allows it, and a forger learns nothing); only a verified one polls the feed."""
         sub = await self._sub_of(request)
         if sub is None or sub.state == "unsubscribing":
+            self.metrics.websub_notification(sub.feed if sub else "", "unknown")
             return web.Response(status=410, text="no such subscription")  # §7: the hub may drop it
         body = await request.read()
         problem = signature_problem(sub.secret, request.headers.get("X-Hub-Signature"), body)
         feed = self._feed(sub.feed)
         if problem is not None or feed is None:
             self.rejected += 1
+            self.metrics.websub_notification(sub.feed, "rejected")
             self._warn(sub.feed, f"notification ignored: {problem or 'the feed is not configured'}")
             return web.Response(status=202, text="")
         now = self.clock()
@@ -323,6 +328,7 @@ class WebSub:
             self._set(sub)
             self.retime(feed)
         self._set(replace(sub, notified_at=now))
+        self.metrics.websub_notification(sub.feed, "verified")
         self._trigger(feed)
         self._spawn(self._save(self.subs[sub.feed]))
         return web.Response(status=202, text="")
@@ -531,6 +537,7 @@ class WebSub:
             self.by_id.pop(old.callback_id, None)
         self.subs[sub.feed] = sub
         self.by_id[sub.callback_id] = sub.feed
+        self.metrics.websub_subscribed(sub.feed, sub.state == "subscribed")
 
     async def _save(self, sub: Subscription) -> None:
         self._set(sub)
@@ -540,6 +547,7 @@ class WebSub:
         self.by_id.pop(sub.callback_id, None)
         if self.subs.get(sub.feed, sub).callback_id == sub.callback_id:
             self.subs.pop(sub.feed, None)
+            self.metrics.websub_subscribed(sub.feed, False)
             feed = self._feed(sub.feed)
             if feed is not None:  # still configured: back to its own interval
                 self.retime(feed)

@@ -45,6 +45,8 @@ EXPECTED: dict[str, tuple[str, set[str]]] = {
     "siar_channel_auth_failed": ("gauge", {"channel"}),
     "siar_fanout_recipients": ("counter", {"channel", "result"}),
     "siar_reloads": ("counter", {"result"}),
+    "siar_websub_notifications": ("counter", {"feed", "result"}),
+    "siar_websub_subscribed": ("gauge", {"feed"}),
     "siar_build_info": ("gauge", {"version"}),
 }
 
@@ -85,6 +87,8 @@ def exercise(metrics: Metrics) -> None:
     metrics.channel_up("readers", False)
     metrics.channel_auth_failed("readers")
     metrics.reload("applied")
+    metrics.websub_notification("world", "verified")
+    metrics.websub_subscribed("world", True)
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -8,6 +8,7 @@ tests/websub_hub.py, written from the W3C Recommendation; the daemon runs for re
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import time
@@ -248,7 +249,10 @@ async def test_a_verified_notification_posts_the_story_within_seconds_and_polls_
 async def test_forged_notifications_are_acknowledged_and_ignored_never_polled(world: World) -> None:
     world.serve("a", [1])
     world.serve("b", [1])
-    await world.start(world.write_config(["a", "b"]))
+    world.write_config(["a", "b"])
+    path = world.tmp_path / "config.toml"  # with metrics: the notifications are counted
+    path.write_text(path.read_text().replace('listen = ""', f'listen = "127.0.0.1:{free_port()}"', 1))
+    await world.start(load_config(path))
     await world.subscribed("a")
     await world.subscribed("b")
     hits = world.feeds.hits("/a.xml")
@@ -282,6 +286,17 @@ async def test_forged_notifications_are_acknowledged_and_ignored_never_polled(wo
     # The real one, signed with a's secret by the hub, does poll.
     assert await world.hub.publish(world.topic("a"), body) == [202]
     await until(lambda: world.sent_titles() == ["Story 2"], "story 2 posted")
+    assert world.daemon is not None
+    registry = world.daemon.app.metrics.registry
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert sample("siar_websub_notifications_total", feed="a", result="rejected") == 5
+    assert sample("siar_websub_notifications_total", feed="a", result="verified") == 1
+    assert sample("siar_websub_notifications_total", feed="other", result="unknown") == 1
+    assert sample("siar_websub_subscribed", feed="a") == 1
+    assert sample("siar_websub_subscribed", feed="b") == 1
 
 
 async def test_every_signature_method_the_recommendation_names_is_accepted(world: World) -> None:
@@ -620,3 +635,31 @@ async def test_the_challenge_is_echoed_with_a_safe_media_type_and_nosniff(world:
     assert world.websub.subs["a"].lease_seconds == 600  # a hub's re-verification renews the lease
     too_long = {**query, "hub.challenge": "a" * 201}
     assert (await get(world.callback("a"), too_long))[0] == 400
+
+
+async def test_status_shows_each_feeds_subscription_and_never_its_secret(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.serve("a", [1])
+    world.serve("b", [1])
+    world.write_config(["a", "b"])
+    text = (world.tmp_path / "config.toml").read_text()
+    (world.tmp_path / "config.toml").write_text(text.replace('name = "b"', 'name = "b"\nwebsub = false'))
+    config = load_config(world.tmp_path / "config.toml")
+    await world.start(config)
+    await world.subscribed("a")
+    assert world.daemon is not None
+    report = await world.daemon.app.store.reports.status(config)
+    feeds = {f["name"]: f for f in report["feeds"]}
+    websub = feeds["a"]["websub"]
+    assert websub["state"] == "subscribed" and websub["hub"] == world.hub.url
+    assert websub["expires"] and websub["last_error"] is None
+    assert feeds["b"]["websub"] is None
+    assert world.websub.subs["a"].secret not in json.dumps(report)
+    from bot.cli import status
+
+    monkeypatch.setenv("COLUMNS", "250")  # a table narrower than its cells wraps them
+    capsys.readouterr()
+    assert await status(config, world.daemon.app.store, False) == 0
+    table = capsys.readouterr().out
+    assert "websub" in table and "subscribed until" in table
