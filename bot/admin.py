@@ -117,7 +117,11 @@ class Admin:
         }
         capabilities.update(
             {
-                name: Capability(c.type, bool(getattr(c, "can_delete", False)))
+                name: Capability(
+                    c.type,
+                    bool(getattr(c, "can_delete", False)),
+                    getattr(c, "turned_off", {}).get("delete", ""),
+                )
                 for name, c in self.channels.items()
             }
         )

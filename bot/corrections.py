@@ -112,9 +112,11 @@ def plan(
     can_edit: Mapping[str, bool],
     *,
     noisy: int = 0,
+    turned_off: Mapping[str, str] | None = None,
 ) -> Plan:
     """Per channel: edit its sent post, or say why not (pure). `noisy`: how many stories of
-    the feed changed at once, when that is too many to edit."""
+    the feed changed at once, when that is too many to edit; `turned_off`: channel -> the
+    setting that turned its edits off (the platform could edit)."""
     out = Plan(decisions=[Decision(None, "corrected", None, f"changed: {', '.join(change.what)}")])
     for post in posts:
         channel, decide = post.channel, out.decisions.append
@@ -132,6 +134,10 @@ def plan(
         elif configured.on_correction == "ignore":
             rule = f"channels.{channel}.on_correction"
             decide(Decision(channel, "not_edited", rule, 'on_correction = "ignore"'))
+        elif not can_edit.get(channel, False) and (turned_off or {}).get(channel):
+            setting = (turned_off or {})[channel]
+            why = f"{setting} = false: the platform could edit it, this channel does not"
+            decide(Decision(channel, "not_edited", f"channels.{channel}.{setting}", why))
         elif not can_edit.get(channel, False):
             why = f"{configured.type} posts cannot be edited (the platform has no edit)"
             if channel not in can_edit:
@@ -172,6 +178,7 @@ class CorrectionBatch:
     hashes: Mapping[str, str]  # uid -> raw entry hash
     settings: Mapping[str, Any]  # channel settings by name
     can_edit: Mapping[str, bool]  # the running channels
+    turned_off: Mapping[str, str] = field(default_factory=dict)  # channel -> setting turning edits off
     hosts: Sequence[str] = ()
     edited: set[str] = field(default_factory=set)  # channels given edit rows (to wake their workers)
 
@@ -251,7 +258,9 @@ class CorrectionBatch:
         log_rows: list[dict[str, Any]] = []
         for change in corrected:
             posts = [Post(r.id, r.channel, r.status) for r in rows if r.story_id == change.story_id]
-            decided = plan(change, posts, self.settings, self.can_edit, noisy=noisy)
+            decided = plan(
+                change, posts, self.settings, self.can_edit, noisy=noisy, turned_off=self.turned_off
+            )
             for channel, target in decided.edits:
                 wanted.append(
                     {

@@ -103,6 +103,11 @@ class Editorial:
             hashes=parsed.hashes,
             settings=self.targets,
             can_edit={n: bool(getattr(c, "can_edit", False)) for n, c in self.channels.items()},
+            turned_off={
+                n: off["edit"]
+                for n, c in self.channels.items()
+                if "edit" in (off := getattr(c, "turned_off", {}))
+            },
             hosts=tuple(self.config.site.hosts),
         )
 

@@ -55,6 +55,9 @@ class BaseChannel(Generic[S]):
         self.resume_window: float | None = self.RESUME_WINDOW
         self.can_edit: bool = self.CAN_EDIT
         self.can_delete: bool = self.CAN_DELETE
+        # {"edit" | "delete": the setting that turned it off}: the platform could, the operator
+        # chose not to (corrections and retractions then name the setting, not the platform).
+        self.turned_off: dict[str, str] = {}
         self.renderer = self.make_renderer(context)
         self._digest_template = _digest_env(self.HTML).from_string(self.DIGEST_TEMPLATE)
 

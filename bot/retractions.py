@@ -41,6 +41,7 @@ class Capability:
 
     type: str
     can_delete: bool | None
+    turned_off: str = ""  # the setting that turned deleting off (the platform could delete)
 
 
 @dataclass
@@ -88,6 +89,10 @@ def plan(rows: Sequence[Row], capabilities: Mapping[str, Capability]) -> Plan:
         elif row.status == "sent" and not row.remote_id:
             why = "sent, but the platform gave no post id to delete: remove it by hand"
             decide(Decision(row.channel, "not_deleted", None, why))
+        elif capability is not None and capability.can_delete is False and capability.turned_off:
+            setting = capability.turned_off
+            why = f"{setting} = false: the platform could delete it, this channel does not; remove it by hand"
+            decide(Decision(row.channel, "not_deleted", f"channels.{row.channel}.{setting}", why))
         elif capability is not None and capability.can_delete is False:
             decide(Decision(row.channel, "not_deleted", None, recall_hint(capability.type)))
         else:

@@ -423,6 +423,16 @@ def test_correction_plan_table(
     assert decided.edits == ([("c", 7)] if expected == "edit_queued" else [])
 
 
+def test_an_edit_turned_off_by_a_setting_names_the_setting() -> None:
+    """telegram-subscribers with `edit_readers = false`: Telegram can edit, the channel does not."""
+    change = Change(1, _story("A"), _story("B"), "fp", "h", True)
+    settings = {"c": Settings(type="fake", on_correction="edit")}  # type: ignore[arg-type]
+    decided = plan(change, [Post(7, "c", "sent")], settings, {"c": False}, turned_off={"c": "edit_readers"})
+    (made,) = [d for d in decided.decisions if d.channel]
+    assert made.decision == "not_edited" and made.rule == "channels.c.edit_readers"
+    assert made.detail.startswith("edit_readers = false") and "platform has no edit" not in made.detail
+
+
 # --- delivery of editorial rows -----------------------------------------------------------------
 
 PLAIN = Policy(resumable=False, max_attempts=3, send_timeout=60)
@@ -557,6 +567,12 @@ async def test_retract_where_the_platform_cannot_delete(env_factory: Callable[..
         ),
         (Row(1, "c", "post", "uncertain"), Capability("x", True), "not_deleted", "outbox row 1 is uncertain"),
         (Row(1, "c", "post", "sent", "r1"), None, "delete_queued", "deletion queued when the channel runs"),
+        (
+            Row(1, "c", "post", "sent", "r1"),
+            Capability("telegram-subscribers", False, "delete_readers"),
+            "not_deleted",
+            "delete_readers = false: the platform could delete it",
+        ),
     ],
 )
 def test_retraction_plan_table(row: Row, capability: Capability | None, decision: str, detail: str) -> None:

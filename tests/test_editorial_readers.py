@@ -226,6 +226,8 @@ async def test_without_a_digest_the_reader_cannot_choose_digest_only(make_env: C
         assert "belum mengirim ringkasan" in answer["plain"]
         assert not (await env.subscriber(1)).digest_only
         assert not env.readers.can_edit and not env.readers.can_delete  # both off by default
+        # by a setting, not by the platform: corrections and retractions name the setting
+        assert env.readers.turned_off == {"edit": "edit_readers", "delete": "delete_readers"}
         published = await env.broadcast(story(), "b1")
         with pytest.raises(Permanent, match="edit_readers is off"):
             await env.readers.edit(env.readers.render(story(title="X")), published, idempotency_key="e")

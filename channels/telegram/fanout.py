@@ -107,6 +107,14 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
         super().__init__(name, settings, context)
         self.can_edit = settings.edit_readers
         self.can_delete = settings.delete_readers
+        self.turned_off = {
+            action: setting
+            for action, setting, on in (
+                ("edit", "edit_readers", settings.edit_readers),
+                ("delete", "delete_readers", settings.delete_readers),
+            )
+            if not on
+        }
         self.section = telegram_section(context)
         self.language = self.section.language
         self.bot: TelegramApp | None = None
