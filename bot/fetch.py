@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import urllib.request
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import aiohttp
 import httpx
 
 from bot.http_retry import retry_after_seconds
@@ -42,7 +45,17 @@ class FetchResult:
 
 
 class Fetcher:
-    """Shares one HTTP connection pool across all feeds."""
+    """Shares one HTTP connection pool across all feeds.
+
+    A feed's own URL (the operator configured it: no address guard) is fetched with aiohttp,
+    a fifth of httpx's CPU per request (benchmarks/README.md, "feed fetches"): most polls are
+    an unchanged feed answered 304, where the HTTP client is nearly all the cost. URLs a feed
+    controls (article pages, images, hubs: `guard`) and an injected `transport` go through
+    httpx and bot.net's address guard. Both paths give the same `FetchResult` for the same
+    answer (tests/test_fetch.py runs them side by side).
+    """
+
+    FAST = True  # False: every URL through httpx (tests compare the two paths)
 
     def __init__(
         self,
@@ -59,6 +72,10 @@ class Fetcher:
         self.user_agent, self.transport, self.resolver = user_agent, transport, resolver
         self.client = self._new_client(None)
         self.guarded: dict[AddressGuard, httpx.AsyncClient] = {}  # one pool per guard (per feed)
+        self.fast = transport is None and self.FAST  # feeds' own URLs through aiohttp (see the class)
+        self._session: aiohttp.ClientSession | None = None  # made in the running loop
+        self._proxies = urllib.request.getproxies_environment()  # HTTP(S)_PROXY, ALL_PROXY, NO_PROXY
+        self._proxy_of: dict[tuple[str, str], str | None] = {}
 
     def _new_client(self, guard: AddressGuard | None) -> httpx.AsyncClient:
         client = http_client(
@@ -79,6 +96,9 @@ class Fetcher:
         return client
 
     async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         await self.client.aclose()
         for client in self.guarded.values():
             await client.aclose()
@@ -101,6 +121,8 @@ class Fetcher:
         if scheme in ("http", "https"):
             if guard is not None and guard not in self.guarded:
                 self.guarded[guard] = self._new_client(guard)
+            if guard is None and self.fast:
+                return await self._fetch_fast(url, etag, last_modified, timeout, accept)
             client = self.client if guard is None else self.guarded[guard]
             return await self._fetch_http(client, url, etag, last_modified, timeout, accept)
         if guard is not None:  # a feed's link must never read the daemon's own files
@@ -142,8 +164,93 @@ class Fetcher:
         except (httpx.InvalidURL, ValueError, UnicodeError) as exc:  # a malformed link or host name
             return FetchResult(url, error=f"cannot fetch {url}: invalid URL ({type(exc).__name__})")
 
+    def _session_now(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers={k: v for k, v in self.client.headers.items() if k.lower() != "host"},
+                connector=aiohttp.TCPConnector(limit=100, limit_per_host=20, ttl_dns_cache=60),
+                auto_decompress=False,  # inflated here under the size cap (_Decoder)
+                # Proxies are chosen here (_proxy_for): aiohttp's trust_env would look them up
+                # in a worker thread on every request, a third of a 304's CPU.
+                trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
+
+    def _proxy_for(self, url: str) -> str | None:
+        """The proxy for `url` from the environment (as at start), chosen as httpx chooses it."""
+        parts = urlsplit(url)
+        key = (parts.scheme.lower(), parts.hostname or "")
+        if key not in self._proxy_of:
+            proxy = self._proxies.get(key[0]) or self._proxies.get("all")
+            bypass = urllib.request.proxy_bypass_environment(key[1], self._proxies)  # type: ignore[attr-defined]
+            self._proxy_of[key] = proxy if proxy and not bypass else None
+        return self._proxy_of[key]
+
+    async def _fetch_fast(
+        self, url: str, etag: str | None, last_modified: str | None, timeout: float | None, accept: str | None
+    ) -> FetchResult:
+        headers: dict[str, str] = {}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        if accept:
+            headers["Accept"] = accept
+        seconds = timeout or self.timeout
+        limits = aiohttp.ClientTimeout(total=None, connect=min(seconds, 10.0), sock_read=seconds)
+        try:
+            async with asyncio.timeout(seconds * 2):
+                async with self._session_now().get(
+                    url,
+                    headers=headers,
+                    timeout=limits,
+                    max_redirects=8,
+                    allow_redirects=True,
+                    proxy=self._proxy_for(url),
+                ) as response:
+                    return await self._read_fast(url, response)
+        except TimeoutError:  # asyncio's and aiohttp's (ServerTimeoutError is one)
+            return FetchResult(url, error=f"timed out fetching {url}")
+        except aiohttp.TooManyRedirects:
+            return FetchResult(url, error=f"too many redirects from {url}")
+        except aiohttp.InvalidURL:
+            return FetchResult(url, error=f"cannot fetch {url}: invalid URL (InvalidURL)")
+        except aiohttp.ClientConnectorCertificateError as exc:
+            return FetchResult(
+                url, error=f"cannot fetch {url}: TLS certificate refused ({exc.certificate_error})"
+            )
+        except aiohttp.ClientConnectorDNSError as exc:
+            return FetchResult(url, error=f"cannot fetch {url}: cannot resolve the name ({exc.os_error})")
+        except aiohttp.ClientConnectorError as exc:
+            return FetchResult(url, error=f"cannot fetch {url}: {_reason(exc.os_error)}")
+        except aiohttp.ClientError as exc:
+            return FetchResult(url, error=f"cannot fetch {url}: {_reason(exc)}")
+        except (ValueError, UnicodeError) as exc:  # a malformed link or host name
+            return FetchResult(url, error=f"cannot fetch {url}: invalid URL ({type(exc).__name__})")
+
+    async def _read_fast(self, url: str, response: aiohttp.ClientResponse) -> FetchResult:
+        permanent = None
+        for hop in response.history:  # only an unbroken chain of permanent moves is permanent
+            if hop.status not in (301, 308):
+                permanent = None
+                break
+            permanent = str(response.url)
+        headers: dict[str, str] = {}
+        for key, value in response.headers.items():  # repeated ones joined, as httpx does
+            key = key.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        return await self._answer(
+            url,
+            str(response.url),
+            response.status,
+            response.reason or "",
+            headers,
+            permanent,
+            response.content.iter_any(),
+        )
+
     async def _read(self, url: str, response: httpx.Response) -> FetchResult:
-        final = str(response.url)
         permanent = None
         for hop in response.history:  # only an unbroken chain of permanent moves is permanent
             if hop.status_code not in (301, 308):
@@ -151,26 +258,47 @@ class Fetcher:
                 break
             permanent = str(response.url)
         headers = {k.lower(): v for k, v in response.headers.items()}
+        return await self._answer(
+            url,
+            str(response.url),
+            response.status_code,
+            response.reason_phrase,
+            headers,
+            permanent,
+            response.aiter_raw(),
+        )
+
+    async def _answer(
+        self,
+        url: str,
+        final: str,
+        status: int,
+        reason: str,
+        headers: dict[str, str],
+        permanent: str | None,
+        raw: AsyncIterator[bytes],
+    ) -> FetchResult:
+        """The result of an answer: `headers` lower-cased, `raw` the body as sent (either
+        client's), read here only when it is wanted, and never past the size cap."""
         retry_after = retry_after_seconds(headers.get("retry-after"), datetime.now(UTC))
         base = FetchResult(
             final,
-            status=response.status_code,
+            status=status,
             headers=headers,
             permanent_redirect=permanent,
             retry_after=retry_after,
             etag=headers.get("etag"),
             last_modified=headers.get("last-modified"),
         )
-        if response.status_code == 304:
+        if status == 304:
             # A 304 has no body, but a response closed unread closes its connection too: read
             # the nothing, so the next poll of this server reuses the connection (a new TCP
             # connection per unchanged poll was most of a 304's CPU).
-            async for _ in response.aiter_raw():
+            async for _ in raw:
                 break
             return replace(base, not_modified=True)
-        if response.status_code >= 400:
-            reason = response.reason_phrase or "error"
-            return replace(base, error=f"HTTP {response.status_code} {reason} from {url}")
+        if status >= 400:
+            return replace(base, error=f"HTTP {status} {reason or 'error'} from {url}")
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             return replace(base, error=f"{url} is {declared} bytes, over the {self.max_bytes} cap")
@@ -180,9 +308,9 @@ class Fetcher:
             return replace(base, error=f"{url}: {exc}")
         chunks, size = [], 0
         try:
-            # Raw bytes, inflated here under the cap: httpx would inflate a whole chunk at once.
-            async for raw in response.aiter_raw():
-                chunk = decoder.feed(raw)
+            # Raw bytes, inflated here under the cap: a client would inflate a whole chunk at once.
+            async for data in raw:
+                chunk = decoder.feed(data)
                 size += len(chunk)
                 chunks.append(chunk)
             chunks.append(decoder.flush())

@@ -2,9 +2,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from bot.fetch import Fetcher
 from bot.http_retry import retry_after_seconds
 from tests.feedserver import FeedServer, Route
+
+
+@pytest.fixture(autouse=True, params=["aiohttp", "httpx"])
+def client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both of the fetcher's HTTP paths: a feed's own URL goes through
+    aiohttp, anything a feed controls through httpx; they must answer alike."""
+    monkeypatch.setattr(Fetcher, "FAST", request.param == "aiohttp")
+    return str(request.param)
 
 
 async def test_conditional_get_answers_not_modified(feed_server: FeedServer) -> None:
@@ -172,3 +182,26 @@ async def test_unchanged_polls_keep_their_connection() -> None:
         server.server_close()
     assert all(r.not_modified for r in results)
     assert len(connections) == 1, f"{len(connections)} TCP connections for 6 polls of one feed"
+
+
+async def test_feeds_go_through_the_environments_proxy_unless_no_proxy_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.test_net import fake_proxy
+
+    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    async with fake_proxy(b"<rss/> via proxy") as (proxy_url, seen):
+        monkeypatch.setenv("http_proxy", proxy_url)
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        monkeypatch.setenv("no_proxy", "direct.example.test")
+        monkeypatch.setenv("NO_PROXY", "direct.example.test")
+        fetcher = Fetcher("t", timeout=5)
+        try:
+            proxied = await fetcher.fetch("http://news.example.test/feed.xml")
+            direct = await fetcher.fetch("http://direct.example.test/feed.xml")
+        finally:
+            await fetcher.close()
+    assert proxied.body == b"<rss/> via proxy"
+    assert seen == [b"GET http://news.example.test/feed.xml HTTP/1.1"]
+    assert direct.error and "direct.example.test" in direct.error  # not through the proxy
