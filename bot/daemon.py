@@ -198,6 +198,7 @@ class Daemon:
                 loop.add_signal_handler(sig, handler)
             except (NotImplementedError, RuntimeError):
                 pass
+        heap.limit_arenas()  # before the store's and the parse workers' threads start
         lock: StoreLock | None = None
         pid = PidFile(app.config.path)
         try:
