@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, func, select, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bot.migration_heads import UnknownHeads, heads
@@ -42,10 +42,15 @@ def database_url(url: str, base_dir: Path) -> tuple[str, Path | None]:
         if not db or db == ":memory:":
             raise ValueError("store.url: an in-memory SQLite store would lose every post; name a file")
         path = resolve_path(db, base_dir)
-        return str(parsed.set(drivername="sqlite+aiosqlite", database=str(path))), path
+        return _text(parsed.set(drivername="sqlite+aiosqlite", database=str(path))), path
     if backend in ("postgresql", "postgres"):
-        return str(parsed.set(drivername="postgresql+asyncpg")), None
+        return _text(parsed.set(drivername="postgresql+asyncpg")), None
     raise ValueError(f"store.url: unsupported database {backend!r}; use sqlite:/// or postgresql://")
+
+
+def _text(url: URL) -> str:
+    # Not str(url): SQLAlchemy 2 masks the password there ("***"), and the engine got that.
+    return url.render_as_string(hide_password=False)
 
 
 class Database:
