@@ -86,12 +86,19 @@ class Database:
         """A connection for queries (no transaction is committed)."""
         return self.engine.connect()
 
-    async def migrate(self, version_locations: Sequence[Path] = ()) -> None:
+    async def migrate(self, version_locations: Sequence[Path] = (), *, in_child: bool = False) -> None:
         """Bring the schema to the newest revision of the core and of `version_locations`
         (the channel packages' own migrations); idempotent. Alembic is imported only when
-        the store is not at those revisions already (bot/migration_heads.py)."""
+        the store is not at those revisions already (bot/migration_heads.py), and with
+        `in_child` not even then: a child process migrates (bot/schema_upgrade.py)."""
         locations = [MIGRATIONS / "versions", *version_locations]
         if await self.at_heads(locations):
+            self.warn_if_readable()
+            return
+        if in_child:
+            from bot.schema_upgrade import upgrade_apart
+
+            await upgrade_apart(self.url, version_locations)
             self.warn_if_readable()
             return
         async with self.engine.begin() as conn:

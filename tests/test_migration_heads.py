@@ -17,6 +17,7 @@ from sqlalchemy import inspect
 from bot.db import MIGRATIONS
 from bot.migration_heads import UnknownHeads, heads
 from bot.registry import REGISTRY
+from bot.schema_upgrade import MigrationFailed
 from bot.store import Store
 
 ROOT = Path(__file__).parent.parent
@@ -155,3 +156,46 @@ def test_starting_on_an_up_to_date_store_does_not_import_alembic(tmp_path: Path)
         check=True,
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_daemon_migrates_a_new_store_in_a_child_and_keeps_no_alembic(tmp_path: Path) -> None:
+    script = f"""
+        import asyncio, sys
+        from sqlalchemy import inspect
+        from bot.store import Store
+        async def main():
+            store = Store({"sqlite:///" + str(tmp_path / "siar.db")!r})
+            await store.migrate(in_child=True)
+            async with store.db.read() as conn:
+                names = await conn.run_sync(lambda sync: inspect(sync).get_table_names())
+            await store.close()
+            return names
+        names = asyncio.run(main())
+        print("outbox" in names, "tg_subscribers" in names)
+        print(sorted({{m.split(".")[0] for m in sys.modules}} & {{"alembic", "mako"}}))
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split("\n")[:2] == ["True True", "[]"]
+
+
+async def test_a_failed_migration_in_the_child_is_raised_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    extra = tmp_path / "extra"
+    probe_revision(extra)
+    text = (extra / "0099_probe.py").read_text().replace('op.create_table("probe"', 'op.drop_table("no_such"')
+    (extra / "0099_probe.py").write_text(text)
+    store = Store(f"sqlite:///{tmp_path / 'siar.db'}")
+    try:
+        with pytest.raises(MigrationFailed):
+            await store.migrate([*REGISTRY.migrations(), extra], in_child=True)
+        assert "no_such" in caplog.text  # the child's error, relayed
+        assert await store.db.at_heads(every_location()) is False  # 0099 is rolled back with the rest
+    finally:
+        await store.close()
