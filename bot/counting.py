@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import regex
-from twitter_text import extract_urls_with_indices, parse_tweet
 
 from bot.types import Facet
+
+# twitter-text is imported where it counts (X, Mastodon, Bluesky, Threads): with its emoji
+# tables and pkg_resources it is ~10 MiB of a daemon that may post to none of them.
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ def count_utf16(text: str) -> int:
 
 def count_x(text: str) -> int:
     """X's weighted length (twitter-text v3 rules, as X counts a post)."""
+    from twitter_text import parse_tweet
+
     return int(parse_tweet(unicodedata.normalize("NFC", text)).weightedLength)
 
 
@@ -68,6 +72,8 @@ def count_threads(text: str) -> int:
 
 def web_urls(text: str) -> list[tuple[int, int, str]]:
     """(start, end, url) of each http(s) URL in `text`, in str indices, as platforms link them."""
+    from twitter_text import extract_urls_with_indices
+
     out = []
     for found in extract_urls_with_indices(text):
         url = found["url"]

@@ -25,14 +25,15 @@ from bot.websub import WebSub
 log = logging.getLogger("siar")
 
 
-async def prepare(app: App) -> StoreLock | None:
-    """Lock the store (SQLite), migrate it, recover crashed sends and start the channels."""
+async def prepare(app: App, *, migrate_in_child: bool = False) -> StoreLock | None:
+    """Lock the store (SQLite), migrate it (`migrate_in_child`: in a child process, so that
+    a long-running daemon does not keep Alembic), recover crashed sends and start the channels."""
     lock = None
     if app.store.sqlite_path is not None:
         lock = StoreLock(app.store.sqlite_path)
         lock.acquire()
     try:
-        await app.store.migrate(migrations())
+        await app.store.migrate(migrations(), in_child=migrate_in_child)
         now = app.clock()
         # With SQLite only this process sends; on PostgreSQL other daemons may be mid-send.
         stale = None if app.store.is_sqlite else now - timedelta(seconds=app.config.cluster.takeover_after)
@@ -200,10 +201,11 @@ class Daemon:
                 loop.add_signal_handler(sig, handler)
             except (NotImplementedError, RuntimeError):
                 pass
+        heap.limit_arenas()  # before the store's and the parse workers' threads start
         lock: StoreLock | None = None
         pid = PidFile(app.config.path)
         try:
-            lock = await prepare(app)
+            lock = await prepare(app, migrate_in_child=True)
             pid.write()
             await record_feed_states(app.store, app.config, app.metrics)
             await self.ops.start()

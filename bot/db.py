@@ -22,13 +22,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from sqlalchemy import ColumnElement, any_, bindparam, event, func, insert, select
+from sqlalchemy import ColumnElement, any_, bindparam, event, func, insert, select, text
 from sqlalchemy.dialects import postgresql as postgresql_dialect
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from bot.migration_heads import UnknownHeads, heads
 from bot.paths import resolve_path
 
 log = logging.getLogger("siar.store")
@@ -46,10 +45,15 @@ def database_url(url: str, base_dir: Path) -> tuple[str, Path | None]:
         if not db or db == ":memory:":
             raise ValueError("store.url: an in-memory SQLite store would lose every post; name a file")
         path = resolve_path(db, base_dir)
-        return str(parsed.set(drivername="sqlite+aiosqlite", database=str(path))), path
+        return _text(parsed.set(drivername="sqlite+aiosqlite", database=str(path))), path
     if backend in ("postgresql", "postgres"):
-        return str(parsed.set(drivername="postgresql+asyncpg")), None
+        return _text(parsed.set(drivername="postgresql+asyncpg")), None
     raise ValueError(f"store.url: unsupported database {backend!r}; use sqlite:/// or postgresql://")
+
+
+def _text(url: URL) -> str:
+    # Not str(url): SQLAlchemy 2 masks the password there ("***"), and the engine got that.
+    return url.render_as_string(hide_password=False)
 
 
 class Database:
@@ -90,14 +94,42 @@ class Database:
         """A connection for queries (no transaction is committed)."""
         return self.engine.connect()
 
-    async def migrate(self, version_locations: Sequence[Path] = ()) -> None:
+    async def migrate(self, version_locations: Sequence[Path] = (), *, in_child: bool = False) -> None:
         """Bring the schema to the newest revision of the core and of `version_locations`
-        (the channel packages' own migrations); idempotent."""
+        (the channel packages' own migrations); idempotent. Alembic is imported only when
+        the store is not at those revisions already (bot/migration_heads.py), and with
+        `in_child` not even then: a child process migrates (bot/schema_upgrade.py)."""
+        locations = [MIGRATIONS / "versions", *version_locations]
+        if await self.at_heads(locations):
+            self.warn_if_readable()
+            return
+        if in_child:
+            from bot.schema_upgrade import upgrade_apart
+
+            await upgrade_apart(self.url, version_locations)
+            self.warn_if_readable()
+            return
         async with self.engine.begin() as conn:
             if not self.is_sqlite:  # daemons starting together: one migrates, the others wait
                 await conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
-            await conn.run_sync(_upgrade, list(version_locations))
+            await conn.run_sync(_upgrade, locations)
         self.warn_if_readable()
+
+    async def at_heads(self, locations: Sequence[Path]) -> bool:
+        """Whether the store's revisions are exactly the newest ones under `locations`
+        (False when that cannot be known without Alembic)."""
+        try:
+            wanted = heads(locations)
+        except UnknownHeads as exc:
+            log.debug("migrations: heads unknown without Alembic (%s)", exc)
+            return False
+        try:
+            async with self.read() as conn:
+                rows = await conn.execute(text("SELECT version_num FROM alembic_version"))
+                stored = {str(row[0]) for row in rows}
+        except Exception:  # no version table yet (a new store), or no store at all: Alembic says
+            return False
+        return stored == wanted
 
     def warn_if_readable(self) -> None:
         """Log once for each store file that users other than its owner may read."""
@@ -184,12 +216,13 @@ def _sqlite_connect(path: Path) -> Any:
     return on_connect
 
 
-def _upgrade(conn: Connection, extra: list[Path]) -> None:
+def _upgrade(conn: Connection, locations: list[Path]) -> None:
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("path_separator", "os")
-    cfg.set_main_option(
-        "version_locations", os.pathsep.join(str(p) for p in [MIGRATIONS / "versions", *extra])
-    )
+    cfg.set_main_option("version_locations", os.pathsep.join(str(p) for p in locations))
     cfg.attributes["connection"] = conn
     command.upgrade(cfg, "heads")  # channel packages add branches of their own

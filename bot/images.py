@@ -15,7 +15,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from PIL import Image
+
+# Pillow is imported where an image is decoded (shrink_image): fetching and sizing an image
+# reads its header alone, and a daemon that shrinks none never loads Pillow.
 
 # 40 MP: above 8K UHD (33 MP) and most camera originals, far below Pillow's 89 MP warning.
 # Worst case decode: 160 MB (RGBA PNG); a JPEG decodes at 1/2..1/8 scale through draft().
@@ -171,6 +173,8 @@ def shrink_image(
     kind, width, height = image_info(data, max_pixels)
     if len(data) <= max_bytes and kind in keep and max(width, height) <= max_side:
         return data, kind
+    from PIL import Image
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked above
@@ -208,6 +212,8 @@ def _reduced_rgb(image: Any, max_side: int) -> Any:
         frame = image.convert({"1": "L", "P": "RGBA", "PA": "RGBA"}.get(image.mode, "RGB"))
     frame.thumbnail((max_side, max_side))  # before converting: the big copy is never made
     if frame.mode in ("RGBA", "LA"):
+        from PIL import Image
+
         rgba = frame.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))

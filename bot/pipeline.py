@@ -39,6 +39,13 @@ ALERT_AFTER = 5  # consecutive failures of a feed before the admins are alerted 
 GONE = 410  # "Gone": the server says the feed will not come back; it is not polled again
 GONE_NOTE = "the feed is gone for good (HTTP 410): siar stopped polling it; a new url polls again"
 Clock = Callable[[], datetime]
+# Documents read and stored at once, whatever the number of polls in flight: each holds its
+# parsed entries, stories and SQL parameters (a first poll of 50 items, a few MiB), and a busy
+# daemon with 200 feeds due had them all at once (RSS +45 MiB, kept: Python's small-object
+# arenas stay mapped). The reading is CPU work under one GIL and SQLite writes one at a time,
+# so more at once is not faster (benchmarks/memory.py). Fetches wait for nothing; a feed's
+# optional enrichment (article pages) happens inside its slot.
+READING_AT_ONCE = 8
 
 
 @dataclass
@@ -97,6 +104,7 @@ class FeedPoller:
         # byte for byte, is known without being normalized or even looked up.
         self._digests: dict[str, dict[bytes, str]] = {}
         self.observers: list[PollObserver] = []
+        self._reading = asyncio.Semaphore(READING_AT_ONCE)
 
     async def poll(self, feed: FeedConfig, *, force: bool = False) -> PollResult:
         """Poll `feed` once (unless it is backing off and not `force`d)."""
@@ -190,6 +198,17 @@ class FeedPoller:
             self.book.put(state)  # written with the next batch (FeedBook.flush)
             self._unsaved.pop(feed.name, None)
             return PollResult(feed.name, "not_modified" if result.not_modified else "unchanged")
+        async with self._reading:  # see READING_AT_ONCE
+            read = await self._read(feed, state, result, now, timing)
+        if isinstance(read, str):  # saved and alerted outside: the next document need not wait
+            return await self._failed(feed, state, now, read, None)
+        return read
+
+    async def _read(
+        self, feed: FeedConfig, state: FeedState, result: FetchResult, now: datetime, timing: _Timing
+    ) -> PollResult | str:
+        """Read the fetched document and store its new stories: the poll's result, or why the
+        document is not a feed."""
         assert result.body is not None
         began = time.perf_counter()
         remembered = self._digests.get(feed.name, {})
@@ -199,7 +218,7 @@ class FeedPoller:
         if not any(uids) and doc.bozo:
             kind = (result.headers or {}).get("content-type", "").split(";")[0].strip()
             page = f" (the server sent {kind}: a web page, not a feed)" if "html" in kind else ""
-            return await self._failed(feed, state, now, f"not a readable feed{page}: {doc.bozo}", None)
+            return f"not a readable feed{page}: {doc.bozo}"
         if doc.bozo:
             log.info("feed %s: malformed but readable (%s)", feed.name, doc.bozo)
         editorial = Editorial(self.config, self.targets, self.channels)  # breaking news, corrections

@@ -44,12 +44,14 @@ class Store:
     def is_sqlite(self) -> bool:
         return self.db.is_sqlite
 
-    async def migrate(self, version_locations: Sequence[Path] | None = None) -> None:
+    async def migrate(
+        self, version_locations: Sequence[Path] | None = None, *, in_child: bool = False
+    ) -> None:
         """The core's migrations and those of `version_locations` (default: every channel
-        package's)."""
+        package's); `in_child`: in a child process (bot/schema_upgrade.py)."""
         if version_locations is None:
             version_locations = REGISTRY.migrations()
-        await self.db.migrate(version_locations)
+        await self.db.migrate(version_locations, in_child=in_child)
 
     async def close(self) -> None:
         await self.db.close()

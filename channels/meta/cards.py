@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bot.cards import CardSettings, render_card
+from bot.cards import CardSettings
 from bot.config import HttpConfig
 from bot.types import Story
 from bot.web import HttpServer, release_server, shared_server
@@ -71,6 +71,8 @@ class CardStore:
         if path.exists():
             return path
         data = await photo(story) if story.image else None
+        from bot.cards import render_card  # Pillow and fontTools: only once a card is drawn
+
         jpeg = await asyncio.to_thread(
             render_card,
             story.title,

@@ -12,8 +12,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from twitter_text import extract_urls
-
 from bot.channel import ChannelContext, ChannelSettings, Permanent, RetryLater, payload_of
 from bot.counting import Budget, count_threads
 from bot.registry import ChannelType
@@ -49,6 +47,8 @@ RENEW_HELP = (
 
 def link_count(text: str, attachment: str = "") -> int:
     """Meta's count: the unique URLs in the text (bare domains too) and the link attachment."""
+    from twitter_text import extract_urls  # lazily: see bot/counting.py
+
     found = {url.rstrip("/") for url in extract_urls(text)}
     if attachment:
         found.add(attachment.rstrip("/"))

@@ -16,26 +16,65 @@ in this order:
 """
 
 import argparse
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from bot.channel import Channel, ChannelContext, ChannelSettings
 from bot.config import Config, split_listen
 from bot.registry import ChannelType, CliCommand, Plugin
-from channels.webpush.channel import (
-    DEFAULT_TEMPLATE,
-    PAYLOAD_MAX,
-    PushAnswer,
-    WebPushChannel,
-    WebPushPayload,
-    create,
-    payload_bytes,
-    push_answer,
-)
 from channels.webpush.config import Settings, Topic, WebPushSection, http_config
-from channels.webpush.keys import b64url, init_command, load_vapid
-from channels.webpush.server import ClientLimiter, PushHttpServer
-from channels.webpush.store import SubscriptionStore
 from channels.webpush.store import metadata as tables
-from channels.webpush.subscription import Subscription, wanted_by
+
+if TYPE_CHECKING:
+    from channels.webpush.channel import (
+        DEFAULT_TEMPLATE,
+        PAYLOAD_MAX,
+        PushAnswer,
+        WebPushChannel,
+        WebPushPayload,
+        payload_bytes,
+        push_answer,
+    )
+    from channels.webpush.keys import b64url, init_command, load_vapid
+    from channels.webpush.server import ClientLimiter, PushHttpServer
+    from channels.webpush.store import SubscriptionStore
+    from channels.webpush.subscription import Subscription, wanted_by
+
+# What only a running web push channel needs (the channel with aiohttp, encryption and the
+# subscribe page; cryptography for the keys) is imported on first use: every siar process
+# imports this package to learn the channel type, most never push (README, memory).
+_LAZY = {
+    "DEFAULT_TEMPLATE": "channel",
+    "PAYLOAD_MAX": "channel",
+    "PushAnswer": "channel",
+    "WebPushChannel": "channel",
+    "WebPushPayload": "channel",
+    "payload_bytes": "channel",
+    "push_answer": "channel",
+    "b64url": "keys",
+    "init_command": "keys",
+    "load_vapid": "keys",
+    "ClientLimiter": "server",
+    "PushHttpServer": "server",
+    "SubscriptionStore": "store",
+    "Subscription": "subscription",
+    "wanted_by": "subscription",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def create(name: str, settings: ChannelSettings, context: ChannelContext) -> Channel:
+    """The web push channel `name` (channel.create, imported now)."""
+    from channels.webpush.channel import create as create_channel
+
+    return create_channel(name, settings, context)
 
 
 def _configure_init(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +83,8 @@ def _configure_init(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_init(config: Config, args: argparse.Namespace) -> int:
+    from channels.webpush.keys import init_command
+
     return init_command(config, force=args.force)
 
 

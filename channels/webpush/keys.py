@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from bot.paths import resolve_path
 from channels.webpush.config import WebPushSection
 
@@ -53,6 +50,7 @@ def key_file_path(section: WebPushSection, base_dir: Path) -> Path:
 
 def load_vapid(section: WebPushSection, base_dir: Path) -> VapidKeys:
     """The VAPID key pair from `vapid_private_key` or else `vapid_key_file`; VapidKeyError if none."""
+    from cryptography.hazmat.primitives import serialization
     from py_vapid import Vapid  # type: ignore[import-untyped, unused-ignore]
 
     secret = section.vapid_private_key.get_secret_value().strip()
@@ -96,6 +94,9 @@ def init_command(config: Any, *, force: bool = False, out: TextIO | None = None)
     Refuses (exit 1) when the file exists, unless `force`. Prints the public key, which the
     subscribe page also serves at /push/vapid-public-key.
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     out = out or sys.stdout
     section = (config.sections or {}).get("webpush")
     if section is None:

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from bot.types import Story
 from channels.webpush.config import Topic
 from channels.webpush.keys import b64url_decode
@@ -79,6 +77,10 @@ def _checked_endpoint(endpoint: Any, push_hosts: Sequence[str]) -> str:
 
 
 def _valid_p256dh(value: str) -> bool:
+    # cryptography (~10 MiB) is imported only where a key is checked: `import channels.webpush`
+    # (every start of siar, to learn the channel types) must stay light.
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         raw = b64url_decode(value)
         if len(raw) != 65 or raw[0] != 4:
