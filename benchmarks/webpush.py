@@ -64,6 +64,7 @@ batch_size = {batch_size}
 lease = "{lease}s"
 help_interval = "0.2s"
 http2 = {http2}
+client = "{client}"
 send_timeout = "3h"
 """
 STORY = dict(
@@ -98,12 +99,20 @@ async def _daemon(config_path: str, role: str, results: Any, stop: Any) -> None:
     channel = WebPushChannel("push", settings, context)  # type: ignore[arg-type]
     await channel.start()
     assert channel.batches is not None
-    cpu, started = time.process_time(), time.monotonic()
+    cpu, started, times = time.process_time(), time.monotonic(), os.times()
     note = ""
     if role == "owner":
         post = channel.render(Story(**STORY))  # type: ignore[arg-type]
-        profile_to = os.environ.get("SIAR_BENCH_PROFILE")  # a file for cProfile's figures
-        if profile_to:
+        profile_to = os.environ.get("SIAR_BENCH_PROFILE")  # a file for the profiler's figures
+        if profile_to and os.environ.get("SIAR_BENCH_PROFILER") == "yappi":  # CPU time, per coroutine
+            import yappi  # type: ignore[import-not-found, unused-ignore]
+
+            yappi.set_clock_type("cpu")
+            yappi.start(builtins=True)
+            receipt = await channel.send(post, idempotency_key="siar-1")
+            yappi.stop()
+            yappi.get_func_stats().save(profile_to, type="pstat")
+        elif profile_to:  # cProfile: wall time
             import cProfile
 
             with cProfile.Profile() as profile:
@@ -116,15 +125,32 @@ async def _daemon(config_path: str, role: str, results: Any, stop: Any) -> None:
         while not stop.is_set():  # noqa: ASYNC110 (a multiprocessing event)
             await asyncio.sleep(0.2)
     cpu, elapsed = time.process_time() - cpu, time.monotonic() - started
+    now = os.times()
+    kernel = now.system - times.system
     rows = channel.batches.rows_written
     signed = channel.signer.signed if channel.signer else 0
     await channel.close()
     await store.close()
-    results.put({"role": role, "cpu": cpu, "seconds": elapsed, "rows": rows, "note": note, "signed": signed})
+    results.put(
+        {
+            "role": role,
+            "cpu": cpu,
+            "kernel": kernel,
+            "seconds": elapsed,
+            "rows": rows,
+            "note": note,
+            "signed": signed,
+        }
+    )
 
 
-def daemon(config_path: str, role: str, results: Any, stop: Any) -> None:
-    """A daemon process's entry point (spawn); the standard event loop, like `siar run`."""
+def daemon(config_path: str, role: str, results: Any, stop: Any, loop: str = "asyncio") -> None:
+    """A daemon process's entry point (spawn); the standard event loop, like `siar run`, or
+    uvloop (`--loop uvloop`, a measurement: siar does not install it)."""
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.install()
     asyncio.run(_daemon(config_path, role, results, stop))
 
 
@@ -242,7 +268,9 @@ async def ledger_counts(url: str, folder: Path) -> dict[str, int]:
 # --- one run ----------------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace, daemons: int, folder: Path, *, kill: bool = False) -> dict[str, Any]:
+async def run(
+    args: argparse.Namespace, daemons: int, folder: Path, kind: str, *, kill: bool = False
+) -> dict[str, Any]:
     import httpx
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -262,7 +290,9 @@ async def run(args: argparse.Namespace, daemons: int, folder: Path, *, kill: boo
         )
     )
     ca = push_service.write_certificate(run_folder)
-    service = spawn.Process(target=push_service.main, args=(str(run_folder), args.subscriptions, public))
+    service = spawn.Process(
+        target=push_service.main, args=(str(run_folder), args.subscriptions, public, args.verify_every)
+    )
     service.start()
     db_name = None
     processes: list[Any] = []
@@ -272,7 +302,7 @@ async def run(args: argparse.Namespace, daemons: int, folder: Path, *, kill: boo
                 break
             await asyncio.sleep(0.05)
         ports = json.loads((run_folder / "ports.json").read_text())
-        origin = f"https://127.0.0.1:{ports[args.protocol]}"
+        origin = f"https://127.0.0.1:{ports['h2' if kind == 'http2' else 'h1']}"
         url, db_name = await fresh_database(args.store, f"{daemons}d")
         t = time.monotonic()
         await fill(url, run_folder, args.subscriptions, origin)
@@ -285,7 +315,8 @@ async def run(args: argparse.Namespace, daemons: int, folder: Path, *, kill: boo
                 concurrency=args.concurrency,
                 batch_size=args.batch_size,
                 lease=args.lease,
-                http2="true" if args.protocol == "h2" else "false",
+                http2="true" if kind == "http2" else "false",
+                client="aiohttp" if kind == "aiohttp" else "lean",
             ),
             encoding="utf-8",
         )
@@ -294,7 +325,7 @@ async def run(args: argparse.Namespace, daemons: int, folder: Path, *, kill: boo
         load = os.getloadavg()[0]
         roles = ["owner"] + ["helper"] * (daemons - 1)
         for role in roles:
-            processes.append(spawn.Process(target=daemon, args=(str(config), role, results, stop)))
+            processes.append(spawn.Process(target=daemon, args=(str(config), role, results, stop, args.loop)))
         for p in processes:
             p.start()
         killed_at = None
@@ -320,7 +351,7 @@ async def run(args: argparse.Namespace, daemons: int, folder: Path, *, kill: boo
         cpu = sum(f["cpu"] for f in figures)
         return {
             "daemons": daemons,
-            "protocol": args.protocol,
+            "client": kind,
             "subscriptions": args.subscriptions,
             "delivered": delivered,
             "distinct": stats["distinct"],
@@ -331,7 +362,9 @@ async def run(args: argparse.Namespace, daemons: int, folder: Path, *, kill: boo
             "send_seconds": owner["seconds"],
             "cpu_ms": 1000 * cpu / max(1, delivered),
             "cpu_each": [round(1000 * f["cpu"] / max(1, delivered), 3) for f in figures],
+            "kernel_ms": 1000 * sum(f["kernel"] for f in figures) / max(1, delivered),
             "service_cpu_ms": 1000 * stats["cpu"] / max(1, stats["requests"]),
+            "decrypted": stats["decrypted"],
             "rows_per_push": (after.get("fanout_batches_writes", 0) - before.get("fanout_batches_writes", 0))
             / max(1, delivered),
             "subscription_writes": (
@@ -380,7 +413,7 @@ def report(fig: dict[str, Any], concurrency: int) -> bool:
         ok &= uncertain <= concurrency and fig["distinct"] + uncertain >= fig["subscriptions"]
     else:
         ok &= fig["distinct"] == fig["subscriptions"]
-    title = f"{fig['daemons']} daemon(s), {fig['protocol']}" + (
+    title = f"{fig['daemons']} daemon(s), client {fig['client']}" + (
         ", helper killed mid-broadcast" if kill else ""
     )
     print(f"{title}: {'OK' if ok else 'FAIL'}")
@@ -394,8 +427,14 @@ def report(fig: dict[str, Any], concurrency: int) -> bool:
         f"  pushes/s           {fig['per_second']:,.0f} over {fig['window']:.1f} s "
         f"(send() took {fig['send_seconds']:.1f} s)"
     )
-    print(f"  siar CPU/push      {fig['cpu_ms']:.3f} ms (per daemon: {fig['cpu_each']})")
-    print(f"  service CPU/push   {fig['service_cpu_ms']:.3f} ms")
+    print(
+        f"  siar CPU/push      {fig['cpu_ms']:.3f} ms (per daemon: {fig['cpu_each']}; "
+        f"in the kernel: {fig['kernel_ms']:.3f} ms)"
+    )
+    print(
+        f"  service CPU/push   {fig['service_cpu_ms']:.3f} ms "
+        f"({fig['decrypted']:,} bodies decrypted, the rest checked for their aes128gcm header)"
+    )
     print(
         f"  rows written/push  {fig['rows_per_push']:.4f} ledger, "
         f"{fig['subscription_writes']:.4f} subscriptions (last_push_at, once per 12 h)"
@@ -486,7 +525,19 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--store", default="postgresql+asyncpg://postgres@127.0.0.1:5432/")
     parser.add_argument("--subscriptions", type=int, default=100_000)
     parser.add_argument("--daemons", type=int, nargs="+", default=[1])
-    parser.add_argument("--protocol", choices=("h1", "h2"), default="h1")
+    parser.add_argument(
+        "--client",
+        nargs="+",
+        choices=("lean", "aiohttp", "http2"),
+        default=["lean"],
+        help="the channel's push client (several: side by side); http2 = httpx + h2 against h2",
+    )
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the daemons' event loop"
+    )
+    parser.add_argument(
+        "--verify-every", type=int, default=50, help="the push service decrypts one body in this many"
+    )
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--lease", type=float, default=10.0, help="seconds (the channel's `lease`)")
@@ -498,9 +549,20 @@ async def main(argv: list[str]) -> int:
         if args.ledgers:
             await compare_ledgers(args, Path(tmp))
             return 0
+        figures = []
         for daemons in [2] if args.kill else args.daemons:
-            fig = await run(args, daemons, Path(tmp), kill=args.kill)
-            ok &= report(fig, args.concurrency)
+            for client in args.client:
+                fig = await run(args, daemons, Path(tmp), client, kill=args.kill)
+                ok &= report(fig, args.concurrency)
+                figures.append(fig)
+        if len(figures) > 1:
+            print("\nside by side:")
+            print("  client   daemons  pushes/s  siar CPU ms/push  service CPU ms/push  load")
+            for f in figures:
+                print(
+                    f"  {f['client']:8} {f['daemons']:7}  {f['per_second']:8,.0f}  {f['cpu_ms']:16.3f}"
+                    f"  {f['service_cpu_ms']:19.3f}  {f['load']:.2f}"
+                )
     return 0 if ok else 1
 
 
