@@ -27,7 +27,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bot.channel import (
     ChannelContext,
@@ -39,7 +38,7 @@ from bot.channel import (
 )
 from bot.counting import Budget, count_graphemes
 from bot.fanout import RecipientOutcome, RecipientStatus
-from bot.fanout_batches import BatchLedger, BatchWorker, Deliver
+from bot.fanout_batches import Apply, BatchLedger, BatchWorker, Deliver, Prepare
 from bot.http_retry import retry_after_seconds
 from bot.kit import BaseChannel
 from bot.paths import resolve_path
@@ -304,12 +303,13 @@ class WebPushChannel(BaseChannel[Settings]):
                 return await subs.audience_any(post.digest.stories, section.topics)
             return await subs.audience(post.story, section.topics)
 
+        prepare, apply = self._preparer(data, topic, ttl, urgency, tally)
         result = await self._worker().run(
             key,
             audience,
             json.dumps({"data": data.decode(), "topic": topic, "ttl": ttl, "urgency": urgency}).encode(),
-            self._preparer(data, topic, ttl, urgency, tally),
-            apply=self._apply,
+            prepare,
+            apply=apply,
             budget=self.settings.send_timeout * 0.8,
         )
         self.context.metrics.subscribers(self.name, await subs.count())
@@ -345,13 +345,19 @@ class WebPushChannel(BaseChannel[Settings]):
             metrics=self.context.metrics,
         )
 
-    def _preparer(self, data: bytes, topic: str, ttl: int, urgency: str, tally: _Tally) -> Any:
-        """`prepare(batch)` for the batch worker: one query for the batch's subscriptions."""
+    def _preparer(
+        self, data: bytes, topic: str, ttl: int, urgency: str, tally: _Tally
+    ) -> tuple[Prepare, Apply]:
+        """`prepare(batch)` for the batch worker (one query for the batch's subscriptions) and
+        `apply(outcomes)`, what the outcomes mean for the subscriptions (only rows a success
+        changes are written: Target.stamped)."""
         subs = self.subs
         assert subs is not None
+        stamped: set[int] = set()  # of this broadcast's prepared subscriptions
 
         async def prepare(ids: Sequence[int]) -> Deliver:
             targets = await subs.targets(ids)
+            stamped.update(i for i, t in targets.items() if t.stamped)
 
             async def deliver(subscription_id: int) -> RecipientOutcome:
                 target = targets.get(subscription_id)
@@ -365,11 +371,13 @@ class WebPushChannel(BaseChannel[Settings]):
 
             return deliver
 
-        return prepare
+        async def apply(outcomes: Sequence[RecipientOutcome]) -> None:
+            ids = {o.recipient for o in outcomes}
+            done = frozenset(ids & stamped)
+            stamped.difference_update(ids)
+            await subs.apply(outcomes, self.settings.max_failures, done)
 
-    async def _apply(self, outcomes: Sequence[RecipientOutcome]) -> None:
-        assert self.subs is not None
-        await self.subs.apply(outcomes, self.settings.max_failures)
+        return prepare, apply
 
     async def help_once(self) -> int:
         """Work batches of any open broadcast of this channel that nobody holds (planned by
@@ -381,9 +389,12 @@ class WebPushChannel(BaseChannel[Settings]):
             if self._stopping or message is None:
                 break
             job = json.loads(message)
+            prepare, apply = self._preparer(
+                job["data"].encode(), job["topic"], job["ttl"], job["urgency"], _Tally()
+            )
             done, _, _ = await self._worker().work(
-                self._preparer(job["data"].encode(), job["topic"], job["ttl"], job["urgency"], _Tally()),
-                apply=self._apply,
+                prepare,
+                apply=apply,
                 key=key,
                 stop=lambda: self._stopping,
             )
