@@ -464,7 +464,7 @@ def report(fig: dict[str, Any], concurrency: int) -> bool:
         print(f"  PostgreSQL CPU/push {fig['postgres_cpu_ms']:.3f} ms (all its processes, same machine)")
     print(
         f"  rows written/push  {fig['rows_per_push']:.4f} ledger, "
-        f"{fig["subscription_writes"]:.4f} subscriptions (last_push_at once a week, failure counts)"
+        f"{fig['subscription_writes']:.4f} subscriptions (last_push_at once a week, failure counts)"
     )
     print(
         f"  store growth       {fig['store_bytes'] / 1e6:.2f} MB "
