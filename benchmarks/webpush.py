@@ -158,9 +158,12 @@ def daemon(config_path: str, role: str, results: Any, stop: Any, loop: str = "as
 
 
 async def fresh_database(store: str, tag: str) -> tuple[str, str | None]:
-    """A new empty database for `store` (PostgreSQL) or a new file (SQLite); (url, db name)."""
+    """A new empty database for `store` (PostgreSQL) or a new file beside the one `store`
+    names (SQLite); (url, database name or file)."""
     if store.startswith("sqlite"):
-        return store, None
+        path = Path(store.split(":///", 1)[1])
+        fresh = path.with_name(f"{path.stem}-{tag}-{os.getpid()}-{time.monotonic_ns()}{path.suffix}")
+        return store.split(":///", 1)[0] + ":///" + str(fresh), str(fresh)
     import asyncpg
 
     name = f"siar_bench_{tag}_{os.getpid()}"
@@ -173,6 +176,10 @@ async def fresh_database(store: str, tag: str) -> tuple[str, str | None]:
 
 async def drop_database(name: str | None) -> None:
     if name is None:
+        return
+    if name.startswith("/"):  # a SQLite file
+        for leftover in Path(name).parent.glob(Path(name).name + "*"):
+            leftover.unlink()
         return
     import asyncpg
 

@@ -342,12 +342,17 @@ class PushClient:
         request = b"".join(head) + body
         deadline = monotonic() + timeout
         conn = await self._acquire(origin, deadline)
-        answered = False
+        answered = written = False
         try:
             remaining = deadline - monotonic()
             if remaining <= 0:
                 raise NotSent(f"no connection within {timeout:g} s")
-            waiter = conn.send(request)
+            try:
+                waiter = conn.send(request)
+            except (OSError, RuntimeError) as exc:  # the transport refused it: nothing was written
+                conn.abort()
+                raise NotSent(f"cannot write the request: {exc}") from None
+            written = True
             timer = asyncio.get_running_loop().call_later(
                 remaining, conn.time_out, f"no answer within {timeout:g} s"
             )
@@ -358,7 +363,7 @@ class PushClient:
             answered = True
             return answer
         finally:
-            self._release(origin, conn, reuse=answered)
+            self._release(origin, conn, reuse=answered or not written)
 
     # connections
 
