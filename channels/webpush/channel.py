@@ -132,6 +132,7 @@ class WebPushChannel(BaseChannel[Settings]):
         self._helper: asyncio.Task[None] | None = None
         self._stopping = False
         self._paused: dict[str, float] = {}  # push service origin -> monotonic time it accepts again
+        self._sending: set[str] = set()  # broadcasts this daemon's `send` is working on
 
     # lifecycle
 
@@ -304,14 +305,18 @@ class WebPushChannel(BaseChannel[Settings]):
             return await subs.audience(post.story, section.topics)
 
         prepare, apply = self._preparer(data, topic, ttl, urgency, tally)
-        result = await self._worker().run(
-            key,
-            audience,
-            json.dumps({"data": data.decode(), "topic": topic, "ttl": ttl, "urgency": urgency}).encode(),
-            prepare,
-            apply=apply,
-            budget=self.settings.send_timeout * 0.8,
-        )
+        self._sending.add(key)  # its batches are this send's: the help loop leaves them alone
+        try:
+            result = await self._worker().run(
+                key,
+                audience,
+                json.dumps({"data": data.decode(), "topic": topic, "ttl": ttl, "urgency": urgency}).encode(),
+                prepare,
+                apply=apply,
+                budget=self.settings.send_timeout * 0.8,
+            )
+        finally:
+            self._sending.discard(key)
         self.context.metrics.subscribers(self.name, await subs.count())
         if result.planned == 0:
             return Receipt(remote_id=key, note="no subscriber wants this story")
@@ -385,6 +390,8 @@ class WebPushChannel(BaseChannel[Settings]):
         assert self.batches is not None
         finished = 0
         for key in await self.batches.open_keys(self.name, self.context.clock()):
+            if key in self._sending:  # this daemon's own send works it, `concurrency` at a time
+                continue
             message = await self.batches.message(key)
             if self._stopping or message is None:
                 break
