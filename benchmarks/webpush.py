@@ -2,23 +2,27 @@
 
     .venv/bin/python -m benchmarks.webpush --subscriptions 1000000 --daemons 1
     .venv/bin/python -m benchmarks.webpush --subscriptions 100000 --daemons 1 2 3
-    .venv/bin/python -m benchmarks.webpush --subscriptions 100000 --daemons 1 --protocol h2
+    .venv/bin/python -m benchmarks.webpush --subscriptions 20000 --client lean aiohttp http2
     .venv/bin/python -m benchmarks.webpush --subscriptions 100000 --kill
     .venv/bin/python -m benchmarks.webpush --subscriptions 100000 --ledgers
 
-The push service (benchmarks/push_service.py: TLS, VAPID checked, every body decrypted, each
-endpoint's deliveries counted) runs in its own process; so does each daemon: process 1 plans
-and sends the story (`WebPushChannel.send`), processes 2 and 3 are daemons of the same
-configuration whose channel helps (claims batches). Each run gets a fresh database
-(`--store`, default postgresql+asyncpg://postgres@127.0.0.1:5432/, one database per run,
-dropped afterwards; a sqlite+aiosqlite:/// URL runs one daemon on SQLite).
+The push service (benchmarks/push_service.py: TLS, VAPID checked, the aes128gcm header of every
+body checked and one body in `--verify-every` decrypted, each endpoint's deliveries counted)
+runs in its own process; so does each daemon: process 1 plans and sends the story
+(`WebPushChannel.send`), processes 2 and 3 are daemons of the same configuration whose channel
+helps (claims batches). Each run gets a fresh database (`--store`, default
+postgresql+asyncpg://postgres@127.0.0.1:5432/, one database per run, dropped afterwards; a
+sqlite+aiosqlite:////path URL runs one daemon on a fresh SQLite file beside that path).
 
-Figures: pushes/s over the delivery window, siar CPU ms per push (all daemons), the push
-service's CPU, ledger rows written per push (pg_stat_user_tables) and store growth per story
-(pg_total_relation_size). `--kill` SIGKILLs the helping daemon mid-broadcast: duplicates must
-be 0 and uncertain at most the dead daemon's requests in flight (`concurrency`). `--ledgers`
-compares the per-recipient ledger (bot.fanout) with the batched one (bot.fanout_batches),
-instant deliveries, no HTTP: the cost of the progress records alone.
+Figures: pushes/s over the delivery window, siar CPU ms per push (all daemons; the kernel's
+part apart), the push service's CPU, PostgreSQL's CPU (its processes on this machine), ledger
+and subscription rows written per push (pg_stat_user_tables) and store growth per story
+(pg_total_relation_size). `--client` runs each client (lean, aiohttp, http2 = httpx + h2
+against the service's HTTP/2 port) and tables them side by side. `--warm`: subscriptions pushed
+to an hour ago (no `last_push_at` writes). `--kill` SIGKILLs the helping daemon mid-broadcast:
+duplicates must be 0 and uncertain at most the dead daemon's requests in flight
+(`concurrency`). `--ledgers` compares the per-recipient ledger (bot.fanout) with the batched
+one (bot.fanout_batches), instant deliveries, no HTTP: the cost of the progress records alone.
 """
 
 from __future__ import annotations
