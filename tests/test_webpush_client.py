@@ -142,16 +142,22 @@ async def test_keeps_the_connection_alive_and_sends_a_plain_request(serve: Any) 
 
 
 async def test_a_connection_the_server_closed_while_idle_is_not_reused(serve: Any) -> None:
+    idle, hung_up = asyncio.Event(), asyncio.Event()
+
     async def one_then_close(conn: Conn) -> None:
         await conn.request()
-        await conn.answer(CREATED)  # keep-alive by its words, then hangs up
-        await asyncio.sleep(0.05)
-        conn.writer.close()
+        await conn.answer(CREATED)  # keep-alive by its words
+        await idle.wait()  # the client has its answer and has pooled the connection
+        conn.writer.close()  # then the server hangs up (an idle timeout)
+        await conn.writer.wait_closed()
+        hung_up.set()
 
     server = await serve(one_then_close)
     push = client(server.cafile)
     assert (await push.post(server.url, HEADERS, b"1", timeout=5)).status == 201
-    await asyncio.sleep(0.3)  # the close arrives while the connection is idle in the pool
+    idle.set()
+    await asyncio.wait_for(hung_up.wait(), 5)
+    await asyncio.sleep(0.1)  # the close reaches the client while its connection is idle
     assert (await push.post(server.url, HEADERS, b"2", timeout=5)).status == 201
     assert push.connections_made == 2 and [len(c.requests) for c in server.conns] == [1, 1]
     await push.aclose()
