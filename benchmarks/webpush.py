@@ -2,23 +2,27 @@
 
     .venv/bin/python -m benchmarks.webpush --subscriptions 1000000 --daemons 1
     .venv/bin/python -m benchmarks.webpush --subscriptions 100000 --daemons 1 2 3
-    .venv/bin/python -m benchmarks.webpush --subscriptions 100000 --daemons 1 --protocol h2
+    .venv/bin/python -m benchmarks.webpush --subscriptions 20000 --client lean aiohttp http2
     .venv/bin/python -m benchmarks.webpush --subscriptions 100000 --kill
     .venv/bin/python -m benchmarks.webpush --subscriptions 100000 --ledgers
 
-The push service (benchmarks/push_service.py: TLS, VAPID checked, every body decrypted, each
-endpoint's deliveries counted) runs in its own process; so does each daemon: process 1 plans
-and sends the story (`WebPushChannel.send`), processes 2 and 3 are daemons of the same
-configuration whose channel helps (claims batches). Each run gets a fresh database
-(`--store`, default postgresql+asyncpg://postgres@127.0.0.1:5432/, one database per run,
-dropped afterwards; a sqlite+aiosqlite:/// URL runs one daemon on SQLite).
+The push service (benchmarks/push_service.py: TLS, VAPID checked, the aes128gcm header of every
+body checked and one body in `--verify-every` decrypted, each endpoint's deliveries counted)
+runs in its own process; so does each daemon: process 1 plans and sends the story
+(`WebPushChannel.send`), processes 2 and 3 are daemons of the same configuration whose channel
+helps (claims batches). Each run gets a fresh database (`--store`, default
+postgresql+asyncpg://postgres@127.0.0.1:5432/, one database per run, dropped afterwards; a
+sqlite+aiosqlite:////path URL runs one daemon on a fresh SQLite file beside that path).
 
-Figures: pushes/s over the delivery window, siar CPU ms per push (all daemons), the push
-service's CPU, ledger rows written per push (pg_stat_user_tables) and store growth per story
-(pg_total_relation_size). `--kill` SIGKILLs the helping daemon mid-broadcast: duplicates must
-be 0 and uncertain at most the dead daemon's requests in flight (`concurrency`). `--ledgers`
-compares the per-recipient ledger (bot.fanout) with the batched one (bot.fanout_batches),
-instant deliveries, no HTTP: the cost of the progress records alone.
+Figures: pushes/s over the delivery window, siar CPU ms per push (all daemons; the kernel's
+part apart), the push service's CPU, PostgreSQL's CPU (its processes on this machine), ledger
+and subscription rows written per push (pg_stat_user_tables) and store growth per story
+(pg_total_relation_size). `--client` runs each client (lean, aiohttp, http2 = httpx + h2
+against the service's HTTP/2 port) and tables them side by side. `--warm`: subscriptions pushed
+to an hour ago (no `last_push_at` writes). `--kill` SIGKILLs the helping daemon mid-broadcast:
+duplicates must be 0 and uncertain at most the dead daemon's requests in flight
+(`concurrency`). `--ledgers` compares the per-recipient ledger (bot.fanout) with the batched
+one (bot.fanout_batches), instant deliveries, no HTTP: the cost of the progress records alone.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import signal
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +68,7 @@ batch_size = {batch_size}
 lease = "{lease}s"
 help_interval = "0.2s"
 http2 = {http2}
+client = "{client}"
 send_timeout = "3h"
 """
 STORY = dict(
@@ -98,12 +103,20 @@ async def _daemon(config_path: str, role: str, results: Any, stop: Any) -> None:
     channel = WebPushChannel("push", settings, context)  # type: ignore[arg-type]
     await channel.start()
     assert channel.batches is not None
-    cpu, started = time.process_time(), time.monotonic()
+    cpu, started, times = time.process_time(), time.monotonic(), os.times()
     note = ""
     if role == "owner":
         post = channel.render(Story(**STORY))  # type: ignore[arg-type]
-        profile_to = os.environ.get("SIAR_BENCH_PROFILE")  # a file for cProfile's figures
-        if profile_to:
+        profile_to = os.environ.get("SIAR_BENCH_PROFILE")  # a file for the profiler's figures
+        if profile_to and os.environ.get("SIAR_BENCH_PROFILER") == "yappi":  # CPU time, per coroutine
+            import yappi  # type: ignore[import-not-found, unused-ignore]
+
+            yappi.set_clock_type("cpu")
+            yappi.start(builtins=True)
+            receipt = await channel.send(post, idempotency_key="siar-1")
+            yappi.stop()
+            yappi.get_func_stats().save(profile_to, type="pstat")
+        elif profile_to:  # cProfile: wall time
             import cProfile
 
             with cProfile.Profile() as profile:
@@ -116,15 +129,32 @@ async def _daemon(config_path: str, role: str, results: Any, stop: Any) -> None:
         while not stop.is_set():  # noqa: ASYNC110 (a multiprocessing event)
             await asyncio.sleep(0.2)
     cpu, elapsed = time.process_time() - cpu, time.monotonic() - started
+    now = os.times()
+    kernel = now.system - times.system
     rows = channel.batches.rows_written
     signed = channel.signer.signed if channel.signer else 0
     await channel.close()
     await store.close()
-    results.put({"role": role, "cpu": cpu, "seconds": elapsed, "rows": rows, "note": note, "signed": signed})
+    results.put(
+        {
+            "role": role,
+            "cpu": cpu,
+            "kernel": kernel,
+            "seconds": elapsed,
+            "rows": rows,
+            "note": note,
+            "signed": signed,
+        }
+    )
 
 
-def daemon(config_path: str, role: str, results: Any, stop: Any) -> None:
-    """A daemon process's entry point (spawn); the standard event loop, like `siar run`."""
+def daemon(config_path: str, role: str, results: Any, stop: Any, loop: str = "asyncio") -> None:
+    """A daemon process's entry point (spawn); the standard event loop, like `siar run`, or
+    uvloop (`--loop uvloop`, a measurement: siar does not install it)."""
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.install()
     asyncio.run(_daemon(config_path, role, results, stop))
 
 
@@ -132,9 +162,12 @@ def daemon(config_path: str, role: str, results: Any, stop: Any) -> None:
 
 
 async def fresh_database(store: str, tag: str) -> tuple[str, str | None]:
-    """A new empty database for `store` (PostgreSQL) or a new file (SQLite); (url, db name)."""
+    """A new empty database for `store` (PostgreSQL) or a new file beside the one `store`
+    names (SQLite); (url, database name or file)."""
     if store.startswith("sqlite"):
-        return store, None
+        path = Path(store.split(":///", 1)[1])
+        fresh = path.with_name(f"{path.stem}-{tag}-{os.getpid()}-{time.monotonic_ns()}{path.suffix}")
+        return store.split(":///", 1)[0] + ":///" + str(fresh), str(fresh)
     import asyncpg
 
     name = f"siar_bench_{tag}_{os.getpid()}"
@@ -148,6 +181,10 @@ async def fresh_database(store: str, tag: str) -> tuple[str, str | None]:
 async def drop_database(name: str | None) -> None:
     if name is None:
         return
+    if name.startswith("/"):  # a SQLite file
+        for leftover in Path(name).parent.glob(Path(name).name + "*"):
+            leftover.unlink()
+        return
     import asyncpg
 
     admin = await asyncpg.connect(ADMIN)
@@ -155,14 +192,16 @@ async def drop_database(name: str | None) -> None:
     await admin.close()
 
 
-async def fill(url: str, folder: Path, n: int, origin: str) -> None:
-    """Migrate the store and add `n` subscriptions to endpoints of `origin`."""
+async def fill(url: str, folder: Path, n: int, origin: str, warm: bool = False) -> None:
+    """Migrate the store and add `n` subscriptions to endpoints of `origin`; `warm`: each was
+    pushed to an hour ago (the day's later stories), else never (the first story)."""
     from bot.store import Store
     from channels.webpush.store import subscriptions
 
     store = Store(url, folder)
     await store.migrate()
     now = datetime.now(UTC)
+    pushed = now - timedelta(hours=1) if warm else None
     keys = {slot: push_service.subscription_keys(slot) for slot in range(push_service.POOL)}
     if store.db.engine.dialect.name == "postgresql":
         raw = await store.db.engine.raw_connection()
@@ -173,7 +212,7 @@ async def fill(url: str, folder: Path, n: int, origin: str) -> None:
                 endpoint = f"{origin}/push/{i}"
                 p256dh, auth = keys[i % push_service.POOL]
                 h = hashlib.sha256(endpoint.encode()).hexdigest()
-                records.append((i, h, endpoint, p256dh, auth, "[]", origin, now, now, None, 0))
+                records.append((i, h, endpoint, p256dh, auth, "[]", origin, now, now, pushed, 0))
             columns = [c.name for c in subscriptions.columns]
             await conn.copy_records_to_table("webpush_subscriptions", records=records, columns=columns)
             await conn.execute("SELECT setval('webpush_subscriptions_id_seq', $1)", n)
@@ -200,6 +239,7 @@ async def fill(url: str, folder: Path, n: int, origin: str) -> None:
                             "origin": origin,
                             "created_at": now,
                             "updated_at": now,
+                            "last_push_at": pushed,
                             "failures": 0,
                         }
                     )
@@ -228,6 +268,25 @@ async def table_figures(url: str) -> dict[str, int]:
         await conn.close()
 
 
+def postgres_cpu() -> float:
+    """CPU seconds used so far by this machine's PostgreSQL processes and the backends they
+    reaped (Linux /proc; every database's, so other work on the server counts too), 0 when
+    none are visible."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if name.startswith("postgres"):
+            total += sum(int(f) for f in fields[11:15])  # utime, stime, and those of reaped backends
+    return total / tick
+
+
 async def ledger_counts(url: str, folder: Path) -> dict[str, int]:
     from bot.fanout_batches import BatchLedger
     from bot.store import Store
@@ -242,7 +301,9 @@ async def ledger_counts(url: str, folder: Path) -> dict[str, int]:
 # --- one run ----------------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace, daemons: int, folder: Path, *, kill: bool = False) -> dict[str, Any]:
+async def run(
+    args: argparse.Namespace, daemons: int, folder: Path, kind: str, *, kill: bool = False
+) -> dict[str, Any]:
     import httpx
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -262,7 +323,9 @@ async def run(args: argparse.Namespace, daemons: int, folder: Path, *, kill: boo
         )
     )
     ca = push_service.write_certificate(run_folder)
-    service = spawn.Process(target=push_service.main, args=(str(run_folder), args.subscriptions, public))
+    service = spawn.Process(
+        target=push_service.main, args=(str(run_folder), args.subscriptions, public, args.verify_every)
+    )
     service.start()
     db_name = None
     processes: list[Any] = []
@@ -272,10 +335,10 @@ async def run(args: argparse.Namespace, daemons: int, folder: Path, *, kill: boo
                 break
             await asyncio.sleep(0.05)
         ports = json.loads((run_folder / "ports.json").read_text())
-        origin = f"https://127.0.0.1:{ports[args.protocol]}"
+        origin = f"https://127.0.0.1:{ports['h2' if kind == 'http2' else 'h1']}"
         url, db_name = await fresh_database(args.store, f"{daemons}d")
         t = time.monotonic()
-        await fill(url, run_folder, args.subscriptions, origin)
+        await fill(url, run_folder, args.subscriptions, origin, args.warm)
         print(f"  ({args.subscriptions:,} subscriptions stored in {time.monotonic() - t:.0f} s)", flush=True)
         config = run_folder / "config.toml"
         config.write_text(
@@ -285,16 +348,18 @@ async def run(args: argparse.Namespace, daemons: int, folder: Path, *, kill: boo
                 concurrency=args.concurrency,
                 batch_size=args.batch_size,
                 lease=args.lease,
-                http2="true" if args.protocol == "h2" else "false",
+                http2="true" if kind == "http2" else "false",
+                client="aiohttp" if kind == "aiohttp" else "lean",
             ),
             encoding="utf-8",
         )
         before = await table_figures(url)
+        pg_cpu = postgres_cpu()
         results, stop = spawn.Queue(), spawn.Event()
         load = os.getloadavg()[0]
         roles = ["owner"] + ["helper"] * (daemons - 1)
         for role in roles:
-            processes.append(spawn.Process(target=daemon, args=(str(config), role, results, stop)))
+            processes.append(spawn.Process(target=daemon, args=(str(config), role, results, stop, args.loop)))
         for p in processes:
             p.start()
         killed_at = None
@@ -314,13 +379,14 @@ async def run(args: argparse.Namespace, daemons: int, folder: Path, *, kill: boo
             for _ in range(daemons - 1 - int(kill)):
                 figures.append(await _result(results, processes))
             stats = (await client.get(stats_url)).json()
+        pg_cpu = postgres_cpu() - pg_cpu
         after = await table_figures(url)
         counts = await ledger_counts(url, run_folder)
         delivered = stats["delivered"]
         cpu = sum(f["cpu"] for f in figures)
         return {
             "daemons": daemons,
-            "protocol": args.protocol,
+            "client": kind,
             "subscriptions": args.subscriptions,
             "delivered": delivered,
             "distinct": stats["distinct"],
@@ -331,7 +397,10 @@ async def run(args: argparse.Namespace, daemons: int, folder: Path, *, kill: boo
             "send_seconds": owner["seconds"],
             "cpu_ms": 1000 * cpu / max(1, delivered),
             "cpu_each": [round(1000 * f["cpu"] / max(1, delivered), 3) for f in figures],
+            "kernel_ms": 1000 * sum(f["kernel"] for f in figures) / max(1, delivered),
             "service_cpu_ms": 1000 * stats["cpu"] / max(1, stats["requests"]),
+            "decrypted": stats["decrypted"],
+            "postgres_cpu_ms": 1000 * pg_cpu / max(1, delivered) if "postgresql" in url else None,
             "rows_per_push": (after.get("fanout_batches_writes", 0) - before.get("fanout_batches_writes", 0))
             / max(1, delivered),
             "subscription_writes": (
@@ -380,7 +449,7 @@ def report(fig: dict[str, Any], concurrency: int) -> bool:
         ok &= uncertain <= concurrency and fig["distinct"] + uncertain >= fig["subscriptions"]
     else:
         ok &= fig["distinct"] == fig["subscriptions"]
-    title = f"{fig['daemons']} daemon(s), {fig['protocol']}" + (
+    title = f"{fig['daemons']} daemon(s), client {fig['client']}" + (
         ", helper killed mid-broadcast" if kill else ""
     )
     print(f"{title}: {'OK' if ok else 'FAIL'}")
@@ -394,11 +463,19 @@ def report(fig: dict[str, Any], concurrency: int) -> bool:
         f"  pushes/s           {fig['per_second']:,.0f} over {fig['window']:.1f} s "
         f"(send() took {fig['send_seconds']:.1f} s)"
     )
-    print(f"  siar CPU/push      {fig['cpu_ms']:.3f} ms (per daemon: {fig['cpu_each']})")
-    print(f"  service CPU/push   {fig['service_cpu_ms']:.3f} ms")
+    print(
+        f"  siar CPU/push      {fig['cpu_ms']:.3f} ms (per daemon: {fig['cpu_each']}; "
+        f"in the kernel: {fig['kernel_ms']:.3f} ms)"
+    )
+    print(
+        f"  service CPU/push   {fig['service_cpu_ms']:.3f} ms "
+        f"({fig['decrypted']:,} bodies decrypted, the rest checked for their aes128gcm header)"
+    )
+    if fig["postgres_cpu_ms"] is not None:
+        print(f"  PostgreSQL CPU/push {fig['postgres_cpu_ms']:.3f} ms (all its processes, same machine)")
     print(
         f"  rows written/push  {fig['rows_per_push']:.4f} ledger, "
-        f"{fig['subscription_writes']:.4f} subscriptions (last_push_at, once per 12 h)"
+        f"{fig['subscription_writes']:.4f} subscriptions (last_push_at once a week, failure counts)"
     )
     print(
         f"  store growth       {fig['store_bytes'] / 1e6:.2f} MB "
@@ -486,7 +563,22 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--store", default="postgresql+asyncpg://postgres@127.0.0.1:5432/")
     parser.add_argument("--subscriptions", type=int, default=100_000)
     parser.add_argument("--daemons", type=int, nargs="+", default=[1])
-    parser.add_argument("--protocol", choices=("h1", "h2"), default="h1")
+    parser.add_argument(
+        "--client",
+        nargs="+",
+        choices=("lean", "aiohttp", "http2"),
+        default=["lean"],
+        help="the channel's push client (several: side by side); http2 = httpx + h2 against h2",
+    )
+    parser.add_argument(
+        "--warm", action="store_true", help="subscriptions pushed to an hour ago (no last_push_at writes)"
+    )
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the daemons' event loop"
+    )
+    parser.add_argument(
+        "--verify-every", type=int, default=50, help="the push service decrypts one body in this many"
+    )
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--lease", type=float, default=10.0, help="seconds (the channel's `lease`)")
@@ -498,9 +590,20 @@ async def main(argv: list[str]) -> int:
         if args.ledgers:
             await compare_ledgers(args, Path(tmp))
             return 0
+        figures = []
         for daemons in [2] if args.kill else args.daemons:
-            fig = await run(args, daemons, Path(tmp), kill=args.kill)
-            ok &= report(fig, args.concurrency)
+            for client in args.client:
+                fig = await run(args, daemons, Path(tmp), client, kill=args.kill)
+                ok &= report(fig, args.concurrency)
+                figures.append(fig)
+        if len(figures) > 1:
+            print("\nside by side:")
+            print("  client   daemons  pushes/s  siar CPU ms/push  service CPU ms/push  load")
+            for f in figures:
+                print(
+                    f"  {f['client']:8} {f['daemons']:7}  {f['per_second']:8,.0f}  {f['cpu_ms']:16.3f}"
+                    f"  {f['service_cpu_ms']:19.3f}  {f['load']:.2f}"
+                )
     return 0 if ok else 1
 
 

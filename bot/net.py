@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -135,6 +136,11 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
         resolver: Resolver,
         transport: httpx.AsyncBaseTransport | None,
         keepalive: bool = True,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        http2: bool = False,
+        max_connections: int = 100,
+        use_env_proxies: bool = True,
     ) -> None:
         self.guard, self.resolver = guard, resolver
         self.custom = transport
@@ -142,13 +148,18 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
         # httpx takes no network backend, so its pool is rebuilt around ours (same defaults).
         self.direct._pool = httpcore.AsyncConnectionPool(
             # create_ssl_context honours SSL_CERT_FILE / SSL_CERT_DIR, as httpx's own default does.
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=100,
-            max_keepalive_connections=20 if keepalive else 0,
+            ssl_context=ssl_context or httpx.create_ssl_context(),
+            max_connections=max_connections,
+            max_keepalive_connections=(max_connections if http2 else min(20, max_connections))
+            if keepalive
+            else 0,
             keepalive_expiry=5.0,
             network_backend=_PinnedBackend(guard, resolver),
+            http1=True,
+            http2=http2,
         )
-        self.proxies = urllib.request.getproxies_environment() if transport is None else {}
+        use_proxies = transport is None and use_env_proxies
+        self.proxies = urllib.request.getproxies_environment() if use_proxies else {}
         self.proxy_transports: dict[str, httpx.AsyncHTTPTransport] = {}
 
     def _route(self, url: httpx.URL) -> tuple[httpx.AsyncBaseTransport, bool]:
@@ -196,6 +207,10 @@ def http_client(
     resolver: Resolver | None = None,
     keepalive: bool = True,
     base_url: str = "",
+    ssl_context: ssl.SSLContext | None = None,
+    http2: bool = False,
+    max_connections: int = 100,
+    use_env_proxies: bool = True,
 ) -> httpx.AsyncClient:
     """An httpx client with siar's defaults; with `guard`, every connection is checked.
 
@@ -204,10 +219,21 @@ def http_client(
     httpx.TransportError naming the URL, the address and why) before any connection is made.
     `resolver` replaces the system resolver (tests map test names to addresses).
     `keepalive=False`: a fresh connection per request (a pooled one the server had closed would
-    fail after the request was written, which looks like a lost answer).
+    fail after the request was written, which looks like a lost answer). With a guard:
+    `ssl_context` (default: the system CAs), `http2` where the server offers it (needs h2),
+    `max_connections`, and `use_env_proxies=False` to ignore HTTP(S)_PROXY.
     """
     if guard is not None:
-        transport = _GuardedTransport(guard, resolver or resolve_host, transport, keepalive)
+        transport = _GuardedTransport(
+            guard,
+            resolver or resolve_host,
+            transport,
+            keepalive,
+            ssl_context=ssl_context,
+            http2=http2,
+            max_connections=max_connections,
+            use_env_proxies=use_env_proxies,
+        )
     elif transport is None and not keepalive:
         transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
     return httpx.AsyncClient(

@@ -111,36 +111,7 @@ class FakePushService:
             await self._runner.cleanup()
 
     def _tls(self) -> ssl.SSLContext:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake push service")])
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256())
-        )
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file = self.folder / "fake-push-key.pem"
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.cert_file, key_file)
+        context, _ = tls_files(self.folder)
         return context
 
     # --- the browser's side ------------------------------------------------------------------
@@ -272,3 +243,40 @@ class FakePushService:
         if not re.match(r"^(mailto:[^@\s]+@\S+|https://\S+)$", str(claims.get("sub", ""))):
             return 403, "sub must be a mailto: or https: URL"
         return claims
+
+
+def tls_files(folder: Path) -> tuple[ssl.SSLContext, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost in `folder`: the server's TLS
+    context and the CA file a client trusts."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert_file = folder / "fake-push-ca.pem"
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake push service")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file = folder / "fake-push-key.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context, cert_file

@@ -661,6 +661,32 @@ async def test_cancel_mid_batch_leaves_unstarted_pushes_for_the_resume(
     assert "1 uncertain" in decisions[-1]["detail"]
 
 
+async def test_the_help_loop_leaves_this_daemons_own_broadcast_to_its_send(
+    make_env: Callable[..., Awaitable[Env]],
+) -> None:
+    """`concurrency` bounds one daemon's pushes of a story (and what a kill can leave
+    uncertain): its help loop does not also work the batches its own send is going through."""
+    env = await make_env("concurrency = 1\nbatch_size = 1\nretries = 0")
+    subs = [await env.subscribe() for _ in range(3)]
+    held = env.push.hold(subs[0])
+    env.feeds.routes["/f"] = Route(body=rss([WORLD_STORY]))
+    await env.app.poller.poll(env.config.feeds[0], force=True)
+    item = await env.app.store.outbox.claim("push", env.clock(), "test")
+    assert item is not None
+    post = env.channel.render(item.story)
+    sending = asyncio.create_task(env.channel.send(post, idempotency_key=f"siar-{item.id}"))
+    try:
+        await asyncio.wait_for(env.push.arrived[env.push.id_of(subs[0])].wait(), 5)
+        assert await env.channel.help_once() == 0  # batches 2 and 3 wait for the send's one slot
+        assert [len(env.push.delivered(s)) for s in subs] == [1, 0, 0]
+    finally:
+        held.set()
+    receipt = await sending
+    assert "sent to 3 of 3" in receipt.note
+    assert [len(env.push.delivered(s)) for s in subs] == [1, 1, 1]
+    assert await env.channel.help_once() == 0  # nothing open is left
+
+
 async def test_send_timeout_mid_batch_resumes_the_unstarted_pushes(
     make_env: Callable[..., Awaitable[Env]],
 ) -> None:

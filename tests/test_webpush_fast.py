@@ -108,3 +108,51 @@ def test_vapid_header_verifies_with_the_public_key() -> None:
     public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b64d(key))
     der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
     public.verify(der, f"{head}.{claims}".encode(), ec.ECDSA(hashes.SHA256()))  # raises if not
+
+
+async def test_a_success_writes_a_subscription_row_only_when_it_changes_something(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`last_push_at` once a week, a failure count back to 0: the other successes of a
+    million-subscription story write no subscription row (Target.stamped)."""
+    from sqlalchemy import select
+
+    from bot.fanout import RecipientOutcome
+    from bot.store import Store
+    from channels.webpush.store import LAST_PUSH_GRAIN, SubscriptionStore, subscriptions
+    from channels.webpush.subscription import Subscription
+    from tests.fakes import Clock
+
+    store = Store(f"sqlite:///{tmp_path / 'siar.db'}", tmp_path)
+    await store.migrate()
+    clock = Clock()
+    subs = SubscriptionStore(store.db, clock)
+    push = FakePushService(tmp_path)
+    push.port = 443
+    for _ in range(3):
+        made = push.new_subscription("k")
+        await subs.save(Subscription(made["endpoint"], made["keys"]["p256dh"], made["keys"]["auth"]), "o", 10)
+    ids = sorted(await subs.targets([1, 2, 3]))
+
+    async def rows() -> dict[int, tuple[object, int]]:
+        async with store.db.read() as conn:
+            found = await conn.execute(
+                select(subscriptions.c.id, subscriptions.c.last_push_at, subscriptions.c.failures)
+            )
+            return {r.id: (r.last_push_at, r.failures) for r in found}
+
+    assert not any(t.stamped for t in (await subs.targets(ids)).values())  # never pushed to
+    await subs.apply([RecipientOutcome(i, "sent") for i in ids], 5)
+    first = await rows()
+    assert {failures for _, failures in first.values()} == {0} and all(at for at, _ in first.values())
+    assert all(t.stamped for t in (await subs.targets(ids)).values())
+    await subs.apply([RecipientOutcome(ids[0], "failed")], 5)
+    targets = await subs.targets(ids)
+    assert [targets[i].stamped for i in ids] == [False, True, True]  # its failure count is to reset
+    clock.advance(3600)
+    stamped = frozenset(i for i, t in targets.items() if t.stamped)
+    await subs.apply([RecipientOutcome(i, "sent") for i in ids], 5, stamped)
+    second = await rows()
+    assert second[ids[0]][1] == 0 and second[ids[0]][0] != first[ids[0]][0]  # written: failures reset
+    assert [second[i] for i in ids[1:]] == [first[i] for i in ids[1:]]  # not written
+    clock.advance(LAST_PUSH_GRAIN.total_seconds() + 1)
+    assert not any(t.stamped for t in (await subs.targets(ids)).values())  # a week on: stamp again
+    await store.close()

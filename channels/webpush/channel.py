@@ -2,7 +2,8 @@
 
 Each story is one broadcast in the core batched fan-out ledger (bot.fanout_batches): its
 audience (every subscription whose topics match) is fixed once in batches of `batch_size`,
-then pushed with bounded concurrency over one keep-alive HTTP client (encryption: encryption.py,
+then pushed with bounded concurrency over keep-alive connections (transports.py: the lean HTTP/1.1
+client of http1.py by default, every connection checked by the address guard; encryption: encryption.py,
 the aes128gcm of pywebpush without its per-push objects; the VAPID JWT is signed once per push
 service origin and reused until an hour before it expires: keys.VapidSigner). Every daemon
 sharing the store helps: it claims batches of any open broadcast of this channel. A resumed
@@ -26,9 +27,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import aiohttp
 
 from bot.channel import (
     ChannelContext,
@@ -40,8 +38,8 @@ from bot.channel import (
 )
 from bot.counting import Budget, count_graphemes
 from bot.fanout import RecipientOutcome, RecipientStatus
-from bot.fanout_batches import BatchLedger, BatchWorker, Deliver
-from bot.http_retry import request_may_have_left, retry_after_seconds
+from bot.fanout_batches import Apply, BatchLedger, BatchWorker, Deliver, Prepare
+from bot.http_retry import retry_after_seconds
 from bot.kit import BaseChannel
 from bot.paths import resolve_path
 from bot.render import RenderError, shorten, story_tag, unit_count
@@ -51,6 +49,7 @@ from channels.webpush.encryption import BadSubscriptionKey, encrypt
 from channels.webpush.keys import VapidKeyError, VapidKeys, VapidSigner, b64url, key_file_path, load_vapid
 from channels.webpush.server import PushHttpServer
 from channels.webpush.store import SubscriptionStore, Target
+from channels.webpush.transports import PushTransport, make_transport, push_guard
 
 log = logging.getLogger("siar.webpush")
 # A push message may carry at most 4096 bytes; aes128gcm adds 86 header + 16 tag + 1 pad bytes.
@@ -125,14 +124,15 @@ class WebPushChannel(BaseChannel[Settings]):
         self.key_problem = "" if self.section else "the webpush channel needs a [webpush] section"
         self._uses_server = False
         self.subs: SubscriptionStore | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._http2: Any = None  # an httpx.AsyncClient when `http2 = true`
+        self._transport: PushTransport | None = None
+        self._origins: dict[str, str] = {}  # "https://host:port" -> its normalized origin
         self.signer: VapidSigner | None = None
         self.batches: BatchLedger | None = None
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._helper: asyncio.Task[None] | None = None
         self._stopping = False
         self._paused: dict[str, float] = {}  # push service origin -> monotonic time it accepts again
+        self._sending: set[str] = set()  # broadcasts this daemon's `send` is working on
 
     # lifecycle
 
@@ -152,14 +152,17 @@ class WebPushChannel(BaseChannel[Settings]):
         self.subs = SubscriptionStore(self.context.database, self.context.clock)
         self.batches = BatchLedger(self.context.database)
         self.signer = VapidSigner(self.keys, self.section.contact)
-        ssl_context = _ssl_context(self.section, self.context.base_dir)
-        if self.settings.http2:
-            self._http2 = _http2_client(self.settings.concurrency, ssl_context, self.context.user_agent)
-        else:  # measured: aiohttp's HTTP/1.1 costs a quarter of httpx+h2's CPU per push
-            connector = aiohttp.TCPConnector(limit=self.settings.concurrency, ssl=ssl_context)
-            self._session = aiohttp.ClientSession(
-                connector=connector, headers={"User-Agent": self.context.user_agent}
-            )
+        # Connections: twice `concurrency`, as this daemon's own broadcast and its help with
+        # another one may run at once (measured: benchmarks/README.md, "web push").
+        self._transport = make_transport(
+            "http2" if self.settings.http2 else self.settings.client,
+            answer=push_answer,
+            outcome=_outcome,
+            guard=push_guard(self.section.push_hosts),
+            ssl_context=_ssl_context(self.section, self.context.base_dir),
+            user_agent=self.context.user_agent,
+            limit=2 * self.settings.concurrency,
+        )
         await self._start_server()
         if self.settings.share_broadcasts and self.context.database.engine.dialect.name == "postgresql":
             self._helper = asyncio.create_task(self._help_loop(), name=f"webpush {self.name}: help")
@@ -216,12 +219,9 @@ class WebPushChannel(BaseChannel[Settings]):
                 if shared.users <= 0 and shared.server is not None:
                     await shared.server.stop()
                     shared.server = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        if self._http2 is not None:
-            await self._http2.aclose()
-            self._http2 = None
+        if self._transport is not None:
+            await self._transport.aclose()
+            self._transport = None
 
     # rendering
 
@@ -304,14 +304,19 @@ class WebPushChannel(BaseChannel[Settings]):
                 return await subs.audience_any(post.digest.stories, section.topics)
             return await subs.audience(post.story, section.topics)
 
-        result = await self._worker().run(
-            key,
-            audience,
-            json.dumps({"data": data.decode(), "topic": topic, "ttl": ttl, "urgency": urgency}).encode(),
-            self._preparer(data, topic, ttl, urgency, tally),
-            apply=self._apply,
-            budget=self.settings.send_timeout * 0.8,
-        )
+        prepare, apply = self._preparer(data, topic, ttl, urgency, tally)
+        self._sending.add(key)  # its batches are this send's: the help loop leaves them alone
+        try:
+            result = await self._worker().run(
+                key,
+                audience,
+                json.dumps({"data": data.decode(), "topic": topic, "ttl": ttl, "urgency": urgency}).encode(),
+                prepare,
+                apply=apply,
+                budget=self.settings.send_timeout * 0.8,
+            )
+        finally:
+            self._sending.discard(key)
         self.context.metrics.subscribers(self.name, await subs.count())
         if result.planned == 0:
             return Receipt(remote_id=key, note="no subscriber wants this story")
@@ -345,13 +350,19 @@ class WebPushChannel(BaseChannel[Settings]):
             metrics=self.context.metrics,
         )
 
-    def _preparer(self, data: bytes, topic: str, ttl: int, urgency: str, tally: _Tally) -> Any:
-        """`prepare(batch)` for the batch worker: one query for the batch's subscriptions."""
+    def _preparer(
+        self, data: bytes, topic: str, ttl: int, urgency: str, tally: _Tally
+    ) -> tuple[Prepare, Apply]:
+        """`prepare(batch)` for the batch worker (one query for the batch's subscriptions) and
+        `apply(outcomes)`, what the outcomes mean for the subscriptions (only rows a success
+        changes are written: Target.stamped)."""
         subs = self.subs
         assert subs is not None
+        stamped: set[int] = set()  # of this broadcast's prepared subscriptions
 
         async def prepare(ids: Sequence[int]) -> Deliver:
             targets = await subs.targets(ids)
+            stamped.update(i for i, t in targets.items() if t.stamped)
 
             async def deliver(subscription_id: int) -> RecipientOutcome:
                 target = targets.get(subscription_id)
@@ -365,11 +376,13 @@ class WebPushChannel(BaseChannel[Settings]):
 
             return deliver
 
-        return prepare
+        async def apply(outcomes: Sequence[RecipientOutcome]) -> None:
+            ids = {o.recipient for o in outcomes}
+            done = frozenset(ids & stamped)
+            stamped.difference_update(ids)
+            await subs.apply(outcomes, self.settings.max_failures, done)
 
-    async def _apply(self, outcomes: Sequence[RecipientOutcome]) -> None:
-        assert self.subs is not None
-        await self.subs.apply(outcomes, self.settings.max_failures)
+        return prepare, apply
 
     async def help_once(self) -> int:
         """Work batches of any open broadcast of this channel that nobody holds (planned by
@@ -377,13 +390,18 @@ class WebPushChannel(BaseChannel[Settings]):
         assert self.batches is not None
         finished = 0
         for key in await self.batches.open_keys(self.name, self.context.clock()):
+            if key in self._sending:  # this daemon's own send works it, `concurrency` at a time
+                continue
             message = await self.batches.message(key)
             if self._stopping or message is None:
                 break
             job = json.loads(message)
+            prepare, apply = self._preparer(
+                job["data"].encode(), job["topic"], job["ttl"], job["urgency"], _Tally()
+            )
             done, _, _ = await self._worker().work(
-                self._preparer(job["data"].encode(), job["topic"], job["ttl"], job["urgency"], _Tally()),
-                apply=self._apply,
+                prepare,
+                apply=apply,
                 key=key,
                 stop=lambda: self._stopping,
             )
@@ -418,7 +436,7 @@ class WebPushChannel(BaseChannel[Settings]):
 
     async def _deliver(self, target: Target, data: bytes, topic: str, ttl: int, urgency: str) -> PushAnswer:
         """One subscription: push, retrying quickly on 429/5xx/network errors when the wait is short."""
-        origin = normalize_origin(target.endpoint) or target.endpoint
+        origin = self._origin(target.endpoint)
         outcome = PushAnswer("retry", detail="not tried")
         for attempt in range(self.settings.retries + 1):
             wait = self._paused.get(origin, 0.0) - time.monotonic()
@@ -442,10 +460,21 @@ class WebPushChannel(BaseChannel[Settings]):
             await asyncio.sleep(delay)
         return outcome
 
+    def _origin(self, endpoint: str) -> str:
+        """The push service origin of `endpoint` (the VAPID audience), cached per prefix."""
+        cut = endpoint.find("/", 8)
+        prefix = endpoint[:cut] if cut > 0 else endpoint
+        origin = self._origins.get(prefix)
+        if origin is None:
+            if len(self._origins) > 10_000:  # endpoints come from browsers: bound the cache
+                self._origins.clear()
+            origin = self._origins[prefix] = normalize_origin(prefix) or prefix
+        return origin
+
     async def _push_once(
         self, target: Target, data: bytes, topic: str, origin: str, ttl: int, urgency: str
     ) -> PushAnswer:
-        assert self.signer is not None
+        assert self.signer is not None and self._transport is not None
         try:
             body = encrypt(data, target.p256dh, target.auth)
         except BadSubscriptionKey as exc:
@@ -458,26 +487,13 @@ class WebPushChannel(BaseChannel[Settings]):
             "Content-Encoding": "aes128gcm",
             "Content-Type": "application/octet-stream",
         }
-        if self._http2 is not None:
-            return await _post_httpx(self._http2, target.endpoint, body, headers, self.settings.timeout)
-        assert self._session is not None
-        try:
-            async with self._session.post(
-                target.endpoint,
-                data=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-                allow_redirects=False,
-            ) as response:
-                text = (await response.content.read(300)).decode("utf-8", "replace")
-                return push_answer(response.status, response.headers.get("Retry-After"), text)
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            return PushAnswer("retry", detail=f"network error: {type(exc).__name__}")  # nothing left
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # The push went out and no answer came (a reset, a read timeout): it may have been
-            # delivered, so it is never pushed again automatically (`siar resend` does).
-            why = f"no answer from the push service ({type(exc).__name__}); it may have arrived"
-            return PushAnswer("uncertain", detail=why)
+        answer: PushAnswer = await self._transport.post(target.endpoint, headers, body, self.settings.timeout)
+        return answer
+
+
+def _outcome(status: str, detail: str) -> PushAnswer:
+    """A PushAnswer without an HTTP answer: retry (nothing left), uncertain, failed."""
+    return PushAnswer(status, detail=detail)
 
 
 @dataclass
@@ -498,42 +514,12 @@ class _Tally:
             self.retry_detail = self.retry_detail or answer.detail
 
 
-def _http2_client(limit: int, ssl_context: ssl.SSLContext | bool, user_agent: str) -> Any:
-    """One httpx client speaking HTTP/2 where the push service offers it (ALPN), else 1.1."""
-    import httpx
-
-    try:
-        import h2  # noqa: F401
-    except ImportError as exc:
-        raise ChannelUnavailable("http2 = true needs the h2 package (pip install 'httpx[http2]')") from exc
-    return httpx.AsyncClient(
-        http2=True,
-        verify=ssl_context,
-        headers={"User-Agent": user_agent},
-        limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
-        follow_redirects=False,
-    )
-
-
-async def _post_httpx(
-    client: Any, url: str, body: bytes, headers: dict[str, str], timeout: float
-) -> PushAnswer:
-    import httpx
-
-    try:
-        response = await client.post(url, content=body, headers=headers, timeout=timeout)
-    except httpx.HTTPError as exc:
-        if not request_may_have_left(exc):
-            return PushAnswer("retry", detail=f"network error: {type(exc).__name__}")
-        return PushAnswer("uncertain", detail=f"network error: {type(exc).__name__}; may have arrived")
-    return push_answer(response.status_code, response.headers.get("Retry-After"), response.text[:300])
-
-
-def _ssl_context(section: WebPushSection, base_dir: Path) -> ssl.SSLContext | bool:
+def _ssl_context(section: WebPushSection, base_dir: Path) -> ssl.SSLContext:
     """TLS settings for push requests: the system CAs, plus `ca_file` when given."""
-    if not section.ca_file:
-        return True
-    return ssl.create_default_context(cafile=str(resolve_path(section.ca_file, base_dir)))
+    context = ssl.create_default_context()
+    if section.ca_file:
+        context.load_verify_locations(cafile=str(resolve_path(section.ca_file, base_dir)))
+    return context
 
 
 def push_answer(status: int, retry_after: str | None, text: str = "") -> PushAnswer:

@@ -134,6 +134,9 @@ class Settings(ChannelSettings):
     share_broadcasts: bool = True
     help_interval: Duration = 2.0  # how often an idle daemon looks for batches to help with
     http2: bool = False  # push over HTTP/2 (httpx + h2) where the service offers it
+    # The HTTP/1.1 client: "lean" (channels/webpush/http1.py, ~half aiohttp's CPU per push) or
+    # "aiohttp" (the one before it, a fallback should a push service need it).
+    client: Literal["lean", "aiohttp"] = "lean"
     timeout: Duration = 10.0  # per push request
     retries: int = Field(default=2, ge=0, le=10)  # quick retries of one push (429/5xx/network)
     max_retry_wait: Duration = 30.0  # a longer Retry-After defers the rest to the dispatcher

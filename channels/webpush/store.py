@@ -66,9 +66,11 @@ clicks = Table(
 )
 
 
-# `last_push_at` tells a live subscription from one never confirmed (`_make_room`); a day's
-# precision is enough, and spares a row write per subscription for every story of the day.
-LAST_PUSH_GRAIN = timedelta(hours=12)
+# `last_push_at` tells a live subscription from one never confirmed (`_make_room` asks only
+# whether it is set); a week's precision is plenty, and spares a row write per subscription for
+# every story of the week but the first (a million row writes on PostgreSQL cost more CPU than
+# the pushes' own progress records: benchmarks/README.md, "web push").
+LAST_PUSH_GRAIN = timedelta(days=7)
 
 
 def endpoint_hash(endpoint: str) -> str:
@@ -83,6 +85,7 @@ class Target:
     endpoint: str
     p256dh: str
     auth: str
+    stamped: bool = False  # a success changes nothing in its row (no failures, last push recent)
 
 
 class SubscriptionStore:
@@ -244,25 +247,29 @@ class SubscriptionStore:
     async def targets(self, ids: Sequence[int]) -> dict[int, Target]:
         """Endpoint and keys of the subscriptions `ids` still has (unsubscribed ones are absent)."""
         found: dict[int, Target] = {}
+        recent = self.clock() - LAST_PUSH_GRAIN
+        c = subscriptions.c
         async with self.engine.connect() as conn:
             for start in range(0, len(ids), 1000):
                 rows = await conn.execute(
-                    select(
-                        subscriptions.c.id,
-                        subscriptions.c.endpoint,
-                        subscriptions.c.p256dh,
-                        subscriptions.c.auth,
-                    ).where(subscriptions.c.id.in_(list(ids[start : start + 1000])))
+                    select(c.id, c.endpoint, c.p256dh, c.auth, c.failures, c.last_push_at).where(
+                        c.id.in_(list(ids[start : start + 1000]))
+                    )
                 )
-                found.update({r.id: Target(r.id, r.endpoint, r.p256dh, r.auth) for r in rows})
+                for r in rows:
+                    stamped = not r.failures and r.last_push_at is not None and r.last_push_at >= recent
+                    found[r.id] = Target(r.id, r.endpoint, r.p256dh, r.auth, stamped)
         return found
 
-    async def apply(self, outcomes: Sequence[RecipientOutcome], max_failures: int) -> None:
+    async def apply(
+        self, outcomes: Sequence[RecipientOutcome], max_failures: int, stamped: frozenset[int] = frozenset()
+    ) -> None:
         """What pushes mean for the subscriptions: a success resets the failure count (and
         stamps `last_push_at`, at most every LAST_PUSH_GRAIN), a gone
-        one (404/410) is deleted, and one that fails `max_failures` times in a row too."""
+        one (404/410) is deleted, and one that fails `max_failures` times in a row too.
+        `stamped`: subscriptions whose success changes nothing (Target.stamped), not written."""
         now = self.clock()
-        sent = [o.recipient for o in outcomes if o.status == "sent"]
+        sent = [o.recipient for o in outcomes if o.status == "sent" and o.recipient not in stamped]
         gone = [o.recipient for o in outcomes if o.status == "gone"]
         failed = [o.recipient for o in outcomes if o.status == "failed"]
         if not (sent or gone or failed):
