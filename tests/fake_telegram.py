@@ -23,7 +23,6 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -275,6 +274,8 @@ class FakeTelegram:
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
         app.router.add_get("/fake/stats", self._stats)
+        app.router.add_get("/fake/sent", self._sent)
+        app.router.add_post("/fake/user", self._play_user)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -507,8 +508,41 @@ class FakeTelegram:
                 "max_in_1s": self.max_in_window(1.0),
                 "first": self.send_times[0] if self.send_times else 0,
                 "last": self.send_times[-1] if self.send_times else 0,
+                "conflicts": self.conflicts,
             }
         )
+
+    async def _sent(self, request: web.Request) -> web.Response:
+        """What a test in another process checks: every accepted message (chat, text), when it
+        was accepted, and the calls answered 429 (method, chat, when)."""
+        flooded = [
+            [method, params.get("chat_id"), at]
+            for (method, params, status), at in zip(self.calls, self.call_times, strict=False)
+            if status == 429
+        ]
+        return web.json_response(
+            {
+                "messages": [
+                    {"chat": m["chat"]["id"], "text": m.get("text") or m.get("caption") or ""}
+                    for m in self.sent
+                ],
+                "times": self.send_times,
+                "flooded": flooded,
+                "rejected_429": self.rejected_429,
+                "conflicts": self.conflicts,
+            }
+        )
+
+    async def _play_user(self, request: web.Request) -> web.Response:
+        """A test in another process plays a user: {"user": id, "name": ..., "text": ...} makes
+        the private chat (if new) and, with a text, the user writes it to the bot."""
+        data = await request.json()
+        user = int(data["user"])
+        if user not in self.chats:
+            self.user(user, str(data.get("name") or ""))
+        if data.get("text"):
+            self.send_text(user, str(data["text"]))
+        return web.json_response({"ok": True})
 
     def _scripted_failure(self, method: str, params: dict[str, Any]) -> None:
         failure = self._take(self.failures, method, params)
@@ -947,16 +981,3 @@ async def _params(request: web.Request) -> dict[str, Any]:
             except ValueError as exc:
                 raise ApiError(400, f"Bad Request: can't parse {key} JSON object") from exc
     return params
-
-
-def serve(port_file: str, limits: bool, port: int = 0) -> None:
-    """Run a fake with auto users in this process until killed (benchmarks run it apart);
-    `port` 0 takes a free one. With limits, 30 messages/s overall, 1,000/s for messages sent
-    with allow_paid_broadcast."""
-
-    async def main() -> None:
-        async with FakeTelegram(limits=limits, auto_users=True, port=port) as fake:
-            await asyncio.to_thread(Path(port_file).write_text, str(fake.port))
-            await asyncio.Event().wait()
-
-    asyncio.run(main())
