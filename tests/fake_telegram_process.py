@@ -75,7 +75,7 @@ class Seen:
 
     messages: list[dict[str, Any]]  # {"chat": id, "text": text or caption}, in order
     times: list[float]  # monotonic time each was accepted (this machine's clock)
-    flooded: list[tuple[str, Any, float]]  # calls answered 429: (method, chat_id, when)
+    flooded: list[tuple[str, int, float]]  # messages answered 429: (limit hit, chat, when)
     rejected_429: int
     conflicts: int  # getUpdates calls made while another one was waiting
     _by_chat: dict[int, list[str]] = field(default_factory=dict, repr=False)
@@ -139,7 +139,7 @@ class FakeTelegramProcess:
 
     async def seen(self) -> Seen:
         data = await self._get("/fake/sent")
-        flooded = [(str(m), chat, float(at)) for m, chat, at in data["flooded"]]
+        flooded = [(str(limit), int(chat), float(at)) for limit, chat, at in data["flooded"]]
         return Seen(data["messages"], data["times"], flooded, data["rejected_429"], data["conflicts"])
 
     async def play(self, user: int, text: str = "", name: str = "") -> None:

@@ -352,7 +352,9 @@ async def run_and_check(
         f"429s {seen.rejected_429}, getUpdates conflicts {seen.conflicts}, 0 twice, "
         f"{len(fan_uncertain)} uncertain {fan_uncertain}"
     )
-    assert seen.rejected_429 == 0, seen.flooded
+    assert seen.rejected_429 == 0, [
+        (limit, chat, round(at - seen.times[0], 2)) for limit, chat, at in seen.flooded
+    ]
     assert seen.max_in_window(1.0) <= 30
     assert seen.conflicts == 0  # one getUpdates reader at a time
 

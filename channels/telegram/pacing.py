@@ -29,11 +29,14 @@ from channels.telegram.errors import ptb_retry_after
 # The daemons' shared slots are spaced this much wider than `per_second` asks: what arrives at
 # Telegram is what left, shifted by delays that vary by a few ms (more on a loaded machine).
 SHARED_MARGIN = 1.03
-SHARED_CHAT_MARGIN = 0.25  # seconds added to a chat's gap: two daemons' messages to one reader
+# Seconds added to a chat's gap in the shared buckets (two daemons' messages to one reader): a
+# message goes at its bot slot, which may come that long after its chat slot (the lead, the
+# other daemons' reservations ahead of it, a little lateness).
+SHARED_CHAT_MARGIN = 0.5
 SHARED_HORIZON = 0.1  # seconds of the bot's future slots one daemon may hold, at least
 # A turn handed out early (`wait(lead=...)`) comes `lead` seconds before its moment; the lead a
 # broadcast asks for is learnt (`learn`): 1.5 times the 90th percentile of how long its work
-# before the request took lately, within these bounds (the upper one below the chat margin).
+# before the request took lately, within these bounds (the upper one well below the chat margin).
 MIN_LEAD, MAX_LEAD = 0.1, 0.25
 LATE = 0.02  # seconds past its slot a message may still go; later, it takes a new slot
 # Methods that put a message in a chat: Telegram's flood limits count these.
@@ -140,8 +143,8 @@ class ChatPacer:
     async def go(self, chat: int, at: float, group: bool | None = None) -> None:
         """Return at moment `at` (a turn from `wait`). A message that would leave more than
         `LATE` after it (the work before it took longer than the lead), or into a pause that
-        began since, takes a new turn in the overall budget instead: late, it would crowd the
-        next message's moment."""
+        began since, takes a new turn instead: late, it would crowd the next message's moment
+        (and, across daemons, the next message to its chat)."""
         now = self.clock()
         if now < at and self._paused_until <= at:
             await asyncio.sleep(at - now)
@@ -149,14 +152,15 @@ class ChatPacer:
         if now - at <= LATE and self._paused_until <= at:
             return
         self.retaken += 1
+        group = is_group(chat) if group is None else group
         await self._until(lambda: self._paused_until)
         if self.shared is not None:
-            at = await self._shared_turn([], 0.0, retake=True)
+            at = await self._shared_turn(self.chat_buckets(chat, group), 0.0, retake=True)
         elif self.gap:
             at = await self._local_turn(0.0)
         else:
             return
-        self.record(chat, is_group(chat) if group is None else group, at)
+        self.record(chat, group, at)
 
     def learn(self, took: float) -> None:
         """A turn handed out early was used `took` seconds later (the caller's work before its
@@ -199,7 +203,8 @@ class ChatPacer:
         future slots, so a chat's slot and the moment its message goes stay close (the chat
         margin covers the difference). A chat another daemon has just messaged is waited for
         outside that queue, and the bot's slot reserved then. A message late for its slot
-        (`retake`: it is marked `sending` already) takes the next free slot at once."""
+        (`retake`: it is marked `sending` already) takes the next free slot at once, and a new
+        one in its chat's buckets: it goes later than the chat's slot said."""
         assert self.shared is not None
         if not self.gap:  # no overall limit: the chat's own buckets only
             delay = max(0.0, await self.shared.reserve(chat_side)) if chat_side else 0.0
@@ -207,6 +212,7 @@ class ChatPacer:
             await asyncio.sleep(max(0.0, delay - lead))
             return at
         bot = (self.key, self.gap * SHARED_MARGIN)
+        chat_again = chat_side  # a late message's chat slot passed unused: it takes a new one
         while True:
             if retake:  # already late: the next free slot, not a place behind the queued turns
                 turn = await self.shared.turn(chat_side, bot)
@@ -225,7 +231,7 @@ class ChatPacer:
             if self.clock() - slot <= LATE:
                 return slot
             self.retaken += 1  # woken too late (a busy event loop): a new slot
-            retake = True
+            chat_side, retake = chat_again, True
 
     async def _sleep_until(self, moment: float) -> None:
         await self._until(lambda: moment)
