@@ -59,10 +59,12 @@ def _reserve_sql(n: int) -> TextClause:
 
 
 @functools.cache
-def _turn_sql(chat_side: int) -> TextClause:
+def _turn_sql(chat_side: int, bump: int) -> TextClause:
     """Reserve `chat_side` chained buckets (:k0/:g0 …), then the last one (:kb/:gb) only when
-    their slot is not later than now, and no earlier than :lead seconds from now; returns both
-    slots and the database's time, in epoch seconds (the last slot NULL when not reserved)."""
+    their slot is not later than now, and no earlier than :lead seconds from now; then move
+    `bump` buckets (:u0/:h0 …) to no earlier than a gap after the last one's slot. Returns the
+    chat-side slot, the last one's and the database's time, in epoch seconds (the last slot
+    NULL when it was not reserved)."""
     parts = ["n AS (SELECT extract(epoch FROM clock_timestamp()) AS t)"]
     source, ready = "SELECT :kb, n.t + :lead + :gb FROM n", "NULL::float8"
     for i in range(chat_side):
@@ -79,6 +81,11 @@ def _turn_sql(chat_side: int) -> TextClause:
         f"bb AS (INSERT INTO rate_budgets (key, tat) {source} ON CONFLICT (key) DO UPDATE "
         "SET tat = greatest(rate_budgets.tat, EXCLUDED.tat - :gb) + :gb RETURNING tat - :gb AS slot)"
     )
+    for i in range(bump):
+        parts.append(
+            f"u{i} AS (INSERT INTO rate_budgets (key, tat) SELECT :u{i}, bb.slot + :h{i} FROM bb "
+            "ON CONFLICT (key) DO UPDATE SET tat = greatest(rate_budgets.tat, EXCLUDED.tat) RETURNING 1)"
+        )
     return text(
         f"WITH {', '.join(parts)} SELECT {ready} AS ready, (SELECT slot FROM bb) AS slot, "
         "extract(epoch FROM clock_timestamp()) AS now"
@@ -86,6 +93,7 @@ def _turn_sql(chat_side: int) -> TextClause:
         bindparam("gb", type_=Float()),
         bindparam("lead", type_=Float()),
         *(bindparam(f"g{i}", type_=Float()) for i in range(chat_side)),
+        *(bindparam(f"h{i}", type_=Float()) for i in range(bump)),
     )
 
 
@@ -146,16 +154,22 @@ class RateBudgets:
             wait = (await conn.execute(_reserve_sql(len(buckets)), values)).scalar_one()
         return float(wait)
 
-    async def turn(self, chat_side: Sequence[Bucket], last: Bucket, lead: float = 0.0) -> Turn:
+    async def turn(
+        self, chat_side: Sequence[Bucket], last: Bucket, lead: float = 0.0, bump: Sequence[Bucket] = ()
+    ) -> Turn:
         """Reserve the next slot in each of `chat_side` (chained), then in `last` (the bot's)
         if the chat-side slot is now, at least `lead` seconds ahead (time for the caller's work
-        before its request); one statement, its own transaction."""
+        before its request). `bump` buckets (a late message's chat, whose slot passed unused)
+        come free no earlier than their gap after the new slot. One statement, its own
+        transaction."""
         values: dict[str, object] = {"kb": last[0], "gb": float(last[1]), "lead": float(lead)}
         for i, (key, gap) in enumerate(chat_side):
             values[f"k{i}"], values[f"g{i}"] = key, float(gap)
+        for i, (key, gap) in enumerate(bump):
+            values[f"u{i}"], values[f"h{i}"] = key, float(gap)
         sent = self.clock.clock()
         async with self._auto.connect() as conn:
-            row = (await conn.execute(_turn_sql(len(chat_side)), values)).one()
+            row = (await conn.execute(_turn_sql(len(chat_side), len(bump)), values)).one()
         self.clock.observe(sent, self.clock.clock(), float(row.now))
         return Turn(
             None if row.ready is None else self.clock.local(float(row.ready)),

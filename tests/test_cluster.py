@@ -290,6 +290,10 @@ async def test_a_turn_handed_out_early_goes_at_its_moment_and_a_late_one_takes_a
     assert pacer.retaken == 1 and time.monotonic() - late >= 0.1
     third = await pacer.wait(3, lead=0.2)
     assert third - late >= pacer.gap  # the slot given up is not reused by the next message
+    # Chat 2's message went later than its chat slot said: its next one waits from then.
+    chat_2 = await RateBudgets(daemons[1].db).turn(pacer.chat_buckets(2, False), ("tg:lead", 0.01))
+    assert chat_2.slot is None and chat_2.ready is not None
+    assert chat_2.ready - late >= 0.1 + pacer.chat_gap
 
 
 def test_the_database_clock_trusts_the_quickest_round_trip() -> None:

@@ -155,7 +155,7 @@ class ChatPacer:
         group = is_group(chat) if group is None else group
         await self._until(lambda: self._paused_until)
         if self.shared is not None:
-            at = await self._shared_turn(self.chat_buckets(chat, group), 0.0, retake=True)
+            at = await self._shared_turn(self.chat_buckets(chat, group), 0.0, late=True)
         elif self.gap:
             at = await self._local_turn(0.0)
         else:
@@ -193,7 +193,7 @@ class ChatPacer:
         return now + lead
 
     async def _shared_turn(
-        self, chat_side: list[tuple[str, float]], lead: float, retake: bool = False
+        self, chat_side: list[tuple[str, float]], lead: float, late: bool = False
     ) -> float:
         """A turn reserved in the shared buckets (the chat's in `chat_side`, then the bot's),
         its slot at least `lead` ahead.
@@ -202,9 +202,9 @@ class ChatPacer:
         this slot is `horizon` away: each daemon holds no more than `horizon` of the bot's
         future slots, so a chat's slot and the moment its message goes stay close (the chat
         margin covers the difference). A chat another daemon has just messaged is waited for
-        outside that queue, and the bot's slot reserved then. A message late for its slot
-        (`retake`: it is marked `sending` already) takes the next free slot at once, and a new
-        one in its chat's buckets: it goes later than the chat's slot said."""
+        outside that queue, and the bot's slot reserved then. A message `late` for its slot
+        (it is marked `sending` already) takes the next free one at once, and moves its chat's
+        next free slot after it: it goes later than its chat's slot said."""
         assert self.shared is not None
         if not self.gap:  # no overall limit: the chat's own buckets only
             delay = max(0.0, await self.shared.reserve(chat_side)) if chat_side else 0.0
@@ -212,10 +212,10 @@ class ChatPacer:
             await asyncio.sleep(max(0.0, delay - lead))
             return at
         bot = (self.key, self.gap * SHARED_MARGIN)
-        chat_again = chat_side  # a late message's chat slot passed unused: it takes a new one
+        chat = chat_side
         while True:
-            if retake:  # already late: the next free slot, not a place behind the queued turns
-                turn = await self.shared.turn(chat_side, bot)
+            if late:
+                turn = await self.shared.turn([], bot, lead, bump=chat)
             else:
                 async with self._reserving:
                     turn = await self.shared.turn(chat_side, bot, lead)
@@ -231,7 +231,7 @@ class ChatPacer:
             if self.clock() - slot <= LATE:
                 return slot
             self.retaken += 1  # woken too late (a busy event loop): a new slot
-            chat_side, retake = chat_again, True
+            late = True
 
     async def _sleep_until(self, moment: float) -> None:
         await self._until(lambda: moment)
