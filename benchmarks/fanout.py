@@ -29,18 +29,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import os
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy import insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.fake_telegram
@@ -54,7 +50,8 @@ from bot.types import Story
 from channels.telegram.config import ReaderSettings
 from channels.telegram.fanout import SubscriberChannel
 from channels.telegram.store import subscribers
-from tests.fake_telegram import TOKEN, serve
+from tests.fake_telegram import TOKEN
+from tests.fake_telegram_process import FakeTelegramProcess
 
 CONFIG = """
 [telegram]
@@ -79,21 +76,34 @@ STORY = Story(
 )
 
 
-@asynccontextmanager
-async def fake_server(limits: bool, folder: Path, port: int = 0) -> AsyncIterator[str]:
-    """The fake Bot API in its own process (so it does not share siar's CPU core); yields its URL."""
-    port_file = folder / f"port-{int(limits)}-{os.getpid()}-{time.monotonic_ns()}"
-    process = multiprocessing.get_context("spawn").Process(target=serve, args=(str(port_file), limits, port))
-    process.start()
-    try:
-        for _ in range(1200):  # a loaded machine may take a while to start a process
-            if port_file.exists() and port_file.read_text():
-                break
-            await asyncio.sleep(0.05)
-        yield f"http://127.0.0.1:{port_file.read_text()}"
-    finally:
-        process.terminate()
-        process.join()
+class CpuSamples:
+    """This process's CPU time sampled every 0.2 s, to tell the CPU of the sending phase (between
+    the fake's first and last accepted message) from that of planning the broadcast."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            self.samples.append((time.monotonic(), time.process_time()))
+            await asyncio.sleep(0.2)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.samples.append((time.monotonic(), time.process_time()))
+
+    def between(self, start: float, end: float) -> float:
+        """CPU seconds used between monotonic moments `start` and `end` (nearest samples)."""
+
+        def at(moment: float) -> float:
+            return min(self.samples, key=lambda s: abs(s[0] - moment))[1]
+
+        return at(end) - at(start)
 
 
 async def run(
@@ -109,7 +119,8 @@ async def run(
     """One broadcast to `n` readers; returns the figures."""
     limits = mode != "off"
     rate = {"off": 0, "default": 29, "paid": 1000}[mode]
-    async with fake_server(limits, folder, port) as api:
+    async with FakeTelegramProcess(folder, limits=limits, port=port) as fake:
+        api = fake.url
         path = folder / f"config-{mode}.toml"
         path.write_text(
             CONFIG.format(
@@ -157,28 +168,39 @@ async def run(
         await channel.start()
         post = channel.render(STORY)
         load = os.getloadavg()[0]
+        cpu_samples = CpuSamples()
+        cpu_samples.start()
         started, cpu = time.monotonic(), time.process_time()
         try:
             note = (await channel.send(post, idempotency_key="siar-1")).note
         except RetryLater as exc:  # the window (send_timeout) ended first
             note = str(exc)
         elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
+        cpu_samples.stop()
+        pacer = channel.pacer
+        retaken = pacer.retaken if pacer is not None else 0
         await channel.close()
         await store.close()
         await drop_database(db_name)
-        async with httpx.AsyncClient() as client:
-            stats = (await client.get(f"{api}/fake/stats")).json()
+        stats = await fake.stats()
+        span = stats["last"] - stats["first"]  # the same monotonic clock: one machine
         return {
             "readers": n,
             "delivered": stats["sent"],
             "seconds": elapsed,
             "cpu": cpu,
-            "per_second": stats["sent"] / elapsed,
+            "planning": stats["first"] - started if stats["sent"] else elapsed,
+            "sending": span,
+            "sending_cpu": cpu_samples.between(stats["first"], stats["last"]),
+            "per_second": (stats["sent"] - 1) / span if span > 0 else 0.0,
             "max_in_1s": stats["max_in_1s"],
             "429": stats["rejected_429"],
+            "retaken": retaken,
             "note": note,
             "store": config.store.url.split("://")[0],
             "load": load,
+            "load_after": os.getloadavg()[0],
+            "realtime": fake.scheduled_realtime,
         }
 
 
@@ -205,17 +227,27 @@ def report(mode: str, fig: dict[str, Any], concurrency: int, window: float) -> b
     }[mode]
     print(f"{title}: {'OK' if good else 'FAIL ' + ', '.join(k for k, v in checks.items() if not v)}")
     print(f"  store              {fig['store']}")
-    print(f"  subscribers        {readers:,} (concurrency {concurrency}, load average {fig['load']:.2f})")
-    print(f"  delivered          {delivered:,} in {fig['seconds']:.1f} s ({fig['note'][:160]})")
+    print(
+        f"  subscribers        {readers:,} (concurrency {concurrency}, load average {fig['load']:.2f} "
+        f"before, {fig['load_after']:.2f} after)"
+    )
+    print(f"  fake Bot API       own process, real-time scheduling {'on' if fig['realtime'] else 'OFF'}")
+    print(f"  planning           {fig['planning']:.1f} s (the ledger rows, before the first message)")
+    print(f"  delivered          {delivered:,} in {fig['sending']:.1f} s ({fig['note'][:160]})")
     if window and delivered < readers:
         print(
             f"  at this rate all   {readers / max(fig['per_second'], 1e-9) / 60:.0f} min "
             f"(window {window:.0f} s)"
         )
-    print(f"  msg/s              {fig['per_second']:.1f}")
+    print(f"  msg/s              {fig['per_second']:.1f} (first to last message the fake accepted)")
     print(f"  max in any 1 s     {fig['max_in_1s']}" + ("" if limit is None else f"  (must be <= {limit})"))
     print(f"  429 answers        {fig['429']}" + ("" if mode == "off" else "  (must be 0)"))
-    print(f"  siar CPU           {fig['cpu']:.1f} s ({1000 * fig['cpu'] / max(1, delivered):.2f} ms/message)")
+    print(f"  turns retaken      {fig['retaken']} (late for their slot: a new one, the old one unused)")
+    print(
+        f"  siar CPU           {fig['sending_cpu']:.1f} s while sending "
+        f"({1000 * fig['sending_cpu'] / max(1, delivered):.2f} ms/message); "
+        f"{fig['cpu']:.1f} s in all, planning included"
+    )
     return good
 
 

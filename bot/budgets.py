@@ -10,6 +10,12 @@ never crowds the bot's overall budget. Slots are never closer than `gap`: at mos
 `1 + window / gap` sends in any window. A reserved slot that goes unused is simply lost (a
 little slower, never faster).
 
+`turn` is the chained reservation for a message to one chat: the chat's buckets, then the bot's
+only if the chat's slot is now. A bot slot chained behind a chat slot later than the bot's next
+free one would move the bot's `tat` past all the free slots in between: every daemon's messages
+would wait through that hole. A chat that is not ready is waited for first, and the bot's slot
+reserved after. Its slots come back on this process's monotonic clock (`DatabaseClock`).
+
 On SQLite (one daemon) nobody shares: the in-process pacers are the whole budget.
 
 Daily quotas (`DailyQuotas`, a channel's daily cap) are counted, not paced: one row of
@@ -24,6 +30,8 @@ behave alike.
 from __future__ import annotations
 
 import functools
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -59,6 +67,78 @@ def _reserve_sql(n: int) -> TextClause:
     ).bindparams(*(bindparam(f"g{i}", type_=Float()) for i in range(n)))
 
 
+@functools.cache
+def _turn_sql(chat_side: int, bump: int) -> TextClause:
+    """Reserve `chat_side` chained buckets (:k0/:g0 …), then the last one (:kb/:gb) only when
+    their slot is not later than now, and no earlier than :lead seconds from now; then move
+    `bump` buckets (:u0/:h0 …) to no earlier than a gap after the last one's slot. Returns the
+    chat-side slot, the last one's and the database's time, in epoch seconds (the last slot
+    NULL when it was not reserved)."""
+    parts = ["n AS (SELECT extract(epoch FROM clock_timestamp()) AS t)"]
+    source, ready = "SELECT :kb, n.t + :lead + :gb FROM n", "NULL::float8"
+    for i in range(chat_side):
+        first = "n.t" if i == 0 else f"b{i - 1}.slot"
+        parts.append(
+            f"b{i} AS (INSERT INTO rate_budgets (key, tat) SELECT :k{i}, {first} + :g{i} "
+            f"FROM {'n' if i == 0 else f'b{i - 1}'} ON CONFLICT (key) DO UPDATE "
+            f"SET tat = greatest(rate_budgets.tat, EXCLUDED.tat - :g{i}) + :g{i} "
+            f"RETURNING tat - :g{i} AS slot)"
+        )
+        source = f"SELECT :kb, n.t + :lead + :gb FROM b{i}, n WHERE b{i}.slot <= n.t"
+        ready = f"(SELECT slot FROM b{i})"
+    parts.append(
+        f"bb AS (INSERT INTO rate_budgets (key, tat) {source} ON CONFLICT (key) DO UPDATE "
+        "SET tat = greatest(rate_budgets.tat, EXCLUDED.tat - :gb) + :gb RETURNING tat - :gb AS slot)"
+    )
+    for i in range(bump):
+        parts.append(
+            f"u{i} AS (INSERT INTO rate_budgets (key, tat) SELECT :u{i}, bb.slot + :h{i} FROM bb "
+            "ON CONFLICT (key) DO UPDATE SET tat = greatest(rate_budgets.tat, EXCLUDED.tat) RETURNING 1)"
+        )
+    return text(
+        f"WITH {', '.join(parts)} SELECT {ready} AS ready, (SELECT slot FROM bb) AS slot, "
+        "extract(epoch FROM clock_timestamp()) AS now"
+    ).bindparams(
+        bindparam("gb", type_=Float()),
+        bindparam("lead", type_=Float()),
+        *(bindparam(f"g{i}", type_=Float()) for i in range(chat_side)),
+        *(bindparam(f"h{i}", type_=Float()) for i in range(bump)),
+    )
+
+
+class DatabaseClock:
+    """The database's clock on this process's monotonic one. The offset comes from the recent
+    reservation with the shortest round trip: an answer read late (a busy event loop) would
+    otherwise put that slot late by the delay, and the next one, read on time, right behind it."""
+
+    KEEP = 32  # reservations remembered
+    FRESH = 30.0  # seconds a measurement is trusted (the database's wall clock may be stepped)
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._samples: deque[tuple[float, float, float]] = deque(maxlen=self.KEEP)
+
+    def observe(self, sent: float, answered: float, db_now: float) -> None:
+        """A statement sent at `sent` and answered at `answered` (local) read `db_now`."""
+        self._samples.append((answered - sent, db_now - (sent + answered) / 2, answered))
+
+    def local(self, db_time: float) -> float:
+        """`db_time` (epoch seconds on the database) on the local monotonic clock."""
+        now = self.clock()
+        fresh = [s for s in self._samples if now - s[2] <= self.FRESH] or list(self._samples)[-1:]
+        return db_time - min(fresh)[1]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A chained reservation, on the local monotonic clock: `ready` is when the chat-side
+    buckets allow the message (None when there were none), `slot` the bot's slot (None: not
+    reserved, because the chat is not ready before `ready`)."""
+
+    ready: float | None
+    slot: float | None
+
+
 class RateBudgets:
     """Reservations in the shared buckets of one PostgreSQL database."""
 
@@ -67,6 +147,7 @@ class RateBudgets:
             raise ValueError("shared rate budgets need PostgreSQL (on SQLite one daemon paces itself)")
         self.db = db
         self._auto = db.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.clock = DatabaseClock()
 
     async def reserve(self, buckets: Sequence[Bucket]) -> float:
         """Reserve the next slot in each of `buckets`, in order; the seconds to wait before the
@@ -81,6 +162,28 @@ class RateBudgets:
         async with self._auto.connect() as conn:
             wait = (await conn.execute(_reserve_sql(len(buckets)), values)).scalar_one()
         return float(wait)
+
+    async def turn(
+        self, chat_side: Sequence[Bucket], last: Bucket, lead: float = 0.0, bump: Sequence[Bucket] = ()
+    ) -> Turn:
+        """Reserve the next slot in each of `chat_side` (chained), then in `last` (the bot's)
+        if the chat-side slot is now, at least `lead` seconds ahead (time for the caller's work
+        before its request). `bump` buckets (a late message's chat, whose slot passed unused)
+        come free no earlier than their gap after the new slot. One statement, its own
+        transaction."""
+        values: dict[str, object] = {"kb": last[0], "gb": float(last[1]), "lead": float(lead)}
+        for i, (key, gap) in enumerate(chat_side):
+            values[f"k{i}"], values[f"g{i}"] = key, float(gap)
+        for i, (key, gap) in enumerate(bump):
+            values[f"u{i}"], values[f"h{i}"] = key, float(gap)
+        sent = self.clock.clock()
+        async with self._auto.connect() as conn:
+            row = (await conn.execute(_turn_sql(len(chat_side), len(bump)), values)).one()
+        self.clock.observe(sent, self.clock.clock(), float(row.now))
+        return Turn(
+            None if row.ready is None else self.clock.local(float(row.ready)),
+            None if row.slot is None else self.clock.local(float(row.slot)),
+        )
 
     async def hold(self, key: str, seconds: float) -> None:
         """Nobody sends on `key` for `seconds` (the platform said "retry after")."""

@@ -16,6 +16,7 @@ shows what the bot sent.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import math
 import re
@@ -23,7 +24,6 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -76,6 +76,7 @@ JSON_FIELDS = {
     "has_spoiler",
     "max_connections",
 }
+_REQUEST: contextvars.ContextVar[web.Request | None] = contextvars.ContextVar("request", default=None)
 _ATTR_TEXT = r"""(?:\s+[a-zA-Z_:-]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s>"']+))?)*"""
 _TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)(" + _ATTR_TEXT + r")\s*>")
 _ATTR = re.compile(r"([a-zA-Z_:-]+)(?:\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s>\"']+)))?")
@@ -251,8 +252,9 @@ class FakeTelegram:
         self.drops: list[Failure] = []  # calls to carry out, then hang up on without an answer
         self.dropped = 0
         self.rejected_429 = 0
+        self.floods: list[tuple[str, int, float]] = []  # each 429: (limit hit, chat, monotonic time)
         self.conflicts = 0  # getUpdates calls made while another one was waiting
-        self._polling = 0
+        self._pollers: list[web.Request | None] = []  # getUpdates calls waiting now
         self.webhook_url = ""
         self.send_times: list[float] = []  # monotonic arrival time of each accepted message
         self.clock: Callable[[], float] = time.time  # message dates and the 48-hour delete limit
@@ -275,6 +277,8 @@ class FakeTelegram:
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
         app.router.add_get("/fake/stats", self._stats)
+        app.router.add_get("/fake/sent", self._sent)
+        app.router.add_post("/fake/user", self._play_user)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -483,6 +487,7 @@ class FakeTelegram:
             handler = getattr(self, f"_m_{method}", None)
             if handler is None:
                 raise ApiError(404, "Not Found")
+            _REQUEST.set(request)  # this request's own task: getUpdates looks at its connection
             result = await handler(params)
             body = {"ok": True, "result": result}
             if self._take(self.drops, method, params) is not None:
@@ -507,8 +512,37 @@ class FakeTelegram:
                 "max_in_1s": self.max_in_window(1.0),
                 "first": self.send_times[0] if self.send_times else 0,
                 "last": self.send_times[-1] if self.send_times else 0,
+                "conflicts": self.conflicts,
             }
         )
+
+    async def _sent(self, request: web.Request) -> web.Response:
+        """What a test in another process checks: every accepted message (chat, text), when it
+        was accepted, and the messages answered 429 (the limit hit: chat, group or global;
+        chat; when)."""
+        return web.json_response(
+            {
+                "messages": [
+                    {"chat": m["chat"]["id"], "text": m.get("text") or m.get("caption") or ""}
+                    for m in self.sent
+                ],
+                "times": self.send_times,
+                "flooded": self.floods,
+                "rejected_429": self.rejected_429,
+                "conflicts": self.conflicts,
+            }
+        )
+
+    async def _play_user(self, request: web.Request) -> web.Response:
+        """A test in another process plays a user: {"user": id, "name": ..., "text": ...} makes
+        the private chat (if new) and, with a text, the user writes it to the bot."""
+        data = await request.json()
+        user = int(data["user"])
+        if user not in self.chats:
+            self.user(user, str(data.get("name") or ""))
+        if data.get("text"):
+            self.send_text(user, str(data["text"]))
+        return web.json_response({"ok": True})
 
     def _scripted_failure(self, method: str, params: dict[str, Any]) -> None:
         failure = self._take(self.failures, method, params)
@@ -567,25 +601,26 @@ class FakeTelegram:
         if not self.limits:
             return
         now = time.monotonic()
-        waits = []
+        waits: dict[str, float] = {}
         recent = self._chat_times[chat.id]
         while recent and now - recent[0] >= 1.0:
             recent.popleft()
         if len(recent) >= self.per_chat_per_s:
-            waits.append(1.0 - (now - recent[0]))
+            waits["chat"] = 1.0 - (now - recent[0])
         if chat.type in ("group", "supergroup"):
             minute = self._group_times[chat.id]
             while minute and now - minute[0] >= 60.0:
                 minute.popleft()
             if len(minute) >= self.group_per_min:
-                waits.append(60.0 - (now - minute[0]))
+                waits["group"] = 60.0 - (now - minute[0])
         while self._global_times and now - self._global_times[0] >= 1.0:
             self._global_times.popleft()
         if len(self._global_times) >= (self.paid_per_s if paid else self.global_per_s):
-            waits.append(1.0 - (now - self._global_times[0]))
+            waits["global"] = 1.0 - (now - self._global_times[0])
         if waits:
             self.rejected_429 += 1
-            after = max(1, math.ceil(max(waits)))
+            self.floods.append(("+".join(waits), chat.id, now))
+            after = max(1, math.ceil(max(waits.values())))
             raise ApiError(429, f"Too Many Requests: retry after {after}", {"retry_after": after})
 
     def _record_send(self, chat: Chat) -> None:
@@ -712,18 +747,23 @@ class FakeTelegram:
     async def _m_getUpdates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         if self.webhook_url:
             raise ApiError(409, "Conflict: can't use getUpdates method while webhook is active")
-        if self._polling:  # Telegram allows one getUpdates consumer per token
+        # Telegram allows one getUpdates consumer per token. A waiting call whose client is
+        # gone (a SIGKILLed daemon's) is nobody's poll: it does not make the next a conflict.
+        if any(
+            r is None or (r.transport is not None and not r.transport.is_closing()) for r in self._pollers
+        ):
             self.conflicts += 1
             raise ApiError(
                 409,
                 "Conflict: terminated by other getUpdates request; make sure that only one bot "
                 "instance is running",
             )
-        self._polling += 1
+        request = _REQUEST.get()
+        self._pollers.append(request)
         try:
             return await self._updates_for(params)
         finally:
-            self._polling -= 1
+            self._pollers.remove(request)
 
     async def _updates_for(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         offset = int(params.get("offset") or 0)
@@ -947,16 +987,3 @@ async def _params(request: web.Request) -> dict[str, Any]:
             except ValueError as exc:
                 raise ApiError(400, f"Bad Request: can't parse {key} JSON object") from exc
     return params
-
-
-def serve(port_file: str, limits: bool, port: int = 0) -> None:
-    """Run a fake with auto users in this process until killed (benchmarks run it apart);
-    `port` 0 takes a free one. With limits, 30 messages/s overall, 1,000/s for messages sent
-    with allow_paid_broadcast."""
-
-    async def main() -> None:
-        async with FakeTelegram(limits=limits, auto_users=True, port=port) as fake:
-            await asyncio.to_thread(Path(port_file).write_text, str(fake.port))
-            await asyncio.Event().wait()
-
-    asyncio.run(main())

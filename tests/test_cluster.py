@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bot.budgets import RateBudgets
+from bot.budgets import DatabaseClock, RateBudgets
 from bot.fanout import Broadcaster, RecipientOutcome
 from bot.leases import FeedLeases, Heartbeat
 from bot.outbox import Finish
@@ -258,6 +258,52 @@ async def test_one_chat_gets_a_message_a_second_and_a_group_20_a_minute_across_d
     waits = [await budgets.reserve(pacers[i % 3].buckets(-100, True)) for i in range(21)]
     assert waits[19] >= 59.0 and waits[20] > waits[19]  # the 21st waits past the minute
     assert max(waits[:19]) <= 60.0 * 18 / 19 + 1.0
+
+
+async def test_a_chat_that_is_not_ready_leaves_no_hole_in_the_bots_budget(daemons: list[Store]) -> None:
+    """A message to a chat another daemon has just messaged waits for the chat without taking
+    a bot slot after that wait: the bot's slots in between stay free for other chats."""
+    budgets = RateBudgets(daemons[0].db)
+    bot = ("tg:hole", 0.05)
+    first = await budgets.turn([("tg:hole:chat:1", 1.3)], bot)
+    again = await budgets.turn([("tg:hole:chat:1", 1.3)], bot)
+    other = await budgets.turn([("tg:hole:chat:2", 1.3)], bot)
+    assert first.slot is not None and other.slot is not None and first.ready is not None
+    assert again.slot is None and again.ready is not None  # the chat's turn, not yet the bot's
+    assert 1.2 <= again.ready - first.ready <= 1.4
+    assert 0.04 <= other.slot - first.slot <= 0.2  # the next bot slot, not one after 1.3 s
+    ahead = await budgets.turn([("tg:hole:chat:3", 1.3)], bot, lead=0.5)
+    assert ahead.slot is not None and ahead.slot - time.monotonic() >= 0.4  # time for its work
+
+
+async def test_a_turn_handed_out_early_goes_at_its_moment_and_a_late_one_takes_a_new_slot(
+    daemons: list[Store],
+) -> None:
+    pacer = ChatPacer(29.0, shared=RateBudgets(daemons[0].db), key="tg:lead")
+    at = await pacer.wait(1, lead=0.2)
+    assert at - time.monotonic() >= 0.15  # handed out ahead: time to mark the reader sending
+    await pacer.go(1, at)
+    assert abs(time.monotonic() - at) <= 0.02 and pacer.retaken == 0
+    late = await pacer.wait(2, lead=0.2)
+    await asyncio.sleep(late - time.monotonic() + 0.1)  # the work took longer than the lead
+    await pacer.go(2, late)
+    assert pacer.retaken == 1 and time.monotonic() - late >= 0.1
+    third = await pacer.wait(3, lead=0.2)
+    assert third - late >= pacer.gap  # the slot given up is not reused by the next message
+    # Chat 2's message went later than its chat slot said: its next one waits from then.
+    chat_2 = await RateBudgets(daemons[1].db).turn(pacer.chat_buckets(2, False), ("tg:lead", 0.01))
+    assert chat_2.slot is None and chat_2.ready is not None
+    assert chat_2.ready - late >= 0.1 + pacer.chat_gap
+
+
+def test_the_database_clock_trusts_the_quickest_round_trip() -> None:
+    now = [100.0]
+    clock = DatabaseClock(lambda: now[0])
+    clock.observe(sent=99.0, answered=99.002, db_now=5000.0)  # 2 ms round trip: offset 4901.0 - 99.001
+    clock.observe(sent=99.5, answered=99.6, db_now=5000.59)  # read 100 ms late
+    assert abs(clock.local(5001.0) - 100.001) < 1e-6  # from the 2 ms measurement
+    now[0] = 200.0  # both older than FRESH: the latest one is used
+    assert abs(clock.local(5001.0) - (5001.0 - (5000.59 - 99.55))) < 1e-6
 
 
 async def test_a_retry_after_holds_every_daemon_of_the_token(daemons: list[Store]) -> None:

@@ -157,6 +157,49 @@ async def test_a_time_budget_yields_and_a_later_run_resumes(store: Store) -> Non
     assert second.counts == {"sent": 60} and second.lost == 0
 
 
+async def test_the_next_batch_starts_while_the_last_requests_of_the_previous_one_are_in_flight(
+    store: Store,
+) -> None:
+    """Waiting for a batch's last answer before starting the next would leave the rate budget
+    unused at every batch's end: here the first batch's last request is answered only once the
+    second batch's first one has gone (batches of 10)."""
+    second_batch_started = asyncio.Event()
+    got: list[int] = []
+
+    async def deliver(recipient: int) -> RecipientOutcome:
+        got.append(recipient)
+        if recipient == 110:
+            second_batch_started.set()
+        if recipient == 109:
+            await second_batch_started.wait()
+        return RecipientOutcome(recipient, "sent")
+
+    result = await asyncio.wait_for(broadcaster(store).run("siar-10", audience, deliver), 10)
+    assert result.counts == {"sent": 60} and sorted(got) == AUDIENCE
+
+
+class CountingLedger(FanoutLedger):
+    writes = 0
+
+    async def write(self, key: str, sending: Any, outcomes: Any, now: datetime) -> None:
+        self.writes += 1
+        await super().write(key, sending, outcomes, now)
+
+
+async def test_a_paced_broadcast_writes_one_transaction_per_recipient(store: Store) -> None:
+    """An outcome waits for the next recipient's `sending` mark and shares its transaction."""
+    ledger = CountingLedger(store.db)
+
+    async def pace(recipient: int) -> None:
+        await asyncio.sleep(0.005)  # one request every few ms, like a paced broadcast
+
+    receiver = Receiver()
+    run = Broadcaster(ledger, "readers", lambda: NOW, concurrency=1, batch_size=10)
+    result = await run.run("siar-11", audience, receiver.deliver, pace=pace)
+    assert result.counts == {"sent": 60}  # every outcome written, the last ones too
+    assert ledger.writes <= 65, ledger.writes  # not 120: a mark and an outcome each
+
+
 async def test_the_audience_is_fixed_once(store: Store) -> None:
     calls = 0
 

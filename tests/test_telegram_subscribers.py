@@ -190,6 +190,29 @@ async def test_pacer_spaces_chats_groups_and_overall() -> None:
     assert round(burst[10] - burst[0], 6) >= 1.0  # at most 10 in any second
 
 
+async def test_a_turn_handed_out_early_is_kept_and_a_late_one_is_taken_again() -> None:
+    now = [0.0]
+    pacer = ChatPacer(per_second=10, chat_gap=1.0, clock=lambda: now[0])
+
+    async def fake_sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    real_sleep = asyncio.sleep
+    asyncio.sleep = fake_sleep  # type: ignore[assignment]
+    try:
+        first = await pacer.wait(1, lead=0.2)
+        assert first == 0.2 and now[0] == 0.0  # handed out 0.2 s before its moment
+        await pacer.go(1, first)
+        assert now[0] == 0.2
+        second = await pacer.wait(2, lead=0.2)
+        now[0] = second + 0.5  # its work took longer than the lead
+        await pacer.go(2, second)
+        assert pacer.retaken == 1
+        assert pacer.waiting_time(2) >= 0.99  # counted from when it goes, not from its old turn
+    finally:
+        asyncio.sleep = real_sleep
+
+
 # --- readers ------------------------------------------------------------------------------------
 
 

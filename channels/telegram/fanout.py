@@ -48,7 +48,7 @@ from channels.telegram.app import TelegramApp, app_for, telegram_section
 from channels.telegram.buttons import keyboard_buttons, reply_markup
 from channels.telegram.config import ReaderSettings
 from channels.telegram.errors import bad_request_kind
-from channels.telegram.pacing import ChatPacer
+from channels.telegram.pacing import MAX_LEAD, MIN_LEAD, ChatPacer
 from channels.telegram.poster import DIGEST_TEMPLATE, TEXT_LIMIT
 from channels.telegram.readerbot import ReaderBot
 from channels.telegram.store import Subscriber, TelegramStore
@@ -147,6 +147,10 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
         # Catching up after a stall at most ~18% faster than `rate` keeps a margin under
         # Telegram's 30/s for requests that arrive unevenly.
         bot.pacer.configure(rate, min_spacing=PACER_SPACING)
+        # A reader's turn is handed out a little before its moment, to mark the reader `sending`
+        # (the ledger's group commit) meanwhile; no longer ahead than half the requests in
+        # flight can cover at this rate.
+        bot.pacer.max_lead = min(MAX_LEAD, max(MIN_LEAD, 0.5 * self.settings.concurrency / max(rate, 1.0)))
         reader = ReaderBot(self.name, self.store, self.context, settings=self.settings, section=self.section)
         await bot.acquire()  # may fail (Telegram unreachable): nothing is left registered then
         try:
@@ -316,9 +320,23 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
         async def plan() -> list[int]:
             return list(audience)
 
-        async def pace(chat: int) -> None:
+        # chat -> (the moment its request goes, when that turn was handed out): ChatPacer.go
+        turns: dict[int, tuple[float, float]] = {}
+
+        def group(chat: int) -> bool | None:
             sub = audience.get(chat)
-            await pacer.wait(chat, sub.kind in ("group", "supergroup") if sub else None)
+            return sub.kind in ("group", "supergroup") if sub else None
+
+        async def pace(chat: int) -> None:
+            at = await pacer.wait(chat, group(chat), lead=pacer.lead)
+            turns[chat] = (at, pacer.clock())
+
+        async def paced(chat: int) -> RecipientOutcome:
+            turn = turns.pop(chat, None)
+            if turn is not None:  # the reader is marked `sending` now: its request goes on time
+                pacer.learn(pacer.clock() - turn[1])
+                await pacer.go(chat, turn[0], group(chat))
+            return await deliver(chat)
 
         async def apply(outcomes: Sequence[RecipientOutcome]) -> None:
             now = self.now()
@@ -346,7 +364,7 @@ class SubscriberChannel(BaseChannel[ReaderSettings]):
         result = await broadcaster.run(
             key,
             plan,
-            deliver,
+            paced,
             pace=pace,
             apply=apply,
             budget=self.settings.send_timeout * 0.8,

@@ -15,7 +15,6 @@ bot's, so that the daemons together keep the limits, and a RetryAfter holds them
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Coroutine
@@ -27,12 +26,20 @@ from telegram.ext import BaseRateLimiter
 from bot.budgets import RateBudgets
 from channels.telegram.errors import ptb_retry_after
 
-# Methods that put a message in a chat: Telegram's flood limits count these.
-# The daemons' shared slots are spaced this much wider than `per_second` asks: a daemon that
-# wakes a few ms late for its slot must not make a 31st message in Telegram's one-second window.
+# The daemons' shared slots are spaced this much wider than `per_second` asks: what arrives at
+# Telegram is what left, shifted by delays that vary by a few ms (more on a loaded machine).
 SHARED_MARGIN = 1.03
-SHARED_CHAT_MARGIN = 0.25  # seconds added to a chat's gap: two daemons' messages to one reader
-SHARED_LATE = 0.02  # seconds late for a shared slot before it is given up for a new one
+# Seconds added to a chat's gap in the shared buckets (two daemons' messages to one reader): a
+# message goes at its bot slot, which may come that long after its chat slot (the lead, the
+# other daemons' reservations ahead of it, a little lateness).
+SHARED_CHAT_MARGIN = 0.5
+SHARED_HORIZON = 0.1  # seconds of the bot's future slots one daemon may hold, at least
+# A turn handed out early (`wait(lead=...)`) comes `lead` seconds before its moment; the lead a
+# broadcast asks for is learnt (`learn`): 1.5 times the 90th percentile of how long its work
+# before the request took lately, within these bounds (the upper one well below the chat margin).
+MIN_LEAD, MAX_LEAD = 0.1, 0.25
+LATE = 0.02  # seconds past its slot a message may still go; later, it takes a new slot
+# Methods that put a message in a chat: Telegram's flood limits count these.
 PACED_PREFIXES = ("send", "copyMessage", "forwardMessage", "editMessage")
 
 
@@ -48,6 +55,11 @@ class ChatPacer:
     `min_spacing` is the closest two releases may be, as a fraction of the gap: after a stall the
     pacer catches up that much faster than `per_second`. Close to 1 leaves Telegram's 30/s
     window a margin for uneven network delays.
+
+    A message's turn is a moment (`wait` returns it): the request should leave then, not merely
+    after it. A broadcast asks for its turn `lead` seconds ahead, marks its reader `sending` in
+    the meantime (a database write whose time varies), and calls `go` right before the request:
+    the requests leave at the paced moments, not at the moments the writes happened to finish.
     """
 
     def __init__(
@@ -71,12 +83,23 @@ class ChatPacer:
         self._paused_until = 0.0
         self._last: dict[int, float] = {}
         self._groups: dict[int, deque[float]] = defaultdict(deque)
+        self.retaken = 0  # turns given up because the message was late for them
+        # How far ahead a daemon reserves the bot's shared slots (see _shared_turn); at least
+        # the lead a broadcast asks for its turns.
+        self.horizon = SHARED_HORIZON
+        self.lead = 0.1  # what a broadcast asks for (see learn)
+        self.max_lead = MAX_LEAD
+        self._took: deque[float] = deque(maxlen=64)
 
     def configure(self, per_second: float, min_spacing: float = 0.5) -> None:
         """Change the overall rate (the reader channel sets its broadcast rate on start)."""
         self.gap = 1.0 / per_second if per_second > 0 else 0.0
         self.min_spacing = min_spacing
         self.per_second = max(1, int(per_second))
+        # Shared reservations under way at once: one at Telegram's 30/s (each comes once the
+        # previous slot is near); at paid rates a round trip to the database (~10 ms) is longer
+        # than the gap, and they overlap.
+        self._reserving = asyncio.Semaphore(max(1, min(32, int(per_second / 100))))
 
     def pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self.clock() + seconds)
@@ -97,8 +120,10 @@ class ChatPacer:
         ready = max(self.chat_ready_at(chat, is_group(chat) if group is None else group), self._paused_until)
         return max(0.0, ready - self.clock())
 
-    async def wait(self, chat: int, group: bool | None = None) -> None:
-        """Return when a message to `chat` may go; it is counted as sent from then on."""
+    async def wait(self, chat: int, group: bool | None = None, *, lead: float = 0.0) -> float:
+        """Wait for the turn of a message to `chat`; returns its moment (on `clock`), at most
+        `lead` seconds ahead. The message is counted as sent then; with a `lead`, `go` before
+        the request."""
         group = is_group(chat) if group is None else group
         while True:
             now = self.clock()
@@ -107,61 +132,142 @@ class ChatPacer:
                 break
             await asyncio.sleep(ready - now)
         if self.shared is not None:
-            await self._shared_slot(chat, group)
+            at = await self._shared_turn(self.chat_buckets(chat, group), lead)
         elif self.gap:
-            # One waiter at a time, spaced from the previous actual release: a stalled event loop
-            # then delays messages instead of releasing several waiters in a burst. At most
-            # `per_second` releases in any sliding second, never two closer than `min_spacing` gaps.
-            async with self._lock:
-                while True:
-                    now = self.clock()
-                    while self._released and now - self._released[0] >= 1.0:
-                        self._released.popleft()
-                    wait = 0.0
-                    if len(self._released) >= self.per_second:
-                        wait = self._released[0] + 1.0 - now
-                    if self._released:
-                        wait = max(wait, self._released[-1] + self.gap * self.min_spacing - now)
-                    if wait <= 0:
-                        break
-                    await asyncio.sleep(wait)
-                self._released.append(now)
-        self.record(chat, group)
+            at = await self._local_turn(lead)
+        else:
+            at = self.clock()
+        self.record(chat, group, at)
+        return at
 
-    async def _shared_slot(self, chat: int, group: bool) -> None:
-        """Wait for a slot reserved in the shared buckets. A daemon that wakes too late for its
-        slot (a busy event loop) would crowd the next daemon's message into the same window:
-        it gives the slot up and takes a new one instead."""
+    async def go(self, chat: int, at: float, group: bool | None = None) -> None:
+        """Return at moment `at` (a turn from `wait`). A message that would leave more than
+        `LATE` after it (the work before it took longer than the lead), or into a pause that
+        began since, takes a new turn instead: late, it would crowd the next message's moment
+        (and, across daemons, the next message to its chat)."""
+        now = self.clock()
+        if now < at and self._paused_until <= at:
+            await asyncio.sleep(at - now)
+            return
+        if now - at <= LATE and self._paused_until <= at:
+            return
+        self.retaken += 1
+        group = is_group(chat) if group is None else group
+        await self._until(lambda: self._paused_until)
+        if self.shared is not None:
+            at = await self._shared_turn(self.chat_buckets(chat, group), 0.0, late=True)
+        elif self.gap:
+            at = await self._local_turn(0.0)
+        else:
+            return
+        self.record(chat, group, at)
+
+    def learn(self, took: float) -> None:
+        """A turn handed out early was used `took` seconds later (the caller's work before its
+        request): `lead` follows what that work takes lately, so that requests leave on time."""
+        self._took.append(took)
+        if len(self._took) >= 16:
+            recent = sorted(self._took)
+            wanted = 1.5 * recent[int(0.9 * len(recent))] + 0.01
+            self.lead = min(self.max_lead, max(MIN_LEAD, wanted))
+
+    async def _local_turn(self, lead: float) -> float:
+        """One waiter at a time, spaced from the previous release: a stalled event loop then
+        delays messages instead of releasing several waiters in a burst. At most `per_second`
+        releases in any sliding second, never two closer than `min_spacing` gaps; each one's
+        moment is its release plus `lead` (the same spacing, shifted)."""
+        async with self._lock:
+            while True:
+                now = self.clock()
+                while self._released and now - self._released[0] >= 1.0:
+                    self._released.popleft()
+                wait = 0.0
+                if len(self._released) >= self.per_second:
+                    wait = self._released[0] + 1.0 - now
+                if self._released:
+                    wait = max(wait, self._released[-1] + self.gap * self.min_spacing - now)
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
+            self._released.append(now)
+        return now + lead
+
+    async def _shared_turn(
+        self, chat_side: list[tuple[str, float]], lead: float, late: bool = False
+    ) -> float:
+        """A turn reserved in the shared buckets (the chat's in `chat_side`, then the bot's),
+        its slot at least `lead` ahead.
+
+        One reservation at a time per daemon (a few at paid rates), the next one only once
+        this slot is `horizon` away: each daemon holds no more than `horizon` of the bot's
+        future slots, so a chat's slot and the moment its message goes stay close (the chat
+        margin covers the difference). A chat another daemon has just messaged is waited for
+        outside that queue, and the bot's slot reserved then. A message `late` for its slot
+        (it is marked `sending` already) takes the next free one at once, and moves its chat's
+        next free slot after it: it goes later than its chat's slot said."""
         assert self.shared is not None
+        if not self.gap:  # no overall limit: the chat's own buckets only
+            delay = max(0.0, await self.shared.reserve(chat_side)) if chat_side else 0.0
+            at = self.clock() + delay
+            await asyncio.sleep(max(0.0, delay - lead))
+            return at
+        bot = (self.key, self.gap * SHARED_MARGIN)
+        chat = chat_side
         while True:
-            # One reservation at a time per daemon (the bot's bucket is one row: a queue of
-            # waiting transactions would only make everyone late for their slots); the waits
-            # for the slots overlap.
-            async with self._lock if self.gap else contextlib.nullcontext():
-                delay = await self.shared.reserve(self.buckets(chat, group))
-            slot = self.clock() + delay
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if self.clock() - slot <= SHARED_LATE:  # a slot that passed while queued is late too
-                return
+            if late:
+                turn = await self.shared.turn([], bot, lead, bump=chat)
+            else:
+                async with self._reserving:
+                    turn = await self.shared.turn(chat_side, bot, lead)
+                    if turn.slot is not None:
+                        await self._sleep_until(turn.slot - max(lead, self.horizon))
+            slot = turn.slot
+            chat_side = []  # the chat's slot is reserved (and the bot's, when it was ready)
+            if slot is None:  # another daemon's message to this chat goes first
+                assert turn.ready is not None
+                await self._sleep_until(turn.ready)
+                continue
+            await self._sleep_until(slot - lead)
+            if self.clock() - slot <= LATE:
+                return slot
+            self.retaken += 1  # woken too late (a busy event loop): a new slot
+            late = True
 
-    def buckets(self, chat: int, group: bool) -> list[tuple[str, float]]:
-        """The shared buckets a message to `chat` takes a slot in: its chat's first, the bot's
-        last (so a wait for the chat never crowds the bot's overall budget)."""
+    async def _sleep_until(self, moment: float) -> None:
+        await self._until(lambda: moment)
+
+    async def _until(self, moment: Callable[[], float]) -> None:
+        """Sleep until `moment()` (asked again on waking: a pause may grow meanwhile)."""
+        while True:
+            now = self.clock()
+            if moment() <= now:
+                return
+            await asyncio.sleep(moment() - now)
+
+    def chat_buckets(self, chat: int, group: bool) -> list[tuple[str, float]]:
+        """The shared buckets of a message to `chat` besides the bot's: its chat's (and its
+        group's). The bot's bucket is reserved after these, once they are ready."""
         found = [(f"{self.key}:chat:{chat}", self.chat_gap + SHARED_CHAT_MARGIN)]
         if group:
             found.append((f"{self.key}:group:{chat}", 60.0 / self.group_per_minute))
+        return found
+
+    def buckets(self, chat: int, group: bool) -> list[tuple[str, float]]:
+        """Every shared bucket a message to `chat` takes a slot in: its chat's first, the bot's
+        last."""
+        found = self.chat_buckets(chat, group)
         if self.gap:
             found.append((self.key, self.gap * SHARED_MARGIN))
         return found
 
-    def record(self, chat: int, group: bool = False) -> None:
-        now = self.clock()
-        self._last[chat] = now
+    def record(self, chat: int, group: bool = False, at: float | None = None) -> None:
+        """A message to `chat` goes at `at` (now by default)."""
+        at = self.clock() if at is None else at
+        self._last[chat] = max(self._last.get(chat, at), at)
         if group:
             window = self._groups[chat]
-            window.append(now)
-            while window and now - window[0] > 61:
+            window.append(at)
+            while window and at - window[0] > 61:
                 window.popleft()
 
 
