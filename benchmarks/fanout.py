@@ -21,8 +21,11 @@ overall and 1/s per chat, siar paces at its default 29/s): sustained messages/s 
 the most messages the fake accepted in any 1 s window (must be <= 30) and its 429 answers (must
 be 0). Default subscribers: 10,000 for `off`, 1,000 for `default` (35 s at 29/s).
 
-The fake runs in its own process, so it does not share siar's CPU core; the machine's load
-average is printed with each run because the figures depend on it.
+msg/s runs from the first to the last message the fake accepted (planning the ledger rows is
+reported apart), siar's CPU is counted while sending. The fake runs in its own process with
+real-time scheduling when the system allows it (tests/fake_telegram_process.py): a fake starved
+of CPU reads queued requests as one burst and counts 429s that the wire never saw. The
+machine's load average is printed before and after each run: the figures depend on it.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 readers, browser push subscriptions): who is to get broadcast `key`, and how far it got.
 
 A recipient row moves `pending -> sending -> sent | failed | gone | uncertain`. It is marked
-`sending` only right before its own request leaves (`Broadcaster` batches those marks, and the
-outcomes, into as few transactions as the database's speed allows: group commit), so a kill
+`sending` only right before its own request leaves (after its `pace`, which may hand out its
+turn a little ahead; `Broadcaster` batches those marks, and the outcomes, into as few
+transactions as the database's speed allows: group commit), so a kill
 leaves at most the requests actually in flight `sending`; `abandon_in_flight` turns those into
 `uncertain` (never sent again automatically: they may have arrived) and the rest resume.
 Answers that may work later (5xx, flood control) put the row back to `pending`; after

@@ -1,10 +1,12 @@
 """`type = "telegram-subscribers"`: the reader bot, and the broadcast of each story to its readers.
 
 One outbox row per story is one broadcast in the core fan-out ledger (bot.fanout): its audience
-(active subscribers whose topics match) is fixed once, then each reader is marked `sending`
-right before their own message leaves, paced by the token's `ChatPacer` (≤ `messages_per_second`
-overall, one message per chat per second, ≤ 19 a minute per group). After a crash the few
-readers whose message was in flight are `uncertain` (never messaged twice); the rest resume.
+(active subscribers whose topics match) is fixed once, then each reader is paced by the token's
+`ChatPacer` (≤ `messages_per_second` overall, one message per chat per second, ≤ 19 a minute
+per group): its turn comes a little ahead of its moment (0.1–0.25 s), the reader is marked
+`sending` meanwhile, and the request leaves at the moment (`ChatPacer.go`), not whenever the
+ledger's write finished. After a crash the few readers whose message was in flight are
+`uncertain` (never messaged twice); the rest resume.
 
 Broadcast messages do not go through python-telegram-bot's `Bot` (its per-request overhead and
 httpx's connection pool capped a broadcast at ~150 messages/s): they are posted, form encoded
