@@ -138,13 +138,7 @@ class Fetcher:
         timeout: float | None,
         accept: str | None,
     ) -> FetchResult:
-        headers: dict[str, str] = {}
-        if etag:
-            headers["If-None-Match"] = etag
-        if last_modified:
-            headers["If-Modified-Since"] = last_modified
-        if accept:
-            headers["Accept"] = accept
+        headers = _conditional(etag, last_modified, accept)
         try:
             async with asyncio.timeout((timeout or self.timeout) * 2):
                 async with client.stream(
@@ -190,13 +184,7 @@ class Fetcher:
     async def _fetch_fast(
         self, url: str, etag: str | None, last_modified: str | None, timeout: float | None, accept: str | None
     ) -> FetchResult:
-        headers: dict[str, str] = {}
-        if etag:
-            headers["If-None-Match"] = etag
-        if last_modified:
-            headers["If-Modified-Since"] = last_modified
-        if accept:
-            headers["Accept"] = accept
+        headers = _conditional(etag, last_modified, accept)
         seconds = timeout or self.timeout
         limits = aiohttp.ClientTimeout(total=None, connect=min(seconds, 10.0), sock_read=seconds)
         try:
@@ -230,12 +218,7 @@ class Fetcher:
             return FetchResult(url, error=f"cannot fetch {url}: invalid URL ({type(exc).__name__})")
 
     async def _read_fast(self, url: str, response: aiohttp.ClientResponse) -> FetchResult:
-        permanent = None
-        for hop in response.history:  # only an unbroken chain of permanent moves is permanent
-            if hop.status not in (301, 308):
-                permanent = None
-                break
-            permanent = str(response.url)
+        permanent = _permanent([hop.status for hop in response.history], str(response.url))
         headers: dict[str, str] = {}
         for key, value in response.headers.items():  # repeated ones joined, as httpx does
             key = key.lower()
@@ -251,12 +234,7 @@ class Fetcher:
         )
 
     async def _read(self, url: str, response: httpx.Response) -> FetchResult:
-        permanent = None
-        for hop in response.history:  # only an unbroken chain of permanent moves is permanent
-            if hop.status_code not in (301, 308):
-                permanent = None
-                break
-            permanent = str(response.url)
+        permanent = _permanent([hop.status_code for hop in response.history], str(response.url))
         headers = {k.lower(): v for k, v in response.headers.items()}
         return await self._answer(
             url,
@@ -334,6 +312,24 @@ class Fetcher:
         except OSError as exc:
             return FetchResult(url, error=f"cannot read {path}: {exc.strerror or exc}")
         return FetchResult(path.as_uri(), status=200, body=body)
+
+
+def _conditional(etag: str | None, last_modified: str | None, accept: str | None) -> dict[str, str]:
+    """The request headers of a conditional GET (and an `Accept` of the caller's)."""
+    headers: dict[str, str] = {}
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    if accept:
+        headers["Accept"] = accept
+    return headers
+
+
+def _permanent(hops: list[int], final: str) -> str | None:
+    """`final` when the redirects (`hops`, their statuses) were all permanent (301/308): only
+    an unbroken chain of permanent moves says the feed moved for good."""
+    return final if hops and all(status in (301, 308) for status in hops) else None
 
 
 class _TooBig(Exception):
