@@ -21,7 +21,7 @@ import aiohttp
 import httpx
 
 from bot.http_retry import retry_after_seconds
-from bot.net import AddressGuard, BlockedAddress, Resolver, http_client
+from bot.net import AddressGuard, BlockedAddress, Resolver, env_proxy, http_client
 
 
 @dataclass(frozen=True)
@@ -176,9 +176,7 @@ class Fetcher:
         parts = urlsplit(url)
         key = (parts.scheme.lower(), parts.hostname or "")
         if key not in self._proxy_of:
-            proxy = self._proxies.get(key[0]) or self._proxies.get("all")
-            bypass = urllib.request.proxy_bypass_environment(key[1], self._proxies)  # type: ignore[attr-defined]
-            self._proxy_of[key] = proxy if proxy and not bypass else None
+            self._proxy_of[key] = env_proxy(self._proxies, *key)
         return self._proxy_of[key]
 
     async def _fetch_fast(

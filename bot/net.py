@@ -166,9 +166,8 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
         """The transport for `url` and whether the name must be checked here (not on connect)."""
         if self.custom is not None:
             return self.custom, True
-        proxy = self.proxies.get(url.scheme) or self.proxies.get("all")
-        host = url.raw_host.decode("ascii")
-        if not proxy or urllib.request.proxy_bypass_environment(host, self.proxies):  # type: ignore[attr-defined]
+        proxy = env_proxy(self.proxies, url.scheme, url.raw_host.decode("ascii"))
+        if proxy is None:
             return self.direct, False
         if proxy not in self.proxy_transports:
             self.proxy_transports[proxy] = httpx.AsyncHTTPTransport(proxy=proxy)
@@ -194,6 +193,15 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
         for transport in (self.direct, *self.proxy_transports.values(), self.custom):
             if transport is not None:
                 await transport.aclose()
+
+
+def env_proxy(proxies: dict[str, str], scheme: str, host: str) -> str | None:
+    """The proxy for a `scheme` URL to `host` from `proxies` (urllib's reading of HTTP_PROXY,
+    HTTPS_PROXY, ALL_PROXY and NO_PROXY), or None to connect directly."""
+    proxy = proxies.get(scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass_environment(host, proxies):  # type: ignore[attr-defined]
+        return None
+    return proxy
 
 
 def http_client(
