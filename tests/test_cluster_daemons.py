@@ -22,9 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,7 +36,7 @@ from tests.fake_discord import FakeDiscord
 from tests.fake_telegram import TOKEN
 from tests.fake_telegram_process import FakeTelegramProcess
 from tests.feedserver import rss
-from tests.test_postgres import PG
+from tests.test_postgres import pg_url  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parent.parent
@@ -50,18 +48,9 @@ CONCURRENCY = 8  # the reader broadcast's requests in flight
 
 
 @pytest.fixture
-async def database() -> AsyncIterator[str]:
-    name = f"siar_cluster_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = await asyncpg.connect(PG)
-    except OSError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {PG} ({exc}); .ci/run starts it")
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield PG.rsplit("/", 1)[0] + "/" + name
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+def database(pg_url: str) -> str:  # noqa: F811 - pg_url is the fixture imported above
+    """A fresh PostgreSQL database for the daemons, dropped afterwards (test_postgres.pg_url)."""
+    return pg_url
 
 
 def feed_name(i: int) -> str:
