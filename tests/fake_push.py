@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
-import ipaddress
 import json
 import re
 import secrets
@@ -35,12 +33,12 @@ from typing import Any
 
 import http_ece
 from aiohttp import web
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.x509.oid import NameOID
+
+from tests.tls import self_signed
 
 
 def b64d(value: str) -> bytes:
@@ -248,35 +246,6 @@ class FakePushService:
 def tls_files(folder: Path) -> tuple[ssl.SSLContext, Path]:
     """A self-signed certificate for 127.0.0.1 and localhost in `folder`: the server's TLS
     context and the CA file a client trusts."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert_file = folder / "fake-push-ca.pem"
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake push service")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+    return self_signed(
+        folder, "fake-push-ca.pem", "fake-push-key.pem", "fake push service", localhost=True, ca=True
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file = folder / "fake-push-key.pem"
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_file, key_file)
-    return context, cert_file

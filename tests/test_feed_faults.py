@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import gzip
-import ipaddress
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -26,10 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from bot.app import App, build
 from bot.config import Config
@@ -37,6 +31,7 @@ from bot.daemon import prepare
 from bot.lock import StoreLock
 from tests.fakes import Clock, FakeChannel
 from tests.feedserver import FeedServer, Route, rss
+from tests.tls import self_signed
 
 ROOT = Path(__file__).parent.parent
 INTERVAL = 60  # seconds; the first failure backs off to 2 intervals
@@ -114,30 +109,7 @@ class SelfSignedTLS(FeedServer):
 
     def __init__(self, folder: Path) -> None:
         super().__init__()
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-            )
-            .sign(key, hashes.SHA256())
-        )
-        (folder / "tls.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (folder / "tls.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(folder / "tls.pem", folder / "tls.key")
+        context, _ = self_signed(folder, "tls.pem", "tls.key", "127.0.0.1", localhost=False, ca=False)
         self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
 
     @property
